@@ -1,0 +1,182 @@
+"""The edgeport command line. Heavy libraries (torch, onnx, runtimes) are imported inside the
+commands that need them, so `edgeport --help` and `edgeport targets` answer at once."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from targets.errors import EdgeportError
+
+app = typer.Typer(
+    name="edgeport",
+    help="Export a trained PyTorch model to the artifacts a device runs (ONNX, ...), validate each with its "
+         "real runtime against the original on real data, and report parity, accuracy, latency and size "
+         "against the target's budgets.\n\n"
+         "Exit codes: 0 all budgets met; 1 an artifact failed a budget; 2 bad input or a conversion that "
+         "could not be done.\n\n"
+         "Start with: edgeport export --model demo:digits --target android",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+def _progress(message: str) -> None:
+    print(f"edgeport: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_library_warnings() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for module in ("torch", "onnxruntime", "onnxscript", "onnx_ir", "copyreg"):
+        warnings.filterwarnings("ignore", module=module)
+
+
+def _guarded(debug: bool, action: Callable[[], int]) -> None:
+    """Run a command; map errors to a one-line message and exit code 2 (traceback with --debug)."""
+    if not debug:
+        _quiet_library_warnings()
+    try:
+        code = action()
+    except EdgeportError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"edgeport: error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("edgeport: interrupted; nothing was left half-written", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug in edgeport or a library: still one line, still exit 2
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"edgeport: internal error: {type(exc).__name__}: {first} (rerun with --debug and report it)",
+              file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def _print_summary(directory: Path, report: dict) -> None:
+    from validators.report import COLUMNS, artifact_row
+    from validators.validate import all_violations
+
+    rows = [list(COLUMNS)] + [artifact_row(a) for a in report["artifacts"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in all_violations(report):
+        print(f"  violation: {line}")
+    verdict = "PASSED" if report["passed"] else "FAILED (a budget was missed)"
+    print(f"{verdict}: {directory}/report.md")
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Option("--target", "-t", help="A built-in target (see `edgeport targets`) "
+                                        "or the path of your own .toml profile.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="demo:digits | path/file.py:factory | "
+                                       "package.module:factory | model.pt2 | TorchScript file.")] = "demo:digits",
+    out: Annotated[Path, typer.Option(help="Artifacts go to OUT/<model>/<target>/.")] = Path("artifacts"),
+    calib: Annotated[Path | None, typer.Option(help="Calibration data for static int8: .npz keyed by input "
+                                               "name, or a folder of .npy files.")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="Evaluation data (.npz / .npy folder); a "
+                                                   "`labels` array adds task accuracy.")] = None,
+    inputs: Annotated[list[str] | None, typer.Option("--input", help="NAME:1x3x224x224:float32, once per "
+                                                     "forward argument, when the model has no example inputs.")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 dynamic where the "
+                                                "format allows.")] = False,
+    weights: Annotated[Path | None, typer.Option(help="A state dict to load (weights_only) into the "
+                                                 "factory's module.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow full unpickling of a torch.save'd "
+                                               "module. Runs code from the file: only for files you trust.")] = False,
+    name: Annotated[str | None, typer.Option(help="Model name for the artifact directory.")] = None,
+    debug: Debug = False,
+) -> None:
+    """Export, optimize, quantize and validate a model for one target."""
+
+    def action() -> int:
+        from exporter.pipeline import ExportOptions, run_export
+        from exporter.specs import parse_input_spec
+
+        options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data,
+                                inputs=[parse_input_spec(s) for s in inputs or []], dynamic_batch=dynamic_batch,
+                                weights=weights, trust_pickle=trust_pickle, name=name)
+        directory, report = run_export(options, _progress)
+        _print_summary(directory, report)
+        return 0 if report["passed"] else 1
+
+    _guarded(debug, action)
+
+
+@app.command()
+def validate(
+    directory: Annotated[Path, typer.Argument(help="An artifact directory, e.g. artifacts/digits/android.")],
+    debug: Debug = False,
+) -> None:
+    """Re-run parity, accuracy and latency from an artifact directory alone; exit 1 on a failed budget."""
+
+    def action() -> int:
+        from validators.report import write_reports
+        from validators.validate import validate_directory
+
+        report = validate_directory(directory, _progress)
+        write_reports(directory, report)
+        _print_summary(directory, report)
+        return 0 if report["passed"] else 1
+
+    _guarded(debug, action)
+
+
+@app.command("targets")
+def list_targets(debug: Debug = False) -> None:
+    """List the built-in targets with their formats, precisions and budgets."""
+
+    def action() -> int:
+        from targets import builtin_target_names, load_target
+
+        for target_name in builtin_target_names():
+            t = load_target(target_name)
+            print(f"{t.name}: {t.description}")
+            print(f"  runtime: {t.runtime.threads} thread(s); passes: "
+                  + "; ".join(f"{f}: {', '.join(p)}" for f, p in t.passes.items()))
+            for v in t.variants:
+                limits = ", ".join(f"{k}={val:g}" for k, val in vars(v.budget).items() if val is not None)
+                print(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
+        print("\nYour own target: copy targets/android.toml, edit it, pass --target ./my.toml")
+        return 0
+
+    _guarded(debug, action)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="An artifact directory holding report.json.")],
+    debug: Debug = False,
+) -> None:
+    """Regenerate report.md and report.html from report.json."""
+
+    def action() -> int:
+        from validators.report import load_report, render
+
+        data = load_report(directory)
+        render(directory, data)
+        print(f"wrote {directory}/report.md and {directory}/report.html")
+        return 0
+
+    _guarded(debug, action)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

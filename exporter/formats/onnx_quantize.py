@@ -1,0 +1,151 @@
+"""ONNX precision variants as small classes with typed configs: fp16, dynamic int8, static QDQ.
+
+Static int8 choices, measured on demo:digits (see issue 2's closing note): BatchNorm is folded
+before quantizing (the target's passes run first), weights are quantized per output channel
+(BN folding gives each channel its own range, which one per-tensor scale serves badly), and
+activation ranges are calibrated on the user's --calib data, sample by sample at the traced batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from validators.batching import iter_batches
+
+_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
+_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    keep_io_types: bool = True  # float32 inputs/outputs so callers need no conversion
+
+
+class Fp16Variant:
+    precision: ClassVar[str] = "fp16"
+
+    def __init__(self, config: Fp16Config = Fp16Config()):
+        self.config = config
+
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=self.config.keep_io_types)
+        onnx.save(model, str(out))
+        return {"scheme": "fp16", **asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class DynamicInt8Config:
+    weight_type: str = "int8"
+    per_channel: bool = False
+
+
+class DynamicInt8Variant:
+    precision: ClassVar[str] = "int8_dynamic"
+
+    def __init__(self, config: DynamicInt8Config = DynamicInt8Config()):
+        self.config = config
+
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(out), weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
+                         per_channel=self.config.per_channel)
+        return {"scheme": "dynamic_int8", **asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class StaticQuantConfig:
+    activation_type: str = "uint8"  # U8S8 is onnxruntime's fast path on x86 and Arm CPUs
+    weight_type: str = "int8"
+    per_channel: bool = True
+    calibration_method: str = "minmax"
+    max_samples: int = 512
+
+
+class StaticQuantVariant:
+    """QDQ static quantization; `precision` picks int8 or int16 activations."""
+
+    def __init__(self, precision: str, config: StaticQuantConfig):
+        self.precision = precision
+        self.config = config
+
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if calibration is None:
+            raise ValueError("static quantization needs calibration data")
+        reader = calibration.reader(self.config.max_samples)
+        with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
+            quantize_static(
+                str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
+                per_channel=self.config.per_channel,
+                activation_type=getattr(QuantType, _QUANT_TYPES[self.config.activation_type]),
+                weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
+                calibrate_method=getattr(CalibrationMethod, _CALIBRATION[self.config.calibration_method]),
+            )
+        return {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
+                **asdict(self.config)}
+
+
+@contextlib.contextmanager
+def _root_logging_at(level: int):
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
+class CalibrationFeeds:
+    """Calibration inputs fed at the model's batch size (sample by sample for a batch-1 trace)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], batch: int | None):
+        self.inputs = inputs
+        self.batch = batch
+
+    def reader(self, max_samples: int):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        arrays = {k: v[:max_samples] for k, v in self.inputs.items()}
+        used = len(next(iter(arrays.values())))
+        # Padding rows would distort the ranges: a fixed batch only sees whole chunks of real data.
+        batches: Iterator = (feeds for feeds, valid in iter_batches(arrays, self.batch)
+                             if self.batch is None or valid == self.batch)
+
+        class _Reader(CalibrationDataReader):
+            samples_used = used
+
+            def get_next(self):
+                return next(batches, None)
+
+        return _Reader()
+
+
+def variant_for(precision: str, calibration_method: str, max_samples: int):
+    if precision == "fp16":
+        return Fp16Variant()
+    if precision == "int8_dynamic":
+        return DynamicInt8Variant()
+    if precision == "int8":
+        return StaticQuantVariant("int8", StaticQuantConfig(calibration_method=calibration_method,
+                                                            max_samples=max_samples))
+    if precision == "w8a16":
+        return StaticQuantVariant("w8a16", StaticQuantConfig(activation_type="int16",
+                                                             calibration_method=calibration_method,
+                                                             max_samples=max_samples))
+    raise KeyError(f"no ONNX implementation for precision {precision!r}")
+
+
+IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8", "w8a16")

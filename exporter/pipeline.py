@@ -1,0 +1,113 @@
+"""model source -> traced program -> per-target passes -> artifacts -> validators -> report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.data import Dataset, load_dataset, synthetic_dataset
+from exporter.errors import UnsupportedOpsError, UserInputError
+from exporter.formats import backend
+from exporter.manifest import build_manifest
+from exporter.sources import load_model
+from exporter.specs import TensorSpec
+from exporter.staging import staged_directory
+from exporter.trace import TracedModel, trace
+from targets import load_target
+from validators.files import write_json
+from validators.manifest import FILENAME as MANIFEST
+from validators.reference import Reference
+from validators.report import write_reports
+from validators.validate import validate_directory
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    target: str
+    out: Path = Path("artifacts")
+    calib: Path | None = None
+    eval: Path | None = None
+    inputs: list[TensorSpec] = field(default_factory=list)
+    dynamic_batch: bool = False
+    weights: Path | None = None
+    trust_pickle: bool = False
+    name: str | None = None
+
+
+def _eval_data(options: ExportOptions, traced: TracedModel, progress: Progress) -> Dataset:
+    if options.eval is not None:
+        return load_dataset(options.eval, traced.inputs, "eval")
+    if traced.loaded.default_eval is not None:
+        return traced.loaded.default_eval
+    progress("warning: no --eval data: parity runs on synthetic inputs and proves little; pass --eval real data")
+    return synthetic_dataset(traced.inputs, _examples(traced))
+
+
+def _calibration_data(options: ExportOptions, traced: TracedModel, needed: bool, progress: Progress) -> Dataset | None:
+    if options.calib is not None:
+        return load_dataset(options.calib, traced.inputs, "calib")
+    if traced.loaded.default_calib is not None or not needed:
+        return traced.loaded.default_calib
+    progress("warning: no --calib data: static int8 variants calibrate on synthetic inputs; "
+             "real data calibrates better (pass --calib)")
+    return synthetic_dataset(traced.inputs, _examples(traced), seed=1, samples=128)
+
+
+def _examples(traced: TracedModel) -> dict:
+    return {name: t.numpy() for name, t in zip(traced.loaded.input_names, traced.example_inputs, strict=True)}
+
+
+def _reference(traced: TracedModel, data: Dataset) -> Reference:
+    try:
+        outputs = traced.reference_outputs(data.inputs)
+    except Exception as exc:  # the user's model on the user's data
+        raise UserInputError(f"the PyTorch model failed on the eval data ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); check --eval matches the model's inputs") from exc
+    return Reference(dict(data.inputs), {s.name: o for s, o in zip(traced.outputs, outputs, strict=True)},
+                     data.labels)
+
+
+def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
+    started = time.perf_counter()
+    target = load_target(options.target)  # fail on a bad target before any heavy work
+    progress(f"[1/5] loading {options.model}")
+    loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
+    if options.name:
+        loaded.name = options.name
+    progress(f"[2/5] tracing {loaded.name} ({loaded.kind})")
+    traced = trace(loaded, options.dynamic_batch)
+    eval_data = _eval_data(options, traced, progress)
+    needs_calibration = any(v.is_static_quantized for v in target.variants)
+    calibration = _calibration_data(options, traced, needs_calibration, progress)
+
+    progress(f"[3/5] checking operator support for {', '.join(target.formats)}")
+    for fmt in target.formats:
+        unsupported = backend(fmt).preflight(traced)
+        if unsupported:
+            raise UnsupportedOpsError(fmt, unsupported, backend(fmt).PREFLIGHT_HINT)
+
+    reference = _reference(traced, eval_data)
+    final = options.out / loaded.name / target.name
+    timings: dict[str, float] = {}
+    with staged_directory(final) as work:
+        reference_path = reference.save(work)
+        records = []
+        for fmt in target.formats:
+            progress(f"[4/5] converting to {fmt}")
+            t0 = time.perf_counter()
+            calib_inputs = calibration.inputs if calibration is not None else None
+            records += backend(fmt).convert(traced, target, calib_inputs, work, progress)
+            timings[f"{fmt}_conversion_seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path,
+                                                   records, work))
+        progress(f"[5/5] validating {len(records)} artifact(s) on {eval_data.samples} eval samples")
+        report = validate_directory(work, progress)
+        timings["total_seconds"] = round(time.perf_counter() - started, 3)
+        report["export"] = timings
+        write_reports(work, report)
+    return final, report

@@ -1,0 +1,134 @@
+"""Trace once: torch.export for nn.Module sources, kept as-is for .pt2, TorchScript passed through.
+
+When torch.export cannot capture a module (data-dependent Python control flow, say), the trace
+falls back to TorchScript tracing at conversion time and records why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import UserInputError
+from exporter.sources import LoadedModel
+from exporter.specs import BATCH, TensorSpec
+from validators.batching import run_batched
+
+TORCH_EXPORT = "torch.export"
+TORCHSCRIPT = "torchscript"
+
+
+@dataclass
+class TracedModel:
+    loaded: LoadedModel
+    program: Any  # torch.export.ExportedProgram, or None when converters must trace TorchScript
+    method: str  # TORCH_EXPORT or TORCHSCRIPT
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dynamic_batch: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed batch size the graph was traced with, or None when dim 0 is dynamic."""
+        return None if self.dynamic_batch else int(self.loaded.example_inputs[0].shape[0])
+
+    @property
+    def example_inputs(self) -> tuple:
+        return self.loaded.example_inputs
+
+    def reference_outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The PyTorch original's outputs, fed at the traced batch size."""
+        import torch
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.loaded.input_names]
+            with torch.no_grad():
+                return [t.detach().float().numpy() if t.dtype in (torch.float16, torch.bfloat16) else t.numpy()
+                        for t in flatten_outputs(self.loaded.module(*args))]
+
+        return run_batched(run, {n: inputs[n] for n in self.loaded.input_names}, self.batch)
+
+
+def flatten_outputs(value: Any) -> list:
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    leaves, _ = tree_flatten(value)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _output_specs(loaded: LoadedModel, batch_symbolic: bool) -> list[TensorSpec]:
+    import torch
+
+    with torch.no_grad():
+        outputs = flatten_outputs(loaded.module(*loaded.example_inputs))
+    if not outputs:
+        raise UserInputError(f"{loaded.source}: forward returned no tensors; return a tensor or a tuple of tensors")
+    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    specs = []
+    for name, tensor in zip(names, outputs, strict=True):
+        shape: list[int | str] = list(tensor.shape)
+        if batch_symbolic and shape:
+            shape[0] = BATCH
+        specs.append(TensorSpec(name, tuple(shape), _dtype_name(tensor.dtype)))
+    return specs
+
+
+def _input_specs(loaded: LoadedModel, dynamic: bool) -> list[TensorSpec]:
+    specs = []
+    for name, tensor in zip(loaded.input_names, loaded.example_inputs, strict=True):
+        shape: list[int | str] = list(tensor.shape)
+        if dynamic:
+            shape[0] = BATCH
+        specs.append(TensorSpec(name, tuple(shape), _dtype_name(tensor.dtype)))
+    return specs
+
+
+def _program_has_dynamic_batch(program: Any) -> bool:
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            return not isinstance(node.meta["val"].shape[0], int)
+    return False
+
+
+def trace(loaded: LoadedModel, dynamic_batch: bool) -> TracedModel:
+    import torch
+
+    notes = list(loaded.notes)
+    if loaded.kind == "exported_program":
+        dynamic = _program_has_dynamic_batch(loaded.program)
+        if dynamic_batch and not dynamic:
+            raise UserInputError(f"{loaded.source} was saved with a fixed batch size; re-export it with "
+                                 "dynamic_shapes for dim 0, or drop --dynamic-batch")
+        return TracedModel(loaded, loaded.program, TORCH_EXPORT, _input_specs(loaded, dynamic),
+                           _output_specs(loaded, dynamic), dynamic, notes)
+    if loaded.kind == "torchscript":
+        notes.append("source is TorchScript: converters trace the ScriptModule, torch.export is not used")
+        return TracedModel(loaded, None, TORCHSCRIPT, _input_specs(loaded, dynamic_batch),
+                           _output_specs(loaded, dynamic_batch), dynamic_batch, notes)
+
+    examples = loaded.example_inputs
+    dynamic_shapes = None
+    if dynamic_batch:
+        if examples[0].shape[0] == 1:
+            # torch.export specializes a dimension of size 1; trace with 2 so dim 0 stays symbolic.
+            examples = tuple(torch.cat([t, t]) for t in examples)
+            notes.append("traced with batch 2 (the example batch of 1 repeated) so dim 0 stays dynamic")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in examples)
+    try:
+        program = torch.export.export(loaded.module, examples, dynamic_shapes=dynamic_shapes, strict=False)
+        method = TORCH_EXPORT
+    except Exception as exc:  # torch.export cannot capture every Python construct
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        notes.append(f"torch.export failed ({type(exc).__name__}: {first_line}); converters trace TorchScript")
+        program, method = None, TORCHSCRIPT
+    return TracedModel(loaded, program, method, _input_specs(loaded, dynamic_batch),
+                       _output_specs(loaded, dynamic_batch), dynamic_batch, notes)

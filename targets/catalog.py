@@ -1,0 +1,37 @@
+"""What each artifact format can emit: precision variants and graph passes, by id.
+
+A plain-data catalog (no torch, no converters) so target files can be validated, and
+`edgeport targets` can answer, without importing any heavy library. The exporter registers an
+implementation for every id here; tests/test_catalog.py checks that nothing is left without one.
+"""
+
+from __future__ import annotations
+
+# format -> {precision id: one-line description}
+PRECISIONS: dict[str, dict[str, str]] = {
+    "onnx": {
+        "fp32": "float32 weights and activations",
+        "fp16": "float16 weights and activations, float32 model inputs/outputs",
+        "int8_dynamic": "int8 weights, activations quantized at run time (dynamic range)",
+        "int8": "static int8 QDQ: per-channel int8 weights, int8 activations calibrated on --calib data",
+        "w8a16": "static QDQ with per-channel int8 weights and int16 activations",
+    },
+}
+
+# format -> {pass id: one-line description}; a target lists these in [passes].
+PASSES: dict[str, dict[str, str]] = {
+    "onnx": {
+        "fold_constants": "evaluate nodes whose inputs are all constants and store the results",
+        "fold_batchnorm": "fold BatchNormalization into the preceding Conv / Gemm weights",
+        "eliminate_dead_nodes": "drop Identity nodes, nodes nobody reads and unused initializers",
+        "simplify": "onnxslim: shape inference, pattern fusion, redundant-op removal",
+    },
+}
+
+FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx"}
+
+
+def artifact_filename(fmt: str, precision: str) -> str:
+    """model.onnx for the fp32 variant, model.<precision>.onnx for the others."""
+    ext = FILE_EXTENSIONS[fmt]
+    return f"model{ext}" if precision == "fp32" else f"model.{precision}{ext}"

@@ -1,0 +1,235 @@
+"""Target profiles: a TOML file read into a frozen, validated `Target`.
+
+Adding a target is writing one file (see targets/android.toml); nothing here knows about a
+particular device. Every key is checked: an unknown one is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from targets.catalog import PASSES, PRECISIONS, artifact_filename
+from targets.errors import TargetError
+
+TARGETS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits one artifact must meet. None means "not checked"."""
+
+    max_abs: float | None = None  # largest absolute output difference against PyTorch
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None  # signal-to-quantization-noise ratio of the outputs
+    min_top1_agreement: float | None = None  # share of samples whose argmax matches PyTorch's
+    max_accuracy_drop: float | None = None  # reference top-1 minus artifact top-1, as a fraction
+    max_latency_ms: float | None = None  # median, batch as traced, host figure
+    max_size_mb: float | None = None
+
+    def merged(self, overrides: dict[str, Any]) -> Budget:
+        return dataclasses.replace(self, **overrides)
+
+
+# Tolerances follow the precision: fp32 tight, fp16 looser, integer variants are judged by
+# SQNR, top-1 agreement and task accuracy rather than by max_abs.
+PRECISION_DEFAULT_BUDGETS: dict[str, Budget] = {
+    "fp32": Budget(max_abs=1e-3, min_cosine=0.9999, min_sqnr_db=60.0, min_top1_agreement=0.99,
+                   max_accuracy_drop=0.002),
+    "fp16": Budget(min_cosine=0.999, min_sqnr_db=35.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
+    "w8a16": Budget(min_cosine=0.999, min_sqnr_db=30.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
+    "int8": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "int8_dynamic": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95,
+                           max_accuracy_drop=0.01),
+}
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+STATIC_PRECISIONS = ("int8", "w8a16")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One artifact to emit: a format at a precision, with the budget it must meet."""
+
+    format: str
+    precision: str
+    budget: Budget
+    calibration_method: str = "minmax"  # static variants: how activation ranges are chosen
+    calibration_samples: int = 512  # static variants: at most this many calibration samples
+
+    @property
+    def filename(self) -> str:
+        return artifact_filename(self.format, self.precision)
+
+    @property
+    def is_static_quantized(self) -> bool:
+        return self.precision in STATIC_PRECISIONS
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How latency is measured on the host for this target."""
+
+    threads: int = 1
+    warmup_runs: int = 10
+    min_runs: int = 100  # p99 needs at least this many
+    min_seconds: float = 0.5
+    max_runs: int = 5000
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    variants: tuple[Variant, ...]
+    passes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    runtime: RuntimeSettings = RuntimeSettings()
+    origin: str = ""  # the file it was read from
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.format for v in self.variants))
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _check_keys(table: dict[str, Any], allowed: list[str], where: str, origin: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise TargetError(
+            f"{origin}: unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(allowed)}"
+        )
+
+
+def _number(value: Any, key: str, where: str, origin: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TargetError(f"{origin}: {where}.{key} must be a finite number, got {value!r}")
+    if value < 0:
+        raise TargetError(f"{origin}: {where}.{key} must not be negative, got {value!r}")
+    return float(value)
+
+
+def _budget_overrides(table: Any, where: str, origin: str) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: {where} must be a table of limits, got {table!r}")
+    _check_keys(table, _field_names(Budget), where, origin)
+    return {k: _number(v, k, where, origin) for k, v in table.items()}
+
+
+def _runtime(table: Any, origin: str) -> RuntimeSettings:
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: [runtime] must be a table")
+    _check_keys(table, _field_names(RuntimeSettings), "[runtime]", origin)
+    values: dict[str, Any] = {}
+    for f in fields(RuntimeSettings):
+        if f.name in table:
+            number = _number(table[f.name], f.name, "runtime", origin)
+            values[f.name] = number if f.type == "float" else int(number)
+    settings = RuntimeSettings(**values)
+    if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:
+        raise TargetError(f"{origin}: [runtime] needs threads >= 1 and 1 <= min_runs <= max_runs")
+    return settings
+
+
+def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> Variant:
+    where = f"variants[{index}]"
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: {where} must be a table with format and precision")
+    _check_keys(table, ["format", "precision", "budget", "calibration_method", "calibration_samples"],
+                where, origin)
+    fmt, precision = table.get("format"), table.get("precision")
+    if fmt not in PRECISIONS:
+        raise TargetError(f"{origin}: {where}.format {fmt!r} is not one of: {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS[fmt]:
+        raise TargetError(
+            f"{origin}: {where}.precision {precision!r} is not available for {fmt}; "
+            f"choose one of: {', '.join(PRECISIONS[fmt])}"
+        )
+    method = table.get("calibration_method", "minmax")
+    if method not in CALIBRATION_METHODS:
+        raise TargetError(
+            f"{origin}: {where}.calibration_method {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
+        )
+    samples = int(_number(table.get("calibration_samples", 512), "calibration_samples", where, origin))
+    budget = PRECISION_DEFAULT_BUDGETS[precision].merged(common)
+    budget = budget.merged(_budget_overrides(table.get("budget", {}), f"{where}.budget", origin))
+    return Variant(fmt, precision, budget, method, max(samples, 1))
+
+
+def target_from_dict(data: dict[str, Any], origin: str) -> Target:
+    """Validate a parsed target file. Every problem names the key and the valid choices."""
+    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants"], "the top level",
+                origin)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise TargetError(f"{origin}: the target needs a name, e.g. name = \"my-phone\"")
+    variants_table = data.get("variants")
+    if not isinstance(variants_table, list) or not variants_table:
+        raise TargetError(f"{origin}: the target needs at least one [[variants]] table with format and precision")
+    common = _budget_overrides(data.get("budgets", {}), "[budgets]", origin)
+    variants = tuple(_variant(t, i, common, origin) for i, t in enumerate(variants_table))
+    seen: set[tuple[str, str]] = set()
+    for v in variants:
+        if (v.format, v.precision) in seen:
+            raise TargetError(f"{origin}: variant {v.format}/{v.precision} is listed twice")
+        seen.add((v.format, v.precision))
+
+    passes_table = data.get("passes", {})
+    if not isinstance(passes_table, dict):
+        raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")
+    _check_keys(passes_table, list(PASSES), "[passes]", origin)
+    passes: dict[str, tuple[str, ...]] = {}
+    for fmt, ids in passes_table.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise TargetError(f"{origin}: passes.{fmt} must be a list of pass ids")
+        unknown = [i for i in ids if i not in PASSES[fmt]]
+        if unknown:
+            raise TargetError(
+                f"{origin}: unknown {fmt} pass(es) {', '.join(unknown)}; valid: {', '.join(PASSES[fmt])}"
+            )
+        passes[fmt] = tuple(ids)
+    return Target(
+        name=name,
+        description=str(data.get("description", "")),
+        variants=variants,
+        passes=passes,
+        runtime=_runtime(data.get("runtime", {}), origin),
+        origin=origin,
+    )
+
+
+def builtin_target_names() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+
+
+def resolve_target_file(name_or_path: str) -> Path:
+    """A built-in target name (android) or the path of a user's own .toml file."""
+    candidate = Path(name_or_path)
+    if name_or_path.endswith(".toml") or candidate.parent != Path("."):
+        if not candidate.is_file():
+            raise TargetError(f"target file {name_or_path} does not exist; pass a .toml path or one of: "
+                              f"{', '.join(builtin_target_names())}")
+        return candidate
+    builtin = TARGETS_DIR / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        raise TargetError(f"unknown target {name_or_path!r}; valid targets: {', '.join(builtin_target_names())} "
+                          "(or a path to your own .toml file)")
+    return builtin
+
+
+def read_target_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: not valid TOML ({exc}); fix the file or start from targets/android.toml") from None
+
+
+def load_target(name_or_path: str) -> Target:
+    path = resolve_target_file(name_or_path)
+    return target_from_dict(read_target_file(path), str(path))

@@ -1,0 +1,30 @@
+"""Feeding N samples to a model whose batch dimension may be fixed (often to 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+DYNAMIC_BATCH_CHUNK = 64
+
+
+def iter_batches(arrays: dict[str, np.ndarray], batch: int | None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Yield (feeds, valid) chunks of `batch` samples; the last chunk is zero-padded to the fixed
+    batch and `valid` says how many of its rows are real. batch=None means any batch size."""
+    total = len(next(iter(arrays.values())))
+    step = batch or DYNAMIC_BATCH_CHUNK
+    for start in range(0, total, step):
+        chunk = {k: v[start:start + step] for k, v in arrays.items()}
+        valid = len(next(iter(chunk.values())))
+        if batch is not None and valid < batch:
+            chunk = {k: np.concatenate([v, np.zeros((batch - valid, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+        yield chunk, valid
+
+
+def run_batched(run, arrays: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:
+    """Call run(feeds) -> list of outputs chunk by chunk and concatenate the valid rows."""
+    pieces: list[list[np.ndarray]] = []
+    for feeds, valid in iter_batches(arrays, batch):
+        pieces.append([np.asarray(o)[:valid] for o in run(feeds)])
+    return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]

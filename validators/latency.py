@@ -1,0 +1,33 @@
+"""Host latency: warm-up runs, then timed runs until enough for stable percentiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from targets import RuntimeSettings
+
+
+def measure(run_once: Callable[[], object], settings: RuntimeSettings, runtime: str) -> dict:
+    for _ in range(settings.warmup_runs):
+        run_once()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < settings.max_runs and (
+        len(times) < settings.min_runs or time.perf_counter() - started < settings.min_seconds
+    ):
+        t0 = time.perf_counter()
+        run_once()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    samples = np.asarray(times)
+    return {
+        "median": float(np.median(samples)),
+        "p90": float(np.percentile(samples, 90)),
+        "p99": float(np.percentile(samples, 99)),
+        "runs": int(len(samples)),
+        "threads": settings.threads,
+        "runtime": runtime,
+        "measured_on": "host",  # a host figure, not a device measurement
+    }

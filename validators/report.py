@@ -1,0 +1,145 @@
+"""report.json (the contract CI reads), and report.md / report.html for people, from one dict."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from validators.errors import ArtifactError
+from validators.files import write_atomic, write_json
+
+JSON, MARKDOWN, HTML = "report.json", "report.md", "report.html"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1024:.1f} KiB" if nbytes < 1 << 20 else f"{nbytes / (1 << 20):.2f} MiB"
+
+
+COLUMNS = ("artifact", "precision", "size", "max_abs", "SQNR dB", "cosine", "top-1 agree", "accuracy",
+           "drop", "latency p50 / p99 (host)", "verdict")
+
+
+def artifact_row(a: dict) -> list[str]:
+    p, acc, lat = a["parity"], a.get("accuracy"), a["latency_ms"]
+    return [
+        a["path"], a["precision"], _size(a["bytes"]), _num(p["max_abs"]), f"{p['sqnr_db']:.1f}",
+        f"{p['cosine']:.6f}", _pct(p["top1_agreement"]), _pct(acc["artifact"]) if acc else "–",
+        f"{100 * acc['drop']:+.2f} pt" if acc else "–",
+        f"{lat['median']:.3f} / {lat['p99']:.3f} ms",
+        "pass" if a["budget"]["passed"] else "FAIL",
+    ]
+
+
+def _data_lines(report: dict) -> list[str]:
+    lines = []
+    for role, info in report.get("data", {}).items():
+        if not info:
+            continue
+        tag = " — SYNTHETIC inputs: parity is a smoke check, pass --eval real data" if info.get("synthetic") \
+            else ""
+        lines.append(f"{role}: {info['source']}, {info['samples']} samples, sha256 {info['sha256'][:12]}…{tag}")
+    return lines
+
+
+def _pass_lines(a: dict) -> list[str]:
+    conv = a.get("conversion", {})
+    lines = [f"exporter: {conv.get('exporter', '?')} ({conv.get('reason', '')})"] if conv else []
+    for p in conv.get("passes", []):
+        lines.append(f"pass {p['pass']}: {p['nodes_before']} -> {p['nodes_after']} nodes")
+    if a.get("quantization"):
+        q = a["quantization"]
+        lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
+           f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
+    out += [f"- {line}" for line in _data_lines(report)]
+    if report.get("reference_accuracy") is not None:
+        out.append(f"- PyTorch reference top-1 on the eval data: {_pct(report['reference_accuracy'])}")
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(artifact_row(a)) + " |" for a in report["artifacts"]]
+    out += ["", "Latency is measured on the build host (batch as traced), not on a device."]
+    problems = list(report.get("violations", [])) + [
+        f"`{a['path']}`: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
+    if problems:
+        out += ["", "## Budget violations", ""] + [f"- {p}" for p in problems]
+    out += ["", "## Artifacts", ""]
+    for a in report["artifacts"]:
+        out += [f"### {a['path']}", "", f"- sha256 `{a['sha256']}`",
+                f"- runtime: {a['latency_ms']['runtime']}, {a['latency_ms']['threads']} thread(s), "
+                f"{a['latency_ms']['runs']} timed runs"]
+        out += [f"- {line}" for line in _pass_lines(a)]
+        out.append("")
+    if report.get("notes"):
+        out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    return "\n".join(out)
+
+
+_STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1b1f24}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
+th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}.pass{color:#1a7f37;font-weight:600}
+.fail{color:#cf222e;font-weight:600}.warn{color:#9a6700}code{background:#f6f8fa;padding:1px 4px}"""
+
+
+def to_html(report: dict) -> str:
+    e = html.escape
+    verdict = "pass" if report["passed"] else "fail"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeport: {e(report['model']['name'])} "
+             f"→ {e(report['target'])}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{e(report['model']['name'])} → {e(report['target'])} "
+             f"<span class='{verdict}'>{verdict.upper()}</span></h1>",
+             f"<p>model <code>{e(report['model']['source'])}</code>, sha256 "
+             f"<code>{e(report['model']['sha256'][:16])}…</code></p><ul>"]
+    for line in _data_lines(report):
+        cls = " class='warn'" if "SYNTHETIC" in line else ""
+        parts.append(f"<li{cls}>{e(line)}</li>")
+    if report.get("reference_accuracy") is not None:
+        parts.append(f"<li>PyTorch reference top-1: {_pct(report['reference_accuracy'])}</li>")
+    parts.append("</ul><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
+    for a in report["artifacts"]:
+        row = artifact_row(a)
+        cells = "".join(f"<td>{e(c)}</td>" for c in row[:-1])
+        status = "pass" if a["budget"]["passed"] else "fail"
+        parts.append(f"<tr>{cells}<td class='{status}'>{e(row[-1])}</td></tr>")
+    parts.append("</table><p>Latency is measured on the build host, not on a device.</p>")
+    problems = list(report.get("violations", [])) + [
+        f"{a['path']}: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
+    if problems:
+        parts.append("<h2>Budget violations</h2><ul>" + "".join(f"<li class='fail'>{e(p)}</li>" for p in problems)
+                     + "</ul>")
+    for a in report["artifacts"]:
+        parts.append(f"<h3>{e(a['path'])}</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in _pass_lines(a)) + "</ul>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_reports(directory: Path, report: dict) -> None:
+    write_json(directory / JSON, report)
+    render(directory, report)
+
+
+def render(directory: Path, report: dict) -> None:
+    write_atomic(directory / MARKDOWN, to_markdown(report))
+    write_atomic(directory / HTML, to_html(report))
+
+
+def load_report(directory: Path) -> dict:
+    path = directory / JSON
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no {JSON}; run edgeport validate {directory} first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); run edgeport validate {directory}") from None

@@ -1,0 +1,125 @@
+"""Validate an artifact directory: run every artifact with its real runtime on the stored eval
+inputs, compare with the PyTorch reference outputs, time it, and check the target's budgets.
+
+Reads manifest.json, reference.npz and the artifacts only; it never imports the exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from targets import Target
+from targets.profile import target_from_dict
+from validators import budgets, latency, parity
+from validators.batching import iter_batches, run_batched
+from validators.errors import ArtifactError
+from validators.files import sha256_file
+from validators.manifest import read_manifest
+from validators.reference import Reference
+from validators.runtimes import open_session
+
+
+def _fixed_batch(specs: list[dict]) -> int | None:
+    first = specs[0]["shape"][0] if specs and specs[0]["shape"] else None
+    return first if isinstance(first, int) else None
+
+
+def _variant(target: Target, fmt: str, precision: str):
+    for v in target.variants:
+        if (v.format, v.precision) == (fmt, precision):
+            return v
+    raise ArtifactError(f"manifest lists {fmt}/{precision}, which its target profile does not; re-export")
+
+
+def _validate_artifact(directory: Path, entry: dict, target: Target, reference: Reference,
+                       output_names: list[str]) -> dict:
+    path = directory / entry["path"]
+    if not path.exists():
+        raise ArtifactError(f"{path} is listed in the manifest but missing; re-export")
+    actual_sha = sha256_file(path)
+    session = open_session(entry["format"], path, target.runtime.threads)
+    batch = _fixed_batch(entry["inputs"])
+    inputs = {spec["name"]: reference.inputs[spec["name"]] for spec in entry["inputs"]}
+    outputs = dict(zip(output_names, run_batched(session.run, inputs, batch), strict=True))
+
+    per_output = {}
+    shape_problems = []
+    for name in output_names:
+        try:
+            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name])
+        except ValueError as exc:
+            shape_problems.append(f"output {name}: {exc}")
+    if shape_problems:
+        raise ArtifactError(f"{path}: " + "; ".join(shape_problems) + "; the artifact does not match its manifest")
+    overall = parity.worst_case(per_output)
+    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+
+    first_feeds, _ = next(iter_batches(inputs, batch or 1))
+    timing = latency.measure(lambda: session.run(first_feeds), target.runtime, session.runtime)
+
+    variant = _variant(target, entry["format"], entry["precision"])
+    violations = []
+    if actual_sha != entry["sha256"]:
+        violations.append(f"sha256 {actual_sha[:12]}… differs from the manifest's {entry['sha256'][:12]}…: "
+                          "the file changed after export")
+    violations += budgets.check(variant.budget, overall, accuracy, timing, path.stat().st_size)
+    result = {
+        "format": entry["format"], "precision": entry["precision"], "path": entry["path"],
+        "bytes": path.stat().st_size, "sha256": actual_sha,
+        "parity": overall,
+    }
+    if accuracy is not None:
+        result["accuracy"] = accuracy
+    result |= {
+        "latency_ms": timing,
+        "budget": {"passed": not violations, "violations": violations,
+                   "limits": {k: v for k, v in vars(variant.budget).items() if v is not None}},
+        "parity_per_output": per_output,
+        "conversion": entry.get("conversion", {}),
+        "quantization": entry.get("quantization"),
+    }
+    return result
+
+
+def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
+    manifest = read_manifest(directory)
+    target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
+    ref_entry = manifest["reference"]
+    ref_path = directory / ref_entry["path"]
+    if not ref_path.is_file():
+        raise ArtifactError(f"{ref_path} is missing; validation needs the stored reference outputs, re-export")
+    run_violations = []
+    if sha256_file(ref_path) != ref_entry["sha256"]:
+        run_violations.append(f"{ref_entry['path']} differs from the manifest's sha256: reference data was altered")
+    try:
+        reference = Reference.load(ref_path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ArtifactError(f"{ref_path} cannot be read ({exc}); re-export") from None
+    output_names = [o["name"] for o in manifest["outputs"]]
+
+    results = []
+    for entry in manifest["artifacts"]:
+        progress(f"validating {entry['path']} with its runtime")
+        results.append(_validate_artifact(directory, entry, target, reference, output_names))
+    ref_accuracy = None
+    if reference.labels is not None:
+        ref_accuracy = next((parity.top1_accuracy(v, reference.labels) for v in reference.outputs.values()
+                             if parity.is_classifier_output(v)), None)
+    return {
+        "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
+        "target": target.name,
+        "passed": not run_violations and all(r["budget"]["passed"] for r in results),
+        "violations": run_violations,
+        "data": manifest.get("data", {}),
+        "reference_accuracy": ref_accuracy,
+        "artifacts": results,
+        "notes": manifest.get("trace", {}).get("notes", []),
+    }
+
+
+def all_violations(report: dict) -> list[str]:
+    found = list(report.get("violations", []))
+    for a in report["artifacts"]:
+        found += [f"{a['path']}: {v}" for v in a["budget"]["violations"]]
+    return found
+
