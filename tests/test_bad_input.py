@@ -1,0 +1,91 @@
+"""Bad input: a one-line error saying what to fix, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests import zoo
+from tests.conftest import ZOO, fast_target, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _assert_clean_failure(result, out, *fragments):
+    assert result.code == 2, (result.stdout, result.stderr)
+    assert len(result.error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
+@pytest.mark.parametrize("model, fragments", [
+    (f"{ZOO}:custom_op", ["edgeport_test.mystery.default in block (MysteryBlock)", "onnx cannot take 1 operator"]),
+    (f"{ZOO}:raises", ["the factory raised RuntimeError: weights not found"]),
+    (f"{ZOO}:not_a_module", ["returned dict; return an nn.Module or (module, example_inputs)"]),
+    (f"{ZOO}:no_examples", ["came without example inputs", "--input features:1x...:float32"]),
+    (f"{ZOO}:nothing_here", ["has no callable 'nothing_here'"]),
+    ("tests/absent.py:build", ["model file tests/absent.py does not exist"]),
+    ("missing.pt2", ["model file missing.pt2 does not exist"]),
+    ("README.md", ["is not a PyTorch archive"]),
+    ("just-words", ["is not a model spec"]),
+    ("demo:cats", ["the embedded demo is demo:digits"]),
+])
+def test_bad_model_specs(tmp_path, model, fragments):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", model, "--target", "android", "--out", out), out, *fragments)
+
+
+def test_unknown_target_and_malformed_target_file(tmp_path):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--target", "pixel9", "--out", out), out,
+                          "unknown target 'pixel9'; valid targets: android, cockpit")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nthreads = 4\n[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
+    _assert_clean_failure(run_cli("export", "--target", bad, "--out", out), out, "unknown key(s) threads")
+
+
+def test_wrong_input_spec_and_mismatched_data(tmp_path):
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", f"{ZOO}:no_examples", "--input", "features=1x20",
+                                  "--target", "android", "--out", out), out, "is not NAME:DIMS[:DTYPE]")
+    data = tmp_path / "eval.npz"
+    np.savez(data, image=np.zeros((10, 1, 7, 7), np.float32))
+    _assert_clean_failure(run_cli("export", "--eval", data, "--target", "android", "--out", out), out,
+                          "has shape (10, 1, 7, 7) but input 'image' takes N x 1x8x8")
+    _assert_clean_failure(run_cli("export", "--calib", tmp_path / "none.npz", "--target", "android", "--out", out),
+                          out, "--calib", "does not exist")
+
+
+def test_pickled_module_needs_trust_flag(tmp_path):
+    model, _ = zoo.mlp()
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", path, "--input", "features:1x20", "--target", "android",
+                                  "--out", out), out, "unpickling it can run arbitrary code", "--trust-pickle")
+    result = run_cli("export", "--model", path, "--input", "features:1x20", "--trust-pickle",
+                     "--target", fast_target(tmp_path, "android"), "--out", out)
+    assert result.code == 0, result.stderr
+
+
+def test_state_dict_file_asks_for_a_factory(tmp_path):
+    model, _ = zoo.mlp()
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", path, "--target", "android", "--out", out), out,
+                          "of weights, not a model", "--weights")
+
+
+def test_failed_export_keeps_the_previous_good_directory(tmp_path, demo_android):
+    """A failure after an earlier success leaves the earlier artifacts exactly as they were."""
+    _, good = demo_android
+    out = good.parent.parent
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    result = run_cli("export", "--eval", tmp_path / "none.npz", "--target", "android", "--out", out)
+    assert result.code == 2
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert not [p for p in good.parent.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,80 @@
+"""Target profiles: built-ins load, bad files fail with the valid choices listed."""
+
+from __future__ import annotations
+
+import pytest
+
+from targets import TargetError, builtin_target_names, load_target
+from targets.catalog import PASSES, PRECISIONS
+from targets.profile import PRECISION_DEFAULT_BUDGETS, target_from_dict
+
+
+def test_builtin_targets_load_with_expected_variants():
+    assert {"android", "cockpit"} <= set(builtin_target_names())
+    android = load_target("android")
+    assert [(v.format, v.precision) for v in android.variants] == [("onnx", "fp32"), ("onnx", "int8")]
+    cockpit = load_target("cockpit")
+    assert [v.precision for v in cockpit.variants] == ["fp16", "w8a16"]
+    assert cockpit.runtime.threads == 1
+
+
+def test_budgets_merge_precision_defaults_then_common_then_variant():
+    android = load_target("android")
+    fp32, int8 = android.variants
+    assert fp32.budget.max_abs == PRECISION_DEFAULT_BUDGETS["fp32"].max_abs
+    assert fp32.budget.max_latency_ms == 20.0  # from [budgets]
+    assert int8.budget.max_accuracy_drop == 0.005  # the variant's own
+    assert int8.budget.max_abs is None  # int8 is judged by SQNR / agreement, not max_abs
+
+
+def _minimal(**extra):
+    data = {"name": "t", "variants": [{"format": "onnx", "precision": "fp32"}]}
+    data.update(extra)
+    return data
+
+
+@pytest.mark.parametrize("data, expected", [
+    (_minimal(colour="red"), "unknown key(s) colour in the top level; valid keys: name, description"),
+    ({"name": "t", "variants": [{"format": "onnx", "precision": "int3"}]},
+     "precision 'int3' is not available for onnx; choose one of: fp32, fp16, int8_dynamic, int8, w8a16"),
+    ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]}, "format 'pdf' is not one of: onnx"),
+    (_minimal(passes={"onnx": ["fold_constants", "magic"]}), "unknown onnx pass(es) magic; valid: fold_constants"),
+    (_minimal(budgets={"max_latency": 3}), "unknown key(s) max_latency in [budgets]; valid keys: max_abs"),
+    (_minimal(budgets={"max_latency_ms": "fast"}), "budgets].max_latency_ms must be a finite number"),
+    (_minimal(runtime={"threads": 0}), "needs threads >= 1"),
+    ({"name": "t"}, "needs at least one [[variants]]"),
+    ({"variants": [{"format": "onnx", "precision": "fp32"}]}, "the target needs a name"),
+    ({"name": "t", "variants": [{"format": "onnx", "precision": "fp32"}] * 2}, "onnx/fp32 is listed twice"),
+])
+def test_bad_profiles_say_what_is_valid(data, expected):
+    with pytest.raises(TargetError) as info:
+        target_from_dict(data, "my.toml")
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_target_name_lists_builtins():
+    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit"):
+        load_target("pixel")
+
+
+def test_user_target_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\n[[variants]]\nformat = "onnx"\nprecision = "int8_dynamic"\n'
+                    'budget = { min_sqnr_db = 12.5 }\n')
+    target = load_target(str(path))
+    assert target.name == "mine" and target.variants[0].budget.min_sqnr_db == 12.5
+
+
+def test_malformed_toml_is_a_target_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("name = [unclosed\n")
+    with pytest.raises(TargetError, match="not valid TOML"):
+        load_target(str(path))
+
+
+def test_every_precision_has_default_budget():
+    for fmt, precisions in PRECISIONS.items():
+        for precision in precisions:
+            assert precision in PRECISION_DEFAULT_BUDGETS, (fmt, precision)
+    assert PASSES["onnx"]

@@ -1,0 +1,160 @@
+"""Small models built in the tests, one per family edgeport must handle. Each factory returns
+(module, example_inputs) with fixed-seed weights; `python file.py:factory` specs point here."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _seeded(seed: int = 0) -> None:
+    torch.manual_seed(seed)
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 5))
+
+    def forward(self, features):
+        return self.net(features)
+
+
+def mlp():
+    _seeded()
+    return MLP().eval(), (torch.randn(1, 20),)
+
+
+class ConvBNDepthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),  # depthwise
+            nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.Hardswish(),  # pointwise
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(24, 8)
+
+    def forward(self, image):
+        return self.head(torch.flatten(self.features(image), 1))
+
+
+def _randomize_batchnorm(module: nn.Module) -> None:
+    """Non-trivial running statistics, as a trained network has, so BN folding is really tested."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+
+
+def cnn():
+    _seeded()
+    model = ConvBNDepthwise()
+    _randomize_batchnorm(model)
+    return model.eval(), (torch.randn(1, 3, 32, 32),)
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, vocab: int = 50, dim: int = 32, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(dim, dim)
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=64, dropout=0.0, activation="gelu",
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens):
+        hidden = self.encoder(self.embed(tokens))
+        return self.head(self.norm(hidden).mean(dim=1))
+
+
+def transformer():
+    _seeded()
+    return TinyEncoder().eval(), (torch.randn(1, 12, 32),)
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(10, 24, batch_first=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, sequence):
+        output, _ = self.gru(sequence)
+        return self.head(output[:, -1])
+
+
+def gru():
+    _seeded()
+    return GRUClassifier().eval(), (torch.randn(1, 15, 10),)
+
+
+FAMILIES = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "gru": gru}
+
+
+# --- models that must fail in specific ways ---------------------------------------------------
+
+@torch.library.custom_op("edgeport_test::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * 2
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class MysteryBlock(nn.Module):
+    def forward(self, x):
+        return mystery(x)
+
+
+class WithCustomOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.block = MysteryBlock()
+
+    def forward(self, x):
+        return self.block(self.proj(x))
+
+
+def custom_op():
+    _seeded()
+    return WithCustomOp().eval(), (torch.randn(1, 8),)
+
+
+def raises():
+    raise RuntimeError("weights not found")
+
+
+def not_a_module():
+    return {"weights": 1}
+
+
+def no_examples():
+    _seeded()
+    return MLP().eval()
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values: torch.export refuses it, TorchScript tracing takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        if x.sum() > -1e9:  # always true on real data; a data-dependent branch all the same
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def data_dependent():
+    _seeded()
+    return DataDependent().eval(), (torch.randn(1, 6),)
