@@ -16,3 +16,4 @@ class ArtifactRecord:
     outputs: list[dict]
     reproducible: str = ""
     extra: dict = field(default_factory=dict)
+    seconds: float = 0.0  # conversion time of this variant; goes to report.json, not the manifest

@@ -93,7 +93,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
 
     reference = _reference(traced, eval_data)
     final = options.out / loaded.name / target.name
-    timings: dict[str, float] = {}
+    timings: dict = {}
     with staged_directory(final) as work:
         reference_path = reference.save(work)
         records = []
@@ -108,6 +108,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         progress(f"[5/5] validating {len(records)} artifact(s) on {eval_data.samples} eval samples")
         report = validate_directory(work, progress)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
+        timings["artifact_seconds"] = {r.path: r.seconds for r in records}
         report["export"] = timings
         write_reports(work, report)
     return final, report

@@ -58,8 +58,9 @@ class DynamicInt8Variant:
     def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32), str(out), weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
-                         per_channel=self.config.per_channel)
+        with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
+            quantize_dynamic(str(fp32), str(out), per_channel=self.config.per_channel,
+                             weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]))
         return {"scheme": "dynamic_int8", **asdict(self.config)}
 
 

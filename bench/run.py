@@ -1,0 +1,126 @@
+"""edgeport benchmarks -> bench/results.json. Figures, not tests: ratios are measured in one run
+because this machine is noisy. Run with `make bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from exporter.pipeline import ExportOptions, run_export  # noqa: E402
+from exporter.sources import load_model  # noqa: E402
+from targets import load_target  # noqa: E402
+from validators.latency import measure  # noqa: E402
+
+BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
+GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
+         "make_export_seconds_max": 60.0}
+
+
+def eager_latency_ms(model_spec: str) -> float:
+    """PyTorch eager, batch 1, 1 thread, same warm-up/percentile method as the artifact figures."""
+    import torch
+
+    loaded = load_model(model_spec, [])
+    torch.set_num_threads(1)
+    settings = load_target(str(BENCH_TARGET)).runtime
+
+    def once():
+        with torch.no_grad():
+            loaded.module(*loaded.example_inputs)
+
+    return measure(once, settings, f"torch {torch.__version__} eager")["median"]
+
+
+def bench_model(spec: str, out: Path) -> dict:
+    print(f"bench: exporting {spec}", file=sys.stderr)
+    directory, report = run_export(ExportOptions(model=spec, target=str(BENCH_TARGET), out=out), lambda _: None)
+    eager = eager_latency_ms(spec)
+    by_precision = {a["precision"]: a for a in report["artifacts"]}
+    fp32 = by_precision["fp32"]
+    variants = {}
+    for a in report["artifacts"]:
+        variants[a["precision"]] = {
+            "path": a["path"],
+            "export_seconds": report["export"]["artifact_seconds"][a["path"]],
+            "bytes": a["bytes"],
+            "bytes_ratio_to_fp32": round(a["bytes"] / fp32["bytes"], 4),
+            "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),
+            "latency_p99_ms_1thread": round(a["latency_ms"]["p99"], 5),
+            "latency_ratio_to_eager": round(a["latency_ms"]["median"] / eager, 4),
+            "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / fp32["latency_ms"]["median"], 4),
+            "parity": {k: a["parity"][k] for k in ("max_abs", "sqnr_db", "cosine", "top1_agreement")},
+            "accuracy": a.get("accuracy"),
+        }
+    return {"model": report["model"], "eval": report["data"]["eval"], "eager_latency_median_ms_1thread": eager,
+            "total_export_seconds": report["export"]["total_seconds"], "variants": variants}
+
+
+def wall_seconds(command: list[str], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                 "platform": platform.platform()}, "goals": GOALS, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in ("demo:digits", "bench/models.py:bench_cnn"):
+            results["models"][spec] = bench_model(spec, Path(tmp))
+        edgeport = str(Path(sys.executable).parent / "edgeport")
+        help_times = wall_seconds([edgeport, "--help"], 7)
+        export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)
+    params = _parameter_count()
+    big = results["models"]["bench/models.py:bench_cnn"]["variants"]
+    results["cli"] = {"help_seconds_median": round(statistics.median(help_times), 4),
+                      "make_export_android_seconds": round(export_times[0], 2)}
+    results["checks"] = {
+        "bench_cnn_parameters": params,
+        "bench_cnn_int8_to_fp32_bytes": big["int8"]["bytes_ratio_to_fp32"],
+        "bench_cnn_fp32_onnx_to_eager_latency": big["fp32"]["latency_ratio_to_eager"],
+        "digits_fp32_onnx_to_eager_latency":
+            results["models"]["demo:digits"]["variants"]["fp32"]["latency_ratio_to_eager"],
+    }
+    results["checks"]["goals_met"] = {
+        "int8_bytes": results["checks"]["bench_cnn_int8_to_fp32_bytes"] <= GOALS["int8_to_fp32_bytes_max"],
+        "fp32_not_slower_than_eager": max(results["checks"]["bench_cnn_fp32_onnx_to_eager_latency"],
+                                          results["checks"]["digits_fp32_onnx_to_eager_latency"])
+        <= GOALS["fp32_onnx_to_eager_latency_max"],
+        "help_fast": results["cli"]["help_seconds_median"] <= GOALS["help_seconds_max"],
+        "make_export_fast": results["cli"]["make_export_android_seconds"] <= GOALS["make_export_seconds_max"],
+    }
+    path = REPO / "bench" / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    print(json.dumps(results["checks"], indent=2))
+    print(f"bench: wrote {path}")
+
+
+def _parameter_count() -> int:
+    from bench.models import bench_cnn
+
+    return sum(p.numel() for p in bench_cnn()[0].parameters())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))
+
+
+if __name__ == "__main__":
+    main()
