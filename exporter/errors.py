@@ -31,8 +31,10 @@ class UnsupportedOp:
 
 
 class UnsupportedOpsError(ConversionError):
-    def __init__(self, fmt: str, ops: list[UnsupportedOp], hint: str):
-        self.fmt = fmt
-        self.ops = ops
-        listed = "; ".join(op.describe() for op in ops)
-        super().__init__(f"{fmt} cannot take {len(ops)} operator(s): {listed}. {hint}")
+    """Every operator each requested format cannot take, gathered before any long conversion."""
+
+    def __init__(self, by_format: dict[str, tuple[list[UnsupportedOp], str]]):
+        self.by_format = by_format
+        parts = [f"{fmt} cannot take {len(ops)} operator(s): {'; '.join(op.describe() for op in ops)}. {hint}"
+                 for fmt, (ops, hint) in by_format.items()]
+        super().__init__(" | ".join(parts))

@@ -17,7 +17,8 @@ from targets.profile import read_target_file
 from validators.files import sha256_file
 from validators.manifest import SCHEMA
 
-LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy", "scikit-learn")
+LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy", "scikit-learn", "litert-torch",
+             "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela")
 
 
 def library_versions() -> dict[str, str]:

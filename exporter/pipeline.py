@@ -86,10 +86,10 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     calibration = _calibration_data(options, traced, needs_calibration, progress)
 
     progress(f"[3/5] checking operator support for {', '.join(target.formats)}")
-    for fmt in target.formats:
-        unsupported = backend(fmt).preflight(traced)
-        if unsupported:
-            raise UnsupportedOpsError(fmt, unsupported, backend(fmt).PREFLIGHT_HINT)
+    unsupported = {fmt: (ops, backend(fmt).PREFLIGHT_HINT) for fmt in target.formats
+                   if (ops := backend(fmt).preflight(traced))}
+    if unsupported:
+        raise UnsupportedOpsError(unsupported)
 
     reference = _reference(traced, eval_data)
     final = options.out / loaded.name / target.name

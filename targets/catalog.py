@@ -16,6 +16,13 @@ PRECISIONS: dict[str, dict[str, str]] = {
         "int8": "static int8 QDQ: per-channel int8 weights, int8 activations calibrated on --calib data",
         "w8a16": "static QDQ with per-channel int8 weights and int16 activations",
     },
+    "tflite": {
+        "fp32": "float32 LiteRT model (litert-torch)",
+        "fp16": "float16 weights, float32 compute and I/O",
+        "int8_dynamic": "int8 weights, activations quantized at run time (dynamic range)",
+        "int8": "full-integer int8: int8 weights, activations and int8 input/output tensors, calibrated "
+                "on --calib data (what microcontroller NPUs need)",
+    },
 }
 
 # format -> {pass id: one-line description}; a target lists these in [passes].
@@ -26,9 +33,10 @@ PASSES: dict[str, dict[str, str]] = {
         "eliminate_dead_nodes": "drop Identity nodes, nodes nobody reads and unused initializers",
         "simplify": "onnxslim: shape inference, pattern fusion, redundant-op removal",
     },
+    "tflite": {},  # litert-torch runs its own graph optimizations during conversion
 }
 
-FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx"}
+FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
 def artifact_filename(fmt: str, precision: str) -> str:

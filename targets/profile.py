@@ -30,6 +30,9 @@ class Budget:
     max_accuracy_drop: float | None = None  # reference top-1 minus artifact top-1, as a fraction
     max_latency_ms: float | None = None  # median, batch as traced, host figure
     max_size_mb: float | None = None
+    min_npu_op_coverage: float | None = None  # share of operators the NPU compiler placed on the NPU
+    max_sram_kib: float | None = None  # NPU compiler's SRAM estimate
+    max_flash_kib: float | None = None  # NPU compiler's flash estimate
 
     def merged(self, overrides: dict[str, Any]) -> Budget:
         return dataclasses.replace(self, **overrides)
@@ -79,6 +82,19 @@ class RuntimeSettings:
     min_runs: int = 100  # p99 needs at least this many
     min_seconds: float = 0.5
     max_runs: int = 5000
+    tflite_delegates: tuple[str, ...] = ("xnnpack",)  # latency per entry; the first also gives parity
+
+
+TFLITE_DELEGATES = ("xnnpack", "none")
+
+
+@dataclass(frozen=True)
+class NpuSettings:
+    """Compile full-integer int8 TFLite variants for an Arm Ethos-U NPU with vela."""
+
+    accelerator: str = "ethos-u55-128"
+    system_config: str = "Ethos_U55_High_End_Embedded"
+    memory_mode: str = "Shared_Sram"
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,7 @@ class Target:
     variants: tuple[Variant, ...]
     passes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     runtime: RuntimeSettings = RuntimeSettings()
+    npu: NpuSettings | None = None
     origin: str = ""  # the file it was read from
 
     @property
@@ -127,13 +144,33 @@ def _runtime(table: Any, origin: str) -> RuntimeSettings:
         raise TargetError(f"{origin}: [runtime] must be a table")
     _check_keys(table, _field_names(RuntimeSettings), "[runtime]", origin)
     values: dict[str, Any] = {}
+    delegates = table.get("tflite_delegates", ["xnnpack"])
+    if not isinstance(delegates, list) or not delegates or any(d not in TFLITE_DELEGATES for d in delegates):
+        raise TargetError(f"{origin}: runtime.tflite_delegates must be a list drawn from {', '.join(TFLITE_DELEGATES)}")
+    values["tflite_delegates"] = tuple(delegates)
     for f in fields(RuntimeSettings):
-        if f.name in table:
+        if f.name in table and f.name != "tflite_delegates":
             number = _number(table[f.name], f.name, "runtime", origin)
             values[f.name] = number if f.type == "float" else int(number)
     settings = RuntimeSettings(**values)
     if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:
         raise TargetError(f"{origin}: [runtime] needs threads >= 1 and 1 <= min_runs <= max_runs")
+    return settings
+
+
+def _npu(table: Any, origin: str) -> NpuSettings | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: [npu] must be a table")
+    _check_keys(table, _field_names(NpuSettings), "[npu]", origin)
+    accelerators = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
+                    "ethos-u65-512", "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
+                    "ethos-u85-2048")
+    settings = NpuSettings(**{k: str(v) for k, v in table.items()})
+    if settings.accelerator not in accelerators:
+        raise TargetError(f"{origin}: npu.accelerator {settings.accelerator!r}; "
+                          f"choose one of: {', '.join(accelerators)}")
     return settings
 
 
@@ -164,7 +201,7 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
-    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants"], "the top level",
+    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu"], "the top level",
                 origin)
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -180,6 +217,10 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
             raise TargetError(f"{origin}: variant {v.format}/{v.precision} is listed twice")
         seen.add((v.format, v.precision))
 
+    npu = _npu(data.get("npu"), origin)
+    if npu is not None and not any((v.format, v.precision) == ("tflite", "int8") for v in variants):
+        raise TargetError(f"{origin}: [npu] compiles full-integer int8 TFLite; add a variant with "
+                          'format = "tflite" and precision = "int8"')
     passes_table = data.get("passes", {})
     if not isinstance(passes_table, dict):
         raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")
@@ -200,6 +241,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         variants=variants,
         passes=passes,
         runtime=_runtime(data.get("runtime", {}), origin),
+        npu=npu,
         origin=origin,
     )
 

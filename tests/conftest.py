@@ -44,6 +44,14 @@ def fast_target(tmp_path: Path, base: str, **overrides: str) -> Path:
     return path
 
 
+def onnx_target(tmp_path: Path) -> Path:
+    """The android target's ONNX variants only, for sources litert-torch cannot take (TorchScript)."""
+    path = fast_target(tmp_path, "android")
+    text = path.read_text()
+    path.write_text(text[: text.index('[[variants]]\nformat = "tflite"')])
+    return path
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -53,7 +61,7 @@ def save_family_data(tmp_path: Path, family: str, samples: int = 48, seed: int =
     sys.path.insert(0, str(REPO / "tests"))
     import zoo
 
-    _, examples = zoo.FAMILIES[family]()
+    _, examples = zoo.FAMILIES_WITH_DATA[family]()
     rng = np.random.default_rng(seed)
     sample_shape = tuple(examples[0].shape[1:])
     eval_path, calib_path = tmp_path / f"{family}-eval.npz", tmp_path / f"{family}-calib.npz"

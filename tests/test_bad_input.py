@@ -22,7 +22,9 @@ def _assert_clean_failure(result, out, *fragments):
 
 
 @pytest.mark.parametrize("model, fragments", [
-    (f"{ZOO}:custom_op", ["edgeport_test.mystery.default in block (MysteryBlock)", "onnx cannot take 1 operator"]),
+    (f"{ZOO}:custom_op", ["onnx cannot take 1 operator(s): edgeport_test.mystery.default in block (MysteryBlock)",
+                          "tflite cannot take 1 operator(s): edgeport_test.mystery.default in block (MysteryBlock): "
+                          "litert-torch has no lowering"]),
     (f"{ZOO}:raises", ["the factory raised RuntimeError: weights not found"]),
     (f"{ZOO}:not_a_module", ["returned dict; return an nn.Module or (module, example_inputs)"]),
     (f"{ZOO}:no_examples", ["came without example inputs", "--input features:1x...:float32"]),
@@ -41,7 +43,7 @@ def test_bad_model_specs(tmp_path, model, fragments):
 def test_unknown_target_and_malformed_target_file(tmp_path):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("export", "--target", "pixel9", "--out", out), out,
-                          "unknown target 'pixel9'; valid targets: android, cockpit")
+                          "unknown target 'pixel9'; valid targets: android, cockpit, iot-npu")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nthreads = 4\n[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
     _assert_clean_failure(run_cli("export", "--target", bad, "--out", out), out, "unknown key(s) threads")
@@ -89,3 +91,13 @@ def test_failed_export_keeps_the_previous_good_directory(tmp_path, demo_android)
     assert result.code == 2
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
     assert not [p for p in good.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_torchscript_source_on_a_tflite_target_is_refused_before_converting(tmp_path):
+    model, examples = zoo.gru()
+    path = tmp_path / "gru.ts"
+    torch.jit.save(torch.jit.trace(model, examples), path)
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", path, "--input", "sequence:1x15x10", "--target", "iot-npu",
+                                  "--out", out), out, "tflite cannot take", "litert-torch converts torch.export "
+                          "programs only")

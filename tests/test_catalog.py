@@ -22,17 +22,21 @@ def test_every_format_has_backend_and_runtime():
         assert callable(module.preflight) and callable(module.convert)
 
 
-def test_every_onnx_precision_and_pass_is_implemented():
+def test_every_onnx_and_tflite_precision_and_pass_is_implemented():
+    from exporter.formats.tflite_backend import RECIPES
+
     assert set(PRECISIONS["onnx"]) == set(IMPLEMENTED_PRECISIONS)
+    assert set(PRECISIONS["tflite"]) == {"fp32", *RECIPES}
     assert set(PASSES["onnx"]) == set(ONNX_PASSES)
 
 
 def test_every_pass_precision_and_target_is_tested():
     pass_tests = (TESTS / "test_onnx_passes.py").read_text()
-    end_to_end = (TESTS / "test_cli_export.py").read_text()
+    end_to_end = (TESTS / "test_cli_export.py").read_text() + (TESTS / "test_tflite.py").read_text()
     for pass_id in PASSES["onnx"]:
         assert f'"{pass_id}"' in pass_tests, f"no unit test runs pass {pass_id}"
-    for precision in PRECISIONS["onnx"]:
-        assert f'"{precision}"' in end_to_end, f"no end-to-end test exports precision {precision}"
+    for fmt in PRECISIONS:
+        for precision in PRECISIONS[fmt]:
+            assert f'"{precision}"' in end_to_end, f"no end-to-end test exports {fmt} precision {precision}"
     for target in builtin_target_names():
         assert f'fast_target(tmp_path, "{target}")' in end_to_end or f'"{target}"' in end_to_end, target

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import ZOO, fast_target, read_json, run_cli, save_family_data
+from tests.conftest import ZOO, fast_target, onnx_target, read_json, run_cli, save_family_data
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,15 @@ def test_family_exports_to_android_with_parity(tmp_path, family):
     directory = tmp_path / "out" / f"zoo-{family}" / "android"
     report = read_json(directory / "report.json")
     assert report["passed"] is True
-    fp32, int8 = report["artifacts"]
-    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
+    by_variant = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    assert list(by_variant) == [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"),
+                                ("tflite", "int8")]
+    fp32, int8 = by_variant["onnx", "fp32"], by_variant["onnx", "int8"]
     assert fp32["parity"]["max_abs"] <= 1e-4
+    assert by_variant["tflite", "fp32"]["parity"]["max_abs"] <= 1e-4  # LiteRT fp32 against PyTorch
+    assert by_variant["tflite", "fp16"]["parity"]["sqnr_db"] >= 40
+    assert by_variant["tflite", "int8"]["parity"]["sqnr_db"] >= 25
+    assert set(by_variant["tflite", "fp32"]["latency_ms_by_delegate"]) == {"xnnpack", "none"}
     assert fp32["parity"]["sqnr_db"] >= 80
     assert fp32["parity"]["samples"] == 48
     assert int8["parity"]["sqnr_db"] >= 25
@@ -48,7 +54,10 @@ def test_demo_android_meets_the_int8_accuracy_bound(demo_android):
     result, directory = demo_android
     assert result.code == 0, result.stderr
     report = read_json(directory / "report.json")
-    fp32, int8 = report["artifacts"]
+    fp32, int8 = report["artifacts"][:2]
+    tflite_int8 = report["artifacts"][4]
+    assert tflite_int8["path"] == "model.int8.tflite" and tflite_int8["accuracy"]["drop"] <= 0.005
+    assert tflite_int8["io_quantization"]["image"]["dtype"] == "int8"
     assert report["reference_accuracy"] >= 0.97
     assert fp32["accuracy"]["drop"] == pytest.approx(0.0, abs=1e-9)
     assert int8["accuracy"]["drop"] <= 0.005  # static int8 within 0.5 points of fp32 on the eval split
@@ -106,7 +115,7 @@ def test_missed_budget_exits_1_with_every_violation(tmp_path):
     for artifact in report["artifacts"]:
         violations = " | ".join(artifact["budget"]["violations"])
         assert "median latency" in violations and "size" in violations  # all collected, not the first only
-    assert "FAILED" in result.stdout and result.stdout.count("violation:") == 4
+    assert "FAILED" in result.stdout and result.stdout.count("violation:") == 2 * len(report["artifacts"]) == 10
 
 
 def test_same_inputs_give_byte_identical_artifacts(tmp_path, demo_android):
@@ -114,12 +123,13 @@ def test_same_inputs_give_byte_identical_artifacts(tmp_path, demo_android):
     result = run_cli("export", "--target", fast_target(tmp_path, "android"), "--out", tmp_path)
     assert result.code == 0, result.stderr
     second = tmp_path / "digits" / "android"
-    for name in ("model.onnx", "model.int8.onnx", "reference.npz", "manifest.json"):
+    for name in ("model.onnx", "model.int8.onnx", "model.tflite", "model.fp16.tflite", "model.int8.tflite",
+                 "reference.npz", "manifest.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_torch_export_failure_falls_back_to_torchscript_and_says_why(tmp_path):
-    result = run_cli("export", "--model", f"{ZOO}:data_dependent", "--target", fast_target(tmp_path, "android"),
+    result = run_cli("export", "--model", f"{ZOO}:data_dependent", "--target", onnx_target(tmp_path),
                      "--out", tmp_path)
     assert result.code == 0, result.stderr
     manifest = read_json(tmp_path / "zoo-data_dependent" / "android" / "manifest.json")

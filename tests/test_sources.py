@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from tests import zoo
-from tests.conftest import ZOO, fast_target, read_json, run_cli
+from tests.conftest import ZOO, fast_target, onnx_target, read_json, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _export(tmp_path, *args):
-    result = run_cli("export", "--target", fast_target(tmp_path, "android"), "--out", tmp_path / "out", *args)
+def _export(tmp_path, *args, target=None):
+    target = target or fast_target(tmp_path, "android")
+    result = run_cli("export", "--target", target, "--out", tmp_path / "out", *args)
     assert result.code == 0, result.stderr
     return result
 
@@ -33,7 +34,7 @@ def test_torchscript_file(tmp_path):
     model, examples = zoo.gru()
     path = tmp_path / "gru.ts"
     torch.jit.save(torch.jit.trace(model, examples), path)
-    _export(tmp_path, "--model", path, "--input", "sequence:1x15x10")
+    _export(tmp_path, "--model", path, "--input", "sequence:1x15x10", target=onnx_target(tmp_path))
     manifest = read_json(tmp_path / "out" / "gru" / "android" / "manifest.json")
     assert manifest["trace"]["method"] == "torchscript"
     assert manifest["artifacts"][0]["conversion"]["exporter"] == "torchscript"

@@ -10,9 +10,13 @@ from targets.profile import PRECISION_DEFAULT_BUDGETS, target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
-    assert {"android", "cockpit"} <= set(builtin_target_names())
+    assert builtin_target_names() == ["android", "cockpit", "iot-npu"]
     android = load_target("android")
-    assert [(v.format, v.precision) for v in android.variants] == [("onnx", "fp32"), ("onnx", "int8")]
+    assert [(v.format, v.precision) for v in android.variants] == [
+        ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
+    assert android.runtime.tflite_delegates == ("xnnpack", "none")
+    npu = load_target("iot-npu")
+    assert npu.npu.accelerator == "ethos-u55-128" and npu.variants[0].budget.min_npu_op_coverage == 1.0
     cockpit = load_target("cockpit")
     assert [v.precision for v in cockpit.variants] == ["fp16", "w8a16"]
     assert cockpit.runtime.threads == 1
@@ -20,7 +24,7 @@ def test_builtin_targets_load_with_expected_variants():
 
 def test_budgets_merge_precision_defaults_then_common_then_variant():
     android = load_target("android")
-    fp32, int8 = android.variants
+    fp32, int8 = android.variants[:2]
     assert fp32.budget.max_abs == PRECISION_DEFAULT_BUDGETS["fp32"].max_abs
     assert fp32.budget.max_latency_ms == 20.0  # from [budgets]
     assert int8.budget.max_accuracy_drop == 0.005  # the variant's own
@@ -37,7 +41,11 @@ def _minimal(**extra):
     (_minimal(colour="red"), "unknown key(s) colour in the top level; valid keys: name, description"),
     ({"name": "t", "variants": [{"format": "onnx", "precision": "int3"}]},
      "precision 'int3' is not available for onnx; choose one of: fp32, fp16, int8_dynamic, int8, w8a16"),
-    ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]}, "format 'pdf' is not one of: onnx"),
+    ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]}, "format 'pdf' is not one of: onnx, tflite"),
+    (_minimal(npu={"accelerator": "ethos-u55-128"}), "[npu] compiles full-integer int8 TFLite; add a variant"),
+    ({"name": "t", "npu": {"accelerator": "ethos-u99"}, "variants": [{"format": "tflite", "precision": "int8"}]},
+     "npu.accelerator 'ethos-u99'; choose one of: ethos-u55-32"),
+    (_minimal(runtime={"tflite_delegates": ["gpu"]}), "tflite_delegates must be a list drawn from xnnpack, none"),
     (_minimal(passes={"onnx": ["fold_constants", "magic"]}), "unknown onnx pass(es) magic; valid: fold_constants"),
     (_minimal(budgets={"max_latency": 3}), "unknown key(s) max_latency in [budgets]; valid keys: max_abs"),
     (_minimal(budgets={"max_latency_ms": "fast"}), "budgets].max_latency_ms must be a finite number"),
@@ -54,7 +62,7 @@ def test_bad_profiles_say_what_is_valid(data, expected):
 
 
 def test_unknown_target_name_lists_builtins():
-    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit"):
+    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit, iot-npu"):
         load_target("pixel")
 
 

@@ -158,3 +158,23 @@ class DataDependent(nn.Module):
 def data_dependent():
     _seeded()
     return DataDependent().eval(), (torch.randn(1, 6),)
+
+
+class NpuUnfriendly(nn.Module):
+    """A small classifier with a sine activation: int8 LiteRT runs it, Arm Ethos-U has no SIN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.sin(self.fc1(x)))
+
+
+def npu_unfriendly():
+    _seeded()
+    return NpuUnfriendly().eval(), (torch.randn(1, 16),)
+
+
+FAMILIES_WITH_DATA = {**FAMILIES, "npu_unfriendly": npu_unfriendly}

@@ -9,7 +9,8 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | None, size_bytes: int) -> list[str]:
+def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | None, size_bytes: int,
+          npu: dict | None = None) -> list[str]:
     violations = []
 
     def at_most(name: str, value: float | None, limit: float | None, unit: str = "") -> None:
@@ -29,4 +30,12 @@ def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | N
     if latency is not None:
         at_most("median latency", latency["median"], budget.max_latency_ms, " ms")
     at_most("size", size_bytes / 1e6, budget.max_size_mb, " MB")
+    if npu is not None:
+        coverage_before = len(violations)
+        at_least("NPU operator coverage", npu["npu_op_coverage"], budget.min_npu_op_coverage)
+        if len(violations) > coverage_before:
+            fallback = ", ".join(f"{op['op']} ({op['output']})" for op in npu["cpu_fallback"])
+            violations[-1] += f"; on the CPU: {fallback}"
+        at_most("NPU SRAM", npu["sram_kib"], budget.max_sram_kib, " KiB")
+        at_most("NPU flash", npu["flash_kib"], budget.max_flash_kib, " KiB")
     return violations

@@ -58,6 +58,19 @@ def _pass_lines(a: dict) -> list[str]:
     if a.get("quantization"):
         q = a["quantization"]
         lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    for name, q in a.get("io_quantization", {}).items():
+        lines.append(f"{name} is {q['dtype']}: real = (q - {q['zero_point']}) * {q['scale']:.9g}")
+    for delegate, lat in a.get("latency_ms_by_delegate", {}).items():
+        lines.append(f"latency with {delegate}: median {lat['median']:.3f} ms, p99 {lat['p99']:.3f} ms "
+                     f"({lat['runtime']})")
+    if a.get("npu"):
+        n = a["npu"]
+        lines.append(f"NPU ({n['accelerator']}, {n['system_config']}; vela estimates): {n['npu_operators']} operators "
+                     f"on the NPU, {n['cpu_operators']} on the CPU ({100 * n['npu_op_coverage']:.1f}% coverage), "
+                     f"SRAM {n['sram_kib']:.2f} KiB, flash {n['flash_kib']:.2f} KiB, {n['macs']} MACs, "
+                     f"{n['cycles']} cycles, {n['inference_ms_estimate']:.4f} ms estimated; compiled: {n['compiled']}")
+        for op in n["cpu_fallback"]:
+            lines.append(f"CPU fallback: {op['op']} ({op['output']})")
     return lines
 
 

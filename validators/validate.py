@@ -5,6 +5,7 @@ Reads manifest.json, reference.npz and the artifacts only; it never imports the 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from validators.batching import iter_batches, run_batched
 from validators.errors import ArtifactError
 from validators.files import sha256_file
 from validators.manifest import read_manifest
+from validators.npu import compile_with_vela
 from validators.reference import Reference
 from validators.runtimes import open_session
 
@@ -37,7 +39,8 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     if not path.exists():
         raise ArtifactError(f"{path} is listed in the manifest but missing; re-export")
     actual_sha = sha256_file(path)
-    session = open_session(entry["format"], path, target.runtime.threads)
+    delegates = target.runtime.tflite_delegates if entry["format"] == "tflite" else (None,)
+    session = open_session(entry["format"], path, target.runtime.threads, delegates[0])
     batch = _fixed_batch(entry["inputs"])
     inputs = {spec["name"]: reference.inputs[spec["name"]] for spec in entry["inputs"]}
     outputs = dict(zip(output_names, run_batched(session.run, inputs, batch), strict=True))
@@ -55,14 +58,24 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
 
     first_feeds, _ = next(iter_batches(inputs, batch or 1))
-    timing = latency.measure(lambda: session.run(first_feeds), target.runtime, session.runtime)
+    by_delegate = {}
+    for delegate in delegates:
+        timed = session if delegate == delegates[0] else open_session(entry["format"], path, target.runtime.threads,
+                                                                      delegate)
+        by_delegate[delegate or "default"] = latency.measure(lambda s=timed: s.run(first_feeds), target.runtime,
+                                                             timed.runtime)
+    timing = next(iter(by_delegate.values()))
 
     variant = _variant(target, entry["format"], entry["precision"])
     violations = []
     if actual_sha != entry["sha256"]:
         violations.append(f"sha256 {actual_sha[:12]}… differs from the manifest's {entry['sha256'][:12]}…: "
                           "the file changed after export")
-    violations += budgets.check(variant.budget, overall, accuracy, timing, path.stat().st_size)
+    npu = None
+    if entry.get("npu_compiled") and target.npu is not None:
+        npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
+        violations += npu_violations
+    violations += budgets.check(variant.budget, overall, accuracy, timing, path.stat().st_size, npu)
     result = {
         "format": entry["format"], "precision": entry["precision"], "path": entry["path"],
         "bytes": path.stat().st_size, "sha256": actual_sha,
@@ -72,6 +85,9 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         result["accuracy"] = accuracy
     result |= {
         "latency_ms": timing,
+        **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
+        **({"npu": npu} if npu is not None else {}),
+        **({"io_quantization": _io_quantization(entry)} if _io_quantization(entry) else {}),
         "budget": {"passed": not violations, "violations": violations,
                    "limits": {k: v for k, v in vars(variant.budget).items() if v is not None}},
         "parity_per_output": per_output,
@@ -79,6 +95,27 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         "quantization": entry.get("quantization"),
     }
     return result
+
+
+def _io_quantization(entry: dict) -> dict:
+    """Scale and zero point of each integer input/output, which device code needs to feed and read it."""
+    return {spec["name"]: {"dtype": spec["dtype"], **spec["quantization"]}
+            for spec in entry["inputs"] + entry["outputs"] if "quantization" in spec}
+
+
+def _npu_section(directory: Path, artifact: Path, compiled: dict, target: Target) -> tuple[dict, list[str]]:
+    """Compile the artifact again with vela for the report's figures; check the stored compiled file."""
+    violations = []
+    stored = directory / compiled["path"]
+    if not stored.is_file():
+        violations.append(f"{compiled['path']} (the vela-compiled model) is missing")
+    elif sha256_file(stored) != compiled["sha256"]:
+        violations.append(f"{compiled['path']} differs from the manifest's sha256: the compiled model changed")
+    npu = target.npu
+    with tempfile.TemporaryDirectory(prefix="edgeport-vela-") as scratch:
+        result = compile_with_vela(artifact, Path(scratch), npu.accelerator, npu.system_config, npu.memory_mode,
+                                   compiled["path"])
+    return result.summary, violations
 
 
 def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:

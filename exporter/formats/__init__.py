@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BACKENDS = {"onnx": "exporter.formats.onnx_backend"}
+BACKENDS = {"onnx": "exporter.formats.onnx_backend", "tflite": "exporter.formats.tflite_backend"}
 
 
 def backend(fmt: str) -> ModuleType:

@@ -112,7 +112,7 @@ def export_onnx(traced: TracedModel, path: Path) -> OnnxExportRecord:
     except Exception as exc:
         ops = preflight(traced)
         if ops:
-            raise UnsupportedOpsError("onnx", ops, "Replace those layers, or register an ONNX translation") from exc
+            raise UnsupportedOpsError({"onnx": (ops, "Replace those layers, or register an ONNX translation")}) from exc
         raise ConversionError(f"ONNX export failed: {reason}; TorchScript exporter: {_first_line(exc)}") from exc
     if path.stat().st_size >= _TWO_GB:
         raise ConversionError("the model is over 2 GB, beyond a single-file ONNX; edgeport targets small models")

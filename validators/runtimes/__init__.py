@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime"}
+RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime", "tflite": "validators.runtimes.litert_runtime"}
 
 
 class Session(Protocol):
@@ -18,7 +18,9 @@ class Session(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def open_session(fmt: str, path: Path, threads: int) -> Session:
+def open_session(fmt: str, path: Path, threads: int, delegate: str | None = None) -> Session:
+    """delegate: for formats with a choice of kernels (tflite: "xnnpack" or "none")."""
     if fmt not in RUNTIMES:
         raise KeyError(f"no runtime registered for format {fmt!r}")
-    return importlib.import_module(RUNTIMES[fmt]).open_session(path, threads)
+    module = importlib.import_module(RUNTIMES[fmt])
+    return module.open_session(path, threads) if delegate is None else module.open_session(path, threads, delegate)
