@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from targets.errors import EdgeportError
+from targets.errors import EdgeportError, first_line
 
 app = typer.Typer(
     name="edgeport",
@@ -57,8 +57,7 @@ def _guarded(debug: bool, action: Callable[[], int]) -> None:
     except Exception as exc:  # a bug in edgeport or a library: still one line, still exit 2
         if debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        print(f"edgeport: internal error: {type(exc).__name__}: {first} (rerun with --debug and report it)",
+        print(f"edgeport: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug and report it)",
               file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -14,6 +14,7 @@ import numpy as np
 from exporter.errors import UserInputError
 from exporter.sources import LoadedModel
 from exporter.specs import BATCH, TensorSpec
+from targets.errors import first_line
 from validators.batching import run_batched
 
 TORCH_EXPORT = "torch.export"
@@ -58,6 +59,15 @@ def flatten_outputs(value: Any) -> list:
 
     leaves, _ = tree_flatten(value)
     return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def module_of(node: Any) -> tuple[str, str]:
+    """(module path, class name) of the nn.Module a traced graph node came from, for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", "?"
+    path, cls = list(stack.values())[-1]
+    return path, str(cls).rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -127,8 +137,7 @@ def trace(loaded: LoadedModel, dynamic_batch: bool) -> TracedModel:
         program = torch.export.export(loaded.module, examples, dynamic_shapes=dynamic_shapes, strict=False)
         method = TORCH_EXPORT
     except Exception as exc:  # torch.export cannot capture every Python construct
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        notes.append(f"torch.export failed ({type(exc).__name__}: {first_line}); converters trace TorchScript")
+        notes.append(f"torch.export failed ({type(exc).__name__}: {first_line(exc)}); converters trace TorchScript")
         program, method = None, TORCHSCRIPT
     return TracedModel(loaded, program, method, _input_specs(loaded, dynamic_batch),
                        _output_specs(loaded, dynamic_batch), dynamic_batch, notes)

@@ -16,3 +16,9 @@ class EdgeportError(Exception):
 
 class TargetError(EdgeportError):
     """An unknown target, or a target file that does not validate."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries raise pages), for one-line errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

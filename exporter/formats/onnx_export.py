@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import ConversionError, UnsupportedOp, UnsupportedOpsError
-from exporter.trace import TORCH_EXPORT, TracedModel
+from exporter.trace import TORCH_EXPORT, TracedModel, module_of
 
 OPSET = 20
 _TWO_GB = 2 * 1024**3
@@ -35,14 +35,6 @@ def _quiet_torch_onnx():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _module_of(node) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", "?"
-    path, cls = list(stack.values())[-1]
-    return path, str(cls).rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
-
-
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:
     """Every operator of the decomposed program that the ONNX exporter has no translation for."""
     if traced.program is None:
@@ -59,7 +51,7 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         if node.op != "call_function" or registry.is_registered(node.target):
             continue
         op = str(node.target)
-        path, cls = _module_of(node)
+        path, cls = module_of(node)
         unsupported.setdefault((op, path), UnsupportedOp(op, path, cls, "no ONNX translation registered"))
     return list(unsupported.values())
 

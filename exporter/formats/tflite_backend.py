@@ -19,8 +19,9 @@ import numpy as np
 
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.trace import TracedModel
+from exporter.trace import TracedModel, module_of
 from targets import Target, Variant
+from targets.errors import first_line
 from validators.batching import iter_batches
 from validators.quiet import silenced
 
@@ -38,14 +39,6 @@ def _quiet():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     return silenced()
-
-
-def _module_of(node) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", "?"
-    path, cls = list(stack.values())[-1]
-    return path, str(cls).rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
 
 
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:
@@ -68,7 +61,7 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
         if lowerings.lookup(node.target) is None:
-            path, cls = _module_of(node)
+            path, cls = module_of(node)
             unsupported.setdefault((str(node.target), path), UnsupportedOp(
                 str(node.target), path, cls, "litert-torch has no lowering for it"))
     return list(unsupported.values())
@@ -81,8 +74,7 @@ def _convert_fp32(traced: TracedModel, path: Path) -> None:
         with _quiet():
             litert_torch.convert(traced.loaded.module, traced.example_inputs).export(str(path))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ConversionError(f"litert-torch could not convert the model: {first}") from exc
+        raise ConversionError(f"litert-torch could not convert the model: {first_line(exc)}") from exc
 
 
 def _signature_input_names(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from targets.errors import first_line
 from validators.errors import ArtifactError
 from validators.quiet import silenced
 
@@ -39,8 +40,8 @@ class LiteRtSession:
                 interp = litert.Interpreter(str(path), num_threads=threads, experimental_op_resolver_type=resolver)
                 self._runner = interp.get_signature_runner(SIGNATURE)
         except Exception as exc:  # corrupt flatbuffer, missing signature, unknown custom op
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ArtifactError(f"{path} cannot be loaded by ai-edge-litert ({first}); re-export it") from None
+            raise ArtifactError(f"{path} cannot be loaded by ai-edge-litert ({first_line(exc)}); "
+                                "re-export it") from None
         version = getattr(litert, "__version__", "") or _package_version()
         self.runtime = f"ai-edge-litert {version} ({'XNNPACK' if delegate == 'xnnpack' else 'builtin kernels'}, host)"
         self._inputs = self._runner.get_input_details()

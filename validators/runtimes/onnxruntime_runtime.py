@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from targets.errors import first_line
 from validators.errors import ArtifactError
 
 
@@ -21,8 +22,7 @@ class OnnxRuntimeSession:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported files
-            first = str(exc).strip().splitlines()[0][:300]
-            raise ArtifactError(f"{path} cannot be loaded by onnxruntime ({first}); re-export it") from None
+            raise ArtifactError(f"{path} cannot be loaded by onnxruntime ({first_line(exc)}); re-export it") from None
         self.runtime = f"onnxruntime {ort.__version__} (CPUExecutionProvider, host)"
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
