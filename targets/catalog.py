@@ -20,8 +20,9 @@ PRECISIONS: dict[str, dict[str, str]] = {
         "fp32": "float32 LiteRT model (litert-torch)",
         "fp16": "float16 weights, float32 compute and I/O",
         "int8_dynamic": "int8 weights, activations quantized at run time (dynamic range)",
-        "int8": "full-integer int8: int8 weights, activations and int8 input/output tensors, calibrated "
-                "on --calib data (what microcontroller NPUs need)",
+        "int8": "static int8 weights and activations calibrated on --calib data, float32 input/output",
+        "int8_full": "full-integer int8: int8 weights, activations and int8 input/output tensors "
+                     "(what microcontroller NPUs need), calibrated on --calib data",
     },
 }
 

@@ -48,10 +48,14 @@ PRECISION_DEFAULT_BUDGETS: dict[str, Budget] = {
     "int8": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
     "int8_dynamic": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95,
                            max_accuracy_drop=0.01),
+    "int8_full": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
 }
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-STATIC_PRECISIONS = ("int8", "w8a16")
+STATIC_PRECISIONS = ("int8", "w8a16", "int8_full")
+# Quantizers for full-integer TFLite; "auto" builds both and keeps the one with the better SQNR
+# on the calibration data.
+TFLITE_RECIPES = ("auto", "ai-edge-quantizer", "pt2e")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Variant:
     budget: Budget
     calibration_method: str = "minmax"  # static variants: how activation ranges are chosen
     calibration_samples: int = 512  # static variants: at most this many calibration samples
+    recipe: str = "auto"  # tflite int8_full: which quantizer (see TFLITE_RECIPES)
 
     @property
     def filename(self) -> str:
@@ -178,7 +183,7 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
     where = f"variants[{index}]"
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: {where} must be a table with format and precision")
-    _check_keys(table, ["format", "precision", "budget", "calibration_method", "calibration_samples"],
+    _check_keys(table, ["format", "precision", "budget", "calibration_method", "calibration_samples", "recipe"],
                 where, origin)
     fmt, precision = table.get("format"), table.get("precision")
     if fmt not in PRECISIONS:
@@ -194,9 +199,12 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
             f"{origin}: {where}.calibration_method {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
         )
     samples = int(_number(table.get("calibration_samples", 512), "calibration_samples", where, origin))
+    recipe = table.get("recipe", "auto")
+    if recipe not in TFLITE_RECIPES:
+        raise TargetError(f"{origin}: {where}.recipe {recipe!r}; choose one of: {', '.join(TFLITE_RECIPES)}")
     budget = PRECISION_DEFAULT_BUDGETS[precision].merged(common)
     budget = budget.merged(_budget_overrides(table.get("budget", {}), f"{where}.budget", origin))
-    return Variant(fmt, precision, budget, method, max(samples, 1))
+    return Variant(fmt, precision, budget, method, max(samples, 1), recipe)
 
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
@@ -218,9 +226,9 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         seen.add((v.format, v.precision))
 
     npu = _npu(data.get("npu"), origin)
-    if npu is not None and not any((v.format, v.precision) == ("tflite", "int8") for v in variants):
+    if npu is not None and not any((v.format, v.precision) == ("tflite", "int8_full") for v in variants):
         raise TargetError(f"{origin}: [npu] compiles full-integer int8 TFLite; add a variant with "
-                          'format = "tflite" and precision = "int8"')
+                          'format = "tflite" and precision = "int8_full"')
     passes_table = data.get("passes", {})
     if not isinstance(passes_table, dict):
         raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")

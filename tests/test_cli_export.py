@@ -57,7 +57,7 @@ def test_demo_android_meets_the_int8_accuracy_bound(demo_android):
     fp32, int8 = report["artifacts"][:2]
     tflite_int8 = report["artifacts"][4]
     assert tflite_int8["path"] == "model.int8.tflite" and tflite_int8["accuracy"]["drop"] <= 0.005
-    assert tflite_int8["io_quantization"]["image"]["dtype"] == "int8"
+    assert "io_quantization" not in tflite_int8  # android's static int8 keeps float32 I/O
     assert report["reference_accuracy"] >= 0.97
     assert fp32["accuracy"]["drop"] == pytest.approx(0.0, abs=1e-9)
     assert int8["accuracy"]["drop"] <= 0.005  # static int8 within 0.5 points of fp32 on the eval split

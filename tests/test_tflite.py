@@ -20,22 +20,28 @@ def test_int8_io_quantize_dequantize_round_trip():
 def test_every_tflite_precision_on_an_mlp(tmp_path):
     target = tmp_path / "tfl.toml"
     target.write_text('name = "tfl"\n[runtime]\nmin_runs = 20\nmin_seconds = 0.05\n' + "".join(
-        f'[[variants]]\nformat = "tflite"\nprecision = "{p}"\n' for p in ("fp32", "fp16", "int8_dynamic", "int8")))
+        f'[[variants]]\nformat = "tflite"\nprecision = "{p}"\n'
+        for p in ("fp32", "fp16", "int8_dynamic", "int8", "int8_full")))
     eval_path, calib_path = save_family_data(tmp_path, "mlp", samples=64)
     result = run_cli("export", "--model", f"{ZOO}:mlp", "--target", target, "--eval", eval_path,
                      "--calib", calib_path, "--out", tmp_path)
     assert result.code == 0, result.stderr
     report = read_json(tmp_path / "zoo-mlp" / "tfl" / "report.json")
-    fp32, fp16, dynamic, int8 = report["artifacts"]
+    fp32, fp16, dynamic, int8, full = report["artifacts"]
     assert fp32["parity"]["max_abs"] <= 1e-4
     assert fp16["parity"]["sqnr_db"] >= 40 and fp16["bytes"] < 0.7 * fp32["bytes"]
     assert dynamic["parity"]["sqnr_db"] >= 30 and dynamic["bytes"] < 0.6 * fp32["bytes"]
     assert int8["parity"]["sqnr_db"] >= 25 and int8["parity"]["samples"] == 64
+    assert full["parity"]["sqnr_db"] >= 25
     manifest = read_json(tmp_path / "zoo-mlp" / "tfl" / "manifest.json")
-    int8_entry = manifest["artifacts"][3]
-    assert int8_entry["inputs"][0]["dtype"] == "int8" and int8_entry["outputs"][0]["dtype"] == "int8"
-    assert int8_entry["inputs"][0]["quantization"]["scale"] > 0
-    assert "global min/max" in int8_entry["quantization"]["recipe"]
+    int8_entry, full_entry = manifest["artifacts"][3:]
+    assert int8_entry["inputs"][0]["dtype"] == "float32" and "global min/max" in int8_entry["quantization"]["recipe"]
+    assert full_entry["inputs"][0]["dtype"] == "int8" and full_entry["outputs"][0]["dtype"] == "int8"
+    assert full_entry["inputs"][0]["quantization"]["scale"] > 0
+    candidates = full_entry["quantization"]["candidates"]
+    assert set(candidates) == {"ai-edge-quantizer", "pt2e"}  # both built, the better kept
+    best = max(candidates, key=lambda name: candidates[name]["sqnr_db"])
+    assert full_entry["quantization"]["recipe"].startswith("ai-edge" if best == "ai-edge-quantizer" else "litert")
 
 
 @pytest.mark.slow
@@ -46,7 +52,7 @@ def test_iot_npu_demo_is_full_int8_and_all_on_the_npu(tmp_path):
     directory = tmp_path / "digits" / "iot-npu"
     report = read_json(directory / "report.json")
     (artifact,) = report["artifacts"]
-    assert artifact["path"] == "model.int8.tflite"
+    assert artifact["path"] == "model.int8_full.tflite"
     assert artifact["accuracy"]["drop"] <= 0.01  # within 1 point of fp32 on the eval split
     io = artifact["io_quantization"]
     assert io["image"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
@@ -55,9 +61,9 @@ def test_iot_npu_demo_is_full_int8_and_all_on_the_npu(tmp_path):
     assert npu["cpu_fallback"] == [] and npu["accelerator"] == "Ethos_U55_128"
     assert npu["macs"] > 100_000 and npu["cycles"] > 0 and 0 < npu["sram_kib"] < 384
     assert 30 < npu["flash_kib"] < 100  # ~50 KiB of int8 weights, vela-encoded
-    assert (directory / "model.int8.vela.tflite").is_file()
+    assert (directory / "model.int8_full.vela.tflite").is_file()
     manifest = read_json(directory / "manifest.json")
-    assert manifest["artifacts"][0]["npu_compiled"]["path"] == "model.int8.vela.tflite"
+    assert manifest["artifacts"][0]["npu_compiled"]["path"] == "model.int8_full.vela.tflite"
     assert "vela estimates" in (directory / "report.md").read_text()
 
 
