@@ -14,11 +14,11 @@ from exporter.data import Dataset
 from exporter.trace import TracedModel
 from targets import Target
 from targets.profile import read_target_file
-from validators.files import sha256_file
+from validators.files import sha256_file, size_bytes
 from validators.manifest import SCHEMA
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy", "scikit-learn", "litert-torch",
-             "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela")
+             "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela", "coremltools")
 
 
 def library_versions() -> dict[str, str]:
@@ -39,7 +39,7 @@ def build_manifest(traced: TracedModel, target: Target, eval_data: Dataset, cali
         path = directory / record.path
         artifacts.append({
             "format": record.format, "precision": record.precision, "path": record.path,
-            "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "bytes": size_bytes(path), "sha256": sha256_file(path),
             "inputs": record.inputs, "outputs": record.outputs,
             "conversion": record.conversion, "quantization": record.quantization,
             "reproducible": record.reproducible, **record.extra,

@@ -94,6 +94,8 @@ def _as_example_tuple(value: Any, spec: str) -> tuple:
 def _finish(module: Any, examples: tuple | None, input_specs: list[TensorSpec], spec: str,
             kind: str, name: str) -> LoadedModel:
     """Apply --input (it wins over bundled examples) and name the inputs."""
+    import torch
+
     arg_names = _forward_arg_names(module)
     if input_specs:
         examples = _tensors_from_specs(input_specs)
@@ -104,6 +106,9 @@ def _finish(module: Any, examples: tuple | None, input_specs: list[TensorSpec], 
     else:
         names = arg_names[: len(examples)] if len(arg_names) >= len(examples) else \
             [f"input_{i}" for i in range(len(examples))]
+    # Fresh tensors with canonical strides: a numpy view can give a size-1 dim a stride that
+    # converters (coremltools) read as a non-contiguous dim order.
+    examples = tuple(torch.empty(t.shape, dtype=t.dtype).copy_(t) for t in examples)
     if arg_names and len(examples) > len(arg_names):
         raise UserInputError(f"{spec}: {len(examples)} inputs given but forward takes {len(arg_names)} "
                              f"({', '.join(arg_names)}); pass one --input per argument")

@@ -24,6 +24,13 @@ PRECISIONS: dict[str, dict[str, str]] = {
         "int8_full": "full-integer int8: int8 weights, activations and int8 input/output tensors "
                      "(what microcontroller NPUs need), calibrated on --calib data",
     },
+    "coreml": {
+        "fp16": "ML Program with fp16 compute precision (the Neural Engine default)",
+        "fp32": "ML Program with fp32 compute precision",
+        "w8": "fp16 program, weights linearly quantized to int8 per output channel",
+        "palette6": "fp16 program, weights palettized to 6-bit (64-entry k-means LUT)",
+        "palette4": "fp16 program, weights palettized to 4-bit (16-entry k-means LUT)",
+    },
 }
 
 # format -> {pass id: one-line description}; a target lists these in [passes].
@@ -35,9 +42,10 @@ PASSES: dict[str, dict[str, str]] = {
         "simplify": "onnxslim: shape inference, pattern fusion, redundant-op removal",
     },
     "tflite": {},  # litert-torch runs its own graph optimizations during conversion
+    "coreml": {},  # coremltools runs its MIL pass pipeline during conversion
 }
 
-FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite"}
+FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 
 
 def artifact_filename(fmt: str, precision: str) -> str:

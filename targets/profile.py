@@ -49,6 +49,9 @@ PRECISION_DEFAULT_BUDGETS: dict[str, Budget] = {
     "int8_dynamic": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95,
                            max_accuracy_drop=0.01),
     "int8_full": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "w8": Budget(min_cosine=0.999, min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
+    "palette6": Budget(min_cosine=0.999, min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
+    "palette4": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
 }
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -56,6 +59,14 @@ STATIC_PRECISIONS = ("int8", "w8a16", "int8_full")
 # Quantizers for full-integer TFLite; "auto" builds both and keeps the one with the better SQNR
 # on the calibration data.
 TFLITE_RECIPES = ("auto", "ai-edge-quantizer", "pt2e")
+
+
+DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")
+
+
+@dataclass(frozen=True)
+class CoremlSettings:
+    minimum_deployment_target: str = "iOS17"  # iOS18 switches weight compression to its newer ops
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Target:
     passes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     runtime: RuntimeSettings = RuntimeSettings()
     npu: NpuSettings | None = None
+    coreml: CoremlSettings = CoremlSettings()
     origin: str = ""  # the file it was read from
 
     @property
@@ -179,6 +191,17 @@ def _npu(table: Any, origin: str) -> NpuSettings | None:
     return settings
 
 
+def _coreml(table: Any, origin: str) -> CoremlSettings:
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: [coreml] must be a table")
+    _check_keys(table, _field_names(CoremlSettings), "[coreml]", origin)
+    settings = CoremlSettings(**{k: str(v) for k, v in table.items()})
+    if settings.minimum_deployment_target not in DEPLOYMENT_TARGETS:
+        raise TargetError(f"{origin}: coreml.minimum_deployment_target {settings.minimum_deployment_target!r}; "
+                          f"choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
+    return settings
+
+
 def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> Variant:
     where = f"variants[{index}]"
     if not isinstance(table, dict):
@@ -209,8 +232,8 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
-    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu"], "the top level",
-                origin)
+    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml"],
+                "the top level", origin)
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise TargetError(f"{origin}: the target needs a name, e.g. name = \"my-phone\"")
@@ -250,6 +273,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         passes=passes,
         runtime=_runtime(data.get("runtime", {}), origin),
         npu=npu,
+        coreml=_coreml(data.get("coreml", {}), origin),
         origin=origin,
     )
 

@@ -27,12 +27,14 @@ def test_every_onnx_and_tflite_precision_and_pass_is_implemented():
 
     assert set(PRECISIONS["onnx"]) == set(IMPLEMENTED_PRECISIONS)
     assert set(PRECISIONS["tflite"]) == {"fp32", *AEQ_RECIPES}
+    assert set(PRECISIONS["coreml"]) == {"fp16", "fp32", "w8", "palette6", "palette4"}
     assert set(PASSES["onnx"]) == set(ONNX_PASSES)
 
 
 def test_every_pass_precision_and_target_is_tested():
     pass_tests = (TESTS / "test_onnx_passes.py").read_text()
-    end_to_end = (TESTS / "test_cli_export.py").read_text() + (TESTS / "test_tflite.py").read_text()
+    end_to_end = "".join((TESTS / name).read_text() for name in ("test_cli_export.py", "test_tflite.py",
+                                                                 "test_coreml.py"))
     for pass_id in PASSES["onnx"]:
         assert f'"{pass_id}"' in pass_tests, f"no unit test runs pass {pass_id}"
     for fmt in PRECISIONS:

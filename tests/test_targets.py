@@ -10,7 +10,8 @@ from targets.profile import PRECISION_DEFAULT_BUDGETS, target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
-    assert builtin_target_names() == ["android", "cockpit", "iot-npu"]
+    assert builtin_target_names() == ["android", "cockpit", "ios", "iot-npu"]
+    assert load_target("ios").coreml.minimum_deployment_target == "iOS17"
     android = load_target("android")
     assert [(v.format, v.precision) for v in android.variants] == [
         ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
@@ -41,7 +42,9 @@ def _minimal(**extra):
     (_minimal(colour="red"), "unknown key(s) colour in the top level; valid keys: name, description"),
     ({"name": "t", "variants": [{"format": "onnx", "precision": "int3"}]},
      "precision 'int3' is not available for onnx; choose one of: fp32, fp16, int8_dynamic, int8, w8a16"),
-    ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]}, "format 'pdf' is not one of: onnx, tflite"),
+    ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]},
+     "format 'pdf' is not one of: onnx, tflite, coreml"),
+    (_minimal(coreml={"minimum_deployment_target": "iOS9"}), "minimum_deployment_target 'iOS9'; choose one of"),
     (_minimal(npu={"accelerator": "ethos-u55-128"}), "[npu] compiles full-integer int8 TFLite; add a variant"),
     ({"name": "t", "npu": {"accelerator": "ethos-u99"},
       "variants": [{"format": "tflite", "precision": "int8_full"}]},
@@ -65,7 +68,7 @@ def test_bad_profiles_say_what_is_valid(data, expected):
 
 
 def test_unknown_target_name_lists_builtins():
-    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit, iot-npu"):
+    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit, ios, iot-npu"):
         load_target("pixel")
 
 

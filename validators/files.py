@@ -15,11 +15,24 @@ _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, or of a directory artifact (.mlpackage): its relative paths and file hashes."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{child.relative_to(path).as_posix()}|{sha256_file(child)}|".encode())
+        return digest.hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def size_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file in a directory artifact."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -58,6 +58,10 @@ def _pass_lines(a: dict) -> list[str]:
     if a.get("quantization"):
         q = a["quantization"]
         lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    if a.get("parity_runtime"):
+        lines.append(f"parity measured by: {a['parity_runtime']}")
+    for runtime, p in list(a.get("parity_by_runtime", {}).items())[1:]:
+        lines.append(f"parity on {runtime}: max_abs {p['max_abs']:.3g}, SQNR {p['sqnr_db']:.1f} dB")
     for name, q in a.get("io_quantization", {}).items():
         lines.append(f"{name} is {q['dtype']}: real = (q - {q['zero_point']}) * {q['scale']:.9g}")
     for delegate, lat in a.get("latency_ms_by_delegate", {}).items():

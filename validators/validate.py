@@ -14,11 +14,11 @@ from targets.profile import target_from_dict
 from validators import budgets, latency, parity
 from validators.batching import iter_batches, run_batched
 from validators.errors import ArtifactError
-from validators.files import sha256_file
+from validators.files import sha256_file, size_bytes
 from validators.manifest import read_manifest
 from validators.npu import compile_with_vela
 from validators.reference import Reference
-from validators.runtimes import open_session
+from validators.runtimes import extra_sessions, open_session
 
 
 def _fixed_batch(specs: list[dict]) -> int | None:
@@ -56,6 +56,11 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         raise ArtifactError(f"{path}: " + "; ".join(shape_problems) + "; the artifact does not match its manifest")
     overall = parity.worst_case(per_output)
     accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+    by_runtime = {session.runtime: overall}
+    for extra in extra_sessions(entry["format"], path, target.runtime.threads):
+        extra_outputs = dict(zip(output_names, run_batched(extra.run, inputs, batch), strict=True))
+        by_runtime[extra.runtime] = parity.worst_case(
+            {n: parity.output_parity(reference.outputs[n], extra_outputs[n]) for n in output_names})
 
     first_feeds, _ = next(iter_batches(inputs, batch or 1))
     by_delegate = {}
@@ -75,17 +80,21 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     if entry.get("npu_compiled") and target.npu is not None:
         npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
         violations += npu_violations
-    violations += budgets.check(variant.budget, overall, accuracy, timing, path.stat().st_size, npu)
+    violations += budgets.check(variant.budget, overall, accuracy, timing, size_bytes(path), npu)
+    for runtime, runtime_parity in list(by_runtime.items())[1:]:
+        violations += [f"{runtime}: {v}" for v in budgets.check(variant.budget, runtime_parity, None, None, 0)]
     result = {
         "format": entry["format"], "precision": entry["precision"], "path": entry["path"],
-        "bytes": path.stat().st_size, "sha256": actual_sha,
+        "bytes": size_bytes(path), "sha256": actual_sha,
         "parity": overall,
+        "parity_runtime": session.runtime,
     }
     if accuracy is not None:
         result["accuracy"] = accuracy
     result |= {
         "latency_ms": timing,
         **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
+        **({"parity_by_runtime": by_runtime} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
         **({"io_quantization": _io_quantization(entry)} if _io_quantization(entry) else {}),
         "budget": {"passed": not violations, "violations": violations,

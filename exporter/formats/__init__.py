@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BACKENDS = {"onnx": "exporter.formats.onnx_backend", "tflite": "exporter.formats.tflite_backend"}
+BACKENDS = {"onnx": "exporter.formats.onnx_backend", "tflite": "exporter.formats.tflite_backend",
+            "coreml": "exporter.formats.coreml_backend"}
 
 
 def backend(fmt: str) -> ModuleType:

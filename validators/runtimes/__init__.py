@@ -8,7 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime", "tflite": "validators.runtimes.litert_runtime"}
+RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime", "tflite": "validators.runtimes.litert_runtime",
+            "coreml": "validators.runtimes.coreml_runtime"}
 
 
 class Session(Protocol):
@@ -24,3 +25,9 @@ def open_session(fmt: str, path: Path, threads: int, delegate: str | None = None
         raise KeyError(f"no runtime registered for format {fmt!r}")
     module = importlib.import_module(RUNTIMES[fmt])
     return module.open_session(path, threads) if delegate is None else module.open_session(path, threads, delegate)
+
+
+def extra_sessions(fmt: str, path: Path, threads: int) -> list[Session]:
+    """Further runtimes for the same artifact (Core ML's own on macOS), each reported on its own."""
+    module = importlib.import_module(RUNTIMES[fmt])
+    return module.extra_sessions(path, threads) if hasattr(module, "extra_sessions") else []

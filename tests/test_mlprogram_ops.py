@@ -1,0 +1,272 @@
+"""Each MIL op of the reference interpreter against an independent computation (PyTorch's functional
+ops or plain NumPy), on small shapes with broadcasting and the edge cases that matter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from validators.mlprogram.interpreter import Interpreter, UnsupportedMilOp
+from validators.mlprogram.ops import OPS, Args
+from validators.mlprogram.reader import FLOAT16, FLOAT32, Block, Op, Program, unpack_bits
+
+RNG = np.random.default_rng(0)
+
+
+def run(op_type: str, **inputs):
+    values = {k: (list(v) if k in ("values", "loop_vars") else [v]) for k, v in inputs.items()}
+    return OPS[op_type](Args(values, {}))
+
+
+def one(op_type: str, **inputs) -> np.ndarray:
+    (out,) = run(op_type, **inputs)
+    return np.asarray(out)
+
+
+def t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol)
+
+
+def randn(*shape) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+# --- convolution ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride, dilation, groups, pad_type, pad", [
+    (1, 1, 1, "valid", None), (2, 1, 1, "valid", None), (1, 2, 1, "valid", None),
+    (1, 1, 4, "custom", [1, 1, 1, 1]), (2, 1, 2, "custom", [0, 1, 2, 0]), (1, 1, 1, "same", None),
+    (2, 1, 1, "same", None), (1, 3, 8, "custom", [3, 3, 3, 3]),
+])
+def test_conv2d_matches_torch(stride, dilation, groups, pad_type, pad):
+    x, w, b = randn(2, 8, 9, 10), randn(8, 8 // groups, 3, 3), randn(8)
+    inputs = dict(x=x, weight=w, bias=b, strides=np.array([stride] * 2), dilations=np.array([dilation] * 2),
+                  groups=np.int32(groups), pad_type=pad_type)
+    if pad is not None:
+        inputs["pad"] = np.array(pad)
+    got = one("conv", **inputs)
+    tx = t(x)
+    if pad_type == "custom":  # MIL pad is [top, bottom, left, right]
+        tx = F.pad(tx, (pad[2], pad[3], pad[0], pad[1]))
+        want = F.conv2d(tx, t(w), t(b), stride=stride, dilation=dilation, groups=groups)
+    elif pad_type == "same" and stride == 1:
+        want = F.conv2d(tx, t(w), t(b), padding="same", dilation=dilation, groups=groups)
+    elif pad_type == "same":  # output ceil(n / stride), extra padding at the end
+        pads = [max((math.ceil(n / stride) - 1) * stride + 3 - n, 0) for n in x.shape[2:]]
+        tx = F.pad(tx, (pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2))
+        want = F.conv2d(tx, t(w), t(b), stride=stride)
+    else:
+        want = F.conv2d(tx, t(w), t(b), stride=stride, dilation=dilation, groups=groups)
+    close(got, want.numpy(), 1e-4)
+
+
+def test_conv1d_and_depthwise_without_bias():
+    x, w = randn(1, 4, 11), randn(4, 1, 5)
+    got = one("conv", x=x, weight=w, strides=np.array([2]), dilations=np.array([1]), groups=np.int32(4),
+              pad_type="custom", pad=np.array([2, 2]))
+    close(got, F.conv1d(t(x), t(w), stride=2, padding=2, groups=4).numpy(), 1e-4)
+
+
+# --- pooling and resampling ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pool(ceil_mode):
+    x = randn(1, 3, 7, 7)
+    got = one("max_pool", x=x, kernel_sizes=np.array([3, 3]), strides=np.array([2, 2]), pad_type="custom",
+              pad=np.array([1, 1, 1, 1]), ceil_mode=ceil_mode)
+    close(got, F.max_pool2d(t(x), 3, 2, padding=1, ceil_mode=ceil_mode).numpy())
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_avg_pool_padding_counting(exclude):
+    x = randn(2, 2, 6, 6)
+    got = one("avg_pool", x=x, kernel_sizes=np.array([3, 3]), strides=np.array([1, 1]), pad_type="custom",
+              pad=np.array([1, 1, 1, 1]), exclude_padding_from_average=exclude)
+    close(got, F.avg_pool2d(t(x), 3, 1, padding=1, count_include_pad=not exclude).numpy())
+
+
+def test_upsample_nearest_and_bilinear():
+    x = randn(1, 2, 3, 4)
+    close(one("upsample_nearest_neighbor", x=x, scale_factor_height=np.float32(2), scale_factor_width=np.float32(3)),
+          F.interpolate(t(x), scale_factor=(2, 3), mode="nearest").numpy())
+    for align in (False, True):
+        got = one("upsample_bilinear", x=x, scale_factor_height=np.float32(2), scale_factor_width=np.float32(2),
+                  align_corners=align)
+        close(got, F.interpolate(t(x), scale_factor=2, mode="bilinear", align_corners=align).numpy(), 1e-5)
+
+
+# --- activations ---------------------------------------------------------------------------------------
+
+def test_activations_match_torch():
+    x = randn(3, 5) * 4
+    close(one("relu", x=x), F.relu(t(x)))
+    close(one("sigmoid_hard", x=x, alpha=np.float32(1 / 6), beta=np.float32(0.5)), F.hardsigmoid(t(x)))
+    hard_sigmoid = one("sigmoid_hard", x=x, alpha=np.float32(1 / 6), beta=np.float32(0.5))
+    close(one("mul", x=x, y=hard_sigmoid), F.hardswish(t(x)))  # coremltools' hardswish: x * sigmoid_hard(x)
+    close(one("clip", x=x, alpha=np.float32(0), beta=np.float32(6)), F.relu6(t(x)))
+    close(one("gelu", x=x, mode="EXACT"), F.gelu(t(x)))
+    close(one("gelu", x=x, mode="TANH_APPROXIMATION"), F.gelu(t(x), approximate="tanh"))
+    close(one("silu", x=x), F.silu(t(x)))
+    close(one("tanh", x=x), torch.tanh(t(x)))
+    close(one("sigmoid", x=x), torch.sigmoid(t(x)))
+    close(one("leaky_relu", x=x, alpha=np.float32(0.1)), F.leaky_relu(t(x), 0.1))
+    close(one("elu", x=x, alpha=np.float32(1.0)), F.elu(t(x)))
+    close(one("thresholded_relu", x=x, alpha=np.float32(1.0)), F.threshold(t(x), 1.0, 0.0))
+    close(one("softplus", x=x), F.softplus(t(x)), 1e-5)
+    close(one("erf", x=x), torch.erf(t(x)))
+    close(one("rsqrt", x=np.abs(x) + 1, epsilon=np.float32(0)), torch.rsqrt(t(np.abs(x) + 1)))
+
+
+def test_prelu_is_per_channel():
+    x, alpha = randn(2, 3, 4, 4), np.array([0.1, 0.2, 0.3], np.float32)
+    close(one("prelu", x=x, alpha=alpha), F.prelu(t(x), t(alpha)))
+
+
+# --- elementwise broadcasting and linear algebra -----------------------------------------------------------
+
+def test_binary_ops_broadcast():
+    a, b = randn(2, 1, 4), randn(3, 1)
+    close(one("add", x=a, y=b), a + b)
+    close(one("real_div", x=a, y=np.abs(b) + 1), a / (np.abs(b) + 1))
+    assert one("greater_equal", x=a, y=b).shape == (2, 3, 4)
+    close(one("select", cond=a > 0, a=a, b=np.float32(0)), np.where(a > 0, a, 0))
+
+
+def test_linear_and_matmul_with_transposes():
+    x, w, b = randn(2, 5, 6), randn(4, 6), randn(4)
+    close(one("linear", x=x, weight=w, bias=b), F.linear(t(x), t(w), t(b)), 1e-5)
+    y = randn(2, 7, 6)
+    close(one("matmul", x=x, y=y, transpose_x=False, transpose_y=True), t(x) @ t(y).transpose(1, 2), 1e-5)
+    close(one("matmul", x=np.swapaxes(x, 1, 2), y=randn(6, 3) * 0 + 1, transpose_x=True, transpose_y=False),
+          t(x) @ torch.ones(6, 3), 1e-5)
+
+
+# --- normalization and softmax -----------------------------------------------------------------------------
+
+def test_softmax_layer_norm_batch_norm():
+    x = randn(2, 3, 5)
+    close(one("softmax", x=x, axis=np.int32(1)), F.softmax(t(x), dim=1))
+    gamma, beta = randn(5), randn(5)
+    close(one("layer_norm", x=x, axes=np.array([-1]), gamma=gamma, beta=beta, epsilon=np.float32(1e-5)),
+          F.layer_norm(t(x), (5,), t(gamma), t(beta), 1e-5), 1e-5)
+    mean, var = randn(3), np.abs(randn(3)) + 0.5
+    close(one("batch_norm", x=x, mean=mean, variance=var, gamma=gamma[:3], beta=beta[:3], epsilon=np.float32(1e-3)),
+          F.batch_norm(t(x), t(mean), t(var), t(gamma[:3]), t(beta[:3]), False, 0.0, 1e-3), 1e-5)
+
+
+def test_reductions():
+    x = randn(2, 3, 4)
+    close(one("reduce_mean", x=x, axes=np.array([-1]), keep_dims=False), x.mean(-1))
+    close(one("reduce_sum", x=x, axes=np.array([0, 2]), keep_dims=True), x.sum((0, 2), keepdims=True))
+    close(one("reduce_max", x=x, axes=np.array([1]), keep_dims=False), x.max(1))
+    assert one("reduce_argmax", x=x, axis=np.int32(2), keep_dims=False).tolist() == x.argmax(2).tolist()
+
+
+# --- shape and indexing -------------------------------------------------------------------------------------
+
+def test_shape_ops():
+    x = randn(2, 3, 4)
+    close(one("reshape", x=x, shape=np.array([4, -1])), x.reshape(4, 6))
+    close(one("transpose", x=x, perm=np.array([2, 0, 1])), x.transpose(2, 0, 1))
+    assert one("expand_dims", x=x, axes=np.array([0, -1])).shape == (1, 2, 3, 4, 1)
+    assert one("squeeze", x=x[:, :1, None], axes=np.array([1, 2])).shape == (2, 4)
+    close(one("concat", values=[x, x * 2], axis=np.int32(1), interleave=False), np.concatenate([x, x * 2], 1))
+    interleaved = one("concat", values=[x, x * 2], axis=np.int32(1), interleave=True)
+    close(interleaved[:, 1::2], x * 2)
+    parts = run("split", x=x, axis=np.int32(2), split_sizes=np.array([1, 3]))
+    assert [p.shape for p in parts] == [(2, 3, 1), (2, 3, 3)]
+    assert [p.shape for p in run("split", x=x, axis=np.int32(0), num_splits=np.int32(2))] == [(1, 3, 4)] * 2
+    close(one("tile", x=x, reps=np.array([1, 2, 1])), np.tile(x, (1, 2, 1)))
+    close(one("pad", x=x, pad=np.array([1, 2]), mode="reflect"), np.pad(x, [(0, 0), (0, 0), (1, 2)], "reflect"))
+
+
+def test_slice_by_index_masks_and_strides():
+    x = randn(4, 5, 6)
+    got = one("slice_by_index", x=x, begin=np.array([1, 0, 5]), end=np.array([3, 4, 0]), stride=np.array([1, 2, -2]),
+              begin_mask=np.array([False, True, False]), end_mask=np.array([False, False, True]),
+              squeeze_mask=np.array([False, False, False]))
+    close(got, x[1:3, :4:2, 5::-2])
+    close(one("slice_by_index", x=x, begin=np.array([2, 0, 0]), end=np.array([3, 5, 6]),
+              squeeze_mask=np.array([True, False, False])), x[2])
+
+
+def test_gather_scatter():
+    x = randn(3, 4, 5)
+    idx = np.array([[2, 0], [1, 1]])
+    close(one("gather", x=x, indices=idx, axis=np.int32(1)), np.take(x, idx, axis=1))
+    batch_idx = np.array([[0, 3], [2, 2], [1, 0]])
+    got = one("gather", x=x, indices=batch_idx, axis=np.int32(1), batch_dims=np.int32(1))
+    close(got, np.stack([x[b, batch_idx[b]] for b in range(3)]))
+    data, updates = np.zeros((4, 3), np.float32), randn(2, 3)
+    close(one("scatter", data=data, indices=np.array([3, 1]), updates=updates, axis=np.int32(0), mode="update"),
+          np.array([[0] * 3, updates[1], [0] * 3, updates[0]]))
+
+
+# --- weight decompression ----------------------------------------------------------------------------------
+
+def test_affine_dequantize_and_blockwise_shift_scale():
+    q = RNG.integers(-128, 127, (4, 6)).astype(np.int8)
+    scale, zero = np.abs(randn(4)) + 0.1, np.array([0, 1, -2, 3], np.int8)
+    want = (q.astype(np.float32) - zero[:, None]) * scale[:, None]
+    close(one("constexpr_affine_dequantize", quantized_data=q, zero_point=zero, scale=scale, axis=np.int32(0)), want)
+    close(one("constexpr_blockwise_shift_scale", data=q, scale=scale[:, None], offset=zero[:, None]), want)
+    block_scale = np.abs(randn(4, 2)) + 0.1  # blocks of 3 along the last axis
+    close(one("constexpr_blockwise_shift_scale", data=q, scale=block_scale), q * np.repeat(block_scale, 3, axis=1))
+
+
+def test_lut_to_dense_both_generations():
+    lut = np.linspace(-1, 1, 16).astype(np.float32)
+    indices = RNG.integers(0, 16, 24).astype(np.uint8)
+    packed = np.packbits(((indices[:, None] >> np.arange(4)) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+    old = OPS["constexpr_lut_to_dense"](Args({}, {"lut": lut, "indices": packed, "shape": np.array([4, 6])}))[0]
+    close(old, lut[indices].reshape(4, 6))
+    per_row_lut = np.stack([lut, lut * 2])[:, None, :, None]  # 2 row blocks x 1 x 16 entries x vector 1
+    new = one("constexpr_lut_to_dense", indices=indices.reshape(4, 6), lut=per_row_lut)
+    close(new, np.concatenate([lut[indices[:12]], 2 * lut[indices[12:]]]).reshape(4, 6))
+
+
+def test_unpack_bits_signed_and_unsigned():
+    values = np.array([5, 0, 63, 17], np.uint8)
+    packed = np.packbits(((values[:, None] >> np.arange(6)) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+    assert unpack_bits(packed.tobytes(), 6, 4, signed=False).tolist() == [5, 0, 63, 17]
+    assert unpack_bits(bytes([0xF7]), 4, 2, signed=True).tolist() == [7, -1]
+
+
+# --- the interpreter itself ------------------------------------------------------------------------------
+
+def _program(ops, inputs, outputs):
+    return Program(inputs, outputs, Block([n for n, _, _ in inputs], outputs, ops), "CoreML7")
+
+
+def test_while_loop_counts_and_accumulates():
+    cond = Block(["i", "acc"], ["keep"], [Op("less", {"x": ["i"], "y": [np.int32(5)]}, [("keep", None)], {})])
+    body = Block(["i", "acc"], ["i_next", "acc_next"], [
+        Op("add", {"x": ["i"], "y": [np.int32(1)]}, [("i_next", None)], {}),
+        Op("add", {"x": ["acc"], "y": ["x"]}, [("acc_next", FLOAT32)], {}),
+    ])
+    loop = Op("while_loop", {"loop_vars": [np.int32(0), np.zeros(3, np.float32)]},
+              [("count", None), ("total", FLOAT32)], {}, [cond, body])
+    program = _program([loop], [("x", FLOAT32, (3,))], ["count", "total"])
+    count, total = Interpreter(program).run({"x": np.array([1.0, 2.0, 3.0], np.float32)})
+    assert int(count) == 5 and total.tolist() == [5.0, 10.0, 15.0]
+
+
+def test_fp16_tensors_are_stored_as_fp16():
+    x = np.array([1.0001, 2049.0], np.float32)  # neither is representable in float16
+    program = _program([Op("identity", {"x": ["x"]}, [("y", FLOAT16)], {})], [("x", FLOAT32, (2,))], ["y"])
+    (y,) = Interpreter(program).run({"x": x})
+    assert y.dtype == np.float16 and y.astype(np.float32).tolist() == [1.0, 2048.0]
+
+
+def test_unknown_op_stops_with_its_name():
+    program = _program([Op("frobnicate", {"x": ["x"]}, [("y", FLOAT32)], {})], [("x", FLOAT32, (2,))], ["y"])
+    with pytest.raises(UnsupportedMilOp, match="MIL op.s. frobnicate that the reference interpreter does not"):
+        Interpreter(program)

@@ -1,0 +1,95 @@
+"""Execute an ML Program's main function with NumPy.
+
+fp16 semantics: every tensor the program declares as fp16 is stored rounded to float16 after the op
+that makes it (arithmetic is carried out in float32, as GPU and Neural Engine kernels accumulate
+wider than they store), so the reported parity resembles what a device computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from validators.errors import ArtifactError
+from validators.mlprogram.ops import OPS, Args
+from validators.mlprogram.reader import FLOAT16, MIL_DTYPES, Block, Op, Program, read_mlpackage
+
+
+class UnsupportedMilOp(ArtifactError):
+    """The program uses an op the reference interpreter does not implement."""
+
+
+def _store(value, code: int | None):
+    if code is None:
+        return value
+    dtype = MIL_DTYPES[code][0] if code in MIL_DTYPES else None
+    array = np.asarray(value)
+    if code == FLOAT16:
+        return array.astype(np.float16)
+    if dtype is not None and array.dtype != dtype and array.dtype.kind in "fiub":
+        return array.astype(dtype)
+    return array
+
+
+class Interpreter:
+    def __init__(self, program: Program):
+        self.program = program
+        missing = sorted(self._op_types(program.main) - set(OPS) - {"const", "while_loop", "cond"})
+        if missing:
+            raise UnsupportedMilOp(f"the ML Program uses MIL op(s) {', '.join(missing)} that the reference "
+                                   "interpreter does not implement; validate on macOS with Core ML")
+
+    @classmethod
+    def load(cls, path: Path) -> Interpreter:
+        return cls(read_mlpackage(path))
+
+    def _op_types(self, block: Block) -> set[str]:
+        found = set()
+        for op in block.operations:
+            found.add(op.type)
+            for inner in op.blocks:
+                found |= self._op_types(inner)
+        return found
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        env: dict[str, object] = {}
+        for name, code, _shape in self.program.inputs:
+            if name not in feeds:
+                raise ArtifactError(f"the ML Program needs input {name!r}")
+            env[name] = _store(feeds[name], code)
+        outputs = self._run_block(self.program.main, env)
+        return [np.asarray(o) for o in outputs]
+
+    def _run_block(self, block: Block, env: dict) -> list:
+        for op in block.operations:
+            self._run_op(op, env)
+        return [env[name] for name in block.outputs]
+
+    def _resolve(self, bound: list, env: dict) -> list:
+        return [env[v] if isinstance(v, str) else v for v in bound]
+
+    def _run_op(self, op: Op, env: dict) -> None:
+        if op.type == "const":
+            env[op.outputs[0][0]] = _store(op.attributes["val"], op.outputs[0][1])
+            return
+        values = {name: self._resolve(bound, env) for name, bound in op.inputs.items()}
+        if op.type == "while_loop":
+            results = self._while_loop(op, values["loop_vars"], env)
+        elif op.type == "cond":
+            branch = op.blocks[0] if bool(np.asarray(values["pred"][0])) else op.blocks[1]
+            results = self._run_block(branch, dict(env))
+        else:
+            results = OPS[op.type](Args(values, op.attributes))
+        for (name, code), value in zip(op.outputs, results, strict=True):
+            env[name] = _store(value, code)
+
+    def _while_loop(self, op: Op, loop_vars: list, env: dict) -> list:
+        cond_block, body_block = op.blocks
+        state = list(loop_vars)
+        for _ in range(1_000_000):  # a bound, so a malformed program cannot hang validation
+            scope = dict(env) | dict(zip(cond_block.inputs, state, strict=True))
+            if not bool(np.asarray(self._run_block(cond_block, scope)[0])):
+                return state
+            scope = dict(env) | dict(zip(body_block.inputs, state, strict=True))
+            state = self._run_block(body_block, scope)
+        raise ArtifactError("while_loop did not terminate within 1,000,000 iterations")

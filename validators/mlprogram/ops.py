@@ -1,0 +1,627 @@
+"""NumPy implementations of MIL operations, written from the MIL op specifications
+(coremltools.converters.mil.mil.ops.defs). Each takes an Args view of its bound inputs and returns a
+list of outputs. An op missing here stops the interpreter with its name: never a silent skip."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+OPS: dict[str, Callable] = {}
+
+
+def op(*names: str):
+    def register(fn):
+        for name in names:
+            OPS[name] = fn
+        return fn
+    return register
+
+
+class Args:
+    """An op's inputs by name (from bound inputs or, for constexpr ops, attributes)."""
+
+    def __init__(self, values: dict[str, list], attributes: dict):
+        self._values = values
+        self._attributes = attributes
+
+    def has(self, name: str) -> bool:
+        return name in self._values or name in self._attributes
+
+    def __getitem__(self, name: str):
+        if name in self._values:
+            return self._values[name][0]
+        return self._attributes[name]
+
+    def get(self, name: str, default=None):
+        return self[name] if self.has(name) else default
+
+    def list(self, name: str) -> list:
+        return self._values.get(name, [])
+
+
+def _f(x: np.ndarray) -> np.ndarray:
+    """Compute in float32 (fp16 inputs are widened; the interpreter rounds fp16 results back)."""
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def _axes(axes, rank: int) -> tuple[int, ...]:
+    return tuple(int(a) % rank for a in np.atleast_1d(axes))
+
+
+# --- elementwise ---------------------------------------------------------------------------------
+
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "pow": np.power,
+    "maximum": np.maximum, "minimum": np.minimum, "floor_div": np.floor_divide, "mod": np.mod,
+    "equal": np.equal, "not_equal": np.not_equal, "less": np.less, "less_equal": np.less_equal,
+    "greater": np.greater, "greater_equal": np.greater_equal, "logical_and": np.logical_and,
+    "logical_or": np.logical_or, "logical_xor": np.logical_xor,
+}
+for _name, _fn in _BINARY.items():
+    OPS[_name] = (lambda fn: lambda a: [fn(_f(a["x"]), _f(a["y"]))])(_fn)
+
+_UNARY = {
+    "relu": lambda x: np.maximum(x, 0), "relu6": lambda x: np.clip(x, 0, 6), "tanh": np.tanh,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "exp": np.exp, "exp2": np.exp2, "log": np.log, "sqrt": np.sqrt,
+    "abs": np.abs, "floor": np.floor, "ceil": np.ceil, "round": np.round, "sign": np.sign, "sin": np.sin,
+    "cos": np.cos, "tan": np.tan, "square": np.square, "logical_not": np.logical_not, "identity": lambda x: x,
+    "erf": np.vectorize(math.erf, otypes=[np.float32]), "silu": lambda x: x / (1 + np.exp(-x)),
+    "softsign": lambda x: x / (1 + np.abs(x)), "softplus": lambda x: np.logaddexp(0, x),
+}
+for _name, _fn in _UNARY.items():
+    OPS[_name] = (lambda fn: lambda a: [fn(_f(a["x"]))])(_fn)
+
+
+@op("rsqrt")
+def _rsqrt(a):
+    return [1 / np.sqrt(_f(a["x"]) + a.get("epsilon", 1e-12))]
+
+
+@op("inverse")
+def _inverse(a):
+    return [1 / (_f(a["x"]) + a.get("epsilon", 1e-4))]
+
+
+@op("clip")
+def _clip(a):
+    return [np.clip(_f(a["x"]), _f(a["alpha"]), _f(a["beta"]))]
+
+
+@op("threshold")
+def _threshold(a):
+    return [np.maximum(_f(a["x"]), _f(a["alpha"]))]
+
+
+@op("thresholded_relu")
+def _thresholded_relu(a):
+    x = _f(a["x"])
+    return [np.where(x > a.get("alpha", 1.0), x, 0).astype(x.dtype)]
+
+
+@op("leaky_relu")
+def _leaky_relu(a):
+    x = _f(a["x"])
+    return [np.where(x >= 0, x, a.get("alpha", 0.01) * x)]
+
+
+@op("elu")
+def _elu(a):
+    x = _f(a["x"])
+    return [np.where(x > 0, x, a.get("alpha", 1.0) * (np.exp(x) - 1))]
+
+
+@op("sigmoid_hard")
+def _sigmoid_hard(a):
+    return [np.clip(a.get("alpha", 0.2) * _f(a["x"]) + a.get("beta", 0.5), 0, 1)]
+
+
+@op("linear_activation")
+def _linear_activation(a):
+    return [a.get("alpha", 1.0) * _f(a["x"]) + a.get("beta", 0.0)]
+
+
+@op("scaled_tanh")
+def _scaled_tanh(a):
+    return [a.get("alpha", 1.0) * np.tanh(a.get("beta", 1.0) * _f(a["x"]))]
+
+
+@op("prelu")
+def _prelu(a):
+    x, alpha = _f(a["x"]), _f(a["alpha"])
+    return [np.where(x >= 0, x, alpha.reshape(1, -1, *([1] * (x.ndim - 2))) * x)]
+
+
+@op("gelu")
+def _gelu(a):
+    x = _f(a["x"])
+    mode = a.get("mode", "EXACT")
+    if mode == "TANH_APPROXIMATION":
+        return [0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))]
+    if mode == "SIGMOID_APPROXIMATION":
+        return [x / (1 + np.exp(-1.702 * x))]
+    return [0.5 * x * (1 + _UNARY["erf"](x / math.sqrt(2)))]
+
+
+@op("select")
+def _select(a):
+    return [np.where(a["cond"], _f(a["a"]), _f(a["b"]))]
+
+
+_CAST = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "int32": np.int32, "int64": np.int64,
+         "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "bool": np.bool_}
+
+
+@op("cast")
+def _cast(a):
+    return [np.asarray(a["x"]).astype(_CAST[str(a["dtype"])])]
+
+
+# --- linear algebra ----------------------------------------------------------------------------------
+
+@op("linear")
+def _linear(a):
+    x, w = _f(a["x"]), _f(a["weight"])
+    out = x @ w.T
+    return [out + _f(a["bias"]) if a.has("bias") else out]
+
+
+@op("matmul")
+def _matmul(a):
+    x, y = _f(a["x"]), _f(a["y"])
+    if a.get("transpose_x", False):
+        x = np.swapaxes(x, -1, -2)
+    if a.get("transpose_y", False):
+        y = np.swapaxes(y, -1, -2)
+    return [np.matmul(x, y)]
+
+
+@op("einsum")
+def _einsum(a):
+    return [np.einsum(str(a["equation"]), *[_f(v) for v in a.list("values")])]
+
+
+# --- convolution and pooling -------------------------------------------------------------------------
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    small, big = total // 2, total - total // 2
+    return (big, small) if lower else (small, big)
+
+
+def _spatial_pads(a, spatial: tuple[int, ...], kernel: tuple[int, ...], strides, dilations) -> list[tuple[int, int]]:
+    pad_type = str(a.get("pad_type", "valid"))
+    if pad_type == "custom":
+        pad = [int(p) for p in np.atleast_1d(a.get("pad", np.zeros(2 * len(spatial), np.int32)))]
+        return [(pad[2 * i], pad[2 * i + 1]) for i in range(len(spatial))]
+    if pad_type in ("same", "same_lower"):
+        return [_same_pads(spatial[i], kernel[i], strides[i], dilations[i], pad_type == "same_lower")
+                for i in range(len(spatial))]
+    return [(0, 0)] * len(spatial)
+
+
+def _windows(x: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarray:
+    """x: N x C x *spatial (padded). Returns N x C x *out x *kernel views."""
+    n_spatial = len(kernel)
+    view_shape = (*x.shape[:2], *out_shape, *kernel)
+    st = x.strides
+    view_strides = (*st[:2], *(st[2 + i] * strides[i] for i in range(n_spatial)),
+                    *(st[2 + i] * dilations[i] for i in range(n_spatial)))
+    return np.lib.stride_tricks.as_strided(x, view_shape, view_strides, writeable=False)
+
+
+@op("conv")
+def _conv(a):
+    x, w = _f(a["x"]), _f(a["weight"])
+    n_spatial = w.ndim - 2
+    strides = [int(s) for s in np.atleast_1d(a.get("strides", [1] * n_spatial))]
+    dilations = [int(d) for d in np.atleast_1d(a.get("dilations", [1] * n_spatial))]
+    groups = int(a.get("groups", 1))
+    kernel = w.shape[2:]
+    pads = _spatial_pads(a, x.shape[2:], kernel, strides, dilations)
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    out_shape = [(x.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n_spatial)]
+    patches = _windows(np.ascontiguousarray(x), kernel, strides, dilations, out_shape)  # N C *out *k
+    n, c_in = x.shape[:2]
+    c_out = w.shape[0]
+    cg, og = c_in // groups, c_out // groups
+    patches = patches.reshape(n, groups, cg, *out_shape, *kernel)
+    wg = w.reshape(groups, og, cg, *kernel)
+    spatial = "".join("hwd"[i] for i in range(n_spatial))
+    kern = "".join("klm"[i] for i in range(n_spatial))
+    out = np.einsum(f"ngc{spatial}{kern},goc{kern}->ngo{spatial}", patches, wg, optimize=True)
+    out = out.reshape(n, c_out, *out_shape)
+    if a.has("bias"):
+        out = out + _f(a["bias"]).reshape(1, -1, *([1] * n_spatial))
+    return [out]
+
+
+def _pool(a, reduce: str):
+    x = _f(a["x"])
+    kernel = [int(k) for k in np.atleast_1d(a["kernel_sizes"])]
+    n_spatial = len(kernel)
+    strides = [int(s) for s in np.atleast_1d(a.get("strides", [1] * n_spatial))]
+    ones = [1] * n_spatial
+    pads = _spatial_pads(a, x.shape[2:], kernel, strides, ones)
+    if a.get("ceil_mode", False):  # extend the end padding so the last partial window is kept
+        pads = [(lo, hi + (strides[i] - (x.shape[2 + i] + lo + hi - kernel[i]) % strides[i]) % strides[i])
+                for i, (lo, hi) in enumerate(pads)]
+    fill = -np.inf if reduce == "max" else 0.0
+    padded = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
+    out_shape = [(padded.shape[2 + i] - kernel[i]) // strides[i] + 1 for i in range(n_spatial)]
+    win = _windows(np.ascontiguousarray(padded), kernel, strides, ones, out_shape)
+    axes = tuple(range(2 + n_spatial, 2 + 2 * n_spatial))
+    if reduce == "max":
+        return [win.max(axis=axes)]
+    if reduce == "l2":
+        return [np.sqrt((win ** 2).sum(axis=axes))]
+    total = win.sum(axis=axes)
+    if a.get("exclude_padding_from_average", False):
+        valid = np.pad(np.ones((1, 1, *x.shape[2:]), np.float32), [(0, 0), (0, 0), *pads])
+        counts = _windows(valid, kernel, strides, ones, out_shape).sum(axis=axes)
+        return [total / counts]
+    return [total / float(np.prod(kernel))]
+
+
+OPS["max_pool"] = lambda a: _pool(a, "max")
+OPS["avg_pool"] = lambda a: _pool(a, "avg")
+OPS["l2_pool"] = lambda a: _pool(a, "l2")
+
+
+@op("upsample_nearest_neighbor")
+def _upsample_nearest(a):
+    x = _f(a["x"])
+    sh, sw = float(a.get("scale_factor_height", 1)), float(a.get("scale_factor_width", 1))
+    h, w = x.shape[-2:]
+    rows = np.minimum((np.arange(int(h * sh)) / sh).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(int(w * sw)) / sw).astype(np.int64), w - 1)
+    return [x[..., rows, :][..., cols]]
+
+
+@op("upsample_bilinear")
+def _upsample_bilinear(a):
+    x = _f(a["x"])
+    sh, sw = float(a.get("scale_factor_height", 1)), float(a.get("scale_factor_width", 1))
+    align = bool(a.get("align_corners", False))
+
+    def coords(size: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = int(size * scale)
+        if align and out > 1:
+            src = np.arange(out) * (size - 1) / (out - 1)
+        else:
+            src = np.clip((np.arange(out) + 0.5) / scale - 0.5, 0, size - 1)
+        lo = np.floor(src).astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        return lo, hi, (src - lo).astype(np.float32)
+
+    h0, h1, fh = coords(x.shape[-2], sh)
+    w0, w1, fw = coords(x.shape[-1], sw)
+    top = x[..., h0, :] * (1 - fh)[:, None] + x[..., h1, :] * fh[:, None]
+    return [top[..., w0] * (1 - fw) + top[..., w1] * fw]
+
+
+# --- normalization and softmax ---------------------------------------------------------------------------
+
+@op("batch_norm")
+def _batch_norm(a):
+    x = _f(a["x"])
+    shape = (1, -1, *([1] * (x.ndim - 2)))
+    out = (x - _f(a["mean"]).reshape(shape)) / np.sqrt(_f(a["variance"]).reshape(shape) + a.get("epsilon", 1e-5))
+    if a.has("gamma"):
+        out = out * _f(a["gamma"]).reshape(shape)
+    if a.has("beta"):
+        out = out + _f(a["beta"]).reshape(shape)
+    return [out]
+
+
+@op("layer_norm")
+def _layer_norm(a):
+    x = _f(a["x"])
+    axes = _axes(a.get("axes", [-1]), x.ndim)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + a.get("epsilon", 1e-5))
+    if a.has("gamma"):
+        out = out * _f(a["gamma"])
+    if a.has("beta"):
+        out = out + _f(a["beta"])
+    return [out]
+
+
+@op("instance_norm")
+def _instance_norm(a):
+    x = _f(a["x"])
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + a.get("epsilon", 1e-5))
+    shape = (1, -1, *([1] * (x.ndim - 2)))
+    if a.has("gamma"):
+        out = out * _f(a["gamma"]).reshape(shape)
+    if a.has("beta"):
+        out = out + _f(a["beta"]).reshape(shape)
+    return [out]
+
+
+@op("softmax")
+def _softmax(a):
+    x = _f(a["x"])
+    axis = int(a.get("axis", -1))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return [e / e.sum(axis=axis, keepdims=True)]
+
+
+# --- reductions ------------------------------------------------------------------------------------------
+
+def _reduce(fn):
+    def run(a):
+        x = _f(a["x"])
+        axes = a.get("axes")
+        axes = tuple(range(x.ndim)) if axes is None else _axes(axes, x.ndim)
+        return [fn(x, axis=axes, keepdims=bool(a.get("keep_dims", False)))]
+    return run
+
+
+for _name, _fn in {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
+                   "reduce_prod": np.prod, "reduce_l1_norm": lambda x, **k: np.abs(x).sum(**k),
+                   "reduce_l2_norm": lambda x, **k: np.sqrt((x * x).sum(**k)),
+                   "reduce_sum_square": lambda x, **k: (x * x).sum(**k),
+                   "reduce_log_sum_exp": lambda x, **k: np.log(np.exp(x).sum(**k))}.items():
+    OPS[_name] = _reduce(_fn)
+
+
+def _arg_reduce(fn):
+    def run(a):
+        x = _f(a["x"])
+        axis = int(a.get("axis", -1))
+        out = fn(x, axis=axis).astype(np.int32)
+        return [np.expand_dims(out, axis) if a.get("keep_dims", False) else out]
+    return run
+
+
+OPS["reduce_argmax"] = _arg_reduce(np.argmax)
+OPS["reduce_argmin"] = _arg_reduce(np.argmin)
+
+
+# --- shapes and indexing -----------------------------------------------------------------------------------
+
+@op("reshape")
+def _reshape(a):
+    return [np.reshape(a["x"], [int(s) for s in np.atleast_1d(a["shape"])])]
+
+
+@op("transpose")
+def _transpose(a):
+    return [np.transpose(a["x"], [int(p) for p in a["perm"]])]
+
+
+@op("expand_dims")
+def _expand_dims(a):
+    x = np.asarray(a["x"])
+    axes = sorted(int(ax) % (x.ndim + len(np.atleast_1d(a["axes"]))) for ax in np.atleast_1d(a["axes"]))
+    for axis in axes:
+        x = np.expand_dims(x, axis)
+    return [x]
+
+
+@op("squeeze")
+def _squeeze(a):
+    x = np.asarray(a["x"])
+    axes = a.get("axes")
+    return [np.squeeze(x) if axes is None else np.squeeze(x, axis=_axes(axes, x.ndim))]
+
+
+@op("concat")
+def _concat(a):
+    values = [np.asarray(v) for v in a.list("values")]
+    axis = int(a["axis"])
+    if a.get("interleave", False):
+        stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)
+        shape = list(values[0].shape)
+        shape[axis] *= len(values)
+        return [stacked.reshape(shape)]
+    return [np.concatenate(values, axis=axis)]
+
+
+@op("stack")
+def _stack(a):
+    return [np.stack([np.asarray(v) for v in a.list("values")], axis=int(a["axis"]))]
+
+
+@op("split")
+def _split(a):
+    x = np.asarray(a["x"])
+    axis = int(a["axis"])
+    if a.has("split_sizes"):
+        bounds = np.cumsum([int(s) for s in np.atleast_1d(a["split_sizes"])])[:-1]
+        return list(np.split(x, bounds, axis=axis))
+    return list(np.split(x, int(a["num_splits"]), axis=axis))
+
+
+@op("slice_by_index")
+def _slice_by_index(a):
+    x = np.asarray(a["x"])
+    rank = x.ndim
+    begin = [int(v) for v in np.atleast_1d(a["begin"])]
+    end = [int(v) for v in np.atleast_1d(a["end"])]
+    stride = [int(v) for v in np.atleast_1d(a.get("stride", [1] * rank))]
+    masks = {k: [bool(v) for v in np.atleast_1d(a.get(k, [False] * rank))]
+             for k in ("begin_mask", "end_mask", "squeeze_mask")}
+    index = []
+    for i in range(rank):
+        if masks["squeeze_mask"][i]:
+            index.append(begin[i])
+            continue
+        start = None if masks["begin_mask"][i] else begin[i]
+        stop = None if masks["end_mask"][i] else end[i]
+        index.append(slice(start, stop, stride[i]))
+    return [x[tuple(index)]]
+
+
+@op("slice_by_size")
+def _slice_by_size(a):
+    x = np.asarray(a["x"])
+    begin = [int(v) for v in np.atleast_1d(a["begin"])]
+    size = [int(v) for v in np.atleast_1d(a["size"])]
+    return [x[tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size, strict=True))]]
+
+
+@op("gather")
+def _gather(a):
+    x, indices = np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64)
+    axis = int(a.get("axis", 0)) % x.ndim
+    batch_dims = int(a.get("batch_dims", 0))
+    if batch_dims == 0:
+        return [np.take(x, indices, axis=axis)]
+    flat_x = x.reshape(-1, *x.shape[batch_dims:])
+    flat_i = indices.reshape(-1, *indices.shape[batch_dims:])
+    out = np.stack([np.take(xi, ii, axis=axis - batch_dims) for xi, ii in zip(flat_x, flat_i, strict=True)])
+    return [out.reshape(*x.shape[:batch_dims], *out.shape[1:])]
+
+
+@op("gather_along_axis")
+def _gather_along_axis(a):
+    return [np.take_along_axis(np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64),
+                               axis=int(a.get("axis", 0)))]
+
+
+_SCATTER_MODES = {"update": None, "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                  "max": np.maximum, "min": np.minimum}
+
+
+@op("scatter")
+def _scatter(a):
+    data = np.array(a["data"], copy=True)
+    indices, updates = np.asarray(a["indices"]).astype(np.int64), np.asarray(a["updates"])
+    axis = int(a.get("axis", 0)) % data.ndim
+    moved = np.moveaxis(data, axis, 0)
+    moved_updates = np.moveaxis(updates, axis, 0)
+    mode = _SCATTER_MODES[str(a.get("mode", "update"))]
+    for position, index in enumerate(indices):
+        moved[index] = moved_updates[position] if mode is None else mode(moved[index], moved_updates[position])
+    return [np.moveaxis(moved, 0, axis)]
+
+
+@op("tile")
+def _tile(a):
+    return [np.tile(a["x"], [int(r) for r in np.atleast_1d(a["reps"])])]
+
+
+@op("pad")
+def _pad(a):
+    x = _f(a["x"])
+    pad = [int(p) for p in np.atleast_1d(a["pad"])]
+    pairs = [(0, 0)] * (x.ndim - len(pad) // 2) + [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+    mode = str(a.get("mode", "constant"))
+    if mode == "constant":
+        return [np.pad(x, pairs, constant_values=a.get("constant_val", 0.0))]
+    return [np.pad(x, pairs, mode={"reflect": "reflect", "replicate": "edge"}[mode])]
+
+
+@op("shape")
+def _shape(a):
+    return [np.array(np.shape(a["x"]), np.int32)]
+
+
+@op("fill")
+def _fill(a):
+    return [np.full([int(s) for s in np.atleast_1d(a["shape"])], a.get("value", 0.0), np.float32)]
+
+
+@op("range_1d")
+def _range_1d(a):
+    return [np.arange(a["start"], a["end"], a["step"])]
+
+
+@op("flatten2d")
+def _flatten2d(a):
+    x = np.asarray(a["x"])
+    axis = int(a.get("axis", 1)) % max(x.ndim, 1)
+    return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
+
+
+@op("reverse")
+def _reverse(a):
+    x = np.asarray(a["x"])
+    axes = a.get("axes")
+    return [np.flip(x, axis=None if axes is None else _axes(axes, x.ndim))]
+
+
+# --- weight decompression (constexpr ops, iOS16/17 and their iOS18 successors) --------------------------
+
+def _per_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 0:
+        return values
+    shape = [1] * rank
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+@op("constexpr_affine_dequantize")
+def _affine_dequantize(a):
+    q = np.asarray(a["quantized_data"])
+    axis = int(a["axis"]) % q.ndim
+    zero_point = _per_axis(a["zero_point"], q.ndim, axis).astype(np.float32)
+    scale = _per_axis(a["scale"], q.ndim, axis).astype(np.float32)
+    return [(q.astype(np.float32) - zero_point) * scale]
+
+
+def _blockwise(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Repeat per-block parameters (same rank as the data) up to the data's shape."""
+    for axis, (n_data, n_param) in enumerate(zip(shape, values.shape, strict=True)):
+        values = np.repeat(values, n_data // n_param, axis=axis)
+    return values
+
+
+@op("constexpr_blockwise_shift_scale")
+def _blockwise_shift_scale(a):
+    data = np.asarray(a["data"])
+    out = data.astype(np.float32)
+    if a.has("offset"):
+        out = out - _blockwise(np.asarray(a["offset"]).astype(np.float32), data.shape)
+    return [out * _blockwise(np.asarray(a["scale"]).astype(np.float32), data.shape)]
+
+
+@op("constexpr_lut_to_dense")
+def _lut_to_dense(a):
+    lut = np.asarray(a["lut"])
+    indices = np.asarray(a["indices"])
+    if a.has("shape"):  # iOS16/17: a flat LUT and packed uint8 indices, unpacked to shape
+        from validators.mlprogram.reader import unpack_bits
+
+        shape = tuple(int(s) for s in np.atleast_1d(a["shape"]))
+        count = int(np.prod(shape))
+        bits = int(math.log2(lut.size))
+        unpacked = unpack_bits(indices.astype(np.uint8).tobytes(), bits, count, signed=False)
+        return [lut.reshape(-1)[unpacked.astype(np.int64)].reshape(shape)]
+    # iOS18: indices hold one palette index per element; the LUT has a palette per block, the
+    # palette on its second-to-last axis and the vector size on its last.
+    n_palette, vector = lut.shape[-2], lut.shape[-1]
+    block_rank = lut.ndim - 2
+    palettes = _blockwise(np.arange(int(np.prod(lut.shape[:block_rank]))).reshape(lut.shape[:block_rank]),
+                          indices.shape) if block_rank else np.zeros(indices.shape, np.int64)
+    flat_lut = lut.reshape(-1, n_palette, vector)
+    if vector != 1:
+        raise NotImplementedError("vector palettization (vector_size > 1) is not supported")
+    return [flat_lut[palettes.astype(np.int64), indices.astype(np.int64), 0]]
+
+
+@op("constexpr_cast")
+def _constexpr_cast(a):
+    return [np.asarray(a["source_val"]).astype(_CAST[str(a["output_dtype"])])]
+
+
+@op("dequantize")
+def _dequantize(a):
+    x = np.asarray(a["input"])
+    axis = a.get("axis")
+    rank = x.ndim
+    scale = np.asarray(a["scale"]).astype(np.float32)
+    zero_point = np.asarray(a.get("zero_point", 0)).astype(np.float32)
+    if axis is not None:
+        scale, zero_point = _per_axis(scale, rank, int(axis)), _per_axis(zero_point, rank, int(axis))
+    return [(x.astype(np.float32) - zero_point) * scale]
