@@ -25,6 +25,7 @@ from validators.latency import measure  # noqa: E402
 
 BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
 TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
+COREML_TARGET = REPO / "bench" / "coreml.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -72,6 +73,18 @@ def bench_model(spec: str, out: Path) -> dict:
             "variants": variants}
 
 
+def bench_interpreter(spec: str, out: Path) -> dict:
+    """Core ML reference interpreter time per inference beside onnxruntime, same model, same run."""
+    print(f"bench: Core ML interpreter on {spec}", file=sys.stderr)
+    _, report = run_export(ExportOptions(model=spec, target=str(COREML_TARGET), out=out), lambda _: None)
+    by = {f"{a['format']}/{a['precision']}": a for a in report["artifacts"]}
+    onnx_ms = by["onnx/fp32"]["latency_ms"]["median"]
+    return {key: {"median_ms_per_inference": round(a["latency_ms"]["median"], 5),
+                  "ratio_to_onnxruntime": round(a["latency_ms"]["median"] / onnx_ms, 2),
+                  "runtime": a["latency_ms"]["runtime"], "max_abs": a["parity"]["max_abs"]}
+            for key, a in by.items()}
+
+
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -87,6 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in ("demo:digits", "bench/models.py:bench_cnn"):
             results["models"][spec] = bench_model(spec, Path(tmp))
+        results["coreml_interpreter"] = {spec: bench_interpreter(spec, Path(tmp))
+                                         for spec in ("demo:digits", "tests/zoo.py:transformer")}
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

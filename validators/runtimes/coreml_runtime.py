@@ -10,7 +10,7 @@ import numpy as np
 
 from validators.mlprogram.interpreter import Interpreter
 
-REFERENCE = "edgeport MIL reference interpreter (NumPy, fp16 storage; host, not Core ML)"
+REFERENCE = "edgeport MIL reference interpreter (NumPy; fp16 tensors stored as fp16; host, not Core ML)"
 
 
 class ReferenceSession:
