@@ -57,6 +57,7 @@ def bench_model(spec: str, out: Path) -> dict:
         variants[f"{a['format']}/{a['precision']}"] = {
             "path": a["path"],
             "export_seconds": source["export"]["artifact_seconds"][a["path"]],
+            "diagnosis_seconds": source["export"]["diagnosis_seconds"].get(a["path"], 0.0),
             "bytes": a["bytes"],
             "bytes_ratio_to_onnx_fp32": round(a["bytes"] / fp32["bytes"], 4),
             "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),

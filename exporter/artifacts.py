@@ -17,3 +17,4 @@ class ArtifactRecord:
     reproducible: str = ""
     extra: dict = field(default_factory=dict)
     seconds: float = 0.0  # conversion time of this variant; goes to report.json, not the manifest
+    diagnosis_seconds: float = 0.0  # of which per-layer blame and auto precision took this long

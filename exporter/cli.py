@@ -97,6 +97,9 @@ def export(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow full unpickling of a torch.save'd "
                                                "module. Runs code from the file: only for files you trust.")] = False,
     name: Annotated[str | None, typer.Option(help="Model name for the artifact directory.")] = None,
+    auto_precision: Annotated[bool | None, typer.Option(
+        "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a static int8 ONNX variant "
+        "in float until it meets its budget (default: the target's auto_precision).")] = None,
     debug: Debug = False,
 ) -> None:
     """Export, optimize, quantize and validate a model for one target."""
@@ -107,7 +110,7 @@ def export(
 
         options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data,
                                 inputs=[parse_input_spec(s) for s in inputs or []], dynamic_batch=dynamic_batch,
-                                weights=weights, trust_pickle=trust_pickle, name=name)
+                                weights=weights, trust_pickle=trust_pickle, name=name, auto_precision=auto_precision)
         directory, report = run_export(options, _progress)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class ExportOptions:
     weights: Path | None = None
     trust_pickle: bool = False
     name: str | None = None
+    auto_precision: bool | None = None  # None: as the target profile says
 
 
 def _eval_data(options: ExportOptions, traced: TracedModel, progress: Progress) -> Dataset:
@@ -75,6 +77,8 @@ def _reference(traced: TracedModel, data: Dataset) -> Reference:
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     started = time.perf_counter()
     target = load_target(options.target)  # fail on a bad target before any heavy work
+    if options.auto_precision is not None:
+        target = dataclasses.replace(target, auto_precision=options.auto_precision)
     progress(f"[1/5] loading {options.model}")
     loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
     if options.name:
@@ -101,7 +105,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
             progress(f"[4/5] converting to {fmt}")
             t0 = time.perf_counter()
             calib_inputs = calibration.inputs if calibration is not None else None
-            records += backend(fmt).convert(traced, target, calib_inputs, work, progress)
+            records += backend(fmt).convert(traced, target, calib_inputs, work, progress, reference)
             timings[f"{fmt}_conversion_seconds"] = round(time.perf_counter() - t0, 3)
         write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path,
                                                    records, work))
@@ -109,6 +113,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         report = validate_directory(work, progress)
         timings["total_seconds"] = round(time.perf_counter() - started, 3)
         timings["artifact_seconds"] = {r.path: r.seconds for r in records}
+        timings["diagnosis_seconds"] = {r.path: r.diagnosis_seconds for r in records if r.diagnosis_seconds}
         report["export"] = timings
         write_reports(work, report)
     return final, report

@@ -122,6 +122,7 @@ class Target:
     runtime: RuntimeSettings = RuntimeSettings()
     npu: NpuSettings | None = None
     coreml: CoremlSettings = CoremlSettings()
+    auto_precision: bool = False  # keep the most harmful layers in float until a quantized variant passes
     origin: str = ""  # the file it was read from
 
     @property
@@ -232,8 +233,11 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
-    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml"],
-                "the top level", origin)
+    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
+                       "auto_precision"], "the top level", origin)
+    auto_precision = data.get("auto_precision", False)
+    if not isinstance(auto_precision, bool):
+        raise TargetError(f"{origin}: auto_precision must be true or false")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise TargetError(f"{origin}: the target needs a name, e.g. name = \"my-phone\"")
@@ -274,6 +278,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         runtime=_runtime(data.get("runtime", {}), origin),
         npu=npu,
         coreml=_coreml(data.get("coreml", {}), origin),
+        auto_precision=auto_precision,
         origin=origin,
     )
 

@@ -32,6 +32,9 @@ def test_family_exports_to_android_with_parity(tmp_path, family):
     assert by_variant["tflite", "fp16"]["parity"]["sqnr_db"] >= 40
     assert by_variant["tflite", "int8"]["parity"]["sqnr_db"] >= 25
     assert set(by_variant["tflite", "fp32"]["latency_ms_by_delegate"]) == {"xnnpack", "none"}
+    blame = int8["layers"]  # the per-layer blame table of the static int8 variant
+    assert blame and all(row["module"] for row in blame)
+    assert [r["sqnr_db_alone_at_output"] for r in blame] == sorted(r["sqnr_db_alone_at_output"] for r in blame)
     assert fp32["parity"]["sqnr_db"] >= 80
     assert fp32["parity"]["samples"] == 48
     assert int8["parity"]["sqnr_db"] >= 25

@@ -178,3 +178,29 @@ def npu_unfriendly():
 
 
 FAMILIES_WITH_DATA = {**FAMILIES, "npu_unfriendly": npu_unfriendly}
+
+
+class OutlierChannels(nn.Module):
+    """Five weighted layers; the activation entering `head.2` has two channels ~300x larger than the
+    rest (a per-channel scale the next layer undoes), as LLM and detector activations often do.
+    Per-tensor int8 activation ranges then crush the ordinary channels at that layer's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 6))
+        scale = torch.ones(32)
+        scale[:2] = 300.0
+        self.register_buffer("channel_scale", scale)
+        with torch.no_grad():
+            self.head[0].bias[:2] = 3.0  # those channels stay active after the ReLU...
+            self.head[2].weight.div_(scale)  # ...and the function is unchanged; only the activation range is not
+
+    def forward(self, x):
+        hidden = self.head[1](self.head[0](self.stem(x))) * self.channel_scale
+        return self.head[4](self.head[3](self.head[2](hidden)))
+
+
+def outlier_channels():
+    _seeded()
+    return OutlierChannels().eval(), (torch.randn(1, 16),)

@@ -78,6 +78,24 @@ def _pass_lines(a: dict) -> list[str]:
     return lines
 
 
+LAYER_COLUMNS = ("module", "op", "SQNR at output, layer alone (dB)", "SQNR at layer, alone (dB)",
+                 "SQNR at layer, accumulated (dB)")
+
+
+def _layer_cells(row: dict) -> list[str]:
+    return [row["module"] or row["node"], row["op"], f"{row['sqnr_db_alone_at_output']:.1f}",
+            f"{row['sqnr_db_alone_at_layer']:.1f}", f"{row['sqnr_db_accumulated']:.1f}"]
+
+
+def _auto_precision_line(a: dict) -> str:
+    d = a["auto_precision"]
+    verdict = "budget met" if d["met"] else d["note"]
+    return (f"auto precision: kept {', '.join(d['kept_float'])} in float ({verdict}); "
+            f"{d['int8_layers']}/{d['weighted_layers']} weighted layers stay int8; "
+            f"size {d['bytes_before']} -> {d['bytes_after']} bytes (the blame table describes the all-int8 model; "
+            "the artifact's figures above are after this change)")
+
+
 def to_markdown(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "FAILED"
     out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
@@ -98,6 +116,17 @@ def to_markdown(report: dict) -> str:
                 f"- runtime: {a['latency_ms']['runtime']}, {a['latency_ms']['threads']} thread(s), "
                 f"{a['latency_ms']['runs']} timed runs"]
         out += [f"- {line}" for line in _pass_lines(a)]
+        out.append("")
+    for a in report["artifacts"]:
+        if not a.get("layers"):
+            continue
+        out += [f"## Per-layer blame: {a['path']} (worst first)", "",
+                f"Each layer quantized alone against the fp32 model, and the error accumulated up to it, on "
+                f"{a['layers'][0]['samples']} eval samples.", "",
+                "| " + " | ".join(LAYER_COLUMNS) + " |", "|" + "---|" * len(LAYER_COLUMNS)]
+        out += ["| " + " | ".join(_layer_cells(row)) + " |" for row in a["layers"]]
+        if a.get("auto_precision"):
+            out += ["", _auto_precision_line(a)]
         out.append("")
     if report.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -138,8 +167,39 @@ def to_html(report: dict) -> str:
                      + "</ul>")
     for a in report["artifacts"]:
         parts.append(f"<h3>{e(a['path'])}</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in _pass_lines(a)) + "</ul>")
+        if a.get("layers"):
+            parts.append(_layer_chart(a))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _layer_chart(a: dict) -> str:
+    """Per-layer SQNR as horizontal bars (inline SVG), worst layer first, plus the table."""
+    e = html.escape
+    rows = a["layers"]
+    scale = max(60.0, max(max(r["sqnr_db_alone_at_output"], r["sqnr_db_accumulated"]) for r in rows))
+    bar_h, label_w, width = 16, 160, 420
+    height = len(rows) * (2 * bar_h + 8) + 20
+    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + width + 80}' height='{height}' "
+           "role='img' aria-label='per-layer SQNR'>"]
+    for i, row in enumerate(rows):
+        y = 10 + i * (2 * bar_h + 8)
+        svg.append(f"<text x='0' y='{y + bar_h}' font-size='12'>{e(row['module'] or row['node'])}</text>")
+        for j, (key, color) in enumerate((("sqnr_db_alone_at_output", "#cf222e"), ("sqnr_db_accumulated", "#0969da"))):
+            value = max(row[key], 0.0)
+            w = width * value / scale
+            svg.append(f"<rect x='{label_w}' y='{y + j * bar_h}' width='{w:.1f}' height='{bar_h - 2}' "
+                       f"fill='{color}'><title>{e(key)}: {row[key]:.1f} dB</title></rect>")
+            svg.append(f"<text x='{label_w + w + 4:.1f}' y='{y + j * bar_h + bar_h - 4}' font-size='11'>"
+                       f"{row[key]:.1f} dB</text>")
+    svg.append("</svg>")
+    table = ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in LAYER_COLUMNS) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _layer_cells(r)) + "</tr>" for r in rows)
+             + "</table>")
+    legend = ("<p><span style='color:#cf222e'>■</span> SQNR at the model output with only this layer quantized "
+              "&nbsp; <span style='color:#0969da'>■</span> SQNR at this layer, everything quantized</p>")
+    extra = f"<p>{e(_auto_precision_line(a))}</p>" if a.get("auto_precision") else ""
+    return f"<h4>Per-layer blame (worst first)</h4>{legend}{''.join(svg)}{table}{extra}"
 
 
 def write_reports(directory: Path, report: dict) -> None:

@@ -33,6 +33,23 @@ def _variant(target: Target, fmt: str, precision: str):
     raise ArtifactError(f"manifest lists {fmt}/{precision}, which its target profile does not; re-export")
 
 
+def parity_against_reference(run, reference: Reference, input_names: list[str], output_names: list[str],
+                             batch: int | None) -> tuple[dict, dict, dict | None]:
+    """Run an artifact on the stored eval inputs: (per-output parity, worst case, task accuracy)."""
+    inputs = {name: reference.inputs[name] for name in input_names}
+    outputs = dict(zip(output_names, run_batched(run, inputs, batch), strict=True))
+    per_output, problems = {}, []
+    for name in output_names:
+        try:
+            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name])
+        except ValueError as exc:
+            problems.append(f"output {name}: {exc}")
+    if problems:
+        raise ArtifactError("; ".join(problems) + "; the artifact does not match its manifest")
+    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+    return per_output, parity.worst_case(per_output), accuracy
+
+
 def _validate_artifact(directory: Path, entry: dict, target: Target, reference: Reference,
                        output_names: list[str]) -> dict:
     path = directory / entry["path"]
@@ -42,25 +59,17 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     delegates = target.runtime.tflite_delegates if entry["format"] == "tflite" else (None,)
     session = open_session(entry["format"], path, target.runtime.threads, delegates[0])
     batch = _fixed_batch(entry["inputs"])
-    inputs = {spec["name"]: reference.inputs[spec["name"]] for spec in entry["inputs"]}
-    outputs = dict(zip(output_names, run_batched(session.run, inputs, batch), strict=True))
-
-    per_output = {}
-    shape_problems = []
-    for name in output_names:
-        try:
-            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name])
-        except ValueError as exc:
-            shape_problems.append(f"output {name}: {exc}")
-    if shape_problems:
-        raise ArtifactError(f"{path}: " + "; ".join(shape_problems) + "; the artifact does not match its manifest")
-    overall = parity.worst_case(per_output)
-    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+    input_names = [spec["name"] for spec in entry["inputs"]]
+    inputs = {name: reference.inputs[name] for name in input_names}
+    try:
+        per_output, overall, accuracy = parity_against_reference(session.run, reference, input_names, output_names,
+                                                                 batch)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
     by_runtime = {session.runtime: overall}
     for extra in extra_sessions(entry["format"], path, target.runtime.threads):
-        extra_outputs = dict(zip(output_names, run_batched(extra.run, inputs, batch), strict=True))
-        by_runtime[extra.runtime] = parity.worst_case(
-            {n: parity.output_parity(reference.outputs[n], extra_outputs[n]) for n in output_names})
+        by_runtime[extra.runtime] = parity_against_reference(extra.run, reference, input_names, output_names,
+                                                             batch)[1]
 
     first_feeds, _ = next(iter_batches(inputs, batch or 1))
     by_delegate = {}
@@ -103,6 +112,10 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         "conversion": entry.get("conversion", {}),
         "quantization": entry.get("quantization"),
     }
+    if entry.get("diagnosis"):
+        result["layers"] = entry["diagnosis"]["layers"]
+        if entry["diagnosis"].get("auto_precision"):
+            result["auto_precision"] = entry["diagnosis"]["auto_precision"]
     return result
 
 

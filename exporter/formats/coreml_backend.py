@@ -154,7 +154,7 @@ def _make_reproducible(package: Path, provenance: dict[str, str]) -> None:
 
 
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
-            progress: Callable[[str], None]) -> list[ArtifactRecord]:
+            progress: Callable[[str], None], reference=None) -> list[ArtifactRecord]:
     variants: list[Variant] = [v for v in target.variants if v.format == FORMAT]
     deployment = target.coreml.minimum_deployment_target
     bases: dict[str, tuple] = {}

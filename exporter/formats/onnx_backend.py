@@ -13,6 +13,7 @@ from exporter.formats import onnx_export
 from exporter.formats.onnx_quantize import CalibrationFeeds, variant_for
 from exporter.trace import TracedModel
 from targets import Target, Variant
+from validators.reference import Reference
 
 FORMAT = "onnx"
 PREFLIGHT_HINT = ("Replace those layers with supported ones, register an ONNX translation "
@@ -41,10 +42,50 @@ def _stamp_provenance(path: Path, traced: TracedModel, target: Target, variant: 
     onnx.save(model, str(path))
 
 
+def _budget_check(variant: Variant, reference: Reference, traced: TracedModel) -> Callable[[Path], list[str]]:
+    """The validator's own parity and budget code, on the same eval data, for one candidate model."""
+    from validators.budgets import check
+    from validators.runtimes import open_session
+    from validators.validate import parity_against_reference
+
+    names_in, names_out = [s.name for s in traced.inputs], [s.name for s in traced.outputs]
+
+    def violations(path: Path) -> list[str]:
+        _, overall, accuracy = parity_against_reference(open_session(FORMAT, path, 1).run, reference, names_in,
+                                                        names_out, traced.batch)
+        return check(variant.budget, overall, accuracy, None, 0)
+
+    return violations
+
+
+def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementation, feeds, fp32: Path, out: Path,
+              model, paths: dict[str, str], reference: Reference, scratch: Path,
+              progress: Callable[[str], None]) -> dict:
+    """Per-layer blame for a static variant, then mixed precision if it misses its budget."""
+    from exporter.formats.onnx_blame import auto_precision, blame_layers
+    from exporter.formats.onnx_layers import weighted_layers
+
+    def quantize(path: Path, extra: dict) -> dict:
+        return implementation.run(fp32, path, feeds, extra)
+
+    layers = weighted_layers(model, paths)
+    progress(f"onnx: {variant.precision}: per-layer blame over {len(layers)} weighted layers")
+    rows = blame_layers(fp32, out, layers, quantize, reference.inputs, traced.batch, scratch,
+                        [s.name for s in traced.outputs])
+    diagnosis: dict = {"layers": rows}
+    if target.auto_precision:
+        check = _budget_check(variant, reference, traced)
+        if check(out):
+            progress(f"onnx: {variant.precision} misses its budget: keeping the most harmful layers in float")
+            diagnosis["auto_precision"] = auto_precision(model, rows, len(layers), quantize, out, check)
+    return diagnosis
+
+
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
-            progress: Callable[[str], None]) -> list[ArtifactRecord]:
+            progress: Callable[[str], None], reference: Reference | None = None) -> list[ArtifactRecord]:
     import onnx
 
+    from exporter.formats.onnx_layers import module_paths
     from exporter.formats.onnx_passes import run_passes
 
     variants = [v for v in target.variants if v.format == FORMAT]
@@ -55,7 +96,9 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
         progress(f"onnx: exporting ({traced.method})")
         export = onnx_export.export_onnx(traced, raw)
         pass_ids = target.passes.get(FORMAT, ())
-        model, pass_records = run_passes(onnx.load(str(raw)), pass_ids)
+        raw_model = onnx.load(str(raw))
+        paths = module_paths(raw_model)  # passes drop node metadata; node names survive them
+        model, pass_records = run_passes(raw_model, pass_ids)
         if pass_records:
             progress("onnx: passes " + ", ".join(f"{r.id} {r.nodes_before}->{r.nodes_after}" for r in pass_records))
         fp32 = Path(scratch) / "model.fp32.onnx"
@@ -73,6 +116,11 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 implementation = variant_for(variant.precision, variant.calibration_method,
                                              variant.calibration_samples)
                 quantization = implementation.run(fp32, out, feeds if variant.is_static_quantized else None)
+            extra = {}
+            diagnosis_start = time.perf_counter()
+            if variant.is_static_quantized and reference is not None:
+                extra["diagnosis"] = _diagnose(traced, target, variant, implementation, feeds, fp32, out, model,
+                                               paths, reference, Path(scratch), progress)
             _stamp_provenance(out, traced, target, variant)
             records.append(ArtifactRecord(
                 format=FORMAT, precision=variant.precision, path=variant.filename,
@@ -80,6 +128,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 quantization=quantization,
                 inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
                 reproducible="byte-identical for the same model, data and library versions",
-                seconds=round(time.perf_counter() - variant_start + shared_seconds, 3),
+                seconds=round(time.perf_counter() - variant_start + shared_seconds, 3), extra=extra,
+                diagnosis_seconds=round(time.perf_counter() - diagnosis_start, 3) if extra else 0.0,
             ))
     return records

@@ -80,7 +80,8 @@ class StaticQuantVariant:
         self.precision = precision
         self.config = config
 
-    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None, extra: dict | None = None) -> dict:
+        """extra: node selection for diagnosis (nodes_to_quantize) or mixed precision (nodes_to_exclude)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if calibration is None:
@@ -93,6 +94,7 @@ class StaticQuantVariant:
                 activation_type=getattr(QuantType, _QUANT_TYPES[self.config.activation_type]),
                 weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[self.config.calibration_method]),
+                **(extra or {}),
             )
         return {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
                 **asdict(self.config)}

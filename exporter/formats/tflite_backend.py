@@ -229,7 +229,7 @@ def _compile_for_npu(tflite: Path, workdir: Path, target: Target) -> dict:
 
 
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
-            progress: Callable[[str], None]) -> list[ArtifactRecord]:
+            progress: Callable[[str], None], reference=None) -> list[ArtifactRecord]:
     variants: list[Variant] = [v for v in target.variants if v.format == FORMAT]
     if traced.dynamic_batch:
         progress("tflite: litert-torch converts at a fixed batch; the .tflite keeps the example batch")

@@ -1,0 +1,73 @@
+"""ONNX graph nodes in the user's terms: which nodes are weighted layers, which PyTorch module each
+came from, and which nodes must stay float for a layer to really run in float."""
+
+from __future__ import annotations
+
+import ast
+
+import onnx
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def module_paths(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name and output tensor name -> PyTorch module path, read from the exporter's name scopes
+    (torch.export path) or from the node name (TorchScript path: /features/features.0/Conv).
+
+    Keyed by both because graph passes keep one or the other: onnxslim renames the nodes it
+    rewrites after their output tensors, BatchNorm folding keeps the conv node but takes the
+    BatchNorm's output tensor."""
+    paths = {}
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes:
+            parts = [s for s in ast.literal_eval(scopes) if s]
+        elif node.name.startswith("/"):
+            parts = [s for s in node.name.split("/") if s]
+        else:
+            continue
+        path = parts[-2] if len(parts) >= 2 else ""
+        if path:
+            paths[node.name] = path
+            for output in node.output:
+                paths.setdefault(output, path)
+    return paths
+
+
+def _module_from_weight(weight: str) -> str:
+    """Parameters keep their PyTorch names (encoder.layers.1.self_attn.in_proj_weight)."""
+    owner, _, leaf = weight.removeprefix("p_").rpartition(".")
+    return owner if owner and leaf and not leaf.isdigit() else ""
+
+
+def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[dict]:
+    """Nodes of WEIGHTED_OPS with a constant weight, in graph order, with the module each came from:
+    the exporter's scope, else (a node a pass fused under a new name) the weight's parameter name."""
+    constants = {i.name for i in model.graph.initializer}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
+            scope = paths.get(node.name) or paths.get(node.output[0]) or ""
+            owner = _module_from_weight(node.input[1])
+            # a parameter name is more specific inside a module that calls a child's weights itself
+            # (nn.MultiheadAttention's out_proj is scoped to self_attn)
+            module = owner if owner and (not scope or owner.startswith(scope + ".")) else scope or node.name
+            layers.append({"node": node.name, "op": node.op_type, "module": module, "output": node.output[0]})
+    return layers
+
+
+def float_island(model: onnx.ModelProto, node_name: str) -> list[str]:
+    """The node and every non-weighted node feeding its activation input, back to the previous
+    weighted node: onnxruntime quantizes an activation at its producer too (a Mul, a Relu), so
+    keeping a layer in float means keeping that chain in float."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    constants = {i.name for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    island, stack = [node_name], [by_name[node_name].input[0]]
+    while stack:
+        producer = producers.get(stack.pop())
+        if producer is None or producer.op_type in WEIGHTED_OPS or producer.name in island:
+            continue
+        island.append(producer.name)
+        stack.extend(i for i in producer.input if i and i not in constants)
+    return island
