@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from targets import TargetError, builtin_target_names, load_target
@@ -92,3 +95,11 @@ def test_every_precision_has_default_budget():
         for precision in precisions:
             assert precision in PRECISION_DEFAULT_BUDGETS, (fmt, precision)
     assert PASSES["onnx"]
+
+
+def test_the_readme_example_target_is_valid():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme[readme.index('name = "my-phone"'):]
+    example = example[: example.index("```")]
+    target = target_from_dict(tomllib.loads(example), "README.md")
+    assert target.name == "my-phone" and target.variants[0].precision == "int8"
