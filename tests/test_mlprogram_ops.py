@@ -162,6 +162,12 @@ def test_softmax_layer_norm_batch_norm():
           F.batch_norm(t(x), t(mean), t(var), t(gamma[:3]), t(beta[:3]), False, 0.0, 1e-3), 1e-5)
 
 
+def test_instance_norm_matches_torch():
+    x, gamma, beta = randn(2, 3, 4, 5), randn(3), randn(3)
+    close(one("instance_norm", x=x, gamma=gamma, beta=beta, epsilon=np.float32(1e-5)),
+          F.instance_norm(t(x), weight=t(gamma), bias=t(beta), eps=1e-5), 1e-4)
+
+
 def test_reductions():
     x = randn(2, 3, 4)
     close(one("reduce_mean", x=x, axes=np.array([-1]), keep_dims=False), x.mean(-1))

@@ -132,7 +132,7 @@ def _scaled_tanh(a):
 @op("prelu")
 def _prelu(a):
     x, alpha = _f(a["x"]), _f(a["alpha"])
-    return [np.where(x >= 0, x, alpha.reshape(1, -1, *([1] * (x.ndim - 2))) * x)]
+    return [np.where(x >= 0, x, alpha.reshape(_channel_shape(x)) * x)]
 
 
 @op("gelu")
@@ -306,16 +306,25 @@ def _upsample_bilinear(a):
 
 # --- normalization and softmax ---------------------------------------------------------------------------
 
+def _scale_shift(out: np.ndarray, a, shape: tuple | None = None) -> list[np.ndarray]:
+    """The optional gamma and beta of the normalization ops (reshaped per channel where given)."""
+    if a.has("gamma"):
+        out = out * (_f(a["gamma"]).reshape(shape) if shape else _f(a["gamma"]))
+    if a.has("beta"):
+        out = out + (_f(a["beta"]).reshape(shape) if shape else _f(a["beta"]))
+    return [out]
+
+
+def _channel_shape(x: np.ndarray) -> tuple:
+    return (1, -1, *([1] * (x.ndim - 2)))
+
+
 @op("batch_norm")
 def _batch_norm(a):
     x = _f(a["x"])
-    shape = (1, -1, *([1] * (x.ndim - 2)))
+    shape = _channel_shape(x)
     out = (x - _f(a["mean"]).reshape(shape)) / np.sqrt(_f(a["variance"]).reshape(shape) + a.get("epsilon", 1e-5))
-    if a.has("gamma"):
-        out = out * _f(a["gamma"]).reshape(shape)
-    if a.has("beta"):
-        out = out + _f(a["beta"]).reshape(shape)
-    return [out]
+    return _scale_shift(out, a, shape)
 
 
 @op("layer_norm")
@@ -324,12 +333,7 @@ def _layer_norm(a):
     axes = _axes(a.get("axes", [-1]), x.ndim)
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    out = (x - mean) / np.sqrt(var + a.get("epsilon", 1e-5))
-    if a.has("gamma"):
-        out = out * _f(a["gamma"])
-    if a.has("beta"):
-        out = out + _f(a["beta"])
-    return [out]
+    return _scale_shift((x - mean) / np.sqrt(var + a.get("epsilon", 1e-5)), a)
 
 
 @op("instance_norm")
@@ -338,12 +342,7 @@ def _instance_norm(a):
     axes = tuple(range(2, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     out = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + a.get("epsilon", 1e-5))
-    shape = (1, -1, *([1] * (x.ndim - 2)))
-    if a.has("gamma"):
-        out = out * _f(a["gamma"]).reshape(shape)
-    if a.has("beta"):
-        out = out + _f(a["beta"]).reshape(shape)
-    return [out]
+    return _scale_shift(out, a, _channel_shape(x))
 
 
 @op("softmax")
