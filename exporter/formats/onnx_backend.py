@@ -97,7 +97,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
         export = onnx_export.export_onnx(traced, raw)
         pass_ids = target.passes.get(FORMAT, ())
         raw_model = onnx.load(str(raw))
-        paths = module_paths(raw_model)  # passes drop node metadata; node names survive them
+        paths = module_paths(raw_model)  # read before the passes, which drop node metadata
         model, pass_records = run_passes(raw_model, pass_ids)
         if pass_records:
             progress("onnx: passes " + ", ".join(f"{r.id} {r.nodes_before}->{r.nodes_after}" for r in pass_records))
@@ -116,11 +116,12 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 implementation = variant_for(variant.precision, variant.calibration_method,
                                              variant.calibration_samples)
                 quantization = implementation.run(fp32, out, feeds if variant.is_static_quantized else None)
-            extra = {}
-            diagnosis_start = time.perf_counter()
+            extra, diagnosis_seconds = {}, 0.0
             if variant.is_static_quantized and reference is not None:
+                diagnosis_start = time.perf_counter()
                 extra["diagnosis"] = _diagnose(traced, target, variant, implementation, feeds, fp32, out, model,
                                                paths, reference, Path(scratch), progress)
+                diagnosis_seconds = round(time.perf_counter() - diagnosis_start, 3)
             _stamp_provenance(out, traced, target, variant)
             records.append(ArtifactRecord(
                 format=FORMAT, precision=variant.precision, path=variant.filename,
@@ -129,6 +130,6 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
                 reproducible="byte-identical for the same model, data and library versions",
                 seconds=round(time.perf_counter() - variant_start + shared_seconds, 3), extra=extra,
-                diagnosis_seconds=round(time.perf_counter() - diagnosis_start, 3) if extra else 0.0,
+                diagnosis_seconds=diagnosis_seconds,
             ))
     return records
