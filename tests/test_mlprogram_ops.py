@@ -239,6 +239,13 @@ def test_lut_to_dense_both_generations():
     close(new, np.concatenate([lut[indices[:12]], 2 * lut[indices[12:]]]).reshape(4, 6))
 
 
+def test_vector_palettization_is_refused_loudly():
+    from validators.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="vector palettization"):
+        one("constexpr_lut_to_dense", indices=np.zeros((2, 2), np.uint8), lut=np.zeros((1, 1, 4, 2), np.float32))
+
+
 def test_unpack_bits_signed_and_unsigned():
     values = np.array([5, 0, 63, 17], np.uint8)
     packed = np.packbits(((values[:, None] >> np.arange(6)) & 1).astype(np.uint8).reshape(-1), bitorder="little")

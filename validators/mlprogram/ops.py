@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from validators.errors import ArtifactError
+
 OPS: dict[str, Callable] = {}
 
 
@@ -604,8 +606,9 @@ def _lut_to_dense(a):
     palettes = _blockwise(np.arange(int(np.prod(lut.shape[:block_rank]))).reshape(lut.shape[:block_rank]),
                           indices.shape) if block_rank else np.zeros(indices.shape, np.int64)
     flat_lut = lut.reshape(-1, n_palette, vector)
-    if vector != 1:
-        raise NotImplementedError("vector palettization (vector_size > 1) is not supported")
+    if vector != 1:  # edgeport never emits it; a program from elsewhere may
+        raise ArtifactError("constexpr_lut_to_dense with vector_size > 1 (vector palettization) is beyond the "
+                            "reference interpreter; validate that model on macOS with Core ML")
     return [flat_lut[palettes.astype(np.int64), indices.astype(np.int64), 0]]
 
 
