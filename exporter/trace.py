@@ -6,12 +6,13 @@ falls back to TorchScript tracing at conversion time and records why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from exporter.errors import UserInputError
+from exporter.errors import UnsupportedOp, UserInputError
 from exporter.sources import LoadedModel
 from exporter.specs import BATCH, TensorSpec
 from targets.errors import first_line
@@ -68,6 +69,18 @@ def module_of(node: Any) -> tuple[str, str]:
         return "", "?"
     path, cls = list(stack.values())[-1]
     return path, str(cls).rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+
+
+def unsupported_ops(program: Any, is_supported: Callable[[Any], bool], reason: str) -> list[UnsupportedOp]:
+    """Every call in a traced program a converter cannot take, once per (op, module), with the module
+    path it came from: what each format's preflight reports."""
+    found: dict[tuple[str, str], UnsupportedOp] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or is_supported(node.target):
+            continue
+        path, cls = module_of(node)
+        found.setdefault((str(node.target), path), UnsupportedOp(str(node.target), path, cls, reason))
+    return list(found.values())
 
 
 def _dtype_name(dtype: Any) -> str:

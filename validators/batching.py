@@ -22,6 +22,13 @@ def iter_batches(arrays: dict[str, np.ndarray], batch: int | None) -> Iterator[t
         yield chunk, valid
 
 
+def whole_batches(arrays: dict[str, np.ndarray], batch: int | None, max_samples: int) -> list[dict[str, np.ndarray]]:
+    """Up to max_samples samples in batches of the model's size, dropping a last partial batch:
+    calibration must not see zero padding, which would distort activation ranges."""
+    arrays = {k: v[:max_samples] for k, v in arrays.items()}
+    return [feeds for feeds, valid in iter_batches(arrays, batch) if batch is None or valid == batch]
+
+
 def run_batched(run, arrays: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:
     """Call run(feeds) -> list of outputs chunk by chunk and concatenate the valid rows."""
     pieces: list[list[np.ndarray]] = []

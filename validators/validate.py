@@ -89,23 +89,25 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     if entry.get("npu_compiled") and target.npu is not None:
         npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
         violations += npu_violations
-    violations += budgets.check(variant.budget, overall, accuracy, timing, size_bytes(path), npu)
+    nbytes = size_bytes(path)  # a directory walk for an .mlpackage
+    violations += budgets.check(variant.budget, overall, accuracy, timing, nbytes, npu)
     for runtime, runtime_parity in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in budgets.check(variant.budget, runtime_parity, None, None, 0)]
     result = {
         "format": entry["format"], "precision": entry["precision"], "path": entry["path"],
-        "bytes": size_bytes(path), "sha256": actual_sha,
+        "bytes": nbytes, "sha256": actual_sha,
         "parity": overall,
         "parity_runtime": session.runtime,
     }
     if accuracy is not None:
         result["accuracy"] = accuracy
+    io_quantization = _io_quantization(entry)
     result |= {
         "latency_ms": timing,
         **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
         **({"parity_by_runtime": by_runtime} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
-        **({"io_quantization": _io_quantization(entry)} if _io_quantization(entry) else {}),
+        **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
                    "limits": {k: v for k, v in vars(variant.budget).items() if v is not None}},
         "parity_per_output": per_output,

@@ -20,7 +20,7 @@ from pathlib import Path
 from exporter import __version__
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import ConversionError, UnsupportedOp, UnsupportedOpsError
-from exporter.trace import TracedModel, module_of
+from exporter.trace import TracedModel, module_of, unsupported_ops
 from targets import Target, Variant
 from targets.errors import first_line
 from validators.quiet import silenced
@@ -59,19 +59,14 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
     if traced.program is None:
         return []
     registry, sanitize = _registry()
-    unsupported: dict[tuple[str, str], UnsupportedOp] = {}
     with _quiet():
         program = traced.program.run_decompositions({})
-    for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
-        kind = sanitize(_kind(node.target))
-        if kind in registry or kind.split(".")[0] in registry:
-            continue
-        path, cls = module_of(node)
-        unsupported.setdefault((kind, path), UnsupportedOp(str(node.target), path, cls,
-                                                           "coremltools has no converter for it"))
-    return list(unsupported.values())
+
+    def converts(target) -> bool:
+        kind = sanitize(_kind(target))
+        return kind in registry or kind.split(".")[0] in registry
+
+    return unsupported_ops(program, converts, "coremltools has no converter for it")
 
 
 def _convert(traced: TracedModel, compute_precision: str, deployment_target: str):

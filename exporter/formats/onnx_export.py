@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import ConversionError, UnsupportedOp, UnsupportedOpsError
-from exporter.trace import TORCH_EXPORT, TracedModel, module_of
+from exporter.trace import TORCH_EXPORT, TracedModel, unsupported_ops
 
 OPSET = 20
 _TWO_GB = 2 * 1024**3
@@ -46,14 +46,7 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
             return []
         registry = _registration.ONNXRegistry.from_torchlib()
         program = _fx_passes.decompose_with_registry(traced.program, registry)
-    unsupported: dict[tuple[str, str], UnsupportedOp] = {}
-    for node in program.graph.nodes:
-        if node.op != "call_function" or registry.is_registered(node.target):
-            continue
-        op = str(node.target)
-        path, cls = module_of(node)
-        unsupported.setdefault((op, path), UnsupportedOp(op, path, cls, "no ONNX translation registered"))
-    return list(unsupported.values())
+    return unsupported_ops(program, registry.is_registered, "no ONNX translation registered")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from validators.batching import iter_batches
+from validators.batching import whole_batches
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
 _CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -121,11 +121,8 @@ class CalibrationFeeds:
     def reader(self, max_samples: int):
         from onnxruntime.quantization import CalibrationDataReader
 
-        arrays = {k: v[:max_samples] for k, v in self.inputs.items()}
-        used = len(next(iter(arrays.values())))
-        # Padding rows would distort the ranges: a fixed batch only sees whole chunks of real data.
-        batches: Iterator = (feeds for feeds, valid in iter_batches(arrays, self.batch)
-                             if self.batch is None or valid == self.batch)
+        used = min(max_samples, len(next(iter(self.inputs.values()))))
+        batches: Iterator = iter(whole_batches(self.inputs, self.batch, max_samples))
 
         class _Reader(CalibrationDataReader):
             samples_used = used

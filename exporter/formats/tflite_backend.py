@@ -20,10 +20,10 @@ import numpy as np
 
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.trace import TracedModel, module_of
+from exporter.trace import TracedModel, unsupported_ops
 from targets import Target, Variant
 from targets.errors import first_line
-from validators.batching import iter_batches
+from validators.batching import whole_batches
 from validators.quiet import silenced
 
 FORMAT = "tflite"
@@ -59,15 +59,10 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         program = fx_infra.safe_run_decompositions(traced.program, fx_infra.decomp.pre_convert_decomp(),
                                                    can_skip=False)
         program = fx_infra.safe_run_decompositions(program, fx_infra.decomp.pre_lower_decomp(), can_skip=False)
-    unsupported: dict[tuple[str, str], UnsupportedOp] = {}
-    for node in program.graph.nodes:
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        if lowerings.lookup(node.target) is None:
-            path, cls = module_of(node)
-            unsupported.setdefault((str(node.target), path), UnsupportedOp(
-                str(node.target), path, cls, "litert-torch has no lowering for it"))
-    return list(unsupported.values())
+    # Only aten/custom op overloads go through the lowering table (getitem and friends are handled inline).
+    return unsupported_ops(
+        program, lambda target: not isinstance(target, torch._ops.OpOverload) or lowerings.lookup(target) is not None,
+        "litert-torch has no lowering for it")
 
 
 def _convert_fp32(traced: TracedModel, path: Path) -> None:
@@ -85,12 +80,6 @@ def _signature_input_names(path: Path) -> list[str]:
 
     with _quiet():
         return list(Interpreter(str(path)).get_signature_list()[SIGNATURE]["inputs"])
-
-
-def _calibration_batches(calibration: dict, batch: int | None, max_samples: int) -> list[dict[str, np.ndarray]]:
-    """Whole batches only: a zero-padded batch would distort the activation ranges."""
-    arrays = {k: v[:max_samples] for k, v in calibration.items()}
-    return [feeds for feeds, valid in iter_batches(arrays, batch) if batch is None or valid == batch]
 
 
 def _aeq_recipe(precision: str):
@@ -250,7 +239,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
             else:
                 progress(f"tflite: {variant.precision}")
                 batches = [] if not variant.is_static_quantized or calibration is None else \
-                    _calibration_batches(calibration, traced.batch, variant.calibration_samples)
+                    whole_batches(calibration, traced.batch, variant.calibration_samples)
                 with _quiet():
                     if variant.precision == "int8_full":
                         quantization = _quantize_full_int8(traced, fp32, out, variant, batches, input_names,
