@@ -26,6 +26,7 @@ from validators.latency import measure  # noqa: E402
 BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
 TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
+COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -86,6 +87,20 @@ def bench_interpreter(spec: str, out: Path) -> dict:
             for key, a in by.items()}
 
 
+def bench_diagnosis(spec: str, out: Path, reports: dict) -> dict:
+    """Seconds the per-layer blame adds to an export, per quantized variant, beside the variant's
+    whole export time (Core ML compressed variants exported here; ONNX and TFLite from bench_model)."""
+    print(f"bench: Core ML compressed variants of {spec}", file=sys.stderr)
+    _, coreml = run_export(ExportOptions(model=spec, target=str(COREML_COMPRESSED_TARGET), out=out), lambda _: None)
+    figures = {key: {"diagnosis_seconds": v["diagnosis_seconds"], "export_seconds": v["export_seconds"]}
+               for key, v in reports["variants"].items() if v["diagnosis_seconds"]}
+    for a in coreml["artifacts"]:
+        figures[f"coreml/{a['precision']}"] = {"diagnosis_seconds": coreml["export"]["diagnosis_seconds"][a["path"]],
+                                               "export_seconds": coreml["export"]["artifact_seconds"][a["path"]],
+                                               "layers": len(a.get("layers", []))}
+    return figures
+
+
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -103,6 +118,8 @@ def main() -> None:
             results["models"][spec] = bench_model(spec, Path(tmp))
         results["coreml_interpreter"] = {spec: bench_interpreter(spec, Path(tmp))
                                          for spec in ("demo:digits", "tests/zoo.py:transformer")}
+        results["diagnosis"] = {spec: bench_diagnosis(spec, Path(tmp), results["models"][spec])
+                                for spec in ("demo:digits", "bench/models.py:bench_cnn")}
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

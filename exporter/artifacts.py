@@ -18,3 +18,5 @@ class ArtifactRecord:
     extra: dict = field(default_factory=dict)
     seconds: float = 0.0  # conversion time of this variant; goes to report.json, not the manifest
     diagnosis_seconds: float = 0.0  # of which per-layer blame and auto precision took this long
+    # host measurements made while exporting (auto precision's latency cost): report only, not reproducible
+    measured: dict = field(default_factory=dict)

@@ -98,8 +98,9 @@ def export(
                                                "module. Runs code from the file: only for files you trust.")] = False,
     name: Annotated[str | None, typer.Option(help="Model name for the artifact directory.")] = None,
     auto_precision: Annotated[bool | None, typer.Option(
-        "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a static int8 ONNX variant "
-        "in float until it meets its budget (default: the target's auto_precision).")] = None,
+        "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a quantized variant "
+        "(static int8 ONNX/TFLite, compressed Core ML) in float until it meets its budget (default: the "
+        "target's auto_precision).")] = None,
     debug: Debug = False,
 ) -> None:
     """Export, optimize, quantize and validate a model for one target."""

@@ -115,5 +115,9 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         timings["artifact_seconds"] = {r.path: r.seconds for r in records}
         timings["diagnosis_seconds"] = {r.path: r.diagnosis_seconds for r in records if r.diagnosis_seconds}
         report["export"] = timings
+        measured = {r.path: r.measured for r in records if r.measured}
+        for artifact in report["artifacts"]:  # what the export measured on the host beside the manifest's decision
+            if artifact.get("auto_precision") and artifact["path"] in measured:
+                artifact["auto_precision"] |= measured[artifact["path"]].get("auto_precision", {})
         write_reports(work, report)
     return final, report

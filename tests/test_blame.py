@@ -1,16 +1,14 @@
-"""Per-layer quantization blame and automatic mixed precision (ONNX QDQ variants)."""
+"""Per-layer quantization blame and automatic mixed precision (ONNX QDQ and TFLite static int8)."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from onnx.utils import Extractor
 
 from tests import zoo
 from tests.conftest import ZOO, read_json, run_cli
+from tests.independent import onnx_accumulated_sqnr, tflite_accumulated_sqnr
 from validators.reference import Reference
 
 pytestmark = pytest.mark.slow
@@ -22,14 +20,16 @@ min_seconds = 0.05
 [passes]
 onnx = ["fold_constants", "fold_batchnorm", "eliminate_dead_nodes", "simplify"]
 [[variants]]
-format = "onnx"
-precision = "int8"
-budget = { max_accuracy_drop = 0.02, min_top1_agreement = 0.95 }
+format = "{format}"
+precision = "{precision}"
+budget = {{ max_accuracy_drop = 0.02, min_top1_agreement = 0.95 }}
 """
+# (format, precision) -> the operator a fully connected layer becomes
+VARIANTS = {("onnx", "int8"): "Gemm", ("tflite", "int8"): "FULLY_CONNECTED", ("tflite", "int8_full"): "FULLY_CONNECTED"}
 
 
-@pytest.fixture
-def outlier_data(tmp_path):
+@pytest.fixture(params=list(VARIANTS), ids=lambda v: "-".join(v))
+def outlier_data(tmp_path, request):
     """Eval inputs labelled by the fp32 model (reference top-1 = 100%) and separate calibration data."""
     model, _ = zoo.outlier_channels()
     rng = np.random.default_rng(1)
@@ -39,12 +39,13 @@ def outlier_data(tmp_path):
     np.savez(tmp_path / "eval.npz", x=x, labels=labels)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((128, 16)).astype(np.float32))
     target = tmp_path / "amp.toml"
-    target.write_text(TARGET)
-    return target, tmp_path / "eval.npz", tmp_path / "calib.npz"
+    fmt, precision = request.param
+    target.write_text(TARGET.format(format=fmt, precision=precision))
+    return target, tmp_path / "eval.npz", tmp_path / "calib.npz", VARIANTS[request.param]
 
 
 def _export(tmp_path, outlier_data, out: str, *flags):
-    target, eval_path, calib_path = outlier_data
+    target, eval_path, calib_path, _ = outlier_data
     return run_cli("export", "--model", f"{ZOO}:outlier_channels", "--target", target, "--eval", eval_path,
                    "--calib", calib_path, "--out", tmp_path / out, *flags)
 
@@ -67,41 +68,27 @@ def test_sensitive_layer_is_blamed_first_and_auto_precision_fixes_it(tmp_path, o
     assert decision["met"] is True and decision["kept_float"] == ["head.2"]
     assert decision["int8_layer_share"] >= 0.8 and decision["int8_layers"] == 4
     assert decision["bytes_after"] > decision["bytes_before"]  # what keeping a layer in float cost
+    assert decision["latency_ms_before"] > 0 and decision["latency_ms_after"] > 0  # measured in the same run
     assert report["accuracy"]["drop"] <= 0.02 and report["budget"]["passed"]
     first, second = (read_json(tmp_path / out / "zoo-outlier_channels" / "amp" / "manifest.json")
                      for out in ("auto", "again"))
     assert first["artifacts"][0]["diagnosis"] == second["artifacts"][0]["diagnosis"]
     md = (tmp_path / "auto" / "zoo-outlier_channels" / "amp" / "report.md").read_text()
-    assert "| head.2 | Gemm | 3." in md and "kept head.2 in float" in md
+    assert f"| head.2 | {outlier_data[3]} | 3." in md and "kept head.2 in float" in md
     assert "<svg" in (tmp_path / "auto" / "zoo-outlier_channels" / "amp" / "report.html").read_text()
-
-
-def _sqnr(reference: np.ndarray, value: np.ndarray) -> float:
-    reference, value = reference.astype(np.float64).ravel(), value.astype(np.float64).ravel()
-    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - value) ** 2)))
-
-
-def _tensor_values(model_path, tensor: str, inputs: np.ndarray) -> np.ndarray:
-    """Cut the graph at `tensor` with onnx.utils.Extractor and run that subgraph sample by sample."""
-    model = onnx.load(str(model_path))
-    if tensor not in {o.name for o in model.graph.output}:  # Extractor looks names up among declared values
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    sub = Extractor(model).extract_model([model.graph.input[0].name], [tensor])
-    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {model.graph.input[0].name: inputs[i:i + 1]})[0]
-                           for i in range(len(inputs))])
 
 
 def test_demo_blame_matches_an_independent_computation(demo_android):
     result, directory = demo_android
     assert result.code == 0, result.stderr
-    int8 = read_json(directory / "report.json")["artifacts"][1]
-    assert int8["path"] == "model.int8.onnx"
-    rows = int8["layers"]
-    assert sorted(r["module"] for r in rows) == ["classifier.1", "classifier.3", "features.0", "features.3",
-                                                  "features.7"]
-    inputs = Reference.load(directory / "reference.npz").inputs["image"][: rows[0]["samples"]]
-    for row in rows:
-        reference = _tensor_values(directory / "model.onnx", row["tensor"], inputs)
-        quantized = _tensor_values(directory / "model.int8.onnx", row["quantized_tensor"], inputs)
-        assert _sqnr(reference, quantized) == pytest.approx(row["sqnr_db_accumulated"], abs=0.01)
+    artifacts = {a["path"]: a for a in read_json(directory / "report.json")["artifacts"]}
+    modules = ["classifier.1", "classifier.3", "features.0", "features.3", "features.7"]
+    onnx_rows, tflite_rows = artifacts["model.int8.onnx"]["layers"], artifacts["model.int8.tflite"]["layers"]
+    assert sorted(r["module"] for r in onnx_rows) == sorted(r["module"] for r in tflite_rows) == modules
+    inputs = Reference.load(directory / "reference.npz").inputs["image"][: onnx_rows[0]["samples"]]
+    for row in onnx_rows:
+        independent = onnx_accumulated_sqnr(directory / "model.onnx", directory / "model.int8.onnx", row, inputs)
+        assert independent == pytest.approx(row["sqnr_db_accumulated"], abs=0.01)
+    independent = tflite_accumulated_sqnr(directory / "model.tflite", directory / "model.int8.tflite", inputs)
+    for row in tflite_rows:
+        assert independent[row["tensor"]] == pytest.approx(row["sqnr_db_accumulated"], abs=0.01)

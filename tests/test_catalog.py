@@ -23,7 +23,7 @@ def test_every_format_has_backend_and_runtime():
 
 
 def test_every_onnx_and_tflite_precision_and_pass_is_implemented():
-    from exporter.formats.tflite_backend import AEQ_RECIPES
+    from exporter.formats.tflite_quantize import AEQ_RECIPES
 
     assert set(PRECISIONS["onnx"]) == set(IMPLEMENTED_PRECISIONS)
     assert set(PRECISIONS["tflite"]) == {"fp32", *AEQ_RECIPES}

@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from tests.conftest import ZOO, fast_target, onnx_target, read_json, run_cli, save_family_data
+from tests.independent import onnx_accumulated_sqnr, tflite_accumulated_sqnr
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,7 @@ def test_family_exports_to_android_with_parity(tmp_path, family):
     assert by_variant["tflite", "fp16"]["parity"]["sqnr_db"] >= 40
     assert by_variant["tflite", "int8"]["parity"]["sqnr_db"] >= 25
     assert set(by_variant["tflite", "fp32"]["latency_ms_by_delegate"]) == {"xnnpack", "none"}
-    blame = int8["layers"]  # the per-layer blame table of the static int8 variant
-    assert blame and all(row["module"] for row in blame)
-    assert [r["sqnr_db_alone_at_output"] for r in blame] == sorted(r["sqnr_db_alone_at_output"] for r in blame)
+    _check_blame_tables(directory, int8["layers"], by_variant["tflite", "int8"]["layers"], eval_path)
     assert fp32["parity"]["sqnr_db"] >= 80
     assert fp32["parity"]["samples"] == 48
     assert int8["parity"]["sqnr_db"] >= 25
@@ -51,6 +50,21 @@ def test_family_exports_to_android_with_parity(tmp_path, family):
     if family == "cnn":  # three BatchNorm2d layers, each folded into its conv
         assert passes["fold_batchnorm"]["nodes_before"] - passes["fold_batchnorm"]["nodes_after"] == 3
         assert [n.op_type for n in final.graph.node].count("Conv") == 3
+
+
+def _check_blame_tables(directory, onnx_rows: list[dict], tflite_rows: list[dict], eval_path) -> None:
+    """Both static int8 variants have a blame table, worst first, in PyTorch module names, and its
+    accumulated SQNR per layer agrees with an independent computation."""
+    inputs = np.load(eval_path)["data"][: onnx_rows[0]["samples"]]
+    independent = tflite_accumulated_sqnr(directory / "model.tflite", directory / "model.int8.tflite", inputs)
+    for rows in (onnx_rows, tflite_rows):
+        assert rows and all(row["module"] for row in rows)
+        assert [r["sqnr_db_alone_at_output"] for r in rows] == sorted(r["sqnr_db_alone_at_output"] for r in rows)
+    for row in onnx_rows:
+        assert onnx_accumulated_sqnr(directory / "model.onnx", directory / "model.int8.onnx", row, inputs) == \
+            pytest.approx(row["sqnr_db_accumulated"], abs=0.01)
+    for row in tflite_rows:
+        assert independent[row["tensor"]] == pytest.approx(row["sqnr_db_accumulated"], abs=0.01)
 
 
 def test_demo_android_meets_the_int8_accuracy_bound(demo_android):

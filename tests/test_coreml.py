@@ -7,8 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
+from exporter.demo import train_digits_cnn
 from tests.conftest import ZOO, fast_target, read_json, run_cli, save_family_data
+from tests.independent import coreml_accumulated_sqnr
 from validators.mlprogram.reader import read_mlpackage
+from validators.reference import Reference
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +45,44 @@ def test_ios_demo_variants_pass_on_linux(tmp_path):
     manifest = read_json(directory / "manifest.json")
     assert manifest["artifacts"][0]["conversion"]["exporter"] == "coremltools (torch.export)"
     assert manifest["artifacts"][0]["conversion"]["minimum_deployment_target"] == "iOS17"
+    _check_blame_tables(directory, by)
+
+
+def _check_blame_tables(directory, by: dict) -> None:
+    """Each compressed variant has a blame table over its compressed layers, in PyTorch module names,
+    and its accumulated SQNR per layer agrees with PyTorch run on coremltools' own decompression of
+    the artifact's weights (within 0.1 dB: the artifact computes in fp16, PyTorch in fp32)."""
+    modules = ["features.3", "features.7", "classifier.1", "classifier.3"]  # in program order
+    model = train_digits_cnn()[0]
+    inputs = Reference.load(directory / "reference.npz").inputs["image"][:64]
+    for precision in ("w8", "palette6", "palette4"):
+        rows = by[precision]["layers"]
+        assert sorted(r["module"] for r in rows) == sorted(modules) and rows[0]["samples"] == 64
+        assert [r["sqnr_db_alone_at_output"] for r in rows] == sorted(r["sqnr_db_alone_at_output"] for r in rows)
+        independent = coreml_accumulated_sqnr(directory / f"model.{precision}.mlpackage", model, inputs, modules)
+        for row in rows:
+            assert row["sqnr_db_accumulated"] == pytest.approx(independent[row["module"]], abs=0.1)
+    # fewer palette bits, more error, layer by layer
+    alone = {p: {r["module"]: r["sqnr_db_alone_at_layer"] for r in by[p]["layers"]} for p in ("w8", "palette4")}
+    assert all(alone["palette4"][m] < alone["w8"][m] for m in modules)
+
+
+def test_auto_precision_leaves_the_most_harmful_layers_uncompressed(tmp_path):
+    target = tmp_path / "p4.toml"
+    target.write_text('name = "p4"\nauto_precision = true\n[runtime]\nmin_runs = 5\nmin_seconds = 0.01\n'
+                      '[[variants]]\nformat = "coreml"\nprecision = "palette4"\nbudget = { min_sqnr_db = 25.0 }\n')
+    result = run_cli("export", "--target", target, "--out", tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    (artifact,) = read_json(tmp_path / "digits" / "p4" / "report.json")["artifacts"]
+    decision = artifact["auto_precision"]
+    assert decision["violations_before"] and decision["met"] and artifact["parity"]["sqnr_db"] >= 25
+    worst_first = [r["module"] for r in artifact["layers"]]
+    assert decision["kept_float"] == worst_first[: len(decision["kept_float"])]  # most harmful first
+    assert 0 < decision["int8_layers"] < decision["weighted_layers"] == 4
+    assert decision["bytes_after"] > decision["bytes_before"]
+    program = read_mlpackage(tmp_path / "digits" / "p4" / "model.palette4.mlpackage")
+    palettized = sum(op.type == "constexpr_lut_to_dense" for op in program.main.operations)
+    assert palettized == decision["int8_layers"]
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn", "transformer", "gru"])

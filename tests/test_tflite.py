@@ -33,6 +33,8 @@ def test_every_tflite_precision_on_an_mlp(tmp_path):
     assert dynamic["parity"]["sqnr_db"] >= 30 and dynamic["bytes"] < 0.6 * fp32["bytes"]
     assert int8["parity"]["sqnr_db"] >= 25 and int8["parity"]["samples"] == 64
     assert full["parity"]["sqnr_db"] >= 25
+    for static in (int8, full):  # blame for both static variants, whichever quantizer made int8_full
+        assert sorted(r["module"] for r in static["layers"]) == ["net.0", "net.2", "net.4"]
     manifest = read_json(tmp_path / "zoo-mlp" / "tfl" / "manifest.json")
     int8_entry, full_entry = manifest["artifacts"][3:]
     assert int8_entry["inputs"][0]["dtype"] == "float32" and "global min/max" in int8_entry["quantization"]["recipe"]
@@ -65,6 +67,9 @@ def test_iot_npu_demo_is_full_int8_and_all_on_the_npu(tmp_path):
     manifest = read_json(directory / "manifest.json")
     assert manifest["artifacts"][0]["npu_compiled"]["path"] == "model.int8_full.vela.tflite"
     assert "vela estimates" in (directory / "report.md").read_text()
+    assert sorted(r["module"] for r in artifact["layers"]) == ["classifier.1", "classifier.3", "features.0",
+                                                               "features.3", "features.7"]
+    assert all(r["sqnr_db_accumulated"] > 20 for r in artifact["layers"])
 
 
 @pytest.mark.slow

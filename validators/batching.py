@@ -30,8 +30,11 @@ def whole_batches(arrays: dict[str, np.ndarray], batch: int | None, max_samples:
 
 
 def run_batched(run, arrays: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:
-    """Call run(feeds) -> list of outputs chunk by chunk and concatenate the valid rows."""
+    """Call run(feeds) -> list of outputs chunk by chunk and concatenate the valid rows. Only a
+    zero-padded last chunk is cut, so tensors whose first dimension is not the batch (an
+    intermediate reshaped to tokens x features) come back whole when no chunk is padded."""
     pieces: list[list[np.ndarray]] = []
     for feeds, valid in iter_batches(arrays, batch):
-        pieces.append([np.asarray(o)[:valid] for o in run(feeds)])
+        padded = batch is not None and valid < batch
+        pieces.append([np.asarray(o)[:valid] if padded else np.asarray(o) for o in run(feeds)])
     return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]

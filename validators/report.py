@@ -91,9 +91,12 @@ def _auto_precision_line(a: dict) -> str:
     d = a["auto_precision"]
     verdict = "budget met" if d["met"] else d["note"]
     return (f"auto precision: kept {', '.join(d['kept_float'])} in float ({verdict}); "
-            f"{d['int8_layers']}/{d['weighted_layers']} weighted layers stay int8; "
-            f"size {d['bytes_before']} -> {d['bytes_after']} bytes (the blame table describes the all-int8 model; "
-            "the artifact's figures above are after this change)")
+            f"{d['int8_layers']}/{d['weighted_layers']} weighted layers stay quantized; "
+            f"size {d['bytes_before']} -> {d['bytes_after']} bytes"
+            + (f", host latency {d['latency_ms_before']:.4f} -> {d['latency_ms_after']:.4f} ms (measured by the export)"
+               if "latency_ms_before" in d else "")
+            + " (the blame table describes the fully quantized model; "
+              "the artifact's figures above are after this change)")
 
 
 def to_markdown(report: dict) -> str:
@@ -121,7 +124,8 @@ def to_markdown(report: dict) -> str:
         if not a.get("layers"):
             continue
         out += [f"## Per-layer blame: {a['path']} (worst first)", "",
-                f"Each layer quantized alone against the fp32 model, and the error accumulated up to it, on "
+                f"Each layer quantized (or weight-compressed) alone against the fp32 model, and the error "
+                f"accumulated up to it, on "
                 f"{a['layers'][0]['samples']} eval samples.", "",
                 "| " + " | ".join(LAYER_COLUMNS) + " |", "|" + "---|" * len(LAYER_COLUMNS)]
         out += ["| " + " | ".join(_layer_cells(row)) + " |" for row in a["layers"]]

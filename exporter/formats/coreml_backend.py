@@ -114,16 +114,24 @@ def _conversion_error(traced: TracedModel, failures: list[Exception]) -> Convers
     return ConversionError(f"coremltools could not convert the model on either path: {reasons}")
 
 
-def _compress(model, precision: str):
+def _compress(model, precision: str, only: list[str] | None = None, keep_float: list[str] = ()):
+    """The variant's weight compression, on every weight over WEIGHT_THRESHOLD elements; or on
+    the `only` weights (a layer alone); and with the `keep_float` weights left uncompressed."""
     import coremltools.optimize.coreml as cto
 
     if precision == "w8":
         config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                              weight_threshold=WEIGHT_THRESHOLD)
-        return cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=config)), config
-    bits = {"palette6": 6, "palette4": 4}[precision]
-    config = cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
-    return cto.palettize_weights(model, cto.OptimizationConfig(global_config=config)), config
+        apply = cto.linear_quantize_weights
+    else:
+        config = cto.OpPalettizerConfig(mode="kmeans", nbits={"palette6": 6, "palette4": 4}[precision],
+                                        weight_threshold=WEIGHT_THRESHOLD)
+        apply = cto.palettize_weights
+    if only is not None:
+        plan = cto.OptimizationConfig(op_name_configs={name: config for name in only})
+    else:
+        plan = cto.OptimizationConfig(global_config=config, op_name_configs={name: None for name in keep_float})
+    return apply(model, plan), config
 
 
 def _make_reproducible(package: Path, provenance: dict[str, str]) -> None:
@@ -148,6 +156,54 @@ def _make_reproducible(package: Path, provenance: dict[str, str]) -> None:
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
+def _save(model, out: Path, provenance: dict[str, str]) -> None:
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    with _quiet():
+        model.save(str(out))
+    _make_reproducible(out, provenance)
+
+
+def _diagnose(traced: TracedModel, target: Target, variant: Variant, bases: dict, out: Path, reference,
+              provenance: dict[str, str], progress: Callable[[str], None]) -> tuple[dict, dict]:
+    """Per-layer blame for a weight-compressed variant, then layers left uncompressed if it misses
+    its budget."""
+    import tempfile
+
+    from exporter.formats.blame import CandidateCheck, auto_precision
+    from exporter.formats.coreml_blame import blame_layers, keep_float
+
+    deployment = target.coreml.minimum_deployment_target
+    for precision in ("FLOAT32", "FLOAT16"):
+        if precision not in bases:
+            progress(f"coreml: converting ({precision.lower()} compute, {deployment}) for the per-layer blame")
+            bases[precision] = _convert(traced, precision, deployment)
+    base_model = bases["FLOAT16"][0]
+
+    def compress(path: Path, only: list[str] | None = None, keep_float: list[str] = ()) -> None:
+        with _quiet():
+            model, _ = _compress(base_model, variant.precision, only, keep_float)
+        _save(model, path, provenance)
+
+    with tempfile.TemporaryDirectory(prefix="edgeport-coreml-") as scratch:
+        fp32, base = Path(scratch) / "fp32.mlpackage", Path(scratch) / "fp16.mlpackage"
+        _save(bases["FLOAT32"][0], fp32, provenance)
+        _save(base_model, base, provenance)
+        progress(f"coreml: {variant.precision}: per-layer blame with the MIL interpreter")
+        rows = blame_layers(fp32, base, out, traced, compress, reference.inputs, traced.batch, Path(scratch))
+    diagnosis: dict = {"layers": rows}
+    measured: dict = {}
+    if target.auto_precision and rows:
+        check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime)
+        if check.violations(out):
+            progress(f"coreml: {variant.precision} misses its budget: leaving the most harmful layers uncompressed")
+            diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(
+                rows, len(rows), out, keep_float(compress, out), check)
+    return diagnosis, measured
+
+
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
             progress: Callable[[str], None], reference=None) -> list[ArtifactRecord]:
     variants: list[Variant] = [v for v in target.variants if v.format == FORMAT]
@@ -162,18 +218,26 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
             bases[precision] = _convert(traced, precision, deployment)
         model, path_used, reason, _ = bases[precision]
         quantization = None
-        if variant.precision in ("w8", "palette6", "palette4"):
+        compressed = variant.precision in ("w8", "palette6", "palette4")
+        if compressed:
             progress(f"coreml: {variant.precision}")
             with _quiet():
                 model, config = _compress(model, variant.precision)
             quantization = {"scheme": variant.precision, "weight_threshold": WEIGHT_THRESHOLD,
                             **{k: str(v) for k, v in vars(config).items() if not k.startswith("_")}}
         out = workdir / variant.filename
-        with _quiet():
-            model.save(str(out))
-        _make_reproducible(out, {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
-                                 "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
-                                 "edgeport.precision": variant.precision})
+        provenance = {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
+                      "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
+                      "edgeport.precision": variant.precision}
+        _save(model, out, provenance)
+        extra, diagnosis_seconds, measured = {}, 0.0, {}
+        if compressed and reference is not None:
+            diagnosis_start = time.perf_counter()
+            extra["diagnosis"], measured = _diagnose(traced, target, variant, bases, out, reference, provenance,
+                                                     progress)
+            if extra["diagnosis"].get("auto_precision"):
+                quantization["kept_uncompressed"] = extra["diagnosis"]["auto_precision"]["kept_float"]
+            diagnosis_seconds = round(time.perf_counter() - diagnosis_start, 3)
         records.append(ArtifactRecord(
             format=FORMAT, precision=variant.precision, path=variant.filename,
             conversion={"exporter": f"coremltools ({path_used})", "reason": reason, "passes": [],
@@ -182,6 +246,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
             inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
             reproducible="byte-identical for the same model and library versions (package identifiers derived "
                          "from item paths, metadata serialized in key order, no conversion date)",
-            seconds=round(time.perf_counter() - start, 3),
+            seconds=round(time.perf_counter() - start, 3), extra=extra, diagnosis_seconds=diagnosis_seconds,
+            measured=measured,
         ))
     return records

@@ -42,27 +42,12 @@ def _stamp_provenance(path: Path, traced: TracedModel, target: Target, variant: 
     onnx.save(model, str(path))
 
 
-def _budget_check(variant: Variant, reference: Reference, traced: TracedModel) -> Callable[[Path], list[str]]:
-    """The validator's own parity and budget code, on the same eval data, for one candidate model."""
-    from validators.budgets import check
-    from validators.runtimes import open_session
-    from validators.validate import parity_against_reference
-
-    names_in, names_out = [s.name for s in traced.inputs], [s.name for s in traced.outputs]
-
-    def violations(path: Path) -> list[str]:
-        _, overall, accuracy = parity_against_reference(open_session(FORMAT, path, 1).run, reference, names_in,
-                                                        names_out, traced.batch)
-        return check(variant.budget, overall, accuracy, None, 0)
-
-    return violations
-
-
 def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementation, feeds, fp32: Path, out: Path,
               model, paths: dict[str, str], reference: Reference, scratch: Path,
-              progress: Callable[[str], None]) -> dict:
+              progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Per-layer blame for a static variant, then mixed precision if it misses its budget."""
-    from exporter.formats.onnx_blame import auto_precision, blame_layers
+    from exporter.formats.blame import CandidateCheck, auto_precision
+    from exporter.formats.onnx_blame import blame_layers, keep_float
     from exporter.formats.onnx_layers import weighted_layers
 
     def quantize(path: Path, extra: dict) -> dict:
@@ -73,12 +58,14 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementat
     rows = blame_layers(fp32, out, layers, quantize, reference.inputs, traced.batch, scratch,
                         [s.name for s in traced.outputs])
     diagnosis: dict = {"layers": rows}
+    measured: dict = {}
     if target.auto_precision:
-        check = _budget_check(variant, reference, traced)
-        if check(out):
+        check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime)
+        if check.violations(out):
             progress(f"onnx: {variant.precision} misses its budget: keeping the most harmful layers in float")
-            diagnosis["auto_precision"] = auto_precision(model, rows, len(layers), quantize, out, check)
-    return diagnosis
+            diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(
+                rows, len(layers), out, keep_float(model, quantize, out), check)
+    return diagnosis, measured
 
 
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
@@ -116,11 +103,11 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 implementation = variant_for(variant.precision, variant.calibration_method,
                                              variant.calibration_samples)
                 quantization = implementation.run(fp32, out, feeds if variant.is_static_quantized else None)
-            extra, diagnosis_seconds = {}, 0.0
+            extra, diagnosis_seconds, measured = {}, 0.0, {}
             if variant.is_static_quantized and reference is not None:
                 diagnosis_start = time.perf_counter()
-                extra["diagnosis"] = _diagnose(traced, target, variant, implementation, feeds, fp32, out, model,
-                                               paths, reference, Path(scratch), progress)
+                extra["diagnosis"], measured = _diagnose(traced, target, variant, implementation, feeds, fp32, out,
+                                                         model, paths, reference, Path(scratch), progress)
                 diagnosis_seconds = round(time.perf_counter() - diagnosis_start, 3)
             _stamp_provenance(out, traced, target, variant)
             records.append(ArtifactRecord(
@@ -130,6 +117,6 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
                 reproducible="byte-identical for the same model, data and library versions",
                 seconds=round(time.perf_counter() - variant_start + shared_seconds, 3), extra=extra,
-                diagnosis_seconds=diagnosis_seconds,
+                diagnosis_seconds=diagnosis_seconds, measured=measured,
             ))
     return records

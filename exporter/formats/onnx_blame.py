@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
 from validators.batching import run_batched
-from validators.parity import output_parity
-
-BLAME_SAMPLES = 64  # eval samples the diagnosis runs on (the first ones, so it is deterministic)
 
 Quantize = Callable[[Path, dict], dict]  # (output path, extra quantizer arguments) -> config
 
@@ -33,6 +31,9 @@ def _session_with_outputs(path: Path, names: list[str]):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    # The QDQ model as written: onnxruntime's fusions (DQ-op-Q into integer kernels) depend on
+    # which tensors are graph outputs, so with them an intermediate read would change what it reads.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     return lambda feeds: session.run(outputs, feeds), outputs
@@ -41,10 +42,6 @@ def _session_with_outputs(path: Path, names: list[str]):
 def _run_named(path: Path, names: list[str], feeds: dict, batch: int | None) -> dict[str, np.ndarray]:
     run, outputs = _session_with_outputs(path, names)
     return dict(zip(outputs, run_batched(run, feeds, batch), strict=True))
-
-
-def _sqnr(reference: np.ndarray, value: np.ndarray) -> float:
-    return round(output_parity(reference, value)["sqnr_db"], 3)
 
 
 def layer_tensor(model: onnx.ModelProto, node_name: str, fp32_tensors: set[str]) -> tuple[str, str]:
@@ -68,7 +65,7 @@ def layer_tensor(model: onnx.ModelProto, node_name: str, fp32_tensors: set[str])
 
 def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quantize, feeds: dict,
                  batch: int | None, scratch: Path, model_outputs: list[str]) -> list[dict]:
-    feeds = {k: v[:BLAME_SAMPLES] for k, v in feeds.items()}
+    feeds = blame_feeds(feeds, batch)
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
     quantized_model = onnx.load(str(quantized))
@@ -89,43 +86,22 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quan
         alone = alone_values[layer["node"]]
         alone_q, alone_f = alone_names[layer["node"]]
         acc_q, acc_f = accumulated_names[layer["node"]]
-        rows.append({
-            "module": layer["module"], "node": layer["node"], "op": layer["op"],
-            "sqnr_db_alone_at_output": min(_sqnr(reference[o], alone[o]) for o in model_outputs),
-            "sqnr_db_alone_at_layer": _sqnr(reference[alone_f], alone[alone_q]),
-            "sqnr_db_accumulated": _sqnr(reference[acc_f], accumulated[acc_q]),
-            "tensor": acc_f, "quantized_tensor": acc_q,
-            "samples": len(next(iter(feeds.values()))),
-        })
-    # Most harmful first; ties keep graph order, so the table is deterministic.
-    return sorted(rows, key=lambda r: r["sqnr_db_alone_at_output"])
+        rows.append(blame_row(
+            layer | {"tensor": acc_f, "quantized_tensor": acc_q},
+            reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q],
+            alone_layer=alone[alone_q], reference_alone_layer=reference[alone_f],
+            reference_outputs=[reference[o] for o in model_outputs], alone_outputs=[alone[o] for o in model_outputs],
+            samples=len(next(iter(feeds.values())))))
+    return most_harmful_first(rows)
 
 
-def auto_precision(model: onnx.ModelProto, rows: list[dict], n_layers: int, quantize: Quantize, out: Path,
-                   violations: Callable[[Path], list[str]]) -> dict:
-    """Keep layers in float, most harmful first, re-quantizing until the budget is met (or every
-    weighted layer is float and it still is not). `out` ends as the last model tried."""
+def keep_float(model: onnx.ModelProto, quantize: Quantize, out: Path) -> Callable[[list[dict]], list[str]]:
+    """Re-quantize `out` with the given layers, and the non-weighted chain feeding each, in float."""
     from exporter.formats.onnx_layers import float_island
 
-    before = violations(out)
-    bytes_before = out.stat().st_size
-    kept: list[dict] = []
-    excluded: list[str] = []
-    remaining = before
-    for row in rows:
-        if not remaining:
-            break
-        kept.append(row)
-        excluded = sorted(set(excluded) | set(float_island(model, row["node"])))
+    def rewrite(rows: list[dict]) -> list[str]:
+        excluded = sorted({name for row in rows for name in float_island(model, row["node"])})
         quantize(out, {"nodes_to_exclude": excluded})
-        remaining = violations(out)
-    return {
-        "met": not remaining,
-        "kept_float": [r["module"] or r["node"] for r in kept],
-        "excluded_nodes": excluded,
-        "int8_layers": n_layers - len(kept), "weighted_layers": n_layers,
-        "int8_layer_share": round((n_layers - len(kept)) / n_layers, 4) if n_layers else 0.0,
-        "bytes_before": bytes_before, "bytes_after": out.stat().st_size,
-        "violations_before": before, "violations_after": remaining,
-        "note": "" if not remaining else "the budget is not met even with every weighted layer in float",
-    }
+        return excluded
+
+    return rewrite

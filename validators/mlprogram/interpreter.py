@@ -52,13 +52,17 @@ class Interpreter:
         return found
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.run_keeping(feeds, [])[0]
+
+    def run_keeping(self, feeds: dict[str, np.ndarray], names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The outputs, and the values of the named variables of the main block."""
         env: dict[str, object] = {}
         for name, code, _shape in self.program.inputs:
             if name not in feeds:
                 raise ArtifactError(f"the ML Program needs input {name!r}")
             env[name] = _store(feeds[name], code)
         outputs = self._run_block(self.program.main, env)
-        return [np.asarray(o) for o in outputs]
+        return [np.asarray(o) for o in outputs], [np.asarray(env[name]) for name in names]
 
     def _run_block(self, block: Block, env: dict) -> list:
         for op in block.operations:

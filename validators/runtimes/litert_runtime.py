@@ -28,7 +28,9 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 class LiteRtSession:
-    def __init__(self, path: Path, threads: int, delegate: str = "xnnpack"):
+    def __init__(self, path: Path, threads: int, delegate: str = "xnnpack", keep_intermediates: bool = False):
+        """keep_intermediates keeps every tensor readable after a run (tensor()); use it with
+        delegate "none": a delegate computes its partition internally and leaves no intermediates."""
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with silenced():
             from ai_edge_litert import interpreter as litert
@@ -37,7 +39,8 @@ class LiteRtSession:
                     else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         try:
             with silenced():
-                interp = litert.Interpreter(str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+                interp = litert.Interpreter(str(path), num_threads=threads, experimental_op_resolver_type=resolver,
+                                            experimental_preserve_all_tensors=keep_intermediates)
                 self._runner = interp.get_signature_runner(SIGNATURE)
         except Exception as exc:  # corrupt flatbuffer, missing signature, unknown custom op
             raise ArtifactError(f"{path} cannot be loaded by ai-edge-litert ({first_line(exc)}); "
@@ -47,6 +50,8 @@ class LiteRtSession:
         self._inputs = self._runner.get_input_details()
         self._outputs = self._runner.get_output_details()
         self.input_names = list(self._inputs)
+        self._interpreter = interp
+        self._tensors = {d["name"]: d for d in interp.get_tensor_details()} if keep_intermediates else {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """feeds are in the model's input order (the manifest's), keyed by the model's names."""
@@ -67,6 +72,19 @@ class LiteRtSession:
                 value = dequantize(value, scale, zero_point)
             outputs.append(value)
         return outputs
+
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A tensor's value from the last run, by name, dequantized if it is an integer tensor."""
+        details = self._tensors[name]
+        value = self._interpreter.get_tensor(details["index"])
+        scales = details["quantization_parameters"]["scales"]
+        if value.dtype.kind in "iu" and len(scales) == 1:
+            return dequantize(value, float(scales[0]), int(details["quantization_parameters"]["zero_points"][0]))
+        return value.astype(np.float32, copy=False)
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self._tensors
 
 
 def _package_version() -> str:

@@ -1,0 +1,125 @@
+"""Per-layer blame for weight-compressed Core ML variants (8-bit linear, 6- and 4-bit palettes), and
+automatic mixed precision (layers kept uncompressed), run with edgeport's MIL interpreter, so it
+works without a Mac.
+
+The reference is the fp32 ML Program; a layer alone is the fp16 program with only that layer's
+weight compressed (coremltools' op_name_configs). Weighted ops of the fp32, fp16 and compressed
+programs are paired in program order: coremltools names variables differently per compute
+precision (`linear` vs `linear_0_cast_fp16`), but converts the same graph into the same op order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
+from validators.batching import run_batched
+
+WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
+
+
+@dataclass(frozen=True)
+class WeightedOp:
+    type: str
+    output: str
+    weight: str  # the variable (a const or constexpr op's output) holding the weight
+    compressed: bool  # the weight comes from a constexpr_* op (decompressed at load time)
+
+
+def weighted_ops(package: Path) -> list[WeightedOp]:
+    from validators.mlprogram.reader import read_mlpackage
+
+    operations = read_mlpackage(package).main.operations
+    producers = {name: op for op in operations for name, _ in op.outputs}
+    found = []
+    for op in operations:
+        bound = op.inputs.get(WEIGHT_INPUT.get(op.type, ""), [])
+        producer = producers.get(bound[0]) if bound and isinstance(bound[0], str) else None
+        if producer is not None and (producer.type == "const" or producer.type.startswith("constexpr_")):
+            found.append(WeightedOp(op.type, op.outputs[0][0], bound[0], producer.type.startswith("constexpr_")))
+    return found
+
+
+def module_paths(program, module, ops: list[WeightedOp]) -> list[str]:
+    """The PyTorch module of each weighted op of the fp32 program (converted from `program`, the
+    decomposed torch.export program, whose node names coremltools keeps): the weight's parameter
+    name first; else the nearest node at or above the op's output node inside a module owning a
+    weight matrix (a BatchNorm folded into a conv names the conv's output, the conv owns the weight)."""
+    owners = {path for path, child in module.named_modules()
+              if any(p.ndim >= 2 for p in child.parameters(recurse=False))}
+    parameters = program.graph_signature.inputs_to_parameters
+    nodes = {node.name: node for node in program.graph.nodes}
+    paths = []
+    for op in ops:
+        owner = parameters.get(op.weight, "").rpartition(".")[0]
+        if owner not in owners:
+            owner, queue, seen = "", [nodes[op.output]] if op.output in nodes else [], set()
+            while queue and not owner:
+                node = queue.pop(0)
+                stack = list(node.meta.get("nn_module_stack", {}).values())
+                if stack and stack[-1][0] in owners:
+                    owner = stack[-1][0]
+                seen.add(node.name)
+                queue += [n for n in node.all_input_nodes if n.name not in seen]
+        paths.append(owner)
+    return paths
+
+
+def variable_values(package: Path, names: list[str], feeds: dict, batch: int | None) -> tuple[dict, list[np.ndarray]]:
+    """The named variables and the program's outputs over all samples, as float32."""
+    from validators.mlprogram.interpreter import Interpreter
+
+    interpreter = Interpreter.load(package)
+
+    def run(chunk: dict) -> list[np.ndarray]:
+        outputs, kept = interpreter.run_keeping(chunk, names)
+        return outputs + kept
+
+    values = [v.astype(np.float32) for v in run_batched(run, feeds, batch)]
+    n_outputs = len(values) - len(names)
+    return dict(zip(names, values[n_outputs:], strict=True)), values[:n_outputs]
+
+
+Compress = Callable[..., None]  # (out, only=weights) or (out, keep_float=weights): write a compressed package
+
+
+def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compress, feeds: dict,
+                 batch: int | None, scratch: Path) -> list[dict]:
+    fp32_ops, base_ops, artifact_ops = weighted_ops(fp32), weighted_ops(base), weighted_ops(artifact)
+    if not len(fp32_ops) == len(base_ops) == len(artifact_ops):
+        return []
+    compressed = [i for i, op in enumerate(artifact_ops) if op.compressed]
+    if not compressed:
+        return []
+    modules = module_paths(traced.program.run_decompositions({}), traced.loaded.module, fp32_ops) \
+        if traced.program is not None else [""] * len(fp32_ops)
+    feeds = blame_feeds(feeds, batch)
+    reference, reference_outputs = variable_values(fp32, [fp32_ops[i].output for i in compressed], feeds, batch)
+    accumulated, _ = variable_values(artifact, [artifact_ops[i].output for i in compressed], feeds, batch)
+    alone_path = scratch / "blame-one-layer.mlpackage"
+    rows = []
+    for i in compressed:
+        compress(alone_path, only=[base_ops[i].weight])
+        alone, alone_outputs = variable_values(alone_path, [artifact_ops[i].output], feeds, batch)
+        layer = {"module": modules[i], "node": artifact_ops[i].output, "op": artifact_ops[i].type,
+                 "tensor": fp32_ops[i].output, "quantized_tensor": artifact_ops[i].output}
+        rows.append(blame_row(layer, reference_layer=reference[fp32_ops[i].output],
+                              accumulated_layer=accumulated[artifact_ops[i].output],
+                              alone_layer=alone[artifact_ops[i].output], reference_outputs=reference_outputs,
+                              alone_outputs=alone_outputs, samples=len(next(iter(feeds.values())))))
+        rows[-1]["weight"] = base_ops[i].weight  # what keep_float names to leave uncompressed
+    return most_harmful_first(rows)
+
+
+def keep_float(compress: Compress, out: Path) -> Callable[[list[dict]], list[str]]:
+    """Re-compress `out` with the given layers' weights left uncompressed (fp16)."""
+
+    def rewrite(rows: list[dict]) -> list[str]:
+        weights = sorted(row["weight"] for row in rows)
+        compress(out, keep_float=weights)
+        return weights
+
+    return rewrite

@@ -1,0 +1,153 @@
+""".tflite operators in the user's terms: which operators are weighted layers, which PyTorch module
+each came from, and which operators must stay float for a layer to really run in float.
+
+litert-torch names a tensor after the nn_module_stack of the node that made it, one
+`<class>_<last name of the module path>` per level (torch.nn.modules.conv.Conv2d_0), joined by '/',
+with fused ops' names joined by ';'. The full path (features.0) is not in the name, so edgeport asks
+litert-torch to name every node of the traced program the same way and maps names back to paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Operators whose second input is a weight when it is a constant. TRANSPOSE_CONV takes
+# (output shape, weights, input); the rest take (input, weights, ...).
+WEIGHTED_OPS = {"CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "FULLY_CONNECTED": (0, 1),
+                "TRANSPOSE_CONV": (2, 1), "BATCH_MATMUL": (0, 1), "CONV_3D": (0, 1)}
+
+
+@dataclass(frozen=True)
+class Operator:
+    index: int
+    op: str
+    scope: str  # ai-edge-quantizer's name for the op: its output tensor names, each followed by ';'
+    inputs: tuple[str, ...]  # tensor names ('' for an absent optional input)
+    outputs: tuple[str, ...]
+    constant_inputs: frozenset[int]  # positions of inputs backed by a constant buffer
+    weight_buffer: int
+    weight: np.ndarray | None = field(default=None, compare=False, repr=False)  # a weighted op's float weight
+
+
+def read_operators(path: Path) -> list[Operator]:
+    """The main subgraph's operators in execution order."""
+    from ai_edge_litert.schema_py_generated import BuiltinOperator
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    op_names = {code: name for name, code in vars(BuiltinOperator).items() if not name.startswith("_")}
+    model = flatbuffer.read_model(str(path))
+    subgraph = model.subgraphs[0]
+
+    def name(index: int) -> str:
+        return flatbuffer.get_tensor_name(subgraph.tensors[index]) if index >= 0 else ""
+
+    def constant(index: int) -> bool:
+        if index < 0 or not subgraph.tensors[index].buffer:
+            return False
+        buffer = model.buffers[subgraph.tensors[index].buffer]
+        return buffer.data is not None and len(buffer.data) > 0 or bool(getattr(buffer, "offset", 0))
+
+    operators = []
+    for i, op in enumerate(subgraph.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        op_name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        inputs = list(op.inputs)
+        weight = WEIGHTED_OPS.get(op_name, (0, 1))[1]
+        weight_index = inputs[weight] if len(inputs) > weight else -1
+        values = None
+        if op_name in WEIGHTED_OPS and constant(weight_index):
+            tensor = subgraph.tensors[weight_index]
+            values = np.asarray(flatbuffer.get_tensor_data(tensor, model.buffers))
+            values = values.reshape(tuple(tensor.shape)) if values.dtype == np.float32 else None
+        operators.append(Operator(
+            index=i, op=op_name, scope=flatbuffer.get_op_scope(op, subgraph.tensors),
+            inputs=tuple(name(t) for t in inputs), outputs=tuple(name(t) for t in op.outputs),
+            constant_inputs=frozenset(k for k, t in enumerate(inputs) if constant(t)),
+            weight_buffer=subgraph.tensors[weight_index].buffer if weight_index >= 0 else 0, weight=values))
+    return operators
+
+
+def is_weighted(op: Operator) -> bool:
+    return op.op in WEIGHTED_OPS and WEIGHTED_OPS[op.op][1] in op.constant_inputs
+
+
+def weight_matrices(module) -> dict[str, list[np.ndarray]]:
+    """Module path -> the weight matrices and kernels (parameters of 2 or more dims) it owns."""
+    return {path: [p.detach().numpy() for p in child.parameters(recurse=False) if p.ndim >= 2]
+            for path, child in module.named_modules() if any(p.ndim >= 2 for p in child.parameters(recurse=False))}
+
+
+def hierarchy_paths(program, module) -> dict[str, str]:
+    """litert-torch's location name for each level of the traced program's module stacks -> the
+    module path, for the modules that own a weight matrix or kernel (the ones a weighted operator can
+    belong to; a BatchNorm folded into a conv also names the conv's weight, but owns only vectors)."""
+    from litert_torch.backend.debuginfo._build import build_mlir_debuginfo
+
+    owners = set(weight_matrices(module))
+    paths: dict[str, str] = {}
+    for node in program.graph.nodes:
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        if not stack or (stack[-1][0] not in owners):
+            continue
+        name = build_mlir_debuginfo(node)
+        if name:
+            paths.setdefault(name.rstrip(";"), stack[-1][0])
+    return paths
+
+
+def _same_values(weight: np.ndarray, parameter: np.ndarray) -> bool:
+    if weight.size != parameter.size:
+        return False
+    return bool(np.allclose(weight.ravel(), parameter.ravel(), atol=1e-6)
+                or (parameter.ndim == 2 and np.allclose(weight.ravel(), parameter.T.ravel(), atol=1e-6)))
+
+
+def _module_of(op: Operator, paths: dict[str, str], matrices: dict[str, list[np.ndarray]]) -> str:
+    """The weight's name speaks for the layer first (the output may carry a fused activation's name
+    first, or the model output's name); then the output's. Inside that module, a child whose
+    parameter holds exactly the operator's weight is more specific: nn.MultiheadAttention calls
+    out_proj's weight itself, so the name says only self_attn."""
+    weight = op.inputs[WEIGHTED_OPS[op.op][1]]
+    named = next((paths[piece] for name in (weight, *op.outputs) for piece in name.split(";") if piece in paths), "")
+    if op.weight is not None:
+        owners = {owner for owner, arrays in matrices.items()
+                  if (not named or owner == named or owner.startswith(named + "."))
+                  and any(_same_values(op.weight, a) for a in arrays)}
+        if len(owners) == 1:
+            return owners.pop()
+    return named
+
+
+def weighted_layers(operators: list[Operator], paths: dict[str, str],
+                    matrices: dict[str, list[np.ndarray]]) -> list[dict]:
+    """Weighted operators grouped by (module, weight buffer): a recurrent layer applies one weight at
+    every time step, and quantizing that layer means all of those operators. In graph order."""
+    groups: dict[tuple[str, int], list[Operator]] = {}
+    for op in operators:
+        if is_weighted(op):
+            groups.setdefault((_module_of(op, paths, matrices), op.weight_buffer), []).append(op)
+    layers = []
+    for (module, _), ops in groups.items():
+        last = ops[-1]
+        node = f"{last.op}#{ops[0].index}" + (f"..#{last.index} ({len(ops)} ops)" if len(ops) > 1 else "")
+        layers.append({"node": node, "op": last.op, "module": module, "tensor": last.outputs[0],
+                       "operators": [op.index for op in ops], "scopes": [op.scope for op in ops]})
+    return layers
+
+
+def float_island(operators: list[Operator], layer: dict) -> list[str]:
+    """The scopes of the layer's operators and of every non-weighted operator feeding their
+    activation inputs, back to the previous weighted operator: the quantizer quantizes a tensor
+    where it is produced, so a layer kept in float needs its producers' outputs in float too."""
+    producers = {name: op for op in operators for name in op.outputs if name}
+    island = {operators[i].scope for i in layer["operators"]}
+    stack = [operators[i].inputs[WEIGHTED_OPS[operators[i].op][0]] for i in layer["operators"]]
+    while stack:
+        producer = producers.get(stack.pop())
+        if producer is None or is_weighted(producer) or producer.scope in island:
+            continue
+        island.add(producer.scope)
+        stack.extend(name for k, name in enumerate(producer.inputs) if name and k not in producer.constant_inputs)
+    return sorted(island)
