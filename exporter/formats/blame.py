@@ -16,6 +16,7 @@ from validators.parity import output_parity
 
 BLAME_SAMPLES = 64  # eval samples the diagnosis runs on (the first ones, so it is deterministic)
 
+
 def blame_feeds(inputs: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
     """The first BLAME_SAMPLES eval samples, in whole batches: an intermediate tensor need not have
     the batch as its first dimension, so a zero-padded batch could not be cut back to the real rows."""
