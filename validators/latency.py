@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from targets import RuntimeSettings
+from validators.batching import iter_batches
 
 
 def measure(run_once: Callable[[], object], settings: RuntimeSettings, runtime: str) -> dict:
@@ -31,3 +32,9 @@ def measure(run_once: Callable[[], object], settings: RuntimeSettings, runtime: 
         "runtime": runtime,
         "measured_on": "host",  # a host figure, not a device measurement
     }
+
+
+def measure_first_batch(session, inputs: dict[str, np.ndarray], batch: int | None, settings: RuntimeSettings) -> dict:
+    """A session's latency on the first batch of the inputs (one sample where the batch is free)."""
+    feeds, _ = next(iter_batches(inputs, batch or 1))
+    return measure(lambda: session.run(feeds), settings, session.runtime)

@@ -12,7 +12,7 @@ from pathlib import Path
 from targets import Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
-from validators.batching import iter_batches, run_batched
+from validators.batching import run_batched
 from validators.errors import ArtifactError
 from validators.files import sha256_file, size_bytes
 from validators.manifest import read_manifest
@@ -71,13 +71,11 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         by_runtime[extra.runtime] = parity_against_reference(extra.run, reference, input_names, output_names,
                                                              batch)[1]
 
-    first_feeds, _ = next(iter_batches(inputs, batch or 1))
     by_delegate = {}
     for delegate in delegates:
         timed = session if delegate == delegates[0] else open_session(entry["format"], path, target.runtime.threads,
                                                                       delegate)
-        by_delegate[delegate or "default"] = latency.measure(lambda s=timed: s.run(first_feeds), target.runtime,
-                                                             timed.runtime)
+        by_delegate[delegate or "default"] = latency.measure_first_batch(timed, inputs, batch, target.runtime)
     timing = next(iter(by_delegate.values()))
 
     variant = _variant(target, entry["format"], entry["precision"])

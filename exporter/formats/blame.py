@@ -26,6 +26,13 @@ def blame_feeds(inputs: dict[str, np.ndarray], batch: int | None) -> dict[str, n
     return {k: v[:total] for k, v in inputs.items()}
 
 
+def weight_matrices(module) -> dict[str, list[np.ndarray]]:
+    """Module path -> the weight matrices and kernels (parameters of 2 or more dims) it owns: the
+    modules a weighted graph op can belong to (a BatchNorm folded into a conv owns only vectors)."""
+    return {path: [p.detach().numpy() for p in child.parameters(recurse=False) if p.ndim >= 2]
+            for path, child in module.named_modules() if any(p.ndim >= 2 for p in child.parameters(recurse=False))}
+
+
 def sqnr_db(reference: np.ndarray, value: np.ndarray) -> float:
     return round(output_parity(reference, value)["sqnr_db"], 3)
 
@@ -52,14 +59,31 @@ def most_harmful_first(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: r["sqnr_db_alone_at_output"])
 
 
+def diagnose(rows: list[dict], n_layers: int, out: Path, keep_float: Callable[[list[dict]], list[str]],
+             check: CandidateCheck | None, progress: Callable[[str], None], announcement: str) -> tuple[dict, dict]:
+    """The blame table; and when a check is given (the target allows auto precision) and `out` misses
+    its budget, the announcement, then auto precision. Returns (diagnosis for the manifest, what was
+    measured on the host for the report)."""
+    diagnosis: dict = {"layers": rows}
+    measured: dict = {}
+    if check is None or not rows:
+        return diagnosis, measured
+    before = check.violations(out)
+    if before:
+        progress(announcement)
+        diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(rows, n_layers, out, keep_float,
+                                                                                 check, before)
+    return diagnosis, measured
+
+
 def auto_precision(rows: list[dict], n_layers: int, out: Path, keep_float: Callable[[list[dict]], list[str]],
-                   check: CandidateCheck) -> tuple[dict, dict]:
+                   check: CandidateCheck, before: list[str]) -> tuple[dict, dict]:
     """Keep layers in float, most harmful first, re-quantizing until the budget is met (or every
     weighted layer is float and it still is not). keep_float(rows) rewrites `out` with those
     layers in float and returns the graph nodes it kept out of int8; `out` ends as the last model tried.
-    Returns the decision (reproducible: it goes into the manifest) and the host latency before and
-    after, both measured in this run (for the report only: a timing is not reproducible)."""
-    before = check.violations(out)
+    `before` is what the fully quantized `out` violates. Returns the decision (reproducible: it goes
+    into the manifest) and the host latency before and after, both measured in this run (for the
+    report only: a timing is not reproducible)."""
     bytes_before, latency_before = size_bytes(out), check.latency_ms(out)
     kept: list[dict] = []
     excluded: list[str] = []
@@ -102,10 +126,9 @@ class CandidateCheck:
 
     def latency_ms(self, path: Path) -> float:
         """Median host latency on the first eval batch, as the validator measures it."""
-        from validators import latency
-        from validators.batching import iter_batches
+        from validators.latency import measure_first_batch
         from validators.runtimes import open_session
 
         session = open_session(self.fmt, path, self.settings.threads)
-        feeds, _ = next(iter_batches(self.reference.inputs, self.traced.batch))
-        return round(latency.measure(lambda: session.run(feeds), self.settings, "")["median"], 4)
+        timing = measure_first_batch(session, self.reference.inputs, self.traced.batch, self.settings)
+        return round(timing["median"], 4)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -157,8 +159,6 @@ def _make_reproducible(package: Path, provenance: dict[str, str]) -> None:
 
 
 def _save(model, out: Path, provenance: dict[str, str]) -> None:
-    import shutil
-
     if out.exists():
         shutil.rmtree(out)
     with _quiet():
@@ -167,19 +167,20 @@ def _save(model, out: Path, provenance: dict[str, str]) -> None:
 
 
 def _diagnose(traced: TracedModel, target: Target, variant: Variant, bases: dict, out: Path, reference,
-              provenance: dict[str, str], progress: Callable[[str], None]) -> tuple[dict, dict]:
+              provenance: dict[str, str], scratch: Path, progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Per-layer blame for a weight-compressed variant, then layers left uncompressed if it misses
-    its budget."""
-    import tempfile
-
-    from exporter.formats.blame import CandidateCheck, auto_precision
+    its budget. The fp32 and fp16 programs are saved to `scratch` once for all compressed variants."""
+    from exporter.formats.blame import CandidateCheck, diagnose
     from exporter.formats.coreml_blame import blame_layers, keep_float
 
     deployment = target.coreml.minimum_deployment_target
-    for precision in ("FLOAT32", "FLOAT16"):
+    packages = {"FLOAT32": scratch / "fp32.mlpackage", "FLOAT16": scratch / "fp16.mlpackage"}
+    for precision, package in packages.items():
         if precision not in bases:
             progress(f"coreml: converting ({precision.lower()} compute, {deployment}) for the per-layer blame")
             bases[precision] = _convert(traced, precision, deployment)
+        if not package.exists():
+            _save(bases[precision][0], package, provenance)
     base_model = bases["FLOAT16"][0]
 
     def compress(path: Path, only: list[str] | None = None, keep_float: list[str] = ()) -> None:
@@ -187,21 +188,12 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, bases: dict
             model, _ = _compress(base_model, variant.precision, only, keep_float)
         _save(model, path, provenance)
 
-    with tempfile.TemporaryDirectory(prefix="edgeport-coreml-") as scratch:
-        fp32, base = Path(scratch) / "fp32.mlpackage", Path(scratch) / "fp16.mlpackage"
-        _save(bases["FLOAT32"][0], fp32, provenance)
-        _save(base_model, base, provenance)
-        progress(f"coreml: {variant.precision}: per-layer blame with the MIL interpreter")
-        rows = blame_layers(fp32, base, out, traced, compress, reference.inputs, traced.batch, Path(scratch))
-    diagnosis: dict = {"layers": rows}
-    measured: dict = {}
-    if target.auto_precision and rows:
-        check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime)
-        if check.violations(out):
-            progress(f"coreml: {variant.precision} misses its budget: leaving the most harmful layers uncompressed")
-            diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(
-                rows, len(rows), out, keep_float(compress, out), check)
-    return diagnosis, measured
+    progress(f"coreml: {variant.precision}: per-layer blame with the MIL interpreter")
+    rows = blame_layers(packages["FLOAT32"], packages["FLOAT16"], out, traced, compress, reference.inputs,
+                        traced.batch, scratch)
+    check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime) if target.auto_precision else None
+    return diagnose(rows, len(rows), out, keep_float(compress, out), check, progress,
+                    f"coreml: {variant.precision} misses its budget: leaving the most harmful layers uncompressed")
 
 
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,
@@ -210,43 +202,44 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
     deployment = target.coreml.minimum_deployment_target
     bases: dict[str, tuple] = {}
     records = []
-    for variant in variants:
-        start = time.perf_counter()
-        precision = "FLOAT32" if variant.precision == "fp32" else "FLOAT16"
-        if precision not in bases:
-            progress(f"coreml: converting ({precision.lower()} compute, {deployment})")
-            bases[precision] = _convert(traced, precision, deployment)
-        model, path_used, reason, _ = bases[precision]
-        quantization = None
-        compressed = variant.precision in ("w8", "palette6", "palette4")
-        if compressed:
-            progress(f"coreml: {variant.precision}")
-            with _quiet():
-                model, config = _compress(model, variant.precision)
-            quantization = {"scheme": variant.precision, "weight_threshold": WEIGHT_THRESHOLD,
-                            **{k: str(v) for k, v in vars(config).items() if not k.startswith("_")}}
-        out = workdir / variant.filename
-        provenance = {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
-                      "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
-                      "edgeport.precision": variant.precision}
-        _save(model, out, provenance)
-        extra, diagnosis_seconds, measured = {}, 0.0, {}
-        if compressed and reference is not None:
-            diagnosis_start = time.perf_counter()
-            extra["diagnosis"], measured = _diagnose(traced, target, variant, bases, out, reference, provenance,
-                                                     progress)
-            if extra["diagnosis"].get("auto_precision"):
-                quantization["kept_uncompressed"] = extra["diagnosis"]["auto_precision"]["kept_float"]
-            diagnosis_seconds = round(time.perf_counter() - diagnosis_start, 3)
-        records.append(ArtifactRecord(
-            format=FORMAT, precision=variant.precision, path=variant.filename,
-            conversion={"exporter": f"coremltools ({path_used})", "reason": reason, "passes": [],
-                        "minimum_deployment_target": deployment, "compute_precision": precision.lower()},
-            quantization=quantization,
-            inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
-            reproducible="byte-identical for the same model and library versions (package identifiers derived "
-                         "from item paths, metadata serialized in key order, no conversion date)",
-            seconds=round(time.perf_counter() - start, 3), extra=extra, diagnosis_seconds=diagnosis_seconds,
-            measured=measured,
-        ))
+    with tempfile.TemporaryDirectory(prefix="edgeport-coreml-") as scratch:
+        for variant in variants:
+            start = time.perf_counter()
+            precision = "FLOAT32" if variant.precision == "fp32" else "FLOAT16"
+            if precision not in bases:
+                progress(f"coreml: converting ({precision.lower()} compute, {deployment})")
+                bases[precision] = _convert(traced, precision, deployment)
+            model, path_used, reason, _ = bases[precision]
+            quantization = None
+            compressed = variant.precision in ("w8", "palette6", "palette4")
+            if compressed:
+                progress(f"coreml: {variant.precision}")
+                with _quiet():
+                    model, config = _compress(model, variant.precision)
+                quantization = {"scheme": variant.precision, "weight_threshold": WEIGHT_THRESHOLD,
+                                **{k: str(v) for k, v in vars(config).items() if not k.startswith("_")}}
+            out = workdir / variant.filename
+            provenance = {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
+                          "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
+                          "edgeport.precision": variant.precision}
+            _save(model, out, provenance)
+            extra, diagnosis_seconds, measured = {}, 0.0, {}
+            if compressed and reference is not None:
+                diagnosis_start = time.perf_counter()
+                extra["diagnosis"], measured = _diagnose(traced, target, variant, bases, out, reference, provenance,
+                                                         Path(scratch), progress)
+                if extra["diagnosis"].get("auto_precision"):
+                    quantization["kept_uncompressed"] = extra["diagnosis"]["auto_precision"]["kept_float"]
+                diagnosis_seconds = round(time.perf_counter() - diagnosis_start, 3)
+            records.append(ArtifactRecord(
+                format=FORMAT, precision=variant.precision, path=variant.filename,
+                conversion={"exporter": f"coremltools ({path_used})", "reason": reason, "passes": [],
+                            "minimum_deployment_target": deployment, "compute_precision": precision.lower()},
+                quantization=quantization,
+                inputs=[s.to_json() for s in traced.inputs], outputs=[s.to_json() for s in traced.outputs],
+                reproducible="byte-identical for the same model and library versions (package identifiers derived "
+                             "from item paths, metadata serialized in key order, no conversion date)",
+                seconds=round(time.perf_counter() - start, 3), extra=extra, diagnosis_seconds=diagnosis_seconds,
+                measured=measured,
+            ))
     return records

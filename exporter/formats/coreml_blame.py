@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
+from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first, weight_matrices
 from validators.batching import run_batched
 
 WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
@@ -48,8 +48,7 @@ def module_paths(program, module, ops: list[WeightedOp]) -> list[str]:
     decomposed torch.export program, whose node names coremltools keeps): the weight's parameter
     name first; else the nearest node at or above the op's output node inside a module owning a
     weight matrix (a BatchNorm folded into a conv names the conv's output, the conv owns the weight)."""
-    owners = {path for path, child in module.named_modules()
-              if any(p.ndim >= 2 for p in child.parameters(recurse=False))}
+    owners = set(weight_matrices(module))
     parameters = program.graph_signature.inputs_to_parameters
     nodes = {node.name: node for node in program.graph.nodes}
     paths = []

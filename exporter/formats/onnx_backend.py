@@ -46,7 +46,7 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementat
               model, paths: dict[str, str], reference: Reference, scratch: Path,
               progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Per-layer blame for a static variant, then mixed precision if it misses its budget."""
-    from exporter.formats.blame import CandidateCheck, auto_precision
+    from exporter.formats.blame import CandidateCheck, diagnose
     from exporter.formats.onnx_blame import blame_layers, keep_float
     from exporter.formats.onnx_layers import weighted_layers
 
@@ -57,15 +57,9 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementat
     progress(f"onnx: {variant.precision}: per-layer blame over {len(layers)} weighted layers")
     rows = blame_layers(fp32, out, layers, quantize, reference.inputs, traced.batch, scratch,
                         [s.name for s in traced.outputs])
-    diagnosis: dict = {"layers": rows}
-    measured: dict = {}
-    if target.auto_precision:
-        check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime)
-        if check.violations(out):
-            progress(f"onnx: {variant.precision} misses its budget: keeping the most harmful layers in float")
-            diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(
-                rows, len(layers), out, keep_float(model, quantize, out), check)
-    return diagnosis, measured
+    check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime) if target.auto_precision else None
+    return diagnose(rows, len(layers), out, keep_float(model, quantize, out), check, progress,
+                    f"onnx: {variant.precision} misses its budget: keeping the most harmful layers in float")
 
 
 def convert(traced: TracedModel, target: Target, calibration: dict | None, workdir: Path,

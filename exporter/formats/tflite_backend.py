@@ -76,27 +76,22 @@ def _signature_input_names(path: Path) -> list[str]:
 def _diagnose(traced: TracedModel, target: Target, variant: Variant, aeq: AeqQuantizer, fp32: Path, out: Path,
               reference, scratch: Path, progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Per-layer blame for a static variant, then mixed precision if it misses its budget."""
-    from exporter.formats.blame import CandidateCheck, auto_precision
+    from exporter.formats.blame import CandidateCheck, diagnose, weight_matrices
     from exporter.formats.tflite_blame import blame_layers, keep_float
-    from exporter.formats.tflite_layers import hierarchy_paths, read_operators, weight_matrices, weighted_layers
+    from exporter.formats.tflite_layers import hierarchy_paths, read_operators, weighted_layers
 
-    module = traced.loaded.module
+    matrices = weight_matrices(traced.loaded.module)
     operators = read_operators(fp32)
-    layers = weighted_layers(operators, hierarchy_paths(traced.program, module), weight_matrices(module))
+    layers = weighted_layers(operators, hierarchy_paths(traced.program, set(matrices)), matrices)
     progress(f"tflite: {variant.precision}: per-layer blame over {len(layers)} weighted layers")
     with _quiet():
         rows = blame_layers(fp32, out, operators, layers, aeq, reference.inputs, traced.batch, scratch)
-    diagnosis: dict = {"layers": rows}
-    measured: dict = {}
+    check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime) if target.auto_precision else None
+    diagnosis, measured = diagnose(
+        rows, len(layers), out, keep_float(operators, layers, aeq, out), check, progress,
+        f"tflite: {variant.precision} misses its budget: keeping the most harmful layers in float")
     if not rows:
         diagnosis["note"] = "no per-layer blame: the quantized model's layers could not be paired with the fp32 model's"
-    if target.auto_precision and rows:
-        check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime)
-        if check.violations(out):
-            progress(f"tflite: {variant.precision} misses its budget: keeping the most harmful layers in float")
-            with _quiet():
-                diagnosis["auto_precision"], measured["auto_precision"] = auto_precision(
-                    rows, len(layers), out, keep_float(operators, layers, aeq, out), check)
     return diagnosis, measured
 
 

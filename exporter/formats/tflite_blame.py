@@ -16,6 +16,7 @@ from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
 from exporter.formats.tflite_layers import Operator, float_island, is_weighted, read_operators
 from exporter.formats.tflite_quantize import AeqQuantizer
 from validators.batching import run_batched
+from validators.quiet import silenced
 
 
 def tensor_values(path: Path, names: list[str], feeds: dict, batch: int | None) -> tuple[dict, list[np.ndarray]]:
@@ -78,7 +79,8 @@ def keep_float(operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
 
     def rewrite(rows: list[dict]) -> list[str]:
         scopes = sorted({s for row in rows for s in float_island(operators, by_node[row["node"]])})
-        aeq.build(out, keep_float=scopes)
+        with silenced():  # the quantizer's progress and overwrite warnings
+            aeq.build(out, keep_float=scopes)
         return [f"{by_scope[s].op}#{by_scope[s].index}" for s in sorted(scopes, key=lambda s: by_scope[s].index)]
 
     return rewrite

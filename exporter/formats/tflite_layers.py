@@ -73,19 +73,12 @@ def is_weighted(op: Operator) -> bool:
     return op.op in WEIGHTED_OPS and WEIGHTED_OPS[op.op][1] in op.constant_inputs
 
 
-def weight_matrices(module) -> dict[str, list[np.ndarray]]:
-    """Module path -> the weight matrices and kernels (parameters of 2 or more dims) it owns."""
-    return {path: [p.detach().numpy() for p in child.parameters(recurse=False) if p.ndim >= 2]
-            for path, child in module.named_modules() if any(p.ndim >= 2 for p in child.parameters(recurse=False))}
-
-
-def hierarchy_paths(program, module) -> dict[str, str]:
+def hierarchy_paths(program, owners: set[str]) -> dict[str, str]:
     """litert-torch's location name for each level of the traced program's module stacks -> the
-    module path, for the modules that own a weight matrix or kernel (the ones a weighted operator can
-    belong to; a BatchNorm folded into a conv also names the conv's weight, but owns only vectors)."""
+    module path, for the `owners`, the modules owning a weight matrix or kernel (a BatchNorm folded
+    into a conv also names the conv's weight, but owns only vectors)."""
     from litert_torch.backend.debuginfo._build import build_mlir_debuginfo
 
-    owners = set(weight_matrices(module))
     paths: dict[str, str] = {}
     for node in program.graph.nodes:
         stack = list(node.meta.get("nn_module_stack", {}).values())

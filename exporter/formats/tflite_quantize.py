@@ -18,9 +18,9 @@ from exporter.errors import ConversionError
 from exporter.trace import TracedModel
 from targets import Variant
 from targets.errors import first_line
+from targets.profile import STATIC_PRECISIONS
 from validators.runtimes.litert_runtime import SIGNATURE
 
-STATIC = ("int8", "int8_full")
 AEQ_RECIPES = {"fp16": "ai-edge-quantizer float_casting fp16 weights",
                "int8_dynamic": "ai-edge-quantizer dynamic int8 weights, float activations",
                "int8": "ai-edge-quantizer static int8, global min/max calibration, float I/O",
@@ -68,7 +68,7 @@ class AeqQuantizer:
     def __init__(self, fp32: Path, precision: str, batches: list[dict], signature_inputs: list[str]):
         self.fp32, self.precision, self.qsvs = fp32, precision, None
         self.config: dict = {"recipe": AEQ_RECIPES[precision]}
-        if precision in STATIC:
+        if precision in STATIC_PRECISIONS:
             from ai_edge_quantizer import calibrator, quantizer
             from ai_edge_quantizer.utils import qsv_utils
 

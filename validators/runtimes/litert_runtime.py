@@ -83,9 +83,6 @@ class LiteRtSession:
             return dequantize(value, float(scales[0]), int(details["quantization_parameters"]["zero_points"][0]))
         return value.astype(np.float32, copy=False)
 
-    def has_tensor(self, name: str) -> bool:
-        return name in self._tensors
-
 
 def _package_version() -> str:
     from importlib import metadata
