@@ -11,6 +11,12 @@ def _seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def _seeded_model(model_class: type[nn.Module], *example_shape: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """The factory most families share: seed-0 weights, eval mode, one random example input."""
+    _seeded()
+    return model_class().eval(), (torch.randn(*example_shape),)
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -21,8 +27,7 @@ class MLP(nn.Module):
 
 
 def mlp():
-    _seeded()
-    return MLP().eval(), (torch.randn(1, 20),)
+    return _seeded_model(MLP, 1, 20)
 
 
 class ConvBNDepthwise(nn.Module):
@@ -74,8 +79,7 @@ class TinyEncoder(nn.Module):
 
 
 def transformer():
-    _seeded()
-    return TinyEncoder().eval(), (torch.randn(1, 12, 32),)
+    return _seeded_model(TinyEncoder, 1, 12, 32)
 
 
 class GRUClassifier(nn.Module):
@@ -90,8 +94,7 @@ class GRUClassifier(nn.Module):
 
 
 def gru():
-    _seeded()
-    return GRUClassifier().eval(), (torch.randn(1, 15, 10),)
+    return _seeded_model(GRUClassifier, 1, 15, 10)
 
 
 FAMILIES = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "gru": gru}
@@ -125,8 +128,7 @@ class WithCustomOp(nn.Module):
 
 
 def custom_op():
-    _seeded()
-    return WithCustomOp().eval(), (torch.randn(1, 8),)
+    return _seeded_model(WithCustomOp, 1, 8)
 
 
 def raises():
@@ -156,8 +158,7 @@ class DataDependent(nn.Module):
 
 
 def data_dependent():
-    _seeded()
-    return DataDependent().eval(), (torch.randn(1, 6),)
+    return _seeded_model(DataDependent, 1, 6)
 
 
 class NpuUnfriendly(nn.Module):
@@ -173,8 +174,7 @@ class NpuUnfriendly(nn.Module):
 
 
 def npu_unfriendly():
-    _seeded()
-    return NpuUnfriendly().eval(), (torch.randn(1, 16),)
+    return _seeded_model(NpuUnfriendly, 1, 16)
 
 
 FAMILIES_WITH_DATA = {**FAMILIES, "npu_unfriendly": npu_unfriendly}
@@ -202,5 +202,4 @@ class OutlierChannels(nn.Module):
 
 
 def outlier_channels():
-    _seeded()
-    return OutlierChannels().eval(), (torch.randn(1, 16),)
+    return _seeded_model(OutlierChannels, 1, 16)
