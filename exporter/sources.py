@@ -269,6 +269,18 @@ def load_model(spec: str, input_specs: list[TensorSpec], *, weights: Path | None
     return loaded
 
 
+def load_module(module: Any, example_inputs: Any, input_specs: list[TensorSpec]) -> LoadedModel:
+    """An nn.Module handed over in Python (the API), with its example inputs."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise UserInputError(f"model is a {type(module).__name__}; pass an nn.Module or a SPEC string "
+                             "such as demo:digits or path/to/file.py:factory")
+    examples = None if example_inputs is None else _as_example_tuple(example_inputs, type(module).__name__)
+    name = type(module).__name__.lower()
+    return _finish(module.eval(), examples, input_specs, f"python:{type(module).__name__}", "module", name)
+
+
 def _apply_weights(module: Any, weights: Path, spec: str) -> None:
     if not weights.is_file():
         raise UserInputError(f"weights file {weights} does not exist")

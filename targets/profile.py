@@ -39,20 +39,27 @@ class Budget:
 
 
 # Tolerances follow the precision: fp32 tight, fp16 looser, integer variants are judged by
-# SQNR, top-1 agreement and task accuracy rather than by max_abs.
+# SQNR, top-1 agreement and task accuracy rather than by max_abs. min_cosine is not set here: unless
+# a target sets it, it is the bound min_sqnr_db implies (implied_cosine), so the two never disagree.
 PRECISION_DEFAULT_BUDGETS: dict[str, Budget] = {
-    "fp32": Budget(max_abs=1e-3, min_cosine=0.9999, min_sqnr_db=60.0, min_top1_agreement=0.99,
-                   max_accuracy_drop=0.002),
-    "fp16": Budget(min_cosine=0.999, min_sqnr_db=35.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
-    "w8a16": Budget(min_cosine=0.999, min_sqnr_db=30.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
-    "int8": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-    "int8_dynamic": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95,
-                           max_accuracy_drop=0.01),
-    "int8_full": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-    "w8": Budget(min_cosine=0.999, min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
-    "palette6": Budget(min_cosine=0.999, min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
-    "palette4": Budget(min_cosine=0.99, min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "fp32": Budget(max_abs=1e-3, min_sqnr_db=60.0, min_top1_agreement=0.99, max_accuracy_drop=0.005),
+    "fp16": Budget(min_sqnr_db=35.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
+    "w8a16": Budget(min_sqnr_db=30.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
+    "int8": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "int8_dynamic": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "int8_full": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
+    "w8": Budget(min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
+    "palette6": Budget(min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
+    "palette4": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
 }
+
+
+def implied_cosine(min_sqnr_db: float) -> float:
+    """The lowest cosine an output meeting min_sqnr_db can have: an error of relative norm r turns
+    the output by at most asin(r), so cosine >= sqrt(1 - r^2) with r^2 = 10^(-SQNR/10). Rounded down
+    to 6 decimals, so an output exactly at the SQNR bound never fails the cosine one."""
+    return math.floor(math.sqrt(max(0.0, 1.0 - 10.0 ** (-min_sqnr_db / 10.0))) * 1e6) / 1e6
+
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_PRECISIONS = ("int8", "w8a16", "int8_full")
@@ -61,6 +68,7 @@ STATIC_PRECISIONS = ("int8", "w8a16", "int8_full")
 TFLITE_RECIPES = ("auto", "ai-edge-quantizer", "pt2e")
 
 
+DIAGNOSE_MODES = ("always", "on-failure", "off")
 DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")
 
 
@@ -123,6 +131,7 @@ class Target:
     npu: NpuSettings | None = None
     coreml: CoremlSettings = CoremlSettings()
     auto_precision: bool = False  # keep the most harmful layers in float until a quantized variant passes
+    diagnose: str = "always"  # per-layer blame: "always", "on-failure" (only a variant missing its budget), "off"
     origin: str = ""  # the file it was read from
 
     @property
@@ -226,18 +235,23 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
     recipe = table.get("recipe", "auto")
     if recipe not in TFLITE_RECIPES:
         raise TargetError(f"{origin}: {where}.recipe {recipe!r}; choose one of: {', '.join(TFLITE_RECIPES)}")
-    budget = PRECISION_DEFAULT_BUDGETS[precision].merged(common)
-    budget = budget.merged(_budget_overrides(table.get("budget", {}), f"{where}.budget", origin))
+    overrides = common | _budget_overrides(table.get("budget", {}), f"{where}.budget", origin)
+    budget = PRECISION_DEFAULT_BUDGETS[precision].merged(overrides)
+    if "min_cosine" not in overrides and budget.min_sqnr_db is not None:
+        budget = budget.merged({"min_cosine": implied_cosine(budget.min_sqnr_db)})
     return Variant(fmt, precision, budget, method, max(samples, 1), recipe)
 
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
     _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
-                       "auto_precision"], "the top level", origin)
+                       "auto_precision", "diagnose"], "the top level", origin)
     auto_precision = data.get("auto_precision", False)
     if not isinstance(auto_precision, bool):
         raise TargetError(f"{origin}: auto_precision must be true or false")
+    diagnose = data.get("diagnose", "always")
+    if diagnose not in DIAGNOSE_MODES:
+        raise TargetError(f"{origin}: diagnose {diagnose!r}; choose one of: {', '.join(DIAGNOSE_MODES)}")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise TargetError(f"{origin}: the target needs a name, e.g. name = \"my-phone\"")
@@ -279,6 +293,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         npu=npu,
         coreml=_coreml(data.get("coreml", {}), origin),
         auto_precision=auto_precision,
+        diagnose=diagnose,
         origin=origin,
     )
 

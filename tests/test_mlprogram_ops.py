@@ -211,6 +211,11 @@ def test_gather_scatter():
     batch_idx = np.array([[0, 3], [2, 2], [1, 0]])
     got = one("gather", x=x, indices=batch_idx, axis=np.int32(1), batch_dims=np.int32(1))
     close(got, np.stack([x[b, batch_idx[b]] for b in range(3)]))
+    nd = np.array([[[0, 1], [2, -1]], [[1, 3], [0, 0]]])  # (2, 2, K=2) index tuples into x's first two dims
+    close(one("gather_nd", x=x, indices=nd), x[nd[..., 0], nd[..., 1]])
+    batch_nd = np.array([[[1], [3]], [[0], [0]], [[2], [1]]])  # batch_dims=1: per-batch rows of x[b]
+    close(one("gather_nd", x=x, indices=batch_nd, batch_dims=np.int32(1)),
+          np.stack([x[b][batch_nd[b, :, 0]] for b in range(3)]))
     data, updates = np.zeros((4, 3), np.float32), randn(2, 3)
     close(one("scatter", data=data, indices=np.array([3, 1]), updates=updates, axis=np.int32(0), mode="update"),
           np.array([[0] * 3, updates[1], [0] * 3, updates[0]]))

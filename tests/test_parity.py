@@ -27,7 +27,45 @@ def test_identical_outputs_are_capped_not_infinite():
 def test_top1_agreement_counts_flipped_argmax():
     ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     out = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    assert output_parity(ref, out)["top1_agreement"] == 0.75
+    m = output_parity(ref, out, min_sqnr_db=40.0)  # the bound's noise cannot bridge a margin of 1
+    assert m["top1_agreement"] == m["top1_agreement_all"] == 0.75 and m["top1_decisive_samples"] == 4
+
+
+def test_a_flip_between_near_tied_logits_is_within_the_precisions_noise():
+    """Two samples whose top-2 margin (0.001) is below what 15 dB of noise can flip are not decisive:
+    their flips do not count; the decisive sample's flip does."""
+    ref = np.array([[1.0, 0.999, -1], [2.0, 2.001, 0], [3.0, -3.0, 0], [-2.0, 2.0, 0]])
+    out = np.array([[0.999, 1.0, -1], [2.001, 2.0, 0], [3.0, -3.0, 0], [2.0, -2.0, 0]])
+    m = output_parity(ref, out, min_sqnr_db=15.0)
+    threshold = 3 * np.sqrt(2) * np.sqrt(np.mean(ref**2)) * 10 ** (-15 / 20)
+    assert m["top1_margin_threshold"] == pytest.approx(threshold)
+    assert m["top1_decisive_samples"] == 2 and m["top1_agreement"] == 0.5 and m["top1_agreement_all"] == 0.25
+
+
+def test_an_embedding_is_judged_by_cosine_not_argmax():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((16, 8))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    m = output_parity(ref, ref[:, ::-1].copy())  # argmax changes everywhere
+    assert m["kind"] == "embedding" and m["top1_agreement"] is None
+    probabilities = np.eye(4)[[0, 1, 2, 3, 0]]  # one-hot rows have unit norm too, but are probabilities
+    assert output_parity(probabilities, probabilities)["kind"] == "classification"
+
+
+def test_nan_or_inf_in_an_artifact_has_no_error_figures_and_fails_the_budget():
+    from targets.profile import PRECISION_DEFAULT_BUDGETS
+    from validators.budgets import check
+
+    ref = np.ones((4, 3))
+    out = ref.copy()
+    out[1, 2], out[2, 0] = np.nan, np.inf
+    m = output_parity(ref, out)
+    assert m["nonfinite_values"] == 2 and m["sqnr_db"] is None and m["cosine"] is None
+    overall = worst_case({"y": m, "z": output_parity(ref, ref.copy())})
+    assert overall["sqnr_db"] is None and overall["nonfinite_values"] == 2
+    violations = check(PRECISION_DEFAULT_BUDGETS["fp16"], overall, None, None, 0)
+    assert violations == ["the outputs hold 2 NaN/Inf value(s): the artifact computes garbage (a corrupt weight, "
+                          "or an overflow at this precision)"]
 
 
 def test_non_classifier_outputs_have_no_agreement():

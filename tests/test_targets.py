@@ -17,7 +17,8 @@ def test_builtin_targets_load_with_expected_variants():
     assert load_target("ios").coreml.minimum_deployment_target == "iOS17"
     android = load_target("android")
     assert [(v.format, v.precision) for v in android.variants] == [
-        ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
+        ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
+        ("tflite", "int8_dynamic")]
     assert android.runtime.tflite_delegates == ("xnnpack", "none")
     npu = load_target("iot-npu")
     assert npu.npu.accelerator == "ethos-u55-128" and npu.variants[0].budget.min_npu_op_coverage == 1.0

@@ -203,3 +203,21 @@ class OutlierChannels(nn.Module):
 
 def outlier_channels():
     return _seeded_model(OutlierChannels, 1, 16)
+
+
+class ZeroOutput(nn.Module):
+    """A classifier whose head was never trained and is all zeros (as some init schemes leave it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+def zero_output():
+    return _seeded_model(ZeroOutput, 1, 8)

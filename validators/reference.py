@@ -22,6 +22,25 @@ class Reference:
     outputs: dict[str, np.ndarray]
     labels: np.ndarray | None
 
+    def degenerate(self) -> str:
+        """Why the reference outputs prove nothing ('' when they are usable): NaN or Inf, all zero, or the
+        same on every eval sample. Any artifact would match such a reference, however wrong it is."""
+        for name, value in self.outputs.items():
+            if value.dtype.kind not in "fc":
+                continue
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                what = f"holds {bad} NaN/Inf value(s)"
+            elif not np.any(value):
+                what = "is zero on every eval sample"
+            elif len(value) > 1 and np.all(value == value[:1]):
+                what = f"is the same on all {len(value)} eval samples"
+            else:
+                continue
+            return (f"the PyTorch model's output {name!r} {what}, so parity against it would prove nothing; "
+                    "check the weights are trained and loaded (--weights) and that --eval holds real inputs")
+        return ""
+
     @property
     def samples(self) -> int:
         return len(next(iter(self.inputs.values())))

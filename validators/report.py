@@ -24,18 +24,32 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 1024:.1f} KiB" if nbytes < 1 << 20 else f"{nbytes / (1 << 20):.2f} MiB"
 
 
-COLUMNS = ("artifact", "precision", "size", "max_abs", "SQNR dB", "cosine", "top-1 agree", "accuracy",
+COLUMNS = ("artifact", "precision", "size", "max_abs", "SQNR dB", "cosine", "top-1 agree (decisive)", "accuracy",
            "drop", "latency p50 / p99 (host)", "verdict")
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _agreement(p: dict) -> str:
+    """Top-1 agreement on the decisive samples, with how many of all samples those are."""
+    if "top1_decisive_samples" not in p:
+        return _pct(p["top1_agreement"])
+    return f"{_pct(p['top1_agreement'])} ({p['top1_decisive_samples']}/{p['samples']})"
 
 
 def artifact_row(a: dict) -> list[str]:
     p, acc, lat = a["parity"], a.get("accuracy"), a["latency_ms"]
+    verdict = "pass" if a["budget"]["passed"] else "FAIL"
+    if a["budget"]["passed"] and a["budget"].get("unjudged"):
+        verdict = "pass (partly unjudged)"
     return [
-        a["path"], a["precision"], _size(a["bytes"]), _num(p["max_abs"]), f"{p['sqnr_db']:.1f}",
-        f"{p['cosine']:.6f}", _pct(p["top1_agreement"]), _pct(acc["artifact"]) if acc else "–",
+        a["path"], a["precision"], _size(a["bytes"]), _num(p["max_abs"]), _fixed(p["sqnr_db"], 1),
+        _fixed(p["cosine"], 6), _agreement(p), _pct(acc["artifact"]) if acc else "–",
         f"{100 * acc['drop']:+.2f} pt" if acc else "–",
         f"{lat['median']:.3f} / {lat['p99']:.3f} ms",
-        "pass" if a["budget"]["passed"] else "FAIL",
+        verdict,
     ]
 
 
@@ -61,7 +75,7 @@ def _pass_lines(a: dict) -> list[str]:
     if a.get("parity_runtime"):
         lines.append(f"parity measured by: {a['parity_runtime']}")
     for runtime, p in list(a.get("parity_by_runtime", {}).items())[1:]:
-        lines.append(f"parity on {runtime}: max_abs {p['max_abs']:.3g}, SQNR {p['sqnr_db']:.1f} dB")
+        lines.append(f"parity on {runtime}: max_abs {_num(p['max_abs'])}, SQNR {_fixed(p['sqnr_db'], 1)} dB")
     for name, q in a.get("io_quantization", {}).items():
         lines.append(f"{name} is {q['dtype']}: real = (q - {q['zero_point']}) * {q['scale']:.9g}")
     for delegate, lat in a.get("latency_ms_by_delegate", {}).items():
@@ -76,6 +90,11 @@ def _pass_lines(a: dict) -> list[str]:
         for op in n["cpu_fallback"]:
             lines.append(f"CPU fallback: {op['op']} ({op['output']})")
     return lines
+
+
+TOP1_RULE = ("Top-1 agreement counts the decisive samples: those whose reference top-2 margin exceeds "
+             "3·√2 times the per-logit noise the SQNR bound allows; a bound on a share of samples is judged only "
+             "when one sample fits within its slack.")
 
 
 LAYER_COLUMNS = ("module", "op", "SQNR at output, layer alone (dB)", "SQNR at layer, alone (dB)",
@@ -113,7 +132,11 @@ def to_markdown(report: dict) -> str:
         f"`{a['path']}`: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
     if problems:
         out += ["", "## Budget violations", ""] + [f"- {p}" for p in problems]
-    out += ["", "## Artifacts", ""]
+    unjudged = [f"`{a['path']}`: {n}" for a in report["artifacts"] for n in a["budget"].get("unjudged", [])]
+    if unjudged:
+        out += ["", "## Not judged (too few samples to resolve the bound; not counted as passed)", ""]
+        out += [f"- {n}" for n in unjudged]
+    out += ["", TOP1_RULE, "", "## Artifacts", ""]
     for a in report["artifacts"]:
         out += [f"### {a['path']}", "", f"- sha256 `{a['sha256']}`",
                 f"- runtime: {a['latency_ms']['runtime']}, {a['latency_ms']['threads']} thread(s), "
@@ -169,6 +192,11 @@ def to_html(report: dict) -> str:
     if problems:
         parts.append("<h2>Budget violations</h2><ul>" + "".join(f"<li class='fail'>{e(p)}</li>" for p in problems)
                      + "</ul>")
+    unjudged = [f"{a['path']}: {n}" for a in report["artifacts"] for n in a["budget"].get("unjudged", [])]
+    if unjudged:
+        parts.append("<h2>Not judged</h2><ul>" + "".join(f"<li class='warn'>{e(n)}</li>" for n in unjudged)
+                     + "</ul>")
+    parts.append(f"<p>{e(TOP1_RULE)}</p>")
     for a in report["artifacts"]:
         parts.append(f"<h3>{e(a['path'])}</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in _pass_lines(a)) + "</ul>")
         if a.get("layers"):

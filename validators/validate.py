@@ -34,14 +34,15 @@ def _variant(target: Target, fmt: str, precision: str):
 
 
 def parity_against_reference(run, reference: Reference, input_names: list[str], output_names: list[str],
-                             batch: int | None) -> tuple[dict, dict, dict | None]:
-    """Run an artifact on the stored eval inputs: (per-output parity, worst case, task accuracy)."""
+                             batch: int | None, min_sqnr_db: float | None = None) -> tuple[dict, dict, dict | None]:
+    """Run an artifact on the stored eval inputs: (per-output parity, worst case, task accuracy).
+    min_sqnr_db: the budget's bound, which sets the noise a top-1 flip is excused by."""
     inputs = {name: reference.inputs[name] for name in input_names}
     outputs = dict(zip(output_names, run_batched(run, inputs, batch), strict=True))
     per_output, problems = {}, []
     for name in output_names:
         try:
-            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name])
+            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name], min_sqnr_db)
         except ValueError as exc:
             problems.append(f"output {name}: {exc}")
     if problems:
@@ -61,15 +62,17 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     batch = _fixed_batch(entry["inputs"])
     input_names = [spec["name"] for spec in entry["inputs"]]
     inputs = {name: reference.inputs[name] for name in input_names}
+    variant = _variant(target, entry["format"], entry["precision"])
+    min_sqnr_db = variant.budget.min_sqnr_db
     try:
         per_output, overall, accuracy = parity_against_reference(session.run, reference, input_names, output_names,
-                                                                 batch)
+                                                                 batch, min_sqnr_db)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     by_runtime = {session.runtime: overall}
     for extra in extra_sessions(entry["format"], path, target.runtime.threads):
         by_runtime[extra.runtime] = parity_against_reference(extra.run, reference, input_names, output_names,
-                                                             batch)[1]
+                                                             batch, min_sqnr_db)[1]
 
     by_delegate = {}
     for delegate in delegates:
@@ -78,7 +81,6 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         by_delegate[delegate or "default"] = latency.measure_first_batch(timed, inputs, batch, target.runtime)
     timing = next(iter(by_delegate.values()))
 
-    variant = _variant(target, entry["format"], entry["precision"])
     violations = []
     if actual_sha != entry["sha256"]:
         violations.append(f"sha256 {actual_sha[:12]}… differs from the manifest's {entry['sha256'][:12]}…: "
@@ -107,6 +109,7 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         **({"npu": npu} if npu is not None else {}),
         **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
+                   "unjudged": budgets.unjudged(variant.budget, overall, accuracy),
                    "limits": {k: v for k, v in vars(variant.budget).items() if v is not None}},
         "parity_per_output": per_output,
         "conversion": entry.get("conversion", {}),
@@ -154,6 +157,8 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
         reference = Reference.load(ref_path)
     except (ValueError, OSError, KeyError) as exc:
         raise ArtifactError(f"{ref_path} cannot be read ({exc}); re-export") from None
+    if problem := reference.degenerate():
+        raise ArtifactError(f"{ref_path}: {problem}")
     output_names = [o["name"] for o in manifest["outputs"]]
 
     results = []
@@ -174,6 +179,10 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
         "artifacts": results,
         "notes": manifest.get("trace", {}).get("notes", []),
     }
+
+
+def all_unjudged(report: dict) -> list[str]:
+    return [f"{a['path']}: {note}" for a in report["artifacts"] for note in a["budget"].get("unjudged", [])]
 
 
 def all_violations(report: dict) -> list[str]:

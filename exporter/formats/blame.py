@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from validators.files import size_bytes
-from validators.parity import output_parity
+from validators.parity import SQNR_CAP_DB, output_parity
 
 BLAME_SAMPLES = 64  # eval samples the diagnosis runs on (the first ones, so it is deterministic)
 
@@ -34,24 +34,51 @@ def weight_matrices(module) -> dict[str, list[np.ndarray]]:
 
 
 def sqnr_db(reference: np.ndarray, value: np.ndarray) -> float:
-    return round(output_parity(reference, value)["sqnr_db"], 3)
+    if value.shape != reference.shape and value.size == reference.size:
+        value = value.reshape(reference.shape)  # another quantizer's graph holds it folded (N,H,W,C vs N,HW,C)
+    sqnr = output_parity(reference, value)["sqnr_db"]
+    return -SQNR_CAP_DB if sqnr is None else round(sqnr, 3)  # None: NaN/Inf in the value, the worst there is
+
+
+ALONE_IN_PYTORCH = "pytorch, the layer's quantized weight and input substituted"
+ALONE_IN_ARTIFACT = "the artifact's runtime, the model quantized at that layer only"
+
+
+def alone_from_values(reference_layer: np.ndarray, alone_layer: np.ndarray, reference_outputs: list[np.ndarray],
+                      alone_outputs: list[np.ndarray]):
+    """A model quantized at one layer only, run by the artifact's runtime: an Alone."""
+    from exporter.formats.alone import Alone
+
+    return Alone(sqnr_db(reference_layer, alone_layer),
+                 min(sqnr_db(r, a) for r, a in zip(reference_outputs, alone_outputs, strict=True)),
+                 len(reference_outputs[0]))
 
 
 def blame_row(layer: dict, *, reference_layer: np.ndarray, accumulated_layer: np.ndarray,
-              alone_layer: np.ndarray, reference_outputs: list[np.ndarray], alone_outputs: list[np.ndarray],
-              samples: int, reference_alone_layer: np.ndarray | None = None) -> dict:
-    """One layer's line of the table: its own error (only it quantized) at itself and at the model's
-    output, and the error accumulated up to it with everything quantized. reference_alone_layer is
-    the fp32 value the alone-quantized layer is compared with, where it is read at another tensor."""
+              alone, alone_by: str, samples: int) -> dict:
+    """One layer's line of the table: its own error (only it quantized, an Alone) at itself and at the
+    model's output, measured as `alone_by` says, and the error accumulated up to it with everything
+    quantized. The module found by the weight's value, where it was, names the layer."""
     return {
-        "module": layer["module"], "node": layer["node"], "op": layer["op"],
-        "sqnr_db_alone_at_output": min(sqnr_db(r, a) for r, a in zip(reference_outputs, alone_outputs, strict=True)),
-        "sqnr_db_alone_at_layer": sqnr_db(reference_layer if reference_alone_layer is None else reference_alone_layer,
-                                          alone_layer),
+        "module": alone.module or layer["module"], "node": layer["node"], "op": layer["op"],
+        "sqnr_db_alone_at_output": alone.at_output,
+        "sqnr_db_alone_at_layer": alone.at_layer,
         "sqnr_db_accumulated": sqnr_db(reference_layer, accumulated_layer),
         "tensor": layer["tensor"], "quantized_tensor": layer.get("quantized_tensor", layer["tensor"]),
+        "alone_measured_by": alone_by,
+        "alone_samples": alone.samples,
         "samples": samples,
     }
+
+
+def alone_in_pytorch(traced, layers: list, feeds: dict[str, np.ndarray]) -> list:
+    """exporter.formats.alone on the traced model's eager module, where there is one (not TorchScript);
+    None for the layers it cannot place (the format measures those in its runtime)."""
+    from exporter.formats.alone import alone_sqnr
+
+    if traced.loaded.kind != "module" or not any(layers):
+        return [None] * len(layers)
+    return alone_sqnr(traced.loaded.module, traced.loaded.input_names, layers, feeds, traced.batch)
 
 
 def most_harmful_first(rows: list[dict]) -> list[dict]:
@@ -85,15 +112,18 @@ def auto_precision(rows: list[dict], n_layers: int, out: Path, keep_float: Calla
     into the manifest) and the host latency before and after, both measured in this run (for the
     report only: a timing is not reproducible)."""
     bytes_before, latency_before = size_bytes(out), check.latency_ms(out)
-    kept: list[dict] = []
-    excluded: list[str] = []
-    remaining = before
-    for row in rows:
-        if not remaining:
-            break
-        kept.append(row)
-        excluded = keep_float(kept)
-        remaining = check.violations(out)
+    # First the end of the road: if every weighted layer in float still misses the budget, the
+    # miss is elsewhere (activations between layers) and trying each prefix would only cost time.
+    kept, excluded = list(rows), keep_float(rows)
+    remaining = check.violations(out)
+    if not remaining:
+        kept, excluded, remaining = [], [], before
+        for row in rows:
+            if not remaining:
+                break
+            kept.append(row)
+            excluded = keep_float(kept)
+            remaining = check.violations(out)
     decision = {
         "met": not remaining,
         "kept_float": [r["module"] or r["node"] for r in kept],
@@ -105,6 +135,15 @@ def auto_precision(rows: list[dict], n_layers: int, out: Path, keep_float: Calla
         "note": "" if not remaining else "the budget is not met even with every weighted layer in float",
     }
     return decision, {"latency_ms_before": latency_before, "latency_ms_after": check.latency_ms(out)}
+
+
+def wanted(target, variant, reference, traced, fmt: str, out: Path) -> bool:
+    """Whether a quantized variant gets per-layer blame: the target's `diagnose` says always, never,
+    or only when the variant misses its budget (checked with the validator's own code)."""
+    if reference is None or target.diagnose == "off":
+        return False
+    return target.diagnose == "always" or bool(CandidateCheck(fmt, variant, reference, traced,
+                                                              target.runtime).violations(out))
 
 
 class CandidateCheck:

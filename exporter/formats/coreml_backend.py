@@ -22,6 +22,7 @@ from pathlib import Path
 from exporter import __version__
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import ConversionError, UnsupportedOp, UnsupportedOpsError
+from exporter.formats import blame
 from exporter.trace import TracedModel, module_of, unsupported_ops
 from targets import Target, Variant
 from targets.errors import first_line
@@ -45,8 +46,7 @@ def _quiet():
 def _registry():
     with _quiet():
         from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
-        from coremltools.converters.mil.frontend.torch.utils import sanitize_op_kind
-    return _TORCH_OPS_REGISTRY, sanitize_op_kind
+    return _TORCH_OPS_REGISTRY
 
 
 def _kind(target) -> str:
@@ -56,17 +56,53 @@ def _kind(target) -> str:
         return getattr(target, "__name__", str(target))
 
 
+def _diff(x, n: int = 1, dim: int = -1, prepend=None, append=None):
+    import torch
+
+    parts = [t for t in (prepend, x, append) if t is not None]
+    x = torch.ops.aten.cat.default(parts, dim) if len(parts) > 1 else x
+    for _ in range(n):
+        length = x.shape[dim]
+        x = torch.ops.aten.sub.Tensor(torch.ops.aten.slice.Tensor(x, dim, 1, length),
+                                      torch.ops.aten.slice.Tensor(x, dim, 0, length - 1))
+    return x
+
+
+def _decomposition_table() -> dict:
+    """Rewrites for ops transformers' attention-mask code emits that coremltools has no converter
+    for: torch's own decompositions where it has one, else the same computation in ops it converts."""
+    import torch
+    from torch._decomp import get_decompositions
+
+    aten = torch.ops.aten
+    table = get_decompositions([aten.new_ones.default])
+    table[aten.alias.default] = aten.clone.default  # an alias of a value that is never written: a copy
+    table[aten.__and__.Tensor] = aten.bitwise_and.Tensor
+    table[aten.__or__.Tensor] = aten.bitwise_or.Tensor
+    table[aten.diff.default] = _diff
+    table[aten.where.ScalarOther] = lambda c, x, other: aten.where.self(c, x, aten.full_like.default(x, other))
+    table[aten.where.ScalarSelf] = lambda c, value, y: aten.where.self(c, aten.full_like.default(y, value), y)
+    return table
+
+
+def decomposed(program):
+    """The program coremltools converts, and the preflight checks: the same one."""
+    with _quiet():
+        return program.run_decompositions(_decomposition_table())
+
+
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:
-    """Ops coremltools has no converter for on either path (exported kind nor its base name)."""
+    """Ops coremltools has no converter for on either path, after the rewrites conversion applies."""
     if traced.program is None:
         return []
-    registry, sanitize = _registry()
-    with _quiet():
-        program = traced.program.run_decompositions({})
+    registry = _registry()
+    program = decomposed(traced.program)
 
     def converts(target) -> bool:
-        kind = sanitize(_kind(target))
-        return kind in registry or kind.split(".")[0] in registry
+        """The converter's own lookup, for the exported op (torch.export path) or for its base name
+        (the TorchScript path the conversion falls back to: nn.GRU converts only there)."""
+        kind = _kind(target)
+        return registry.get_func(kind) is not None or registry.get_func(kind.split(".")[0]) is not None
 
     return unsupported_ops(program, converts, "coremltools has no converter for it")
 
@@ -81,8 +117,8 @@ def _convert(traced: TracedModel, compute_precision: str, deployment_target: str
     failures = []
     if traced.program is not None:
         try:
+            program = decomposed(traced.program)
             with _quiet():
-                program = traced.program.run_decompositions({})
                 return ct.convert(program, **kwargs), TORCH_EXPORT_PATH, "traced program converted", failures
         except Exception as exc:  # coremltools' torch.export frontend lacks some ops: try tracing
             failures.append(exc)
@@ -132,8 +168,22 @@ def _compress(model, precision: str, only: list[str] | None = None, keep_float: 
     if only is not None:
         plan = cto.OptimizationConfig(op_name_configs={name: config for name in only})
     else:
-        plan = cto.OptimizationConfig(global_config=config, op_name_configs={name: None for name in keep_float})
+        skipped = set(keep_float) | set(_nonfinite_constants(model))
+        plan = cto.OptimizationConfig(global_config=config, op_name_configs={name: None for name in sorted(skipped)})
     return apply(model, plan), config
+
+
+def _nonfinite_constants(model) -> list[str]:
+    """Constants holding -inf/inf (an attention mask's fill value in fp16): not weights, and k-means
+    or a linear scale cannot represent them; they stay as they are."""
+    import numpy as np
+
+    program = getattr(model, "_mil_program", None)
+    if program is None:
+        return []
+    return [op.name for op in program.functions["main"].operations
+            if op.op_type == "const" and isinstance(op.val.val, np.ndarray) and op.val.val.dtype.kind == "f"
+            and not np.all(np.isfinite(op.val.val))]
 
 
 def _make_reproducible(package: Path, provenance: dict[str, str]) -> None:
@@ -224,7 +274,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                           "edgeport.precision": variant.precision}
             _save(model, out, provenance)
             extra, diagnosis_seconds, measured = {}, 0.0, {}
-            if compressed and reference is not None:
+            if compressed and blame.wanted(target, variant, reference, traced, FORMAT, out):
                 diagnosis_start = time.perf_counter()
                 extra["diagnosis"], measured = _diagnose(traced, target, variant, bases, out, reference, provenance,
                                                          Path(scratch), progress)

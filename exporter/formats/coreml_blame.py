@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first, weight_matrices
+from exporter.formats.blame import (
+    ALONE_IN_ARTIFACT,
+    ALONE_IN_PYTORCH,
+    alone_from_values,
+    alone_in_pytorch,
+    blame_feeds,
+    blame_row,
+    most_harmful_first,
+    weight_matrices,
+)
+from exporter.formats.coreml_backend import decomposed
 from validators.batching import run_batched
 
 WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
@@ -85,6 +95,19 @@ def variable_values(package: Path, names: list[str], feeds: dict, batch: int | N
 Compress = Callable[..., None]  # (out, only=weights) or (out, keep_float=weights): write a compressed package
 
 
+def quantized_layers(fp32: Path, artifact: Path, modules: list[str], fp32_ops: list[WeightedOp],
+                     artifact_ops: list[WeightedOp], indices: list[int]) -> list:
+    """Each compressed layer's weight before (the fp32 program's const) and after (the artifact's
+    constexpr decompressed), for exporter.formats.alone: compression is weight-only."""
+    from exporter.formats.alone import QuantizedLayer
+    from validators.mlprogram.interpreter import Interpreter
+
+    before = Interpreter.load(fp32).constant_values([fp32_ops[i].weight for i in indices])
+    after = Interpreter.load(artifact).constant_values([artifact_ops[i].weight for i in indices])
+    return [QuantizedLayer(modules[i], before[fp32_ops[i].weight].astype(np.float32),
+                           after[artifact_ops[i].weight].astype(np.float32), None) for i in indices]
+
+
 def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compress, feeds: dict,
                  batch: int | None, scratch: Path) -> list[dict]:
     fp32_ops, base_ops, artifact_ops = weighted_ops(fp32), weighted_ops(base), weighted_ops(artifact)
@@ -93,22 +116,28 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
     compressed = [i for i, op in enumerate(artifact_ops) if op.compressed]
     if not compressed:
         return []
-    modules = module_paths(traced.program.run_decompositions({}), traced.loaded.module, fp32_ops) \
+    modules = module_paths(decomposed(traced.program), traced.loaded.module, fp32_ops) \
         if traced.program is not None else [""] * len(fp32_ops)
     feeds = blame_feeds(feeds, batch)
     reference, reference_outputs = variable_values(fp32, [fp32_ops[i].output for i in compressed], feeds, batch)
     accumulated, _ = variable_values(artifact, [artifact_ops[i].output for i in compressed], feeds, batch)
+    in_pytorch = alone_in_pytorch(
+        traced, quantized_layers(fp32, artifact, modules, fp32_ops, artifact_ops, compressed), feeds)
     alone_path = scratch / "blame-one-layer.mlpackage"
     rows = []
-    for i in compressed:
-        compress(alone_path, only=[base_ops[i].weight])
-        alone, alone_outputs = variable_values(alone_path, [artifact_ops[i].output], feeds, batch)
+    for i, measured in zip(compressed, in_pytorch, strict=True):
+        alone_by = ALONE_IN_PYTORCH
+        if measured is None:  # measured with the interpreter: the fp16 program compressed at this layer only
+            compress(alone_path, only=[base_ops[i].weight])
+            alone, alone_outputs = variable_values(alone_path, [artifact_ops[i].output], feeds, batch)
+            measured = alone_from_values(reference[fp32_ops[i].output], alone[artifact_ops[i].output],
+                                         reference_outputs, alone_outputs)
+            alone_by = ALONE_IN_ARTIFACT
         layer = {"module": modules[i], "node": artifact_ops[i].output, "op": artifact_ops[i].type,
                  "tensor": fp32_ops[i].output, "quantized_tensor": artifact_ops[i].output}
         rows.append(blame_row(layer, reference_layer=reference[fp32_ops[i].output],
-                              accumulated_layer=accumulated[artifact_ops[i].output],
-                              alone_layer=alone[artifact_ops[i].output], reference_outputs=reference_outputs,
-                              alone_outputs=alone_outputs, samples=len(next(iter(feeds.values())))))
+                              accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
+                              alone_by=alone_by, samples=len(next(iter(feeds.values())))))
         rows[-1]["weight"] = base_ops[i].weight  # what keep_float names to leave uncompressed
     return most_harmful_first(rows)
 

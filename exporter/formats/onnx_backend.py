@@ -9,7 +9,7 @@ from pathlib import Path
 
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import UnsupportedOp
-from exporter.formats import onnx_export
+from exporter.formats import blame, onnx_export
 from exporter.formats.onnx_quantize import CalibrationFeeds, variant_for
 from exporter.trace import TracedModel
 from targets import Target, Variant
@@ -56,7 +56,7 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, implementat
     layers = weighted_layers(model, paths)
     progress(f"onnx: {variant.precision}: per-layer blame over {len(layers)} weighted layers")
     rows = blame_layers(fp32, out, layers, quantize, reference.inputs, traced.batch, scratch,
-                        [s.name for s in traced.outputs])
+                        [s.name for s in traced.outputs], traced)
     check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime) if target.auto_precision else None
     return diagnose(rows, len(layers), out, keep_float(model, quantize, out), check, progress,
                     f"onnx: {variant.precision} misses its budget: keeping the most harmful layers in float")
@@ -95,10 +95,10 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
             else:
                 progress(f"onnx: {variant.precision}")
                 implementation = variant_for(variant.precision, variant.calibration_method,
-                                             variant.calibration_samples)
+                                             variant.calibration_samples, Path(scratch))
                 quantization = implementation.run(fp32, out, feeds if variant.is_static_quantized else None)
             extra, diagnosis_seconds, measured = {}, 0.0, {}
-            if variant.is_static_quantized and reference is not None:
+            if variant.is_static_quantized and blame.wanted(target, variant, reference, traced, FORMAT, out):
                 diagnosis_start = time.perf_counter()
                 extra["diagnosis"], measured = _diagnose(traced, target, variant, implementation, feeds, fp32, out,
                                                          model, paths, reference, Path(scratch), progress)

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
+from exporter.formats.blame import (
+    ALONE_IN_ARTIFACT,
+    ALONE_IN_PYTORCH,
+    alone_from_values,
+    alone_in_pytorch,
+    blame_feeds,
+    blame_row,
+    most_harmful_first,
+)
 from validators.batching import run_batched
 
 Quantize = Callable[[Path, dict], dict]  # (output path, extra quantizer arguments) -> config
@@ -63,8 +71,64 @@ def layer_tensor(model: onnx.ModelProto, node_name: str, fp32_tensors: set[str])
     raise RuntimeError(f"no fp32 counterpart for the output of {node_name} in the quantized model")
 
 
+_QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+           onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767)}
+
+
+def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelProto, layers: list[dict]) -> list:
+    """What quantization did to each layer (exporter.formats.alone.QuantizedLayer): its weight before and
+    after (DequantizeLinear of the artifact's integer weight) and its input's Q/DQ; None where the
+    QDQ pattern is not there."""
+    from onnx import numpy_helper
+
+    from exporter.formats.alone import InputQuant, QuantizedLayer
+
+    constants = {i.name: i for i in quantized_model.graph.initializer}
+    fp32_constants = {i.name: i for i in fp32_model.graph.initializer}
+    producers = {o: n for n in quantized_model.graph.node for o in n.output}
+    nodes = {n.name: n for n in quantized_model.graph.node}
+    fp32_nodes = {n.name: n for n in fp32_model.graph.node}
+
+    def dequantize_linear(node) -> np.ndarray | None:
+        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in constants:
+            return None
+        q = numpy_helper.to_array(constants[node.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(constants[node.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(constants[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if np.ndim(scale):
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+        return ((q - zero) * scale).astype(np.float32)
+
+    def input_quant(name: str):
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in constants:
+            return None
+        zero = constants[dq.input[2]]
+        if zero.data_type not in _QRANGE or dq.input[1] not in constants:
+            return None
+        scale = numpy_helper.to_array(constants[dq.input[1]])
+        if np.ndim(scale):
+            return None
+        return InputQuant(float(scale), int(numpy_helper.to_array(zero)), *_QRANGE[zero.data_type])
+
+    found = []
+    for layer in layers:
+        node, fp32_node = nodes.get(layer["node"]), fp32_nodes.get(layer["node"])
+        weight = fp32_constants.get(fp32_node.input[1]) if fp32_node is not None else None
+        quantized = dequantize_linear(producers.get(node.input[1])) if node is not None else None
+        activation = input_quant(node.input[0]) if node is not None else None
+        if weight is None or quantized is None or activation is None:
+            found.append(None)
+            continue
+        found.append(QuantizedLayer(layer["module"], numpy_helper.to_array(weight), quantized, activation))
+    return found
+
+
 def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quantize, feeds: dict,
-                 batch: int | None, scratch: Path, model_outputs: list[str]) -> list[dict]:
+                 batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[dict]:
     feeds = blame_feeds(feeds, batch)
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
@@ -72,25 +136,30 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quan
     accumulated_names = {layer["node"]: layer_tensor(quantized_model, layer["node"], fp32_tensors)
                          for layer in layers}
     accumulated = _run_named(quantized, [q for q, _ in accumulated_names.values()], feeds, batch)
+    in_pytorch = alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds) \
+        if traced is not None else [None] * len(layers)
     alone_path = scratch / "blame-one-layer.onnx"
     alone_names, alone_values = {}, {}
-    for layer in layers:
-        quantize(alone_path, {"nodes_to_quantize": [layer["node"]]})
-        names = layer_tensor(onnx.load(str(alone_path)), layer["node"], fp32_tensors)
-        alone_names[layer["node"]] = names
-        alone_values[layer["node"]] = _run_named(alone_path, [names[0]], feeds, batch)
+    for layer, measured in zip(layers, in_pytorch, strict=True):
+        if measured is None:  # measured in the runtime: the model quantized at this layer only
+            quantize(alone_path, {"nodes_to_quantize": [layer["node"]]})
+            names = layer_tensor(onnx.load(str(alone_path)), layer["node"], fp32_tensors)
+            alone_names[layer["node"]] = names
+            alone_values[layer["node"]] = _run_named(alone_path, [names[0]], feeds, batch)
     wanted = {f for _, f in accumulated_names.values()} | {f for _, f in alone_names.values()} | set(model_outputs)
     reference = _run_named(fp32, sorted(wanted), feeds, batch)
     rows = []
-    for layer in layers:
-        alone = alone_values[layer["node"]]
-        alone_q, alone_f = alone_names[layer["node"]]
+    for layer, measured in zip(layers, in_pytorch, strict=True):
         acc_q, acc_f = accumulated_names[layer["node"]]
+        if measured is None:
+            alone = alone_values[layer["node"]]
+            alone_q, alone_f = alone_names[layer["node"]]
+            measured = alone_from_values(reference[alone_f], alone[alone_q], [reference[o] for o in model_outputs],
+                                         [alone[o] for o in model_outputs])
         rows.append(blame_row(
             layer | {"tensor": acc_f, "quantized_tensor": acc_q},
-            reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q],
-            alone_layer=alone[alone_q], reference_alone_layer=reference[alone_f],
-            reference_outputs=[reference[o] for o in model_outputs], alone_outputs=[alone[o] for o in model_outputs],
+            reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q], alone=measured,
+            alone_by=ALONE_IN_ARTIFACT if layer["node"] in alone_names else ALONE_IN_PYTORCH,
             samples=len(next(iter(feeds.values())))))
     return most_harmful_first(rows)
 

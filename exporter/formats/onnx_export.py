@@ -41,11 +41,13 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         return []
     with _quiet_torch_onnx():
         try:
-            from torch.onnx._internal.exporter import _fx_passes, _registration
+            from torch.onnx._internal.exporter import _core, _registration
         except ImportError:  # private API moved: skip the preflight, conversion still reports failures
             return []
         registry = _registration.ONNXRegistry.from_torchlib()
-        program = _fx_passes.decompose_with_registry(traced.program, registry)
+        # The exporter's own preparation (decomposition, type promotion, removal of the assertion nodes
+        # torch.export inserts for every .to(dtype)), so the preflight judges the graph it translates.
+        program = _core._prepare_exported_program_for_export(traced.program, registry=registry)
     return unsupported_ops(program, registry.is_registered, "no ONNX translation registered")
 
 

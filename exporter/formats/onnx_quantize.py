@@ -73,20 +73,47 @@ class StaticQuantConfig:
     max_samples: int = 512
 
 
-class StaticQuantVariant:
-    """QDQ static quantization; `precision` picks int8 or int16 activations."""
+# An activation whose calibrated range reaches past this is a fill value (an attention mask's
+# finfo.min), not a signal: one int8 scale over it would flatten every real value to zero.
+UNREPRESENTABLE_RANGE = 1e6
 
-    def __init__(self, precision: str, config: StaticQuantConfig):
+
+class StaticQuantVariant:
+    """QDQ static quantization; `precision` picks int8 or int16 activations. Calibrates once per
+    variant (onnxruntime's calibration cache in `scratch`): every later model built from the same
+    fp32 graph (a layer alone, some layers in float) reuses those ranges."""
+
+    def __init__(self, precision: str, config: StaticQuantConfig, scratch: Path):
         self.precision = precision
         self.config = config
+        self.ranges = scratch / f"calibration-{precision}.json"
+        self.float_nodes: list[str] = []  # producers and readers of tensors int8 cannot hold
+        self.float_tensors: list[str] = []
 
     def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None, extra: dict | None = None) -> dict:
         """extra: node selection for diagnosis (nodes_to_quantize) or mixed precision (nodes_to_exclude)."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
         reader = calibration.reader(self.config.max_samples)
+        calibrated = self.ranges.exists()
+        self._quantize(fp32, out, reader, extra)
+        if not calibrated:
+            self.float_tensors, self.float_nodes = _unrepresentable(fp32, self.ranges)
+            if self.float_nodes:
+                self._quantize(fp32, out, reader, extra)
+        record = {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
+                  **asdict(self.config)}
+        if self.float_tensors:
+            record["float_tensors"] = self.float_tensors
+            record["float_tensors_reason"] = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
+        return record
+
+    def _quantize(self, fp32: Path, out: Path, reader, extra: dict | None) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        options = dict(extra or {})
+        if self.float_nodes and "nodes_to_quantize" not in options:
+            options["nodes_to_exclude"] = sorted(set(options.get("nodes_to_exclude", [])) | set(self.float_nodes))
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
             quantize_static(
                 str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
@@ -94,10 +121,22 @@ class StaticQuantVariant:
                 activation_type=getattr(QuantType, _QUANT_TYPES[self.config.activation_type]),
                 weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[self.config.calibration_method]),
-                **(extra or {}),
+                calibration_cache_path=self.ranges, **options,
             )
-        return {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
-                **asdict(self.config)}
+
+
+def _unrepresentable(fp32: Path, ranges: Path) -> tuple[list[str], list[str]]:
+    """Tensors whose calibrated range int8 cannot hold, and the nodes that write or read them."""
+    import onnx
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(ranges).data
+    tensors = sorted(name for name, value in data.items()
+                     if max(abs(float(np.min(v))) for v in value.range_value) > UNREPRESENTABLE_RANGE
+                     or max(abs(float(np.max(v))) for v in value.range_value) > UNREPRESENTABLE_RANGE)
+    graph = onnx.load(str(fp32)).graph
+    nodes = sorted({n.name for n in graph.node if set(tensors) & (set(n.output) | set(n.input))})
+    return tensors, nodes
 
 
 @contextlib.contextmanager
@@ -133,18 +172,18 @@ class CalibrationFeeds:
         return _Reader()
 
 
-def variant_for(precision: str, calibration_method: str, max_samples: int):
+def variant_for(precision: str, calibration_method: str, max_samples: int, scratch: Path):
     if precision == "fp16":
         return Fp16Variant()
     if precision == "int8_dynamic":
         return DynamicInt8Variant()
     if precision == "int8":
         return StaticQuantVariant("int8", StaticQuantConfig(calibration_method=calibration_method,
-                                                            max_samples=max_samples))
+                                                            max_samples=max_samples), scratch)
     if precision == "w8a16":
         return StaticQuantVariant("w8a16", StaticQuantConfig(activation_type="int16",
                                                              calibration_method=calibration_method,
-                                                             max_samples=max_samples))
+                                                             max_samples=max_samples), scratch)
     raise KeyError(f"no ONNX implementation for precision {precision!r}")
 
 

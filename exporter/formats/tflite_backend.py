@@ -15,6 +15,7 @@ import numpy as np
 
 from exporter.artifacts import ArtifactRecord
 from exporter.errors import ConversionError, UnsupportedOp
+from exporter.formats import blame
 from exporter.formats.tflite_quantize import AeqQuantizer, quantize_full_int8
 from exporter.trace import TracedModel, unsupported_ops
 from targets import Target, Variant
@@ -66,11 +67,13 @@ def _convert_fp32(traced: TracedModel, path: Path) -> None:
         raise ConversionError(f"litert-torch could not convert the model: {first_line(exc)}") from exc
 
 
-def _signature_input_names(path: Path) -> list[str]:
+def _signature_inputs(path: Path) -> dict[str, np.dtype]:
+    """The signature's input names and dtypes (litert-torch stores int64 token ids as int32)."""
     from ai_edge_litert.interpreter import Interpreter
 
     with _quiet():
-        return list(Interpreter(str(path)).get_signature_list()[SIGNATURE]["inputs"])
+        details = Interpreter(str(path)).get_signature_runner(SIGNATURE).get_input_details()
+    return {name: np.dtype(d["dtype"]) for name, d in details.items()}
 
 
 def _diagnose(traced: TracedModel, target: Target, variant: Variant, aeq: AeqQuantizer, fp32: Path, out: Path,
@@ -85,7 +88,7 @@ def _diagnose(traced: TracedModel, target: Target, variant: Variant, aeq: AeqQua
     layers = weighted_layers(operators, hierarchy_paths(traced.program, set(matrices)), matrices)
     progress(f"tflite: {variant.precision}: per-layer blame over {len(layers)} weighted layers")
     with _quiet():
-        rows = blame_layers(fp32, out, operators, layers, aeq, reference.inputs, traced.batch, scratch)
+        rows = blame_layers(fp32, out, operators, layers, aeq, reference.inputs, traced.batch, scratch, traced)
     check = CandidateCheck(FORMAT, variant, reference, traced, target.runtime) if target.auto_precision else None
     diagnosis, measured = diagnose(
         rows, len(layers), out, keep_float(operators, layers, aeq, out), check, progress,
@@ -143,7 +146,7 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
         progress("tflite: converting with litert-torch")
         _convert_fp32(traced, fp32)
         shared = time.perf_counter() - start
-        input_names = _signature_input_names(fp32)
+        signature_inputs = _signature_inputs(fp32)
         for variant in variants:
             t0 = time.perf_counter()
             out = workdir / variant.filename
@@ -155,13 +158,13 @@ def convert(traced: TracedModel, target: Target, calibration: dict | None, workd
                 batches = [] if not variant.is_static_quantized or calibration is None else \
                     whole_batches(calibration, traced.batch, variant.calibration_samples)
                 with _quiet():
-                    aeq = AeqQuantizer(fp32, variant.precision, batches, input_names)
+                    aeq = AeqQuantizer(fp32, variant.precision, batches, signature_inputs)
                     if variant.precision == "int8_full":
                         quantization = quantize_full_int8(traced, aeq, out, variant, batches, Path(scratch))
                     else:
                         quantization = aeq.build(out)
             extra, diagnosis_seconds, measured = {}, 0.0, {}
-            if variant.is_static_quantized and reference is not None:
+            if variant.is_static_quantized and blame.wanted(target, variant, reference, traced, FORMAT, out):
                 diagnosis_start = time.perf_counter()
                 extra["diagnosis"], measured = _diagnose(traced, target, variant, aeq, fp32, out, reference,
                                                          Path(scratch), progress)

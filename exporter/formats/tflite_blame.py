@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.blame import blame_feeds, blame_row, most_harmful_first
+from exporter.formats.blame import (
+    ALONE_IN_ARTIFACT,
+    ALONE_IN_PYTORCH,
+    alone_from_values,
+    alone_in_pytorch,
+    blame_feeds,
+    blame_row,
+    most_harmful_first,
+)
 from exporter.formats.tflite_layers import Operator, float_island, is_weighted, read_operators
 from exporter.formats.tflite_quantize import AeqQuantizer
 from validators.batching import run_batched
@@ -49,8 +57,58 @@ def quantized_tensor_names(quantized: Path, fp32_operators: list[Operator], laye
     return [by_fp32_index[layer["operators"][-1]].outputs[0] for layer in layers]
 
 
+_QRANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255)}
+
+
+def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: list[dict],
+                     quantized_names: list[str]) -> list:
+    """What quantization did to each single-operator layer (exporter.formats.alone.QuantizedLayer): the
+    fp32 model's weight, the artifact's integer weight dequantized with its scales, and the scale and
+    zero point of the operator's input; None where the operator is not quantized that way."""
+    from ai_edge_litert.schema_py_generated import TensorType
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    from exporter.formats.alone import InputQuant, QuantizedLayer
+    from exporter.formats.tflite_layers import WEIGHTED_OPS
+
+    type_names = {code: name for name, code in vars(TensorType).items() if not name.startswith("_")}
+    model = flatbuffer.read_model(str(quantized))
+    subgraph = model.subgraphs[0]
+    by_output = {flatbuffer.get_tensor_name(subgraph.tensors[op.outputs[0]]): op for op in subgraph.operators}
+
+    def params(index: int):
+        q = subgraph.tensors[index].quantization
+        if q is None or q.scale is None or not len(q.scale):
+            return None
+        return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.float64), int(q.quantizedDimension)
+
+    found = []
+    for layer, name in zip(layers, quantized_names, strict=True):
+        op = by_output.get(name)
+        fp32_op = fp32_operators[layer["operators"][0]]
+        if len(layer["operators"]) != 1 or op is None or fp32_op.weight is None:
+            found.append(None)
+            continue
+        activation_at, weight_at = WEIGHTED_OPS[fp32_op.op]
+        weight_index, input_index = op.inputs[weight_at], op.inputs[activation_at]
+        weight_params, input_params = params(weight_index), params(input_index)
+        input_type = type_names.get(subgraph.tensors[input_index].type, "")
+        if weight_params is None or input_params is None or input_type not in _QRANGES or len(input_params[0]) != 1:
+            found.append(None)
+            continue
+        tensor = subgraph.tensors[weight_index]
+        q = np.asarray(flatbuffer.get_tensor_data(tensor, model.buffers), np.float64).reshape(tuple(tensor.shape))
+        scale, zero, axis = weight_params
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        dequantized = ((q - zero.reshape(shape if zero.size > 1 else [1])) * scale.reshape(shape)).astype(np.float32)
+        activation = InputQuant(float(input_params[0][0]), int(input_params[1][0]), *_QRANGES[input_type])
+        found.append(QuantizedLayer(layer["module"], fp32_op.weight, dequantized, activation))
+    return found
+
+
 def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
-                 feeds: dict, batch: int | None, scratch: Path) -> list[dict]:
+                 feeds: dict, batch: int | None, scratch: Path, traced=None) -> list[dict]:
     feeds = blame_feeds(feeds, batch)
     samples = len(next(iter(feeds.values())))
     quantized_names = quantized_tensor_names(quantized, operators, layers)
@@ -58,16 +116,22 @@ def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers:
         return []
     reference, reference_outputs = tensor_values(fp32, [layer["tensor"] for layer in layers], feeds, batch)
     accumulated, _ = tensor_values(quantized, quantized_names, feeds, batch)
+    in_pytorch = alone_in_pytorch(traced, quantized_layers(quantized, operators, layers, quantized_names), feeds) \
+        if traced is not None else [None] * len(layers)
     alone_path = scratch / "blame-one-layer.tflite"
     rows = []
-    for layer, quantized_name in zip(layers, quantized_names, strict=True):
-        aeq.build(alone_path, only=layer["scopes"])
-        alone, alone_outputs = tensor_values(alone_path, [layer["tensor"]], feeds, batch)
+    for layer, quantized_name, measured in zip(layers, quantized_names, in_pytorch, strict=True):
+        alone_by = ALONE_IN_PYTORCH
+        if measured is None:  # measured in the runtime: the model quantized at this layer only
+            aeq.build(alone_path, only=layer["scopes"])
+            alone, alone_outputs = tensor_values(alone_path, [layer["tensor"]], feeds, batch)
+            measured = alone_from_values(reference[layer["tensor"]], alone[layer["tensor"]], reference_outputs,
+                                         alone_outputs)
+            alone_by = ALONE_IN_ARTIFACT
         rows.append(blame_row(
             {**layer, "quantized_tensor": quantized_name},
             reference_layer=reference[layer["tensor"]], accumulated_layer=accumulated[quantized_name],
-            alone_layer=alone[layer["tensor"]], reference_outputs=reference_outputs, alone_outputs=alone_outputs,
-            samples=samples))
+            alone=measured, alone_by=alone_by, samples=samples))
     return most_harmful_first(rows)
 
 

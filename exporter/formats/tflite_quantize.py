@@ -65,8 +65,9 @@ class AeqQuantizer:
     """ai-edge-quantizer for one precision of one fp32 .tflite. A static precision calibrates once;
     every model built after (the whole model, one layer alone, some layers in float) uses those ranges."""
 
-    def __init__(self, fp32: Path, precision: str, batches: list[dict], signature_inputs: list[str]):
+    def __init__(self, fp32: Path, precision: str, batches: list[dict], signature_inputs: dict[str, np.dtype]):
         self.fp32, self.precision, self.qsvs = fp32, precision, None
+        self.float_scopes: list[str] = []
         self.config: dict = {"recipe": AEQ_RECIPES[precision]}
         if precision in STATIC_PRECISIONS:
             from ai_edge_quantizer import calibrator, quantizer
@@ -74,7 +75,9 @@ class AeqQuantizer:
 
             q = quantizer.Quantizer(str(fp32))
             q.load_quantization_recipe(_aeq_recipe(precision))
-            samples = [dict(zip(signature_inputs, feeds.values(), strict=True)) for feeds in batches]
+            samples = [{name: value.astype(dtype, copy=False)
+                        for (name, dtype), value in zip(signature_inputs.items(), feeds.values(), strict=True)}
+                       for feeds in batches]
             # The Quantizer's calibrate() offers only the moving-average update; its Calibrator takes the
             # global min/max update (the library's own pieces, used as its calibrate() uses them).
             calib = calibrator.Calibrator(q._float_model_buffer, num_threads=1,
@@ -82,10 +85,27 @@ class AeqQuantizer:
             calib.calibrate({SIGNATURE: samples}, q._recipe_manager)
             self.qsvs = calib.get_model_qsvs()
             self.config |= {"calibration": "global min/max", "calibration_batches": len(samples)}
+            self.float_scopes = self._unrepresentable()
+
+    def _unrepresentable(self) -> list[str]:
+        """Scopes of the operators that write or read a tensor whose calibrated range int8 cannot hold
+        (an attention mask's fill value): kept in float, and said so in the config."""
+        from exporter.formats.onnx_quantize import UNREPRESENTABLE_RANGE
+        from exporter.formats.tflite_layers import read_operators
+
+        tensors = sorted(name for name, qsv in self.qsvs.items() if "min" in qsv and max(
+            float(np.max(np.abs(qsv["min"]))), float(np.max(np.abs(qsv["max"])))) > UNREPRESENTABLE_RANGE)
+        if not tensors:
+            return []
+        reason = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
+        self.config |= {"float_tensors": tensors, "float_tensors_reason": reason}
+        return sorted({op.scope for op in read_operators(self.fp32) if set(tensors) & set(op.inputs + op.outputs)})
 
     def build(self, out: Path, only: Iterable[str] = (), keep_float: Iterable[str] = ()) -> dict:
         from ai_edge_quantizer import quantizer
 
+        if not only:
+            keep_float = sorted(set(keep_float) | set(self.float_scopes))
         q = quantizer.Quantizer(str(self.fp32))
         q.load_quantization_recipe(_aeq_recipe(self.precision, only, keep_float))
         q.quantize(self.qsvs, enable_progress_report=False).export_model(str(out), overwrite=True)

@@ -64,6 +64,26 @@ class Interpreter:
         outputs = self._run_block(self.program.main, env)
         return [np.asarray(o) for o in outputs], [np.asarray(env[name]) for name in names]
 
+    def constant_values(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Values of main-block variables computed from constants alone (a const, or a constexpr_* op
+        decompressing a weight), without running the program."""
+        producers = {name: op for op in self.program.main.operations for name, _ in op.outputs}
+        env: dict[str, object] = {}
+
+        def evaluate(name: str) -> None:
+            if name in env:
+                return
+            op = producers[name]
+            for bound in op.inputs.values():
+                for value in bound:
+                    if isinstance(value, str):
+                        evaluate(value)
+            self._run_op(op, env)
+
+        for name in names:
+            evaluate(name)
+        return {name: np.asarray(env[name]) for name in names}
+
     def _run_block(self, block: Block, env: dict) -> list:
         for op in block.operations:
             self._run_op(op, env)

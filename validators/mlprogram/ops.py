@@ -483,6 +483,19 @@ def _gather(a):
     return [out.reshape(*x.shape[:batch_dims], *out.shape[1:])]
 
 
+@op("gather_nd")
+def _gather_nd(a):
+    """x[indices[..., 0], ..., indices[..., K-1]] over the leading batch_dims shared by x and indices."""
+    x, indices = np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64)
+    batch_dims = int(a.get("batch_dims", 0))
+    depth = indices.shape[-1]
+    flat_x = x.reshape(-1, *x.shape[batch_dims:])
+    flat_i = indices.reshape(-1, *indices.shape[batch_dims:])
+    out = np.stack([xi[tuple(np.moveaxis(ii, -1, 0) % np.array(xi.shape[:depth]).reshape(-1, *[1] * (ii.ndim - 1)))]
+                    for xi, ii in zip(flat_x, flat_i, strict=True)])
+    return [out.reshape(*x.shape[:batch_dims], *out.shape[1:])]
+
+
 @op("gather_along_axis")
 def _gather_along_axis(a):
     return [np.take_along_axis(np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64),

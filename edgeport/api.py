@@ -1,0 +1,104 @@
+"""export() and validate() for notebooks and scripts, returning the report as typed objects."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from targets.errors import EdgeportError
+
+__all__ = ["ArtifactResult", "EdgeportError", "Parity", "Report", "export", "validate"]
+
+
+@dataclass(frozen=True)
+class Parity:
+    """An artifact's outputs against the PyTorch original's on the eval data (worst output)."""
+
+    max_abs: float | None
+    mean_abs: float | None
+    cosine: float | None
+    sqnr_db: float | None
+    top1_agreement: float | None  # on the decisive samples (see the README's top-1 rule)
+    samples: int
+    top1_agreement_all: float | None = None
+    top1_decisive_samples: int | None = None
+    nonfinite_values: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    format: str
+    precision: str
+    path: Path
+    bytes: int
+    sha256: str
+    parity: Parity
+    passed: bool
+    violations: list[str]
+    unjudged: list[str]
+    latency_ms: dict
+    accuracy: dict | None = None
+    layers: list[dict] = field(default_factory=list)  # per-layer blame, worst first
+
+
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    passed: bool
+    target: str
+    model: dict
+    artifacts: list[ArtifactResult]
+    json: dict  # report.json as written
+
+    def artifact(self, fmt: str, precision: str) -> ArtifactResult:
+        return next(a for a in self.artifacts if (a.format, a.precision) == (fmt, precision))
+
+
+def _parity(data: dict) -> Parity:
+    known = {f.name for f in fields(Parity)}
+    return Parity(**{k: v for k, v in data.items() if k in known})
+
+
+def _report(directory: Path, data: dict) -> Report:
+    artifacts = [ArtifactResult(
+        format=a["format"], precision=a["precision"], path=directory / a["path"], bytes=a["bytes"],
+        sha256=a["sha256"], parity=_parity(a["parity"]), passed=a["budget"]["passed"],
+        violations=list(a["budget"]["violations"]), unjudged=list(a["budget"].get("unjudged", [])),
+        latency_ms=a["latency_ms"], accuracy=a.get("accuracy"), layers=a.get("layers", []))
+        for a in data["artifacts"]]
+    return Report(directory, data["passed"], data["target"], data["model"], artifacts, data)
+
+
+def _stderr(message: str) -> None:
+    print(f"edgeport: {message}", file=sys.stderr, flush=True)
+
+
+def export(model: Any, example_inputs: Any = None, *, target: str = "android", eval: Any = None,
+           calib: Any = None, out: str | Path = "artifacts", name: str | None = None, dynamic_batch: bool = False,
+           auto_precision: bool | None = None, progress: Callable[[str], None] | None = _stderr) -> Report:
+    """Export `model` (an nn.Module with example_inputs, or a SPEC string as the CLI takes) to a target,
+    validate every artifact and return the report. eval / calib: a path (.npz or .npy folder) or a
+    dict of arrays keyed by input name, with an optional `labels` array. A missed budget is a Report
+    with passed=False (the CLI's exit 1); bad input raises EdgeportError (exit 2)."""
+    from exporter.pipeline import ExportOptions, run_export
+
+    options = ExportOptions(model=model, target=target, out=Path(out), calib=calib, eval=eval,
+                            example_inputs=example_inputs, dynamic_batch=dynamic_batch, name=name,
+                            auto_precision=auto_precision)
+    directory, report = run_export(options, progress or (lambda _: None))
+    return _report(directory, report)
+
+
+def validate(directory: str | Path, progress: Callable[[str], None] | None = _stderr) -> Report:
+    """Re-run every artifact of a directory with its runtime against the stored reference; rewrites
+    its reports, as `edgeport validate DIR` does."""
+    from validators.report import write_reports
+    from validators.validate import validate_directory
+
+    directory = Path(directory)
+    report = validate_directory(directory, progress or (lambda _: None))
+    write_reports(directory, report)
+    return _report(directory, report)

@@ -1,0 +1,55 @@
+"""Hugging Face families (tiny models built from transformers configs, seeded, no download) through every
+built-in target: each converts and is validated by its runtime; fp32 matches PyTorch within 1e-4; a
+quantized variant passes or misses a budget on a real measurement (finite figures, a blame table).
+
+EDGEPORT_TEST_FAMILIES=bert,vit narrows the families for local work; CI runs them all."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tests import hf_zoo
+from tests.conftest import REPO, fast_target, read_json, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.hf]
+
+FAMILIES = [f for f in hf_zoo.FAMILIES if f in os.environ.get("EDGEPORT_TEST_FAMILIES", f).split(",")]
+TARGETS = ["android", "ios", "cockpit", "iot-npu"]
+HF_ZOO = REPO / "tests" / "hf_zoo.py"
+FLOAT = {"fp32"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_is_alive(family):
+    """A test model whose outputs do not move with its inputs would test nothing."""
+    assert hf_zoo.healthy(family) > 0.05
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_through_target(tmp_path, family, target):
+    paths = {}
+    for role, seed in (("eval", 0), ("calib", 1)):
+        paths[role] = tmp_path / f"{role}.npz"
+        np.savez(paths[role], **hf_zoo.eval_arrays(family, 48, seed))
+    result = run_cli("export", "--model", f"{HF_ZOO}:{family}", "--target", fast_target(tmp_path, target),
+                     "--eval", paths["eval"], "--calib", paths["calib"], "--out", tmp_path / "out", "--name", family)
+    assert result.code in (0, 1), result.stderr[-2000:]
+    report = read_json(tmp_path / "out" / family / target / "report.json")
+    assert report["artifacts"]
+    for artifact in report["artifacts"]:
+        parity, violations = artifact["parity"], artifact["budget"]["violations"]
+        assert parity["sqnr_db"] is not None and "nonfinite_values" not in parity, artifact["path"]
+        if artifact["precision"] in FLOAT:
+            assert parity["max_abs"] <= 1e-4, (artifact["path"], parity)
+            assert not violations, (artifact["path"], violations)
+        if artifact["precision"] in ("int8", "int8_full", "w8a16") and not violations:
+            assert artifact["layers"], f"{artifact['path']}: a static variant gets a blame table"
+        for violation in violations:  # a miss is a measurement, never a crash or a degenerate reference
+            assert "below the budget" in violation or "exceeds the budget" in violation, violation
+    if target == "iot-npu":
+        (npu_variant,) = report["artifacts"]
+        assert npu_variant["npu"]["npu_operators"] + npu_variant["npu"]["cpu_operators"] > 0
