@@ -2,7 +2,9 @@
 gets, the ranking, the keep-in-float loop and the budget check a candidate model must pass.
 
 A format supplies the graph-specific parts: which layers are weighted, the values of named tensors
-in a model, how to quantize one layer alone, and how to re-quantize with some layers kept in float."""
+in a model, what quantization did to each layer (for exporter.formats.alone, which measures each
+layer alone in PyTorch), how to quantize one layer alone where that cannot place it, and how to
+re-quantize with some layers kept in float."""
 
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def alone_in_pytorch(traced, layers: list, feeds: dict[str, np.ndarray]) -> list
     None for the layers it cannot place (the format measures those in its runtime)."""
     from exporter.formats.alone import alone_sqnr
 
-    if traced.loaded.kind != "module" or not any(layers):
+    if traced is None or traced.loaded.kind != "module" or not any(layers):
         return [None] * len(layers)
     return alone_sqnr(traced.loaded.module, traced.loaded.input_names, layers, feeds, traced.batch)
 

@@ -15,16 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.blame import (
-    ALONE_IN_ARTIFACT,
-    ALONE_IN_PYTORCH,
-    alone_from_values,
-    alone_in_pytorch,
-    blame_feeds,
-    blame_row,
-    most_harmful_first,
-    weight_matrices,
-)
+from exporter.formats import blame
 from exporter.formats.coreml_backend import decomposed
 from validators.batching import run_batched
 
@@ -58,7 +49,7 @@ def module_paths(program, module, ops: list[WeightedOp]) -> list[str]:
     decomposed torch.export program, whose node names coremltools keeps): the weight's parameter
     name first; else the nearest node at or above the op's output node inside a module owning a
     weight matrix (a BatchNorm folded into a conv names the conv's output, the conv owns the weight)."""
-    owners = set(weight_matrices(module))
+    owners = set(blame.weight_matrices(module))
     parameters = program.graph_signature.inputs_to_parameters
     nodes = {node.name: node for node in program.graph.nodes}
     paths = []
@@ -118,28 +109,28 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
         return []
     modules = module_paths(decomposed(traced.program), traced.loaded.module, fp32_ops) \
         if traced.program is not None else [""] * len(fp32_ops)
-    feeds = blame_feeds(feeds, batch)
+    feeds = blame.blame_feeds(feeds, batch)
     reference, reference_outputs = variable_values(fp32, [fp32_ops[i].output for i in compressed], feeds, batch)
     accumulated, _ = variable_values(artifact, [artifact_ops[i].output for i in compressed], feeds, batch)
-    in_pytorch = alone_in_pytorch(
+    in_pytorch = blame.alone_in_pytorch(
         traced, quantized_layers(fp32, artifact, modules, fp32_ops, artifact_ops, compressed), feeds)
     alone_path = scratch / "blame-one-layer.mlpackage"
     rows = []
     for i, measured in zip(compressed, in_pytorch, strict=True):
-        alone_by = ALONE_IN_PYTORCH
+        alone_by = blame.ALONE_IN_PYTORCH
         if measured is None:  # measured with the interpreter: the fp16 program compressed at this layer only
             compress(alone_path, only=[base_ops[i].weight])
             alone, alone_outputs = variable_values(alone_path, [artifact_ops[i].output], feeds, batch)
-            measured = alone_from_values(reference[fp32_ops[i].output], alone[artifact_ops[i].output],
+            measured = blame.alone_from_values(reference[fp32_ops[i].output], alone[artifact_ops[i].output],
                                          reference_outputs, alone_outputs)
-            alone_by = ALONE_IN_ARTIFACT
+            alone_by = blame.ALONE_IN_ARTIFACT
         layer = {"module": modules[i], "node": artifact_ops[i].output, "op": artifact_ops[i].type,
                  "tensor": fp32_ops[i].output, "quantized_tensor": artifact_ops[i].output}
-        rows.append(blame_row(layer, reference_layer=reference[fp32_ops[i].output],
+        rows.append(blame.blame_row(layer, reference_layer=reference[fp32_ops[i].output],
                               accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
                               alone_by=alone_by, samples=len(next(iter(feeds.values())))))
         rows[-1]["weight"] = base_ops[i].weight  # what keep_float names to leave uncompressed
-    return most_harmful_first(rows)
+    return blame.most_harmful_first(rows)
 
 
 def keep_float(compress: Compress, out: Path) -> Callable[[list[dict]], list[str]]:

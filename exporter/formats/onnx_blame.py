@@ -13,15 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporter.formats.blame import (
-    ALONE_IN_ARTIFACT,
-    ALONE_IN_PYTORCH,
-    alone_from_values,
-    alone_in_pytorch,
-    blame_feeds,
-    blame_row,
-    most_harmful_first,
-)
+from exporter.formats import blame
 from validators.batching import run_batched
 
 Quantize = Callable[[Path, dict], dict]  # (output path, extra quantizer arguments) -> config
@@ -129,15 +121,14 @@ def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelPro
 
 def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quantize, feeds: dict,
                  batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[dict]:
-    feeds = blame_feeds(feeds, batch)
+    feeds = blame.blame_feeds(feeds, batch)
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
     quantized_model = onnx.load(str(quantized))
     accumulated_names = {layer["node"]: layer_tensor(quantized_model, layer["node"], fp32_tensors)
                          for layer in layers}
     accumulated = _run_named(quantized, [q for q, _ in accumulated_names.values()], feeds, batch)
-    in_pytorch = alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds) \
-        if traced is not None else [None] * len(layers)
+    in_pytorch = blame.alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds)
     alone_path = scratch / "blame-one-layer.onnx"
     alone_names, alone_values = {}, {}
     for layer, measured in zip(layers, in_pytorch, strict=True):
@@ -154,14 +145,14 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quan
         if measured is None:
             alone = alone_values[layer["node"]]
             alone_q, alone_f = alone_names[layer["node"]]
-            measured = alone_from_values(reference[alone_f], alone[alone_q], [reference[o] for o in model_outputs],
-                                         [alone[o] for o in model_outputs])
-        rows.append(blame_row(
+            measured = blame.alone_from_values(reference[alone_f], alone[alone_q],
+                                               [reference[o] for o in model_outputs], [alone[o] for o in model_outputs])
+        rows.append(blame.blame_row(
             layer | {"tensor": acc_f, "quantized_tensor": acc_q},
             reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q], alone=measured,
-            alone_by=ALONE_IN_ARTIFACT if layer["node"] in alone_names else ALONE_IN_PYTORCH,
+            alone_by=blame.ALONE_IN_ARTIFACT if layer["node"] in alone_names else blame.ALONE_IN_PYTORCH,
             samples=len(next(iter(feeds.values())))))
-    return most_harmful_first(rows)
+    return blame.most_harmful_first(rows)
 
 
 def keep_float(model: onnx.ModelProto, quantize: Quantize, out: Path) -> Callable[[list[dict]], list[str]]:

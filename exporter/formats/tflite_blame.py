@@ -12,15 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.blame import (
-    ALONE_IN_ARTIFACT,
-    ALONE_IN_PYTORCH,
-    alone_from_values,
-    alone_in_pytorch,
-    blame_feeds,
-    blame_row,
-    most_harmful_first,
-)
+from exporter.formats import blame
 from exporter.formats.tflite_layers import Operator, float_island, is_weighted, read_operators
 from exporter.formats.tflite_quantize import AeqQuantizer
 from validators.batching import run_batched
@@ -109,30 +101,30 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
 
 def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
                  feeds: dict, batch: int | None, scratch: Path, traced=None) -> list[dict]:
-    feeds = blame_feeds(feeds, batch)
+    feeds = blame.blame_feeds(feeds, batch)
     samples = len(next(iter(feeds.values())))
     quantized_names = quantized_tensor_names(quantized, operators, layers)
     if quantized_names is None:
         return []
     reference, reference_outputs = tensor_values(fp32, [layer["tensor"] for layer in layers], feeds, batch)
     accumulated, _ = tensor_values(quantized, quantized_names, feeds, batch)
-    in_pytorch = alone_in_pytorch(traced, quantized_layers(quantized, operators, layers, quantized_names), feeds) \
-        if traced is not None else [None] * len(layers)
+    placed = quantized_layers(quantized, operators, layers, quantized_names)
+    in_pytorch = blame.alone_in_pytorch(traced, placed, feeds)
     alone_path = scratch / "blame-one-layer.tflite"
     rows = []
     for layer, quantized_name, measured in zip(layers, quantized_names, in_pytorch, strict=True):
-        alone_by = ALONE_IN_PYTORCH
+        alone_by = blame.ALONE_IN_PYTORCH
         if measured is None:  # measured in the runtime: the model quantized at this layer only
             aeq.build(alone_path, only=layer["scopes"])
             alone, alone_outputs = tensor_values(alone_path, [layer["tensor"]], feeds, batch)
-            measured = alone_from_values(reference[layer["tensor"]], alone[layer["tensor"]], reference_outputs,
+            measured = blame.alone_from_values(reference[layer["tensor"]], alone[layer["tensor"]], reference_outputs,
                                          alone_outputs)
-            alone_by = ALONE_IN_ARTIFACT
-        rows.append(blame_row(
+            alone_by = blame.ALONE_IN_ARTIFACT
+        rows.append(blame.blame_row(
             {**layer, "quantized_tensor": quantized_name},
             reference_layer=reference[layer["tensor"]], accumulated_layer=accumulated[quantized_name],
             alone=measured, alone_by=alone_by, samples=samples))
-    return most_harmful_first(rows)
+    return blame.most_harmful_first(rows)
 
 
 def keep_float(operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
