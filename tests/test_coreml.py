@@ -133,6 +133,21 @@ def test_altered_weight_in_mlpackage_fails_validate(tmp_path):
     assert "differs from the manifest" in violations and "max_abs" in violations
 
 
+def test_nan_in_an_fp16_weight_fails_validate_with_the_reason(tmp_path):
+    """Flipped bytes that make an fp16 weight NaN: a budget failure that says so, not a crash on JSON."""
+    result = run_cli("export", "--target", _coreml_target(tmp_path, ["fp16"]), "--out", tmp_path)
+    assert result.code == 0, result.stderr
+    weights = next((tmp_path / "digits" / "cm").glob("model.fp16.mlpackage/Data/com.apple.CoreML/weights/weight.bin"))
+    data = bytearray(weights.read_bytes())
+    data[128:128 + 64] = np.full(32, np.nan, np.float16).tobytes()  # the first blob's first 32 weights
+    weights.write_bytes(bytes(data))
+    result = run_cli("validate", tmp_path / "digits" / "cm")
+    assert result.code == 1, result.stderr
+    artifact = read_json(tmp_path / "digits" / "cm" / "report.json")["artifacts"][0]
+    assert artifact["parity"]["sqnr_db"] is None and artifact["parity"]["nonfinite_values"] > 0
+    assert any("NaN/Inf value(s)" in v for v in artifact["budget"]["violations"])
+
+
 def test_coreml_preflight_names_the_module(tmp_path):
     out = tmp_path / "out"
     result = run_cli("export", "--model", f"{ZOO}:custom_op", "--target", "ios", "--out", out)

@@ -107,25 +107,36 @@ def diagnose(rows: list[dict], n_layers: int, out: Path, keep_float: Callable[[l
 
 def auto_precision(rows: list[dict], n_layers: int, out: Path, keep_float: Callable[[list[dict]], list[str]],
                    check: CandidateCheck, before: list[str]) -> tuple[dict, dict]:
-    """Keep layers in float, most harmful first, re-quantizing until the budget is met (or every
-    weighted layer is float and it still is not). keep_float(rows) rewrites `out` with those
-    layers in float and returns the graph nodes it kept out of int8; `out` ends as the last model tried.
-    `before` is what the fully quantized `out` violates. Returns the decision (reproducible: it goes
-    into the manifest) and the host latency before and after, both measured in this run (for the
-    report only: a timing is not reproducible)."""
+    """Keep the fewest most-harmful layers in float that meet the budget (or every weighted layer,
+    when even that does not). keep_float(rows) rewrites `out` with those layers in float and returns
+    the graph nodes it kept out of int8; `out` ends as the model decided on. `before` is what the
+    fully quantized `out` violates. Returns the decision (reproducible: it goes into the manifest)
+    and the host latency before and after, both measured in this run (for the report only)."""
     bytes_before, latency_before = size_bytes(out), check.latency_ms(out)
-    # First the end of the road: if every weighted layer in float still misses the budget, the
-    # miss is elsewhere (activations between layers) and trying each prefix would only cost time.
-    kept, excluded = list(rows), keep_float(rows)
-    remaining = check.violations(out)
-    if not remaining:
-        kept, excluded, remaining = [], [], before
-        for row in rows:
-            if not remaining:
-                break
-            kept.append(row)
-            excluded = keep_float(kept)
-            remaining = check.violations(out)
+    tried: dict[int, tuple[list[str], list[str]]] = {}  # layers kept float -> (nodes excluded, violations)
+
+    def attempt(count: int) -> list[str]:
+        excluded = keep_float(rows[:count])
+        tried[count] = (excluded, check.violations(out))
+        return tried[count][1]
+
+    # Every weighted layer in float first: if that misses too, the miss is elsewhere (activations
+    # between layers) and no choice of layers helps. Then a bisection on how many of the worst to
+    # keep (more float layers never hurt): about log2(layers) re-quantizations, not one per layer.
+    count = len(rows)
+    if not attempt(count):
+        low = 1
+        while low < count:
+            middle = (low + count) // 2
+            if attempt(middle):
+                low = middle + 1
+            else:
+                count = middle
+    last = list(tried)[-1]
+    if last != count:  # `out` holds the last model tried; rewrite it as decided
+        attempt(count)
+    excluded, remaining = tried[count]
+    kept = rows[:count]
     decision = {
         "met": not remaining,
         "kept_float": [r["module"] or r["node"] for r in kept],
@@ -134,6 +145,7 @@ def auto_precision(rows: list[dict], n_layers: int, out: Path, keep_float: Calla
         "int8_layer_share": round((n_layers - len(kept)) / n_layers, 4) if n_layers else 0.0,
         "bytes_before": bytes_before, "bytes_after": size_bytes(out),
         "violations_before": before, "violations_after": remaining,
+        "candidates_tried": len(tried) + (last != count),
         "note": "" if not remaining else "the budget is not met even with every weighted layer in float",
     }
     return decision, {"latency_ms_before": latency_before, "latency_ms_after": check.latency_ms(out)}
