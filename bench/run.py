@@ -123,14 +123,16 @@ def bench_large(spec: str, inputs: dict, out: Path, samples: int = 64) -> dict:
 
 
 def bench_sentence_encoder(out: Path) -> dict:
-    """all-MiniLM-L6-v2 (a real trained encoder from a PyPI wheel) to android on real sentences."""
+    """all-MiniLM-L6-v2 (a real trained encoder from a PyPI wheel) to android on real sentences, with
+    auto precision (--auto-precision)."""
     sys.path.insert(0, str(REPO))
     from tests import minilm
 
     print("bench: all-MiniLM-L6-v2 to android", file=sys.stderr)
     eval_path, calib_path = minilm.save_data(out)
     _, report = run_export(ExportOptions(model=f"{REPO}/tests/minilm.py:sentence_encoder", target="android",
-                                         out=out, eval=eval_path, calib=calib_path), lambda _: None)
+                                         out=out, eval=eval_path, calib=calib_path, auto_precision=True),
+                           lambda _: None)
     return {"total_export_seconds": report["export"]["total_seconds"], "samples": report["data"]["eval"]["samples"],
             "variants": {f"{a['format']}/{a['precision']}": {
                 "cosine": a["parity"]["cosine"], "sqnr_db": a["parity"]["sqnr_db"], "bytes": a["bytes"],

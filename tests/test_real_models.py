@@ -13,18 +13,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.hf]
 SPEC = f"{REPO}/tests/minilm.py:sentence_encoder"
 
 
-def _export(tmp_path, target, samples: int):
+def _export(tmp_path, target, samples: int, *options: str):
     from tests import minilm
 
     eval_path, calib_path = minilm.save_data(tmp_path, samples)
     result = run_cli("export", "--model", SPEC, "--target", target, "--eval", eval_path, "--calib", calib_path,
-                     "--out", tmp_path / "out", "--name", "minilm")
+                     "--out", tmp_path / "out", "--name", "minilm", *options)
     assert result.code in (0, 1), result.stderr[-2000:]
     return result
 
 
 def test_sentence_encoder_on_android(tmp_path):
-    result = _export(tmp_path, fast_target(tmp_path, "android"), 48)
+    result = _export(tmp_path, fast_target(tmp_path, "android"), 48, "--auto-precision")
     report = read_json(tmp_path / "out" / "minilm" / "android" / "report.json")
     by = {(a["format"], a["precision"]): a for a in report["artifacts"]}
     for key in (("onnx", "fp32"), ("tflite", "fp32")):
