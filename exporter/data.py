@@ -103,7 +103,6 @@ def load_dataset(path: Path, inputs: list[TensorSpec], role: str) -> Dataset:
 def dataset_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], role: str, source: str) -> Dataset:
     """Arrays keyed by input name (plus optional labels), checked against the model's inputs."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    path = source
     labels = arrays.pop(LABELS, None)
     if len(arrays) == 1 and len(inputs) == 1:  # a lone array feeds a single-input model, whatever its key
         (key, array), = arrays.items()
@@ -111,14 +110,14 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec],
     else:
         missing = [s.name for s in inputs if s.name not in arrays]
         if missing:
-            raise UserInputError(f"--{role} {path} lacks array(s) for input(s) {', '.join(missing)}; "
+            raise UserInputError(f"--{role} {source} lacks array(s) for input(s) {', '.join(missing)}; "
                                  f"it has {', '.join(sorted(arrays)) or 'none'}; key arrays by input name")
         mapped = {s.name: _conform(arrays[s.name], s, s.name, role) for s in inputs}
     counts = {len(a) for a in mapped.values()} | ({len(labels)} if labels is not None else set())
     if len(counts) != 1:
-        raise UserInputError(f"--{role} {path}: arrays disagree on the number of samples ({sorted(counts)})")
+        raise UserInputError(f"--{role} {source}: arrays disagree on the number of samples ({sorted(counts)})")
     if labels is not None and labels.ndim != 1:
-        raise UserInputError(f"--{role} {path}: labels must be a 1-D array of class indices")
+        raise UserInputError(f"--{role} {source}: labels must be a 1-D array of class indices")
     return Dataset(mapped, labels, source)
 
 
