@@ -132,8 +132,7 @@ def _unrepresentable(fp32: Path, ranges: Path) -> tuple[list[str], list[str]]:
 
     data = load_tensors_data(ranges).data
     tensors = sorted(name for name, value in data.items()
-                     if max(abs(float(np.min(v))) for v in value.range_value) > UNREPRESENTABLE_RANGE
-                     or max(abs(float(np.max(v))) for v in value.range_value) > UNREPRESENTABLE_RANGE)
+                     if max(float(np.max(np.abs(bound))) for bound in value.range_value) > UNREPRESENTABLE_RANGE)
     graph = onnx.load(str(fp32)).graph
     nodes = sorted({n.name for n in graph.node if set(tensors) & (set(n.output) | set(n.input))})
     return tensors, nodes
