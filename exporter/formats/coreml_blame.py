@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.formats import blame
-from exporter.formats.coreml_backend import decomposed
+from exporter.formats.coreml_rewrites import decomposed
 from validators.batching import run_batched
 
 WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
