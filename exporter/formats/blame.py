@@ -174,7 +174,7 @@ class CandidateCheck:
 
         _, overall, accuracy = parity_against_reference(
             open_session(self.fmt, path, 1).run, self.reference, [s.name for s in self.traced.inputs],
-            [s.name for s in self.traced.outputs], self.traced.batch)
+            [s.name for s in self.traced.outputs], self.traced.batch, self.variant.budget.min_sqnr_db)
         return check(self.variant.budget, overall, accuracy, None, 0)
 
     def latency_ms(self, path: Path) -> float:
