@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from targets.errors import EdgeportError
+from common.errors import EdgeportError
 
 __all__ = ["ArtifactResult", "EdgeportError", "Parity", "Report", "export", "validate"]
 

@@ -1,22 +1,25 @@
-"""What a backend hands back for each artifact it wrote; the manifest is built from these."""
+"""What the pipeline records for each artifact it wrote; the manifest is built from these."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.diagnosis.stage import Diagnosis
+from targets import Variant
+
 
 @dataclass
 class ArtifactRecord:
-    format: str
-    precision: str
-    path: str  # relative to the artifact directory
-    conversion: dict  # exporter used and why, passes with node counts
+    variant: Variant
+    conversion: dict  # exporter used and why, passes with node counts (format-specific keys)
     quantization: dict | None  # the scheme and its config, None for float variants
     inputs: list[dict]  # the artifact's own I/O specs (int8-I/O variants differ from the model's)
     outputs: list[dict]
-    reproducible: str = ""
-    extra: dict = field(default_factory=dict)
-    seconds: float = 0.0  # conversion time of this variant; goes to report.json, not the manifest
-    diagnosis_seconds: float = 0.0  # of which per-layer blame and auto precision took this long
-    # host measurements made while exporting (auto precision's latency cost): report only, not reproducible
-    measured: dict = field(default_factory=dict)
+    reproducible: str
+    companions: dict = field(default_factory=dict)  # further files made from it, e.g. npu_compiled
+    diagnosis: Diagnosis | None = None
+    seconds: float = 0.0  # conversion time of this variant (shared lowering included): export.json only
+
+    @property
+    def path(self) -> str:  # relative to the artifact directory
+        return self.variant.filename

@@ -11,20 +11,25 @@ from typing import Annotated
 
 import typer
 
-from targets.errors import EdgeportError, first_line
+from common.errors import INTERNAL_ERROR_EXIT, PIP_PACKAGES, EdgeportError, MissingDependencyError, first_line
 
 app = typer.Typer(
     name="edgeport",
     help="Export a trained PyTorch model to the artifacts a device runs (ONNX, ...), validate each with its "
          "real runtime against the original on real data, and report parity, accuracy, latency and size "
          "against the target's budgets.\n\n"
-         "Exit codes: 0 all budgets met; 1 an artifact failed a budget; 2 bad input or a conversion that "
-         "could not be done.\n\n"
+         "Exit codes: 0 all budgets met; 1 an artifact failed a budget (or the verdict is provisional: "
+         "parity on synthetic inputs only); 2 bad input, a missing converter or a conversion that could not be "
+         "done; 3 an internal error (a bug in edgeport or a library: please report it).\n\n"
          "Start with: edgeport export --model demo:digits --target android",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
 
-Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors, and the converters' "
+                                     "own output (silenced otherwise).")]
+AllowSynthetic = Annotated[bool, typer.Option(
+    "--allow-synthetic-eval", help="Let a verdict rest on synthetic eval inputs (no --eval and no bundled data). "
+    "Without it such a run is provisional: exit 1, report.json passed=false with the reason.")]
 
 
 def _progress(message: str) -> None:
@@ -40,27 +45,51 @@ def _quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", module=module)
 
 
+class Terminated(BaseException):
+    """SIGTERM (how CI cancels a job), raised where the program is so staging directories unwind."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def _guarded(debug: bool, action: Callable[[], int]) -> None:
-    """Run a command; map errors to a one-line message and exit code 2 (traceback with --debug)."""
+    """Run a command; map errors to a one-line message and an exit code (traceback with --debug):
+    2 for what the user can fix, 3 for a bug, 130/143 when interrupted or terminated."""
+    import signal
+
+    import common.quiet
+
+    common.quiet.SHOW_LIBRARY_OUTPUT = debug
     if not debug:
         _quiet_library_warnings()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = action()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in PIP_PACKAGES:
+            _fail(debug, exc, "internal error", INTERNAL_ERROR_EXIT)
+        _fail(debug, MissingDependencyError(exc), "error", 2)
     except EdgeportError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"edgeport: error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        print("edgeport: interrupted; nothing was left half-written", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug in edgeport or a library: still one line, still exit 2
-        if debug:
-            traceback.print_exc()
+        _fail(debug, exc, "error", exc.exit_code)
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        print(f"edgeport: {what}; nothing was left half-written", file=sys.stderr)
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
+    except Exception as exc:  # a bug in edgeport or a library: still one line, its own exit code
+        _fail(debug, exc, "internal error", INTERNAL_ERROR_EXIT)
+    raise typer.Exit(code)
+
+
+def _fail(debug: bool, exc: BaseException, kind: str, code: int) -> None:
+    if debug:
+        traceback.print_exc()
+    if kind == "internal error":
         print(f"edgeport: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug and report it)",
               file=sys.stderr)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    else:
+        print(f"edgeport: {kind}: {exc}", file=sys.stderr)
+    raise typer.Exit(code) from None
 
 
 def _print_summary(directory: Path, report: dict) -> None:
@@ -75,7 +104,10 @@ def _print_summary(directory: Path, report: dict) -> None:
         print(f"  violation: {line}")
     for line in all_unjudged(report):
         print(f"  not judged: {line}")
-    verdict = "PASSED" if report["passed"] else "FAILED (a budget was missed)"
+    if report.get("provisional"):
+        print(f"  provisional: {report['provisional']}")
+    verdict = "PASSED" if report["passed"] else \
+        "PROVISIONAL (not judged on real data)" if report.get("provisional") else "FAILED (a budget was missed)"
     print(f"{verdict}: {directory}/report.md")
 
 
@@ -103,6 +135,7 @@ def export(
         "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a quantized variant "
         "(static int8 ONNX/TFLite, compressed Core ML) in float until it meets its budget (default: the "
         "target's auto_precision).")] = None,
+    allow_synthetic_eval: AllowSynthetic = False,
     debug: Debug = False,
 ) -> None:
     """Export, optimize, quantize and validate a model for one target."""
@@ -113,7 +146,8 @@ def export(
 
         options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data,
                                 inputs=[parse_input_spec(s) for s in inputs or []], dynamic_batch=dynamic_batch,
-                                weights=weights, trust_pickle=trust_pickle, name=name, auto_precision=auto_precision)
+                                weights=weights, trust_pickle=trust_pickle, name=name, auto_precision=auto_precision,
+                                allow_synthetic_eval=allow_synthetic_eval)
         directory, report = run_export(options, _progress)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1
@@ -124,6 +158,7 @@ def export(
 @app.command()
 def validate(
     directory: Annotated[Path, typer.Argument(help="An artifact directory, e.g. artifacts/digits/android.")],
+    allow_synthetic_eval: AllowSynthetic = False,
     debug: Debug = False,
 ) -> None:
     """Re-run parity, accuracy and latency from an artifact directory alone; exit 1 on a failed budget."""
@@ -132,7 +167,7 @@ def validate(
         from validators.report import write_reports
         from validators.validate import validate_directory
 
-        report = validate_directory(directory, _progress)
+        report = validate_directory(directory, _progress, allow_synthetic_eval)
         write_reports(directory, report)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1

@@ -7,7 +7,7 @@ dataset carries a content hash and its sample count for the manifest.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,7 @@ class Dataset:
     labels: np.ndarray | None
     source: str
     synthetic: bool = False
-
-    @classmethod
-    def from_arrays(cls, inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str,
-                    synthetic: bool = False) -> Dataset:
-        return cls(inputs, labels, source, synthetic)
+    notes: list[str] = field(default_factory=list)  # conversions made to fit the model's inputs
 
     @property
     def samples(self) -> int:
@@ -79,7 +75,7 @@ def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
                              "save it with numpy.savez(path, name=array, labels=...)") from None
 
 
-def _conform(array: np.ndarray, spec: TensorSpec, key: str, role: str) -> np.ndarray:
+def _conform(array: np.ndarray, spec: TensorSpec, key: str, role: str, notes: list[str]) -> np.ndarray:
     want = tuple(spec.sample_shape)
     if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != want:
         raise UserInputError(
@@ -92,8 +88,23 @@ def _conform(array: np.ndarray, spec: TensorSpec, key: str, role: str) -> np.nda
         if not same_kind:
             raise UserInputError(f"--{role} array {key!r} is {array.dtype} but input {spec.name!r} is "
                                  f"{spec.dtype}; convert it before saving")
+        if not np.can_cast(array.dtype, target, "safe"):
+            notes.append(_narrowing(array, target, key, role, spec.name))
         array = array.astype(target)
     return array
+
+
+def _narrowing(array: np.ndarray, target: np.dtype, key: str, role: str, name: str) -> str:
+    """A lossy cast said out loud; integers that do not fit are an error, not a wrap-around."""
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise UserInputError(f"--{role} array {key!r} holds values {low}..{high}, beyond input {name!r}'s "
+                                 f"{target} ({info.min}..{info.max}); pass values the model accepts")
+        return f"{role} array {key!r} converted from {array.dtype} to {target} for input {name!r} (all values fit)"
+    return (f"{role} array {key!r} converted from {array.dtype} to {target} for input {name!r} "
+            "(precision reduced to what the model takes)")
 
 
 def load_dataset(path: Path, inputs: list[TensorSpec], role: str) -> Dataset:
@@ -104,21 +115,22 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec],
     """Arrays keyed by input name (plus optional labels), checked against the model's inputs."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     labels = arrays.pop(LABELS, None)
+    notes: list[str] = []
     if len(arrays) == 1 and len(inputs) == 1:  # a lone array feeds a single-input model, whatever its key
         (key, array), = arrays.items()
-        mapped = {inputs[0].name: _conform(array, inputs[0], key, role)}
+        mapped = {inputs[0].name: _conform(array, inputs[0], key, role, notes)}
     else:
         missing = [s.name for s in inputs if s.name not in arrays]
         if missing:
             raise UserInputError(f"--{role} {source} lacks array(s) for input(s) {', '.join(missing)}; "
                                  f"it has {', '.join(sorted(arrays)) or 'none'}; key arrays by input name")
-        mapped = {s.name: _conform(arrays[s.name], s, s.name, role) for s in inputs}
+        mapped = {s.name: _conform(arrays[s.name], s, s.name, role, notes) for s in inputs}
     counts = {len(a) for a in mapped.values()} | ({len(labels)} if labels is not None else set())
     if len(counts) != 1:
         raise UserInputError(f"--{role} {source}: arrays disagree on the number of samples ({sorted(counts)})")
     if labels is not None and labels.ndim != 1:
         raise UserInputError(f"--{role} {source}: labels must be a 1-D array of class indices")
-    return Dataset(mapped, labels, source)
+    return Dataset(mapped, labels, source, notes=notes)
 
 
 def synthetic_dataset(inputs: list[TensorSpec], examples: dict[str, np.ndarray], seed: int = 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from targets.errors import EdgeportError
+from common.errors import EdgeportError
 
 
 class UserInputError(EdgeportError):

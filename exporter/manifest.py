@@ -1,6 +1,6 @@
 """Build manifest.json: hashes and sizes of every artifact, the source model's hash, the I/O spec,
-the data used, tool and library versions, and the target profile. No timestamps or absolute paths,
-so the same export gives the same manifest."""
+the data used, tool and library versions, and the resolved target with every artifact's budget. No
+timestamps or absolute paths, so the same export gives the same manifest."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from common.artifact_dir import SCHEMA
+from common.files import sha256_file, size_bytes
 from exporter import __version__
 from exporter.artifacts import ArtifactRecord
 from exporter.data import Dataset
 from exporter.trace import TracedModel
 from targets import Target
-from targets.profile import read_target_file
-from validators.files import sha256_file, size_bytes
-from validators.manifest import SCHEMA
 
-LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy", "scikit-learn", "litert-torch",
-             "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela", "coremltools")
+LIBRARIES = ("torch", "numpy", "scikit-learn")  # besides each format's own (Backend.libraries)
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(formats: tuple[str, ...]) -> dict[str, str]:
+    from exporter.formats import backend
+
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    names = list(LIBRARIES) + [name for fmt in formats for name in backend(fmt).libraries]
+    for name in dict.fromkeys(names):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -31,19 +32,26 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _artifact_entry(record: ArtifactRecord, directory: Path) -> dict:
+    path = directory / record.path
+    entry = {
+        "format": record.variant.format, "precision": record.variant.precision, "path": record.path,
+        "bytes": size_bytes(path), "sha256": sha256_file(path),
+        "inputs": record.inputs, "outputs": record.outputs,
+        "conversion": record.conversion, "quantization": record.quantization,
+        "reproducible": record.reproducible,
+        "budget": record.variant.budget.limits(),  # what validation judges it by, whatever the version
+        **record.companions,
+    }
+    if record.diagnosis is not None:
+        entry["diagnosis"] = record.diagnosis.to_json()
+    return entry
+
+
 def build_manifest(traced: TracedModel, target: Target, eval_data: Dataset, calibration: Dataset | None,
-                   reference_path: Path, records: list[ArtifactRecord], directory: Path) -> dict:
+                   reference_path: Path, records: list[ArtifactRecord], directory: Path,
+                   allow_synthetic_eval: bool = False) -> dict:
     loaded = traced.loaded
-    artifacts = []
-    for record in records:
-        path = directory / record.path
-        artifacts.append({
-            "format": record.format, "precision": record.precision, "path": record.path,
-            "bytes": size_bytes(path), "sha256": sha256_file(path),
-            "inputs": record.inputs, "outputs": record.outputs,
-            "conversion": record.conversion, "quantization": record.quantization,
-            "reproducible": record.reproducible, **record.extra,
-        })
     return {
         "schema": SCHEMA,
         "edgeport": __version__,
@@ -52,11 +60,12 @@ def build_manifest(traced: TracedModel, target: Target, eval_data: Dataset, cali
                   "notes": traced.notes},
         "inputs": [s.to_json() for s in traced.inputs],
         "outputs": [s.to_json() for s in traced.outputs],
-        "target": {"name": target.name, "file": Path(target.origin).name,
-                   "profile": read_target_file(Path(target.origin))},
-        "data": {"eval": eval_data.describe(), "calibration": calibration.describe() if calibration else None},
+        # the target as this export resolved it (command-line overrides, defaults), not the file re-read
+        "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},
+        "data": {"eval": eval_data.describe(), "calibration": calibration.describe() if calibration else None,
+                 "synthetic_eval_allowed": allow_synthetic_eval},
         "reference": {"path": reference_path.name, "sha256": sha256_file(reference_path),
                       "samples": eval_data.samples},
-        "artifacts": artifacts,
-        "libraries": library_versions(),
+        "artifacts": [_artifact_entry(record, directory) for record in records],
+        "libraries": library_versions(target.formats),
     }

@@ -1,26 +1,33 @@
-"""model source -> traced program -> per-target passes -> artifacts -> validators -> report."""
+"""The one straight data path: source -> trace -> preflight -> lower (+passes) -> emit variants ->
+diagnose -> manifest -> validate -> report. Formats plug in behind exporter.formats.base.Backend;
+this module owns the loop every format shares (scratch directories, timing, provenance, records)."""
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.artifact_dir import EXPORT_LOG, MANIFEST, Reference
+from common.files import write_json
+from exporter import __version__
+from exporter.artifacts import ArtifactRecord
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
+from exporter.diagnosis.stage import diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
+from exporter.formats.base import Backend, Lowered
 from exporter.manifest import build_manifest
 from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
 from exporter.staging import staged_directory
 from exporter.trace import TracedModel, trace
-from targets import load_target
-from validators.files import write_json
-from validators.manifest import FILENAME as MANIFEST
-from validators.reference import Reference
+from targets import Target, Variant, load_target
+from validators.candidate import Candidate, ModelIO
 from validators.report import write_reports
 from validators.validate import validate_directory
 
@@ -41,33 +48,38 @@ class ExportOptions:
     trust_pickle: bool = False
     name: str | None = None
     auto_precision: bool | None = None  # None: as the target profile says
+    allow_synthetic_eval: bool = False  # let a verdict on synthetic eval inputs pass (else it is provisional)
 
 
-def _given_data(given: Path | dict, traced: TracedModel, role: str) -> Dataset:
+def _given_data(given: Path | dict, traced: TracedModel, role: str, progress: Progress) -> Dataset:
     if isinstance(given, dict):
-        return dataset_from_arrays(given, traced.inputs, role, f"{role} arrays given in Python")
-    return load_dataset(Path(given), traced.inputs, role)
+        data = dataset_from_arrays(given, traced.inputs, role, f"{role} arrays given in Python")
+    else:
+        data = load_dataset(Path(given), traced.inputs, role)
+    for note in data.notes:
+        progress(f"note: {note}")
+    return data
 
 
 def _eval_data(options: ExportOptions, traced: TracedModel, progress: Progress) -> Dataset:
     if options.eval is not None:
-        return _given_data(options.eval, traced, "eval")
+        return _given_data(options.eval, traced, "eval", progress)
     if traced.loaded.default_eval is not None:
         return traced.loaded.default_eval
-    progress("warning: no --eval data: parity runs on synthetic inputs and proves little; pass --eval real data")
+    verdict = "allowed to pass (--allow-synthetic-eval)" if options.allow_synthetic_eval else \
+        "the verdict is provisional (exit 1) until you pass --eval real data or --allow-synthetic-eval"
+    progress(f"warning: no --eval data: parity runs on synthetic inputs and proves little; {verdict}")
     return synthetic_dataset(traced.inputs, _examples(traced))
 
 
 def _calibration_data(options: ExportOptions, traced: TracedModel, needed: bool, progress: Progress) -> Dataset | None:
     if options.calib is not None:
-        return _given_data(options.calib, traced, "calib")
+        return _given_data(options.calib, traced, "calib", progress)
     if traced.loaded.default_calib is not None or not needed:
         return traced.loaded.default_calib
     progress("warning: no --calib data: static int8 variants calibrate on synthetic inputs; "
              "real data calibrates better (pass --calib)")
     return synthetic_dataset(traced.inputs, _examples(traced), seed=1, samples=128)
-
-
 def _examples(traced: TracedModel) -> dict:
     return {name: t.numpy() for name, t in zip(traced.loaded.input_names, traced.example_inputs, strict=True)}
 
@@ -85,11 +97,7 @@ def _reference(traced: TracedModel, data: Dataset) -> Reference:
     return reference
 
 
-def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
-    started = time.perf_counter()
-    target = load_target(options.target)  # fail on a bad target before any heavy work
-    if options.auto_precision is not None:
-        target = dataclasses.replace(target, auto_precision=options.auto_precision)
+def _load(options: ExportOptions, progress: Progress) -> TracedModel:
     if isinstance(options.model, str):
         progress(f"[1/5] loading {options.model}")
         loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
@@ -99,40 +107,104 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     if options.name:
         loaded.name = options.name
     progress(f"[2/5] tracing {loaded.name} ({loaded.kind})")
-    traced = trace(loaded, options.dynamic_batch)
-    eval_data = _eval_data(options, traced, progress)
-    needs_calibration = any(v.is_static_quantized for v in target.variants)
-    calibration = _calibration_data(options, traced, needs_calibration, progress)
+    return trace(loaded, options.dynamic_batch)
 
+
+def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
+    """Every operator every requested format cannot take, gathered before any long conversion."""
     progress(f"[3/5] checking operator support for {', '.join(target.formats)}")
-    unsupported = {fmt: (ops, backend(fmt).PREFLIGHT_HINT) for fmt in target.formats
+    unsupported = {fmt: (ops, backend(fmt).preflight_hint) for fmt in target.formats
                    if (ops := backend(fmt).preflight(traced))}
     if unsupported:
         raise UnsupportedOpsError(unsupported)
 
+
+def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
+    started = time.perf_counter()
+    target = load_target(options.target)  # fail on a bad target before any heavy work
+    if options.auto_precision is not None:
+        target = dataclasses.replace(target, auto_precision=options.auto_precision)
+    traced = _load(options, progress)
+    eval_data = _eval_data(options, traced, progress)
+    calibration = _calibration_data(options, traced, target.needs_calibration, progress)
+    _preflight(traced, target, progress)
     reference = _reference(traced, eval_data)
-    final = options.out / loaded.name / target.name
-    timings: dict = {}
+    final = options.out / traced.loaded.name / target.name
     with staged_directory(final) as work:
         reference_path = reference.save(work)
-        records = []
+        calib_inputs = calibration.inputs if calibration is not None else None
+        records: list[ArtifactRecord] = []
         for fmt in target.formats:
             progress(f"[4/5] converting to {fmt}")
-            t0 = time.perf_counter()
-            calib_inputs = calibration.inputs if calibration is not None else None
-            records += backend(fmt).convert(traced, target, calib_inputs, work, progress, reference)
-            timings[f"{fmt}_conversion_seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path,
-                                                   records, work))
+            records += _emit_format(backend(fmt), traced, target, calib_inputs, reference, work, progress)
+        write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path, records,
+                                                   work, options.allow_synthetic_eval))
+        write_json(work / EXPORT_LOG, _export_log(records, time.perf_counter() - started))
         progress(f"[5/5] validating {len(records)} artifact(s) on {eval_data.samples} eval samples")
         report = validate_directory(work, progress)
-        timings["total_seconds"] = round(time.perf_counter() - started, 3)
-        timings["artifact_seconds"] = {r.path: r.seconds for r in records}
-        timings["diagnosis_seconds"] = {r.path: r.diagnosis_seconds for r in records if r.diagnosis_seconds}
-        report["export"] = timings
-        measured = {r.path: r.measured for r in records if r.measured}
-        for artifact in report["artifacts"]:  # what the export measured on the host beside the manifest's decision
-            if artifact.get("auto_precision") and artifact["path"] in measured:
-                artifact["auto_precision"] |= measured[artifact["path"]].get("auto_precision", {})
         write_reports(work, report)
     return final, report
+
+
+def _emit_format(fmt_backend: Backend, traced: TracedModel, target: Target, calibration: dict | None,
+                 reference: Reference, work: Path, progress: Progress) -> list[ArtifactRecord]:
+    """Lower once, then emit, diagnose, stamp and finish every variant of the format."""
+    with tempfile.TemporaryDirectory(prefix=f"edgeport-{fmt_backend.format}-") as scratch:
+        start = time.perf_counter()
+        lowered = fmt_backend.lower(traced, target, Path(scratch), progress)
+        shared_seconds = time.perf_counter() - start  # export and passes, which every variant needs
+        return [_emit_variant(fmt_backend, lowered, variant, calibration, reference, work, progress, shared_seconds)
+                for variant in target.variants_of(fmt_backend.format)]
+
+
+def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, calibration: dict | None,
+                  reference: Reference, work: Path, progress: Progress, shared_seconds: float) -> ArtifactRecord:
+    start = time.perf_counter()
+    traced, target, out = lowered.traced, lowered.target, work / variant.filename
+    emitted = fmt_backend.emit(lowered, variant, calibration, out, progress)
+    record = ArtifactRecord(variant, emitted.conversion or lowered.conversion, emitted.quantization, [], [],
+                            fmt_backend.reproducible)
+    candidate = Candidate(variant.format, reference, ModelIO([s.name for s in traced.inputs],
+                                                             [s.name for s in traced.outputs], traced.batch),
+                          variant.budget, target.runtime)
+    if wanted(target, variant, candidate, out):
+        _diagnose(fmt_backend, lowered, emitted, record, candidate, reference, out, progress)
+    fmt_backend.stamp(out, _provenance(traced, target, variant))
+    finished = fmt_backend.finish(lowered, variant, out, work, progress)
+    record.inputs, record.outputs, record.companions = finished.inputs, finished.outputs, finished.companions
+    record.seconds = round(time.perf_counter() - start + shared_seconds, 3)
+    return record
+
+
+def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactRecord, candidate: Candidate,
+              reference: Reference, out: Path, progress: Progress) -> None:
+    """The diagnosis stage for one variant: blame, and auto precision when the target allows it."""
+    start = time.perf_counter()
+    variant = record.variant
+    quantizer = fmt_backend.layer_quantizer(lowered, variant, emitted, progress)
+    if quantizer is None:
+        return
+    label = f"{variant.format}: {variant.precision}: "
+    record.diagnosis = diagnose(quantizer, out, reference, candidate, lowered.target.auto_precision,
+                                lambda message: progress(label + message))
+    if record.diagnosis.auto_precision is not None:
+        record.quantization = quantizer.record_kept(record.quantization, record.diagnosis.auto_precision.kept_float)
+    record.diagnosis.seconds = round(time.perf_counter() - start, 3)
+
+
+def _provenance(traced: TracedModel, target: Target, variant: Variant) -> dict[str, str]:
+    """Where an artifact came from, written into the artifact itself by its format."""
+    return {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
+            "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
+            "edgeport.precision": variant.precision}
+
+
+def _export_log(records: list[ArtifactRecord], total_seconds: float) -> dict:
+    """What this export measured on the host: timings and auto precision's latencies (not reproducible)."""
+    return {
+        "total_seconds": round(total_seconds, 3),
+        "artifact_seconds": {r.path: r.seconds for r in records},
+        "diagnosis_seconds": {r.path: r.diagnosis.seconds for r in records if r.diagnosis and r.diagnosis.seconds},
+        "auto_precision_latency_ms": {r.path: r.diagnosis.host_latency_ms for r in records
+                                      if r.diagnosis and r.diagnosis.host_latency_ms},
+    }

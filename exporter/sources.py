@@ -125,8 +125,8 @@ def _load_demo(spec: str) -> LoadedModel:
 
     model, x_train, _, x_eval, y_eval = train_digits_cnn()
     loaded = _finish(model, (torch.from_numpy(x_eval[:1]),), [], spec, "module", "digits")
-    loaded.default_eval = Dataset.from_arrays({"image": x_eval}, y_eval, "demo:digits held-out split")
-    loaded.default_calib = Dataset.from_arrays({"image": x_train[:CALIBRATION_SAMPLES]}, None,
+    loaded.default_eval = Dataset({"image": x_eval}, y_eval, "demo:digits held-out split")
+    loaded.default_calib = Dataset({"image": x_train[:CALIBRATION_SAMPLES]}, None,
                                                f"demo:digits train split, first {CALIBRATION_SAMPLES}")
     return loaded
 
@@ -252,7 +252,12 @@ def _examples_from_program(program: Any) -> tuple:
 def load_model(spec: str, input_specs: list[TensorSpec], *, weights: Path | None = None,
                trust_pickle: bool = False) -> LoadedModel:
     """Load any SPEC form. Raises UserInputError with what to fix on bad input."""
+    if weights is not None and (spec.startswith("demo:") or ":" not in spec or Path(spec).is_file()):
+        raise UserInputError(f"--weights loads a state dict into a factory's module (file.py:factory or "
+                             f"package.module:factory); {spec} carries its own weights: drop --weights")
     if spec.startswith("demo:"):
+        if input_specs:
+            raise UserInputError(f"{spec} has its own example inputs; drop --input")
         loaded = _load_demo(spec)
     elif spec.endswith((".pt2", ".pt", ".pth", ".ts", ".torchscript", ".ptl")) or Path(spec).is_file():
         loaded = _load_file(Path(spec), spec, input_specs, trust_pickle)

@@ -1,4 +1,8 @@
-"""Atomic artifact directories: build in a hidden sibling, move into place only when complete."""
+"""Atomic artifact directories: build in a hidden sibling, move into place only when complete.
+
+The hidden sibling is named after the process (.<name>.partial-<pid>-<random>): an export that was
+killed outright (SIGKILL, a power cut) cannot clean up after itself, so the next export into the
+same place removes the siblings whose process is gone."""
 
 from __future__ import annotations
 
@@ -10,12 +14,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(final: Path) -> list[Path]:
+    """Staging directories of `final` left by processes that no longer run."""
+    removed = []
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        pid = stale.name.removeprefix(f".{final.name}.partial-").split("-")[0]
+        if stale.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Yield an empty work directory; on success it replaces `final`, on any failure it vanishes."""
     created_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    remove_stale(final)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     os.chmod(work, 0o755)
     try:
         yield work

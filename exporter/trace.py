@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from common.batching import run_batched
+from common.errors import first_line
 from exporter.errors import UnsupportedOp, UserInputError
 from exporter.sources import LoadedModel
 from exporter.specs import BATCH, TensorSpec
-from targets.errors import first_line
-from validators.batching import run_batched
 
 TORCH_EXPORT = "torch.export"
 TORCHSCRIPT = "torchscript"

@@ -1,45 +1,182 @@
-"""What each artifact format can emit: precision variants and graph passes, by id.
+"""What each artifact format can emit, as plain data: one row per (format, precision), one row per
+graph pass, each with its typed options.
 
-A plain-data catalog (no torch, no converters) so target files can be validated, and
-`edgeport targets` can answer, without importing any heavy library. The exporter registers an
-implementation for every id here; tests/test_catalog.py checks that nothing is left without one.
+No torch and no converters here, so target files can be validated, and `edgeport targets` can
+answer, without importing any heavy library. The profile's default budgets, the calibration
+decision, the diagnosis stage, the quantizers and the guard tests all read these rows; a new
+precision is one row plus its implementation in the format's folder.
 """
 
 from __future__ import annotations
 
-# format -> {precision id: one-line description}
-PRECISIONS: dict[str, dict[str, str]] = {
-    "onnx": {
-        "fp32": "float32 weights and activations",
-        "fp16": "float16 weights and activations, float32 model inputs/outputs",
-        "int8_dynamic": "int8 weights, activations quantized at run time (dynamic range)",
-        "int8": "static int8 QDQ: per-channel int8 weights, int8 activations calibrated on --calib data",
-        "w8a16": "static QDQ with per-channel int8 weights and int16 activations",
-    },
-    "tflite": {
-        "fp32": "float32 LiteRT model (litert-torch)",
-        "fp16": "float16 weights, float32 compute and I/O",
-        "int8_dynamic": "int8 weights, activations quantized at run time (dynamic range)",
-        "int8": "static int8 weights and activations calibrated on --calib data, float32 input/output",
-        "int8_full": "full-integer int8: int8 weights, activations and int8 input/output tensors "
-                     "(what microcontroller NPUs need), calibrated on --calib data",
-    },
-    "coreml": {
-        "fp16": "ML Program with fp16 compute precision (the Neural Engine default)",
-        "fp32": "ML Program with fp32 compute precision",
-        "w8": "fp16 program, weights linearly quantized to int8 per output channel",
-        "palette6": "fp16 program, weights palettized to 6-bit (64-entry k-means LUT)",
-        "palette4": "fp16 program, weights palettized to 4-bit (16-entry k-means LUT)",
-    },
-}
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
-# format -> {pass id: one-line description}; a target lists these in [passes].
-PASSES: dict[str, dict[str, str]] = {
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits one artifact must meet. None means "not checked"."""
+
+    max_abs: float | None = None  # largest absolute output difference against PyTorch
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None  # signal-to-quantization-noise ratio of the outputs
+    min_top1_agreement: float | None = None  # share of samples whose argmax matches PyTorch's
+    max_accuracy_drop: float | None = None  # reference top-1 minus artifact top-1, as a fraction
+    max_latency_ms: float | None = None  # median, batch as traced, host figure
+    max_size_mb: float | None = None
+    min_npu_op_coverage: float | None = None  # share of operators the NPU compiler placed on the NPU
+    max_sram_kib: float | None = None  # NPU compiler's SRAM estimate
+    max_flash_kib: float | None = None  # NPU compiler's flash estimate
+
+    def merged(self, overrides: dict[str, Any]) -> Budget:
+        return dataclasses.replace(self, **overrides)
+
+    def limits(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+# Tolerances follow the precision: fp32 tight, fp16 looser, integer variants are judged by
+# SQNR, top-1 agreement and task accuracy rather than by max_abs. min_cosine is not set here: unless
+# a target sets it, it is the bound min_sqnr_db implies (profile.implied_cosine), so the two never disagree.
+FP32_BUDGET = Budget(max_abs=1e-3, min_sqnr_db=60.0, min_top1_agreement=0.99, max_accuracy_drop=0.005)
+FP16_BUDGET = Budget(min_sqnr_db=35.0, min_top1_agreement=0.98, max_accuracy_drop=0.005)
+INT16_ACTIVATIONS_BUDGET = Budget(min_sqnr_db=30.0, min_top1_agreement=0.98, max_accuracy_drop=0.005)
+INT8_BUDGET = Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01)
+WEIGHTS_8BIT_BUDGET = Budget(min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005)
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Quantizers for full-integer TFLite; "auto" builds both and keeps the one with the better SQNR
+# on the calibration data.
+TFLITE_RECIPES = ("auto", "ai-edge-quantizer", "pt2e")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A variant that reads no option."""
+
+
+@dataclass(frozen=True)
+class CalibratedOptions:
+    """A static variant whose quantizer takes at most `calibration_samples` samples, ranges by global min/max."""
+
+    calibration_samples: int = 512
+
+
+@dataclass(frozen=True)
+class CalibrationMethodOptions(CalibratedOptions):
+    calibration_method: str = "minmax"  # how activation ranges are chosen (CALIBRATION_METHODS)
+
+
+@dataclass(frozen=True)
+class FullIntegerOptions(CalibratedOptions):
+    recipe: str = "auto"  # which quantizer (TFLITE_RECIPES)
+
+
+# option -> the values it may take (None: a whole number >= 1)
+OPTION_CHOICES: dict[str, tuple[str, ...] | None] = {
+    "calibration_samples": None, "calibration_method": CALIBRATION_METHODS, "recipe": TFLITE_RECIPES}
+
+FLOAT, WEIGHT_ONLY, DYNAMIC, STATIC = "float", "weight_only", "dynamic", "static"
+
+
+@dataclass(frozen=True)
+class Precision:
+    format: str
+    id: str
+    description: str
+    kind: str  # FLOAT, WEIGHT_ONLY (compressed weights), DYNAMIC (run-time activation ranges), STATIC (calibrated)
+    budget: Budget  # the default limits; a target's [budgets] and the variant's own go on top
+    options: type = NoOptions  # the typed options a variant of this precision reads
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.kind == STATIC
+
+    @property
+    def diagnosable(self) -> bool:
+        """Per-layer blame and auto precision apply: layers can be quantized (or compressed) one by one."""
+        return self.kind in (STATIC, WEIGHT_ONLY)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.options))
+
+
+PRECISION_ROWS: tuple[Precision, ...] = (
+    Precision("onnx", "fp32", "float32 weights and activations", FLOAT, FP32_BUDGET),
+    Precision("onnx", "fp16", "float16 weights and activations, float32 model inputs/outputs", FLOAT, FP16_BUDGET),
+    Precision("onnx", "int8_dynamic", "int8 weights, activations quantized at run time (dynamic range)", DYNAMIC,
+              INT8_BUDGET),
+    Precision("onnx", "int8", "static int8 QDQ: per-channel int8 weights, int8 activations calibrated on --calib "
+              "data", STATIC, INT8_BUDGET, CalibrationMethodOptions),
+    Precision("onnx", "w8a16", "static QDQ with per-channel int8 weights and int16 activations", STATIC,
+              INT16_ACTIVATIONS_BUDGET, CalibrationMethodOptions),
+    Precision("tflite", "fp32", "float32 LiteRT model (litert-torch)", FLOAT, FP32_BUDGET),
+    Precision("tflite", "fp16", "float16 weights, float32 compute and I/O", FLOAT, FP16_BUDGET),
+    Precision("tflite", "int8_dynamic", "int8 weights, activations quantized at run time (dynamic range)", DYNAMIC,
+              INT8_BUDGET),
+    Precision("tflite", "int8", "static int8 weights and activations calibrated on --calib data, float32 "
+              "input/output", STATIC, INT8_BUDGET, CalibratedOptions),
+    Precision("tflite", "int8_full", "full-integer int8: int8 weights, activations and int8 input/output tensors "
+              "(what microcontroller NPUs need), calibrated on --calib data", STATIC, INT8_BUDGET, FullIntegerOptions),
+    Precision("coreml", "fp16", "ML Program with fp16 compute precision (the Neural Engine default)", FLOAT,
+              FP16_BUDGET),
+    Precision("coreml", "fp32", "ML Program with fp32 compute precision", FLOAT, FP32_BUDGET),
+    Precision("coreml", "w8", "fp16 program, weights linearly quantized to int8 per output channel", WEIGHT_ONLY,
+              WEIGHTS_8BIT_BUDGET),
+    Precision("coreml", "palette6", "fp16 program, weights palettized to 6-bit (64-entry k-means LUT)", WEIGHT_ONLY,
+              WEIGHTS_8BIT_BUDGET),
+    Precision("coreml", "palette4", "fp16 program, weights palettized to 4-bit (16-entry k-means LUT)", WEIGHT_ONLY,
+              INT8_BUDGET),
+)
+
+# format -> {precision id: its row}
+PRECISIONS: dict[str, dict[str, Precision]] = {}
+for _row in PRECISION_ROWS:
+    PRECISIONS.setdefault(_row.format, {})[_row.id] = _row
+
+
+def precision(fmt: str, precision_id: str) -> Precision:
+    return PRECISIONS[fmt][precision_id]
+
+
+@dataclass(frozen=True)
+class FoldConstantsConfig:
+    max_output_elements: int = 1 << 22  # do not bloat the file with huge folded tensors
+
+
+@dataclass(frozen=True)
+class FoldBatchNormConfig:
+    fold_into_gemm: bool = True  # BatchNorm1d after Linear
+
+
+@dataclass(frozen=True)
+class EliminateDeadNodesConfig:
+    remove_identity: bool = True
+
+
+@dataclass(frozen=True)
+class SimplifyConfig:
+    skip_fusions: tuple[str, ...] = ()  # onnxslim fusion pattern names to leave alone
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    description: str
+    config: type  # a frozen dataclass; a target sets its fields in [pass_options.<format>.<pass id>]
+
+
+# format -> {pass id: its row}; a target lists the ids in [passes].
+PASSES: dict[str, dict[str, PassInfo]] = {
     "onnx": {
-        "fold_constants": "evaluate nodes whose inputs are all constants and store the results",
-        "fold_batchnorm": "fold BatchNormalization into the preceding Conv / Gemm weights",
-        "eliminate_dead_nodes": "drop Identity nodes, nodes nobody reads and unused initializers",
-        "simplify": "onnxslim: shape inference, pattern fusion, redundant-op removal",
+        "fold_constants": PassInfo("evaluate nodes whose inputs are all constants and store the results",
+                                   FoldConstantsConfig),
+        "fold_batchnorm": PassInfo("fold BatchNormalization into the preceding Conv / Gemm weights",
+                                   FoldBatchNormConfig),
+        "eliminate_dead_nodes": PassInfo("drop Identity nodes, nodes nobody reads and unused initializers",
+                                         EliminateDeadNodesConfig),
+        "simplify": PassInfo("onnxslim: shape inference, pattern fusion, redundant-op removal", SimplifyConfig),
     },
     "tflite": {},  # litert-torch runs its own graph optimizations during conversion
     "coreml": {},  # coremltools runs its MIL pass pipeline during conversion
@@ -48,7 +185,7 @@ PASSES: dict[str, dict[str, str]] = {
 FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 
 
-def artifact_filename(fmt: str, precision: str) -> str:
+def artifact_filename(fmt: str, precision_id: str) -> str:
     """model.onnx for the fp32 variant, model.<precision>.onnx for the others."""
     ext = FILE_EXTENSIONS[fmt]
-    return f"model{ext}" if precision == "fp32" else f"model.{precision}{ext}"
+    return f"model{ext}" if precision_id == "fp32" else f"model.{precision_id}{ext}"

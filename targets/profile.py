@@ -13,45 +13,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from targets.catalog import PASSES, PRECISIONS, artifact_filename
-from targets.errors import TargetError
+from common.errors import TargetError
+from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
 
 TARGETS_DIR = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits one artifact must meet. None means "not checked"."""
-
-    max_abs: float | None = None  # largest absolute output difference against PyTorch
-    min_cosine: float | None = None
-    min_sqnr_db: float | None = None  # signal-to-quantization-noise ratio of the outputs
-    min_top1_agreement: float | None = None  # share of samples whose argmax matches PyTorch's
-    max_accuracy_drop: float | None = None  # reference top-1 minus artifact top-1, as a fraction
-    max_latency_ms: float | None = None  # median, batch as traced, host figure
-    max_size_mb: float | None = None
-    min_npu_op_coverage: float | None = None  # share of operators the NPU compiler placed on the NPU
-    max_sram_kib: float | None = None  # NPU compiler's SRAM estimate
-    max_flash_kib: float | None = None  # NPU compiler's flash estimate
-
-    def merged(self, overrides: dict[str, Any]) -> Budget:
-        return dataclasses.replace(self, **overrides)
-
-
-# Tolerances follow the precision: fp32 tight, fp16 looser, integer variants are judged by
-# SQNR, top-1 agreement and task accuracy rather than by max_abs. min_cosine is not set here: unless
-# a target sets it, it is the bound min_sqnr_db implies (implied_cosine), so the two never disagree.
-PRECISION_DEFAULT_BUDGETS: dict[str, Budget] = {
-    "fp32": Budget(max_abs=1e-3, min_sqnr_db=60.0, min_top1_agreement=0.99, max_accuracy_drop=0.005),
-    "fp16": Budget(min_sqnr_db=35.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
-    "w8a16": Budget(min_sqnr_db=30.0, min_top1_agreement=0.98, max_accuracy_drop=0.005),
-    "int8": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-    "int8_dynamic": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-    "int8_full": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-    "w8": Budget(min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
-    "palette6": Budget(min_sqnr_db=25.0, min_top1_agreement=0.97, max_accuracy_drop=0.005),
-    "palette4": Budget(min_sqnr_db=15.0, min_top1_agreement=0.95, max_accuracy_drop=0.01),
-}
 
 
 def implied_cosine(min_sqnr_db: float) -> float:
@@ -59,13 +24,6 @@ def implied_cosine(min_sqnr_db: float) -> float:
     the output by at most asin(r), so cosine >= sqrt(1 - r^2) with r^2 = 10^(-SQNR/10). Rounded down
     to 6 decimals, so an output exactly at the SQNR bound never fails the cosine one."""
     return math.floor(math.sqrt(max(0.0, 1.0 - 10.0 ** (-min_sqnr_db / 10.0))) * 1e6) / 1e6
-
-
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-STATIC_PRECISIONS = ("int8", "w8a16", "int8_full")
-# Quantizers for full-integer TFLite; "auto" builds both and keeps the one with the better SQNR
-# on the calibration data.
-TFLITE_RECIPES = ("auto", "ai-edge-quantizer", "pt2e")
 
 
 DIAGNOSE_MODES = ("always", "on-failure", "off")
@@ -84,17 +42,23 @@ class Variant:
     format: str
     precision: str
     budget: Budget
-    calibration_method: str = "minmax"  # static variants: how activation ranges are chosen
-    calibration_samples: int = 512  # static variants: at most this many calibration samples
-    recipe: str = "auto"  # tflite int8_full: which quantizer (see TFLITE_RECIPES)
+    options: Any = None  # the precision row's typed options (catalog), defaults when None
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            object.__setattr__(self, "options", self.row.options())
+
+    @property
+    def row(self) -> Precision:
+        return PRECISIONS[self.format][self.precision]
 
     @property
     def filename(self) -> str:
         return artifact_filename(self.format, self.precision)
 
     @property
-    def is_static_quantized(self) -> bool:
-        return self.precision in STATIC_PRECISIONS
+    def needs_calibration(self) -> bool:
+        return self.row.needs_calibration
 
 
 @dataclass(frozen=True)
@@ -127,6 +91,7 @@ class Target:
     description: str
     variants: tuple[Variant, ...]
     passes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    pass_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # format -> pass id -> its config
     runtime: RuntimeSettings = RuntimeSettings()
     npu: NpuSettings | None = None
     coreml: CoremlSettings = CoremlSettings()
@@ -137,6 +102,37 @@ class Target:
     @property
     def formats(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(v.format for v in self.variants))
+
+    def variants_of(self, fmt: str) -> list[Variant]:
+        return [v for v in self.variants if v.format == fmt]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(v.needs_calibration for v in self.variants)
+
+    def to_profile(self) -> dict[str, Any]:
+        """The target as resolved (command-line overrides, default budgets and options included), in the
+        shape target_from_dict reads: what the manifest stores, so validation judges by the export's terms."""
+        profile: dict[str, Any] = {
+            "name": self.name, "description": self.description, "auto_precision": self.auto_precision,
+            "diagnose": self.diagnose,
+            "runtime": {**dataclasses.asdict(self.runtime), "tflite_delegates": list(self.runtime.tflite_delegates)},
+            "coreml": dataclasses.asdict(self.coreml),
+            "passes": {fmt: list(ids) for fmt, ids in self.passes.items()},
+            "variants": [{"format": v.format, "precision": v.precision, **dataclasses.asdict(v.options),
+                          "budget": v.budget.limits()} for v in self.variants],
+        }
+        if self.pass_configs:
+            profile["pass_options"] = {fmt: {pass_id: _plain(dataclasses.asdict(config))
+                                             for pass_id, config in by_pass.items()}
+                                       for fmt, by_pass in self.pass_configs.items()}
+        if self.npu is not None:
+            profile["npu"] = dataclasses.asdict(self.npu)
+        return profile
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _field_names(cls: type) -> list[str]:
@@ -212,40 +208,98 @@ def _coreml(table: Any, origin: str) -> CoremlSettings:
     return settings
 
 
+def _options(table: dict[str, Any], row: Precision, where: str, origin: str) -> Any:
+    """The variant's typed options: a key its precision does not read is an error, not silently ignored."""
+    given = {k: v for k, v in table.items() if k in OPTION_CHOICES}
+    unread = sorted(set(given) - set(row.option_names))
+    if unread:
+        reads = f"it reads only: {', '.join(row.option_names)}" if row.option_names else "it reads no options"
+        raise TargetError(f"{origin}: {where}.{unread[0]} is not used by {row.format}/{row.id} ({reads}); remove it")
+    values: dict[str, Any] = {}
+    for key, value in given.items():
+        choices = OPTION_CHOICES[key]
+        if choices is None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TargetError(f"{origin}: {where}.{key} must be a whole number >= 1, got {value!r}")
+        elif value not in choices:
+            raise TargetError(f"{origin}: {where}.{key} {value!r}; choose one of: {', '.join(choices)}")
+        values[key] = value
+    return row.options(**values)
+
+
 def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> Variant:
     where = f"variants[{index}]"
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: {where} must be a table with format and precision")
-    _check_keys(table, ["format", "precision", "budget", "calibration_method", "calibration_samples", "recipe"],
-                where, origin)
-    fmt, precision = table.get("format"), table.get("precision")
+    _check_keys(table, ["format", "precision", "budget", *OPTION_CHOICES], where, origin)
+    fmt, precision_id = table.get("format"), table.get("precision")
     if fmt not in PRECISIONS:
         raise TargetError(f"{origin}: {where}.format {fmt!r} is not one of: {', '.join(PRECISIONS)}")
-    if precision not in PRECISIONS[fmt]:
+    if precision_id not in PRECISIONS[fmt]:
         raise TargetError(
-            f"{origin}: {where}.precision {precision!r} is not available for {fmt}; "
+            f"{origin}: {where}.precision {precision_id!r} is not available for {fmt}; "
             f"choose one of: {', '.join(PRECISIONS[fmt])}"
         )
-    method = table.get("calibration_method", "minmax")
-    if method not in CALIBRATION_METHODS:
-        raise TargetError(
-            f"{origin}: {where}.calibration_method {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
-        )
-    samples = int(_number(table.get("calibration_samples", 512), "calibration_samples", where, origin))
-    recipe = table.get("recipe", "auto")
-    if recipe not in TFLITE_RECIPES:
-        raise TargetError(f"{origin}: {where}.recipe {recipe!r}; choose one of: {', '.join(TFLITE_RECIPES)}")
+    row = PRECISIONS[fmt][precision_id]
     overrides = common | _budget_overrides(table.get("budget", {}), f"{where}.budget", origin)
-    budget = PRECISION_DEFAULT_BUDGETS[precision].merged(overrides)
+    budget = row.budget.merged(overrides)
     if "min_cosine" not in overrides and budget.min_sqnr_db is not None:
         budget = budget.merged({"min_cosine": implied_cosine(budget.min_sqnr_db)})
-    return Variant(fmt, precision, budget, method, max(samples, 1), recipe)
+    return Variant(fmt, precision_id, budget, _options(table, row, where, origin))
+
+
+def _passes(data: Any, options: Any, origin: str) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, Any]]]:
+    """[passes] lists pass ids per format; [pass_options.<format>.<pass id>] sets a pass's typed config."""
+    if not isinstance(data, dict):
+        raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")
+    _check_keys(data, list(PASSES), "[passes]", origin)
+    passes: dict[str, tuple[str, ...]] = {}
+    for fmt, ids in data.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise TargetError(f"{origin}: passes.{fmt} must be a list of pass ids")
+        unknown = [i for i in ids if i not in PASSES[fmt]]
+        if unknown:
+            raise TargetError(
+                f"{origin}: unknown {fmt} pass(es) {', '.join(unknown)}; valid: {', '.join(PASSES[fmt])}"
+            )
+        passes[fmt] = tuple(ids)
+    if not isinstance(options, dict):
+        raise TargetError(f"{origin}: [pass_options] must be tables [pass_options.<format>.<pass id>]")
+    configs: dict[str, dict[str, Any]] = {}
+    for fmt, by_pass in options.items():
+        if fmt not in passes or not isinstance(by_pass, dict):
+            raise TargetError(f"{origin}: pass_options.{fmt}: list the format's passes in [passes] first")
+        _check_keys(by_pass, list(passes[fmt]), f"pass_options.{fmt} (the passes this target runs)", origin)
+        for pass_id, values in by_pass.items():
+            config = PASSES[fmt][pass_id].config
+            where = f"pass_options.{fmt}.{pass_id}"
+            if not isinstance(values, dict):
+                raise TargetError(f"{origin}: {where} must be a table of settings")
+            _check_keys(values, _field_names(config), where, origin)
+            configs.setdefault(fmt, {})[pass_id] = config(**{k: _setting(v, config, k, where, origin)
+                                                             for k, v in values.items()})
+    return passes, configs
+
+
+def _setting(value: Any, config: type, key: str, where: str, origin: str) -> Any:
+    """A pass setting of its declared type (bool, int, or a tuple of strings)."""
+    default = getattr(config(), key)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    else:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        raise TargetError(f"{origin}: {where}.{key} must be like {default!r}, got {value!r}")
+    return value
 
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
     _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
-                       "auto_precision", "diagnose"], "the top level", origin)
+                       "auto_precision", "diagnose", "pass_options"], "the top level", origin)
     auto_precision = data.get("auto_precision", False)
     if not isinstance(auto_precision, bool):
         raise TargetError(f"{origin}: auto_precision must be true or false")
@@ -270,25 +324,13 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     if npu is not None and not any((v.format, v.precision) == ("tflite", "int8_full") for v in variants):
         raise TargetError(f"{origin}: [npu] compiles full-integer int8 TFLite; add a variant with "
                           'format = "tflite" and precision = "int8_full"')
-    passes_table = data.get("passes", {})
-    if not isinstance(passes_table, dict):
-        raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")
-    _check_keys(passes_table, list(PASSES), "[passes]", origin)
-    passes: dict[str, tuple[str, ...]] = {}
-    for fmt, ids in passes_table.items():
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise TargetError(f"{origin}: passes.{fmt} must be a list of pass ids")
-        unknown = [i for i in ids if i not in PASSES[fmt]]
-        if unknown:
-            raise TargetError(
-                f"{origin}: unknown {fmt} pass(es) {', '.join(unknown)}; valid: {', '.join(PASSES[fmt])}"
-            )
-        passes[fmt] = tuple(ids)
+    passes, pass_configs = _passes(data.get("passes", {}), data.get("pass_options", {}), origin)
     return Target(
         name=name,
         description=str(data.get("description", "")),
         variants=variants,
         passes=passes,
+        pass_configs=pass_configs,
         runtime=_runtime(data.get("runtime", {}), origin),
         npu=npu,
         coreml=_coreml(data.get("coreml", {}), origin),

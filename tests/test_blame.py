@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.artifact_dir import Reference
 from tests import zoo
 from tests.conftest import ZOO, read_json, run_cli
 from tests.independent import onnx_accumulated_sqnr, tflite_accumulated_sqnr
-from validators.reference import Reference
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,17 @@
-"""Guard: every precision and pass the catalog offers has an implementation, a test, and every
-built-in target is exercised by an end-to-end test."""
+"""Guards driven by the registries: every format has a backend and a runtime, every (format, precision)
+of the catalog has an implementation and a test case that exercises it, every pass a unit test, and
+every built-in target an end-to-end test. Cases are collected by pytest itself, not found by
+searching test files for strings."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+import pytest
+
 from exporter.formats import BACKENDS, backend
-from exporter.formats.onnx_passes import PASSES as ONNX_PASSES
-from exporter.formats.onnx_quantize import IMPLEMENTED_PRECISIONS
+from exporter.formats.base import Backend
 from targets import builtin_target_names
 from targets.catalog import PASSES, PRECISIONS
 from validators.runtimes import RUNTIMES
@@ -15,30 +19,49 @@ from validators.runtimes import RUNTIMES
 TESTS = Path(__file__).resolve().parent
 
 
-def test_every_format_has_backend_and_runtime():
+def test_every_format_has_a_backend_and_a_runtime():
+    assert set(PRECISIONS) == set(BACKENDS) == set(RUNTIMES)
     for fmt in PRECISIONS:
-        assert fmt in BACKENDS and fmt in RUNTIMES
-        module = backend(fmt)
-        assert callable(module.preflight) and callable(module.convert)
+        implementation = backend(fmt)
+        assert implementation.format == fmt
+        for method in [m for m in vars(Backend) if not m.startswith("_") and callable(getattr(Backend, m))]:
+            assert callable(getattr(implementation, method)), (fmt, method)
 
 
-def test_every_onnx_and_tflite_precision_and_pass_is_implemented():
-    from exporter.formats.tflite_quantize import AEQ_RECIPES
+def test_every_precision_and_pass_is_implemented():
+    from exporter.formats.coreml.backend import COMPRESSIONS
+    from exporter.formats.onnx.passes import PASSES as ONNX_PASSES
+    from exporter.formats.onnx.quantize import QUANTIZERS
+    from exporter.formats.tflite.quantize import RECIPES
 
-    assert set(PRECISIONS["onnx"]) == set(IMPLEMENTED_PRECISIONS)
-    assert set(PRECISIONS["tflite"]) == {"fp32", *AEQ_RECIPES}
-    assert set(PRECISIONS["coreml"]) == {"fp16", "fp32", "w8", "palette6", "palette4"}
+    implemented = {"onnx": {"fp32", *QUANTIZERS}, "tflite": {"fp32", *RECIPES},
+                   "coreml": {"fp32", "fp16", *COMPRESSIONS}}
+    assert {fmt: set(rows) for fmt, rows in PRECISIONS.items()} == implemented
     assert set(PASSES["onnx"]) == set(ONNX_PASSES)
+    for pass_id, info in PASSES["onnx"].items():
+        assert ONNX_PASSES[pass_id]().config == info.config()  # the catalog's config type is the pass's
 
 
-def test_every_pass_precision_and_target_is_tested():
-    pass_tests = (TESTS / "test_onnx_passes.py").read_text()
-    end_to_end = "".join((TESTS / name).read_text() for name in ("test_cli_export.py", "test_tflite.py",
-                                                                 "test_coreml.py"))
+@pytest.mark.parametrize("fmt", list(PRECISIONS))
+def test_every_precision_has_a_test_case(fmt):
+    from tests.test_formats import CASES
+
+    tested = {(f, p) for _, f, p in CASES}
+    missing = [p for p in PRECISIONS[fmt] if (fmt, p) not in tested]
+    assert not missing, f"no test_formats case emits {fmt} precision(s) {missing}"
+
+
+def test_every_pass_has_a_unit_test():
+    from tests import test_onnx_passes
+
+    tests = [name for name in vars(test_onnx_passes) if name.startswith("test_")]
     for pass_id in PASSES["onnx"]:
-        assert f'"{pass_id}"' in pass_tests, f"no unit test runs pass {pass_id}"
-    for fmt in PRECISIONS:
-        for precision in PRECISIONS[fmt]:
-            assert f'"{precision}"' in end_to_end, f"no end-to-end test exports {fmt} precision {precision}"
-    for target in builtin_target_names():
-        assert f'fast_target(tmp_path, "{target}")' in end_to_end or f'"{target}"' in end_to_end, target
+        assert any(name.startswith(f"test_{pass_id}") for name in tests), f"no test_{pass_id}_* unit test"
+
+
+def test_every_builtin_target_has_an_end_to_end_test():
+    from tests import test_cli_export
+
+    assert sorted(test_cli_export.BUILTIN_TARGET_TESTS) == builtin_target_names()
+    for target, (module, test) in test_cli_export.BUILTIN_TARGET_TESTS.items():
+        assert callable(getattr(importlib.import_module(f"tests.{module}"), test, None)), (target, module, test)

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
+from common.artifact_dir import Reference
 from exporter.demo import train_digits_cnn
 from tests.conftest import ZOO, fast_target, read_json, run_cli, save_family_data
 from tests.independent import coreml_accumulated_sqnr
 from validators.mlprogram.reader import read_mlpackage
-from validators.reference import Reference
 
 pytestmark = pytest.mark.slow
 

@@ -245,7 +245,7 @@ def test_lut_to_dense_both_generations():
 
 
 def test_vector_palettization_is_refused_loudly():
-    from validators.errors import ArtifactError
+    from common.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="vector palettization"):
         one("constexpr_lut_to_dense", indices=np.zeros((2, 2), np.uint8), lut=np.zeros((1, 1, 4, 2), np.float32))

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.formats.onnx_passes import PassBrokeGraphError, run_passes
+from exporter.formats.onnx.passes import PassBrokeGraphError, run_passes
 
 RNG = np.random.default_rng(0)
 
@@ -111,7 +111,7 @@ def test_simplify_removes_redundant_ops():
 
 
 def test_a_pass_that_breaks_the_graph_is_caught(monkeypatch):
-    from exporter.formats import onnx_passes
+    from exporter.formats.onnx import passes as onnx_passes
 
     def breaking(self, model):
         model.graph.node[0].input[0] = "does_not_exist"

@@ -12,6 +12,7 @@ from exporter.errors import ConversionError
 from exporter.formats import backend
 from exporter.sources import _finish
 from exporter.trace import trace
+from targets.profile import target_from_dict
 from tests import hf_zoo, zoo
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,10 @@ def _traced(name: str):
 
 
 def _convert_fp32(fmt: str, traced, scratch: Path) -> None:
-    if fmt == "onnx":
-        backend("onnx").onnx_export.export_onnx(traced, scratch / "model.onnx")
-    elif fmt == "tflite":
-        backend("tflite")._convert_fp32(traced, scratch / "model.tflite")
-    else:
-        backend("coreml")._convert(traced, "FLOAT32", "iOS17")
+    """The pipeline's own lower and emit of the fp32 variant, no passes."""
+    target = target_from_dict({"name": "fp32", "variants": [{"format": fmt, "precision": "fp32"}]}, "test")
+    lowered = backend(fmt).lower(traced, target, scratch, lambda _: None)
+    backend(fmt).emit(lowered, target.variants[0], None, scratch / target.variants[0].filename, lambda _: None)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite", "coreml"])

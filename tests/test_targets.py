@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from targets import TargetError, builtin_target_names, load_target
-from targets.catalog import PASSES, PRECISIONS
-from targets.profile import PRECISION_DEFAULT_BUDGETS, target_from_dict
+from targets.catalog import FP32_BUDGET, PRECISIONS, FoldConstantsConfig, SimplifyConfig
+from targets.profile import target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
@@ -30,7 +30,7 @@ def test_builtin_targets_load_with_expected_variants():
 def test_budgets_merge_precision_defaults_then_common_then_variant():
     android = load_target("android")
     fp32, int8 = android.variants[:2]
-    assert fp32.budget.max_abs == PRECISION_DEFAULT_BUDGETS["fp32"].max_abs
+    assert fp32.budget.max_abs == FP32_BUDGET.max_abs
     assert fp32.budget.max_latency_ms == 20.0  # from [budgets]
     assert int8.budget.max_accuracy_drop == 0.005  # the variant's own
     assert int8.budget.max_abs is None  # int8 is judged by SQNR / agreement, not max_abs
@@ -57,6 +57,22 @@ def _minimal(**extra):
     ({"name": "t", "variants": [{"format": "tflite", "precision": "int8_full", "recipe": "magic"}]},
      "recipe 'magic'; choose one of: auto, ai-edge-quantizer, pt2e"),
     (_minimal(passes={"onnx": ["fold_constants", "magic"]}), "unknown onnx pass(es) magic; valid: fold_constants"),
+    # a variant option its precision does not read is an error, not silently ignored
+    ({"name": "t", "variants": [{"format": "tflite", "precision": "int8", "calibration_method": "entropy"}]},
+     "variants[0].calibration_method is not used by tflite/int8 (it reads only: calibration_samples); remove it"),
+    ({"name": "t", "variants": [{"format": "onnx", "precision": "int8", "recipe": "pt2e"}]},
+     "variants[0].recipe is not used by onnx/int8 (it reads only: calibration_samples, calibration_method)"),
+    ({"name": "t", "variants": [{"format": "onnx", "precision": "fp16", "calibration_samples": 64}]},
+     "variants[0].calibration_samples is not used by onnx/fp16 (it reads no options)"),
+    ({"name": "t", "variants": [{"format": "onnx", "precision": "int8", "calibration_samples": 0}]},
+     "variants[0].calibration_samples must be a whole number >= 1, got 0"),
+    (_minimal(passes={"onnx": ["simplify"]}, pass_options={"onnx": {"fold_constants": {}}}),
+     "unknown key(s) fold_constants in pass_options.onnx (the passes this target runs)"),
+    (_minimal(passes={"onnx": ["fold_constants"]}, pass_options={"onnx": {"fold_constants": {"max": 3}}}),
+     "unknown key(s) max in pass_options.onnx.fold_constants; valid keys: max_output_elements"),
+    (_minimal(passes={"onnx": ["fold_constants"]},
+              pass_options={"onnx": {"fold_constants": {"max_output_elements": "many"}}}),
+     "pass_options.onnx.fold_constants.max_output_elements must be like 4194304, got 'many'"),
     (_minimal(budgets={"max_latency": 3}), "unknown key(s) max_latency in [budgets]; valid keys: max_abs"),
     (_minimal(budgets={"max_latency_ms": "fast"}), "budgets].max_latency_ms must be a finite number"),
     (_minimal(runtime={"threads": 0}), "needs threads >= 1"),
@@ -91,11 +107,25 @@ def test_malformed_toml_is_a_target_error(tmp_path):
         load_target(str(path))
 
 
-def test_every_precision_has_default_budget():
-    for fmt, precisions in PRECISIONS.items():
-        for precision in precisions:
-            assert precision in PRECISION_DEFAULT_BUDGETS, (fmt, precision)
-    assert PASSES["onnx"]
+def test_every_precision_row_has_a_default_budget_judging_parity():
+    for fmt, rows in PRECISIONS.items():
+        for row in rows.values():
+            assert row.budget.min_sqnr_db is not None and row.budget.min_top1_agreement is not None, (fmt, row.id)
+
+
+def test_pass_options_reach_the_pass_config():
+    target = target_from_dict(_minimal(passes={"onnx": ["fold_constants", "simplify"]}, pass_options={"onnx": {
+        "fold_constants": {"max_output_elements": 1024}, "simplify": {"skip_fusions": ["gelu"]}}}), "t.toml")
+    assert target.pass_configs["onnx"] == {"fold_constants": FoldConstantsConfig(max_output_elements=1024),
+                                           "simplify": SimplifyConfig(skip_fusions=("gelu",))}
+    assert target_from_dict(target.to_profile(), "manifest").pass_configs == target.pass_configs
+
+
+def test_the_resolved_target_round_trips_through_the_manifest_profile():
+    for name in builtin_target_names():
+        target = load_target(name)
+        again = target_from_dict(target.to_profile(), "manifest.json")
+        assert again.variants == target.variants and again.runtime == target.runtime and again.npu == target.npu
 
 
 def test_the_readme_example_target_is_valid():

@@ -52,7 +52,7 @@ def test_altered_weight_fails_validate(demo_copy):
 
 
 def test_altered_reference_fails_validate(demo_copy):
-    from validators.reference import Reference
+    from common.artifact_dir import Reference
 
     ref = Reference.load(demo_copy / "reference.npz")
     ref.outputs["output"] = ref.outputs["output"] + np.float32(0.5)

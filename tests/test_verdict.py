@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.artifact_dir import Reference
 from targets import builtin_target_names, load_target
-from targets.catalog import PRECISIONS
-from targets.profile import PRECISION_DEFAULT_BUDGETS, implied_cosine, target_from_dict
+from targets.catalog import INT8_BUDGET, PRECISION_ROWS, PRECISIONS
+from targets.profile import implied_cosine, target_from_dict
 from tests.conftest import ZOO, run_cli
 from validators.budgets import check, unjudged
 from validators.parity import output_parity, worst_case
-from validators.reference import Reference
 
 
 def _at_sqnr(sqnr_db: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def _default(precision: str):
     return target_from_dict({"name": "t", "variants": [{"format": fmt, "precision": precision}]}, "t").variants[0]
 
 
-BUDGETS = [(f"default {p}", _default(p).budget) for p in PRECISION_DEFAULT_BUDGETS] + [
+BUDGETS = [(f"default {p}", _default(p).budget) for p in dict.fromkeys(r.id for r in PRECISION_ROWS)] + [
     (f"{t} {v.format}/{v.precision}", v.budget) for t in builtin_target_names() for v in load_target(t).variants]
 
 
@@ -60,7 +60,7 @@ def test_a_target_may_still_set_its_own_cosine():
 
 
 def test_a_bound_the_sample_count_cannot_resolve_is_said_not_passed():
-    budget = PRECISION_DEFAULT_BUDGETS["int8"]  # top-1 agreement >= 0.95: 20 decisive samples needed
+    budget = INT8_BUDGET  # top-1 agreement >= 0.95: 20 decisive samples needed
     rng = np.random.default_rng(1)
 
     def logits(n: int) -> np.ndarray:  # a clear winner per sample: every sample is decisive

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from common.batching import iter_batches
 from targets import RuntimeSettings
-from validators.batching import iter_batches
 
 
 def measure(run_once: Callable[[], object], settings: RuntimeSettings, runtime: str) -> dict:

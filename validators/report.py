@@ -6,8 +6,8 @@ import html
 import json
 from pathlib import Path
 
-from validators.errors import ArtifactError
-from validators.files import write_atomic, write_json
+from common.errors import ArtifactError
+from common.files import write_atomic, write_json
 
 JSON, MARKDOWN, HTML = "report.json", "report.md", "report.html"
 

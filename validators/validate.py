@@ -5,19 +5,19 @@ Reads manifest.json, reference.npz and the artifacts only; it never imports the 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from targets import Target
+from common.artifact_dir import EXPORT_LOG, Reference, read_manifest
+from common.errors import ArtifactError
+from common.files import sha256_file, size_bytes
+from common.vela import VelaError, compile_with_vela
+from targets import Budget, Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
-from validators.batching import run_batched
-from validators.errors import ArtifactError
-from validators.files import sha256_file, size_bytes
-from validators.manifest import read_manifest
-from validators.npu import compile_with_vela
-from validators.reference import Reference
+from validators.candidate import CandidateResult, ModelIO, evaluate
 from validators.runtimes import extra_sessions, open_session
 
 
@@ -26,62 +26,43 @@ def _fixed_batch(specs: list[dict]) -> int | None:
     return first if isinstance(first, int) else None
 
 
-def _variant(target: Target, fmt: str, precision: str):
-    for v in target.variants:
-        if (v.format, v.precision) == (fmt, precision):
-            return v
-    raise ArtifactError(f"manifest lists {fmt}/{precision}, which its target profile does not; re-export")
+def _budget(entry: dict) -> Budget:
+    """The budget the export promised for this artifact, as stored in the manifest."""
+    try:
+        return Budget(**entry["budget"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"manifest entry {entry.get('path')} has no valid budget ({exc}); re-export") from None
 
 
-def parity_against_reference(run, reference: Reference, input_names: list[str], output_names: list[str],
-                             batch: int | None, min_sqnr_db: float | None = None) -> tuple[dict, dict, dict | None]:
-    """Run an artifact on the stored eval inputs: (per-output parity, worst case, task accuracy).
-    min_sqnr_db: the budget's bound, which sets the noise a top-1 flip is excused by."""
-    inputs = {name: reference.inputs[name] for name in input_names}
-    outputs = dict(zip(output_names, run_batched(run, inputs, batch), strict=True))
-    per_output, problems = {}, []
-    for name in output_names:
-        try:
-            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name], min_sqnr_db)
-        except ValueError as exc:
-            problems.append(f"output {name}: {exc}")
-    if problems:
-        raise ArtifactError("; ".join(problems) + "; the artifact does not match its manifest")
-    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
-    return per_output, parity.worst_case(per_output), accuracy
+def _open(directory: Path, entry: dict, target: Target):
+    path = directory / entry["path"]
+    if not path.exists():
+        raise ArtifactError(f"{path} is listed in the manifest but missing; re-export")
+    delegates = target.runtime.tflite_delegates if entry["format"] == "tflite" else (None,)
+    return path, delegates, open_session(entry["format"], path, target.runtime.threads, delegates[0])
 
 
 def _validate_artifact(directory: Path, entry: dict, target: Target, reference: Reference,
                        output_names: list[str]) -> dict:
-    path = directory / entry["path"]
-    if not path.exists():
-        raise ArtifactError(f"{path} is listed in the manifest but missing; re-export")
-    actual_sha = sha256_file(path)
-    delegates = target.runtime.tflite_delegates if entry["format"] == "tflite" else (None,)
-    session = open_session(entry["format"], path, target.runtime.threads, delegates[0])
-    batch = _fixed_batch(entry["inputs"])
-    input_names = [spec["name"] for spec in entry["inputs"]]
-    inputs = {name: reference.inputs[name] for name in input_names}
-    variant = _variant(target, entry["format"], entry["precision"])
-    min_sqnr_db = variant.budget.min_sqnr_db
+    path, delegates, session = _open(directory, entry, target)
+    io = ModelIO([spec["name"] for spec in entry["inputs"]], output_names, _fixed_batch(entry["inputs"]))
+    budget = _budget(entry)
     try:
-        per_output, overall, accuracy = parity_against_reference(session.run, reference, input_names, output_names,
-                                                                 batch, min_sqnr_db)
+        judged = evaluate(session.run, reference, io, budget)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
-    by_runtime = {session.runtime: overall}
-    for extra in extra_sessions(entry["format"], path, target.runtime.threads):
-        by_runtime[extra.runtime] = parity_against_reference(extra.run, reference, input_names, output_names,
-                                                             batch, min_sqnr_db)[1]
-
+    by_runtime = {session.runtime: judged}
+    for other in extra_sessions(entry["format"], path, target.runtime.threads):
+        by_runtime[other.runtime] = evaluate(other.run, reference, io, budget)
+    inputs = {name: reference.inputs[name] for name in io.inputs}
     by_delegate = {}
     for delegate in delegates:
         timed = session if delegate == delegates[0] else open_session(entry["format"], path, target.runtime.threads,
                                                                       delegate)
-        by_delegate[delegate or "default"] = latency.measure_first_batch(timed, inputs, batch, target.runtime)
+        by_delegate[delegate or "default"] = latency.measure_first_batch(timed, inputs, io.batch, target.runtime)
     timing = next(iter(by_delegate.values()))
 
-    violations = []
+    actual_sha, violations = sha256_file(path), []
     if actual_sha != entry["sha256"]:
         violations.append(f"sha256 {actual_sha[:12]}… differs from the manifest's {entry['sha256'][:12]}…: "
                           "the file changed after export")
@@ -90,35 +71,40 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
         violations += npu_violations
     nbytes = size_bytes(path)  # a directory walk for an .mlpackage
-    violations += budgets.check(variant.budget, overall, accuracy, timing, nbytes, npu)
-    for runtime, runtime_parity in list(by_runtime.items())[1:]:
-        violations += [f"{runtime}: {v}" for v in budgets.check(variant.budget, runtime_parity, None, None, 0)]
-    result = {
-        "format": entry["format"], "precision": entry["precision"], "path": entry["path"],
-        "bytes": nbytes, "sha256": actual_sha,
-        "parity": overall,
-        "parity_runtime": session.runtime,
-    }
-    if accuracy is not None:
-        result["accuracy"] = accuracy
+    violations += budgets.check(budget, judged.overall, judged.accuracy, timing, nbytes, npu)
+    for runtime, other in list(by_runtime.items())[1:]:
+        violations += [f"{runtime}: {v}" for v in other.violations]
+    return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, by_runtime, by_delegate, npu,
+                            budget, violations)
+
+
+def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, by_runtime: dict,
+                     by_delegate: dict, npu: dict | None, budget: Budget, violations: list[str]) -> dict:
+    result = {"format": entry["format"], "precision": entry["precision"], "path": entry["path"],
+              "bytes": nbytes, "sha256": sha, "parity": judged.overall, "parity_runtime": runtime}
+    if judged.accuracy is not None:
+        result["accuracy"] = judged.accuracy
     io_quantization = _io_quantization(entry)
     result |= {
-        "latency_ms": timing,
+        "latency_ms": next(iter(by_delegate.values())),
         **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
-        **({"parity_by_runtime": by_runtime} if len(by_runtime) > 1 else {}),
+        **({"parity_by_runtime": {k: v.overall for k, v in by_runtime.items()}} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
         **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
-                   "unjudged": budgets.unjudged(variant.budget, overall, accuracy),
-                   "limits": {k: v for k, v in vars(variant.budget).items() if v is not None}},
-        "parity_per_output": per_output,
+                   "unjudged": budgets.unjudged(budget, judged.overall, judged.accuracy),
+                   "limits": budget.limits()},
+        "parity_per_output": judged.per_output,
         "conversion": entry.get("conversion", {}),
         "quantization": entry.get("quantization"),
     }
-    if entry.get("diagnosis"):
-        result["layers"] = entry["diagnosis"]["layers"]
-        if entry["diagnosis"].get("auto_precision"):
-            result["auto_precision"] = entry["diagnosis"]["auto_precision"]
+    diagnosis = entry.get("diagnosis") or {}
+    if diagnosis:
+        result["layers"] = diagnosis["layers"]
+        if diagnosis.get("auto_precision"):
+            result["auto_precision"] = diagnosis["auto_precision"]
+        if diagnosis.get("note"):
+            result["diagnosis_note"] = diagnosis["note"]
     return result
 
 
@@ -138,29 +124,54 @@ def _npu_section(directory: Path, artifact: Path, compiled: dict, target: Target
         violations.append(f"{compiled['path']} differs from the manifest's sha256: the compiled model changed")
     npu = target.npu
     with tempfile.TemporaryDirectory(prefix="edgeport-vela-") as scratch:
-        result = compile_with_vela(artifact, Path(scratch), npu.accelerator, npu.system_config, npu.memory_mode,
-                                   compiled["path"])
+        try:
+            result = compile_with_vela(artifact, Path(scratch), npu.accelerator, npu.system_config, npu.memory_mode,
+                                       compiled["path"])
+        except VelaError as exc:
+            raise ArtifactError(str(exc)) from exc
     return result.summary, violations
 
 
-def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
-    manifest = read_manifest(directory)
-    target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
+def _load_reference(directory: Path, manifest: dict) -> tuple[Reference, list[str]]:
     ref_entry = manifest["reference"]
     ref_path = directory / ref_entry["path"]
     if not ref_path.is_file():
         raise ArtifactError(f"{ref_path} is missing; validation needs the stored reference outputs, re-export")
-    run_violations = []
+    violations = []
     if sha256_file(ref_path) != ref_entry["sha256"]:
-        run_violations.append(f"{ref_entry['path']} differs from the manifest's sha256: reference data was altered")
+        violations.append(f"{ref_entry['path']} differs from the manifest's sha256: reference data was altered")
     try:
         reference = Reference.load(ref_path)
     except (ValueError, OSError, KeyError) as exc:
         raise ArtifactError(f"{ref_path} cannot be read ({exc}); re-export") from None
     if problem := reference.degenerate():
         raise ArtifactError(f"{ref_path}: {problem}")
-    output_names = [o["name"] for o in manifest["outputs"]]
+    return reference, violations
 
+
+def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
+    """Why a verdict cannot pass: parity that ran on synthetic inputs only proves little."""
+    if not data.get("eval", {}).get("synthetic") or allow_synthetic_eval or data.get("synthetic_eval_allowed"):
+        return ""
+    return ("parity ran on synthetic eval inputs only, so the verdict is provisional; pass --eval real data "
+            "(or --allow-synthetic-eval to accept it)")
+
+
+def _export_log(directory: Path) -> dict | None:
+    """What the export measured on its host (export.json), shown beside this run's figures."""
+    path = directory / EXPORT_LOG
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # informational only: a damaged log changes no verdict
+
+
+def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None,
+                       allow_synthetic_eval: bool = False) -> dict:
+    manifest = read_manifest(directory)
+    target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
+    reference, run_violations = _load_reference(directory, manifest)
+    output_names = [o["name"] for o in manifest["outputs"]]
     results = []
     for entry in manifest["artifacts"]:
         progress(f"validating {entry['path']} with its runtime")
@@ -169,15 +180,23 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
     if reference.labels is not None:
         ref_accuracy = next((parity.top1_accuracy(v, reference.labels) for v in reference.outputs.values()
                              if parity.is_classifier_output(v)), None)
+    export_log = _export_log(directory)
+    for result in results:  # auto precision's host latencies, measured by the export
+        measured = ((export_log or {}).get("auto_precision_latency_ms") or {}).get(result["path"])
+        if result.get("auto_precision") and measured:
+            result["auto_precision"] = {**result["auto_precision"], **measured}
+    provisional = provisional_reason(manifest.get("data", {}), allow_synthetic_eval)
     return {
         "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
         "target": target.name,
-        "passed": not run_violations and all(r["budget"]["passed"] for r in results),
+        "passed": not provisional and not run_violations and all(r["budget"]["passed"] for r in results),
+        "provisional": provisional,
         "violations": run_violations,
         "data": manifest.get("data", {}),
         "reference_accuracy": ref_accuracy,
         "artifacts": results,
         "notes": manifest.get("trace", {}).get("notes", []),
+        "export": export_log,
     }
 
 

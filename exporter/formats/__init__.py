@@ -1,14 +1,20 @@
-"""One module per artifact format. Each backend module exposes `preflight(traced)` and
-`convert(traced, target, calibration, workdir, progress)`; BACKENDS maps a format id to it."""
+"""One folder per artifact format, each behind the Backend contract (exporter/formats/base.py).
+
+The registry is a name -> module map, imported only when a format is used, so `edgeport --help` and
+`edgeport targets` import no converter. A new format is one folder whose package exposes BACKEND,
+plus one line here."""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING
 
-BACKENDS = {"onnx": "exporter.formats.onnx_backend", "tflite": "exporter.formats.tflite_backend",
-            "coreml": "exporter.formats.coreml_backend"}
+if TYPE_CHECKING:
+    from exporter.formats.base import Backend
+
+BACKENDS = {"onnx": "exporter.formats.onnx.backend", "tflite": "exporter.formats.tflite.backend",
+            "coreml": "exporter.formats.coreml.backend"}
 
 
-def backend(fmt: str) -> ModuleType:
-    return importlib.import_module(BACKENDS[fmt])
+def backend(fmt: str) -> Backend:
+    return importlib.import_module(BACKENDS[fmt]).BACKEND

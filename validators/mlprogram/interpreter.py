@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from validators.errors import ArtifactError
+from common.errors import ArtifactError
 from validators.mlprogram.ops import OPS, Args
 from validators.mlprogram.reader import FLOAT16, MIL_DTYPES, Block, Op, Program, read_mlpackage
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from validators.errors import ArtifactError
+from common.errors import ArtifactError
 
 OPS: dict[str, Callable] = {}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from validators.errors import ArtifactError
+from common.errors import ArtifactError
 
 _BLOB_SENTINEL = 0xDEADBEEF
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from targets.errors import first_line
-from validators.errors import ArtifactError
-from validators.quiet import silenced
+from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
+from common.errors import ArtifactError, first_line
+from common.quiet import silenced
 
-SIGNATURE = "serving_default"
 DELEGATES = ("xnnpack", "none")
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from targets.errors import first_line
-from validators.errors import ArtifactError
+from common.errors import ArtifactError, first_line
 
 QDQ_ARITHMETIC = ("QDQ arithmetic as written: this host's AVX2 uint8 x int8 kernels saturate where ARM "
                   "and VNNI CPUs do not; timed with the integer kernels")

@@ -7,16 +7,21 @@ the most harmful first."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from exporter.formats import blame
-from validators.batching import run_batched
+from common.batching import run_batched
+from exporter.diagnosis import blame
+from exporter.diagnosis.blame import BlameRow
+from exporter.formats.base import Layer, Progress
+from exporter.formats.onnx.layers import float_island
+from exporter.formats.onnx.quantize import KeepFloat, NodeSelection, Only
 
-Quantize = Callable[[Path, dict], dict]  # (output path, extra quantizer arguments) -> config
+Quantize = Callable[[Path, NodeSelection], dict]  # (output path, which nodes) -> quantization record
 
 
 def _session_with_outputs(path: Path, names: list[str]):
@@ -67,13 +72,13 @@ _QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
            onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767)}
 
 
-def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelProto, layers: list[dict]) -> list:
-    """What quantization did to each layer (exporter.formats.alone.QuantizedLayer): its weight before and
+def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelProto, layers: list[Layer]) -> list:
+    """What quantization did to each layer (exporter.diagnosis.alone.QuantizedLayer): its weight before and
     after (DequantizeLinear of the artifact's integer weight) and its input's Q/DQ; None where the
     QDQ pattern is not there."""
     from onnx import numpy_helper
 
-    from exporter.formats.alone import InputQuant, QuantizedLayer
+    from exporter.diagnosis.alone import InputQuant, QuantizedLayer
 
     constants = {i.name: i for i in quantized_model.graph.initializer}
     fp32_constants = {i.name: i for i in fp32_model.graph.initializer}
@@ -108,60 +113,74 @@ def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelPro
 
     found = []
     for layer in layers:
-        node, fp32_node = nodes.get(layer["node"]), fp32_nodes.get(layer["node"])
+        node, fp32_node = nodes.get(layer.node), fp32_nodes.get(layer.node)
         weight = fp32_constants.get(fp32_node.input[1]) if fp32_node is not None else None
         quantized = dequantize_linear(producers.get(node.input[1])) if node is not None else None
         activation = input_quant(node.input[0]) if node is not None else None
         if weight is None or quantized is None or activation is None:
             found.append(None)
             continue
-        found.append(QuantizedLayer(layer["module"], numpy_helper.to_array(weight), quantized, activation))
+        found.append(QuantizedLayer(layer.module, numpy_helper.to_array(weight), quantized, activation))
     return found
 
 
-def blame_layers(fp32: Path, quantized: Path, layers: list[dict], quantize: Quantize, feeds: dict,
-                 batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[dict]:
+def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Quantize, feeds: dict,
+                 batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[BlameRow]:
     feeds = blame.blame_feeds(feeds, batch)
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
     quantized_model = onnx.load(str(quantized))
-    accumulated_names = {layer["node"]: layer_tensor(quantized_model, layer["node"], fp32_tensors)
-                         for layer in layers}
+    accumulated_names = {layer.node: layer_tensor(quantized_model, layer.node, fp32_tensors) for layer in layers}
     accumulated = _run_named(quantized, [q for q, _ in accumulated_names.values()], feeds, batch)
     in_pytorch = blame.alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds)
     alone_path = scratch / "blame-one-layer.onnx"
     alone_names, alone_values = {}, {}
     for layer, measured in zip(layers, in_pytorch, strict=True):
         if measured is None:  # measured in the runtime: the model quantized at this layer only
-            quantize(alone_path, {"nodes_to_quantize": [layer["node"]]})
-            names = layer_tensor(onnx.load(str(alone_path)), layer["node"], fp32_tensors)
-            alone_names[layer["node"]] = names
-            alone_values[layer["node"]] = _run_named(alone_path, [names[0]], feeds, batch)
+            quantize(alone_path, Only((layer.node,)))
+            names = layer_tensor(onnx.load(str(alone_path)), layer.node, fp32_tensors)
+            alone_names[layer.node] = names
+            alone_values[layer.node] = _run_named(alone_path, [names[0]], feeds, batch)
     wanted = {f for _, f in accumulated_names.values()} | {f for _, f in alone_names.values()} | set(model_outputs)
     reference = _run_named(fp32, sorted(wanted), feeds, batch)
     rows = []
     for layer, measured in zip(layers, in_pytorch, strict=True):
-        acc_q, acc_f = accumulated_names[layer["node"]]
+        acc_q, acc_f = accumulated_names[layer.node]
         if measured is None:
-            alone = alone_values[layer["node"]]
-            alone_q, alone_f = alone_names[layer["node"]]
+            alone = alone_values[layer.node]
+            alone_q, alone_f = alone_names[layer.node]
             measured = blame.alone_from_values(reference[alone_f], alone[alone_q],
                                                [reference[o] for o in model_outputs], [alone[o] for o in model_outputs])
         rows.append(blame.blame_row(
-            layer | {"tensor": acc_f, "quantized_tensor": acc_q},
+            dataclasses.replace(layer, tensor=acc_f, quantized_tensor=acc_q),
             reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q], alone=measured,
-            alone_by=blame.ALONE_IN_ARTIFACT if layer["node"] in alone_names else blame.ALONE_IN_PYTORCH,
-            samples=len(next(iter(feeds.values())))))
+            alone_by=blame.ALONE_IN_ARTIFACT if layer.node in alone_names else blame.ALONE_IN_PYTORCH,
+            samples=blame.sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 
-def keep_float(model: onnx.ModelProto, quantize: Quantize, out: Path) -> Callable[[list[dict]], list[str]]:
-    """Re-quantize `out` with the given layers, and the non-weighted chain feeding each, in float."""
-    from exporter.formats.onnx_layers import float_island
+class OnnxLayerQuantizer:
+    """The diagnosis stage's view of a static ONNX variant: its weighted layers, quantized one at a
+    time for the blame table, or all but some (kept in float, with the chain feeding each)."""
 
-    def rewrite(rows: list[dict]) -> list[str]:
-        excluded = sorted({name for row in rows for name in float_island(model, row["node"])})
-        quantize(out, {"nodes_to_exclude": excluded})
+    def __init__(self, model: onnx.ModelProto, paths: dict[str, str], quantize: Quantize, fp32: Path, traced,
+                 scratch: Path):
+        from exporter.formats.onnx.layers import weighted_layers
+
+        self.model, self.quantize, self.fp32, self.traced, self.scratch = model, quantize, fp32, traced, scratch
+        self.layers = weighted_layers(model, paths)
+        self.weighted_layers = len(self.layers)
+
+    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[BlameRow]:
+        progress(f"per-layer blame over {len(self.layers)} weighted layers")
+        return blame_layers(self.fp32, out, self.layers, self.quantize, feeds, self.traced.batch, self.scratch,
+                            [s.name for s in self.traced.outputs], self.traced)
+
+    def keep_float(self, rows: list[BlameRow], out: Path) -> list[str]:
+        """Re-quantize `out` with the given layers, and the non-weighted chain feeding each, in float."""
+        excluded = sorted({name for row in rows for name in float_island(self.model, row.layer.node)})
+        self.quantize(out, KeepFloat(tuple(excluded)))
         return excluded
 
-    return rewrite
+    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
+        return quantization

@@ -4,7 +4,7 @@ has no converter for, expressed in ops it converts."""
 
 from __future__ import annotations
 
-from validators.quiet import silenced
+from common.quiet import silenced
 
 
 def _diff(x, n: int = 1, dim: int = -1, prepend=None, append=None):

@@ -7,6 +7,8 @@ import ast
 
 import onnx
 
+from exporter.formats.base import Layer
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -40,7 +42,7 @@ def _module_from_weight(weight: str) -> str:
     return owner if owner and leaf and not leaf.isdigit() else ""
 
 
-def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[dict]:
+def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[Layer]:
     """Nodes of WEIGHTED_OPS with a constant weight, in graph order, with the module each came from:
     the exporter's scope, else (a node a pass fused under a new name) the weight's parameter name."""
     constants = {i.name for i in model.graph.initializer}
@@ -52,7 +54,7 @@ def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[dict]
             # a parameter name is more specific inside a module that calls a child's weights itself
             # (nn.MultiheadAttention's out_proj is scoped to self_attn)
             module = owner if owner and (not scope or owner.startswith(scope + ".")) else scope or node.name
-            layers.append({"node": node.name, "op": node.op_type, "module": module, "output": node.output[0]})
+            layers.append(Layer(node.name, node.op_type, module, node.output[0]))
     return layers
 
 

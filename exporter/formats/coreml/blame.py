@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats import blame
-from exporter.formats.coreml_rewrites import decomposed
-from validators.batching import run_batched
+from common.batching import run_batched
+from exporter.diagnosis import blame
+from exporter.diagnosis.blame import BlameRow
+from exporter.formats.base import Layer, Progress
+from exporter.formats.coreml.rewrites import decomposed
 
 WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
 
@@ -89,8 +91,8 @@ Compress = Callable[..., None]  # (out, only=weights) or (out, keep_float=weight
 def quantized_layers(fp32: Path, artifact: Path, modules: list[str], fp32_ops: list[WeightedOp],
                      artifact_ops: list[WeightedOp], indices: list[int]) -> list:
     """Each compressed layer's weight before (the fp32 program's const) and after (the artifact's
-    constexpr decompressed), for exporter.formats.alone: compression is weight-only."""
-    from exporter.formats.alone import QuantizedLayer
+    constexpr decompressed), for exporter.diagnosis.alone: compression is weight-only."""
+    from exporter.diagnosis.alone import QuantizedLayer
     from validators.mlprogram.interpreter import Interpreter
 
     before = Interpreter.load(fp32).constant_values([fp32_ops[i].weight for i in indices])
@@ -100,7 +102,7 @@ def quantized_layers(fp32: Path, artifact: Path, modules: list[str], fp32_ops: l
 
 
 def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compress, feeds: dict,
-                 batch: int | None, scratch: Path) -> list[dict]:
+                 batch: int | None, scratch: Path) -> list[BlameRow]:
     fp32_ops, base_ops, artifact_ops = weighted_ops(fp32), weighted_ops(base), weighted_ops(artifact)
     if not len(fp32_ops) == len(base_ops) == len(artifact_ops):
         return []
@@ -109,7 +111,6 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
         return []
     modules = module_paths(decomposed(traced.program), traced.loaded.module, fp32_ops) \
         if traced.program is not None else [""] * len(fp32_ops)
-    feeds = blame.blame_feeds(feeds, batch)
     reference, reference_outputs = variable_values(fp32, [fp32_ops[i].output for i in compressed], feeds, batch)
     accumulated, _ = variable_values(artifact, [artifact_ops[i].output for i in compressed], feeds, batch)
     in_pytorch = blame.alone_in_pytorch(
@@ -122,23 +123,35 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
             compress(alone_path, only=[base_ops[i].weight])
             alone, alone_outputs = variable_values(alone_path, [artifact_ops[i].output], feeds, batch)
             measured = blame.alone_from_values(reference[fp32_ops[i].output], alone[artifact_ops[i].output],
-                                         reference_outputs, alone_outputs)
+                                               reference_outputs, alone_outputs)
             alone_by = blame.ALONE_IN_ARTIFACT
-        layer = {"module": modules[i], "node": artifact_ops[i].output, "op": artifact_ops[i].type,
-                 "tensor": fp32_ops[i].output, "quantized_tensor": artifact_ops[i].output}
+        layer = Layer(artifact_ops[i].output, artifact_ops[i].type, modules[i], fp32_ops[i].output,
+                      quantized_tensor=artifact_ops[i].output, weight=base_ops[i].weight)
         rows.append(blame.blame_row(layer, reference_layer=reference[fp32_ops[i].output],
-                              accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
-                              alone_by=alone_by, samples=len(next(iter(feeds.values())))))
-        rows[-1]["weight"] = base_ops[i].weight  # what keep_float names to leave uncompressed
+                                    accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
+                                    alone_by=alone_by, samples=blame.sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 
-def keep_float(compress: Compress, out: Path) -> Callable[[list[dict]], list[str]]:
-    """Re-compress `out` with the given layers' weights left uncompressed (fp16)."""
+class CoremlLayerQuantizer:
+    """The diagnosis stage's view of a weight-compressed Core ML variant: the fp16 program compressed
+    one weight at a time for the blame table, or with some weights left uncompressed (fp16)."""
 
-    def rewrite(rows: list[dict]) -> list[str]:
-        weights = sorted(row["weight"] for row in rows)
-        compress(out, keep_float=weights)
+    def __init__(self, fp32: Path, base: Path, traced, compress: Compress, scratch: Path):
+        self.fp32, self.base, self.traced, self.compress, self.scratch = fp32, base, traced, compress, scratch
+        self.weighted_layers = 0  # known once the artifact's compressed layers are read
+
+    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[BlameRow]:
+        progress("per-layer blame with the MIL interpreter")
+        rows = blame_layers(self.fp32, self.base, out, self.traced, self.compress, feeds, self.traced.batch,
+                            self.scratch)
+        self.weighted_layers = len(rows)
+        return rows
+
+    def keep_float(self, rows: list[BlameRow], out: Path) -> list[str]:
+        weights = sorted(row.layer.weight for row in rows)
+        self.compress(out, keep_float=weights)
         return weights
 
-    return rewrite
+    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
+        return {**(quantization or {}), "kept_uncompressed": kept}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.formats.base import Layer
+
 # Operators whose second input is a weight when it is a constant. TRANSPOSE_CONV takes
 # (output shape, weights, input); the rest take (input, weights, ...).
 WEIGHTED_OPS = {"CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "FULLY_CONNECTED": (0, 1),
@@ -114,7 +116,7 @@ def _module_of(op: Operator, paths: dict[str, str], matrices: dict[str, list[np.
 
 
 def weighted_layers(operators: list[Operator], paths: dict[str, str],
-                    matrices: dict[str, list[np.ndarray]]) -> list[dict]:
+                    matrices: dict[str, list[np.ndarray]]) -> list[Layer]:
     """Weighted operators grouped by (module, weight buffer): a recurrent layer applies one weight at
     every time step, and quantizing that layer means all of those operators. In graph order."""
     groups: dict[tuple[str, int], list[Operator]] = {}
@@ -125,18 +127,18 @@ def weighted_layers(operators: list[Operator], paths: dict[str, str],
     for (module, _), ops in groups.items():
         last = ops[-1]
         node = f"{last.op}#{ops[0].index}" + (f"..#{last.index} ({len(ops)} ops)" if len(ops) > 1 else "")
-        layers.append({"node": node, "op": last.op, "module": module, "tensor": last.outputs[0],
-                       "operators": [op.index for op in ops], "scopes": [op.scope for op in ops]})
+        layers.append(Layer(node, last.op, module, last.outputs[0], operators=tuple(op.index for op in ops),
+                            scopes=tuple(op.scope for op in ops)))
     return layers
 
 
-def float_island(operators: list[Operator], layer: dict) -> list[str]:
+def float_island(operators: list[Operator], layer: Layer) -> list[str]:
     """The scopes of the layer's operators and of every non-weighted operator feeding their
     activation inputs, back to the previous weighted operator: the quantizer quantizes a tensor
     where it is produced, so a layer kept in float needs its producers' outputs in float too."""
     producers = {name: op for op in operators for name in op.outputs if name}
-    island = {operators[i].scope for i in layer["operators"]}
-    stack = [operators[i].inputs[WEIGHTED_OPS[operators[i].op][0]] for i in layer["operators"]]
+    island = {operators[i].scope for i in layer.operators}
+    stack = [operators[i].inputs[WEIGHTED_OPS[operators[i].op][0]] for i in layer.operators]
     while stack:
         producer = producers.get(stack.pop())
         if producer is None or is_weighted(producer) or producer.scope in island:

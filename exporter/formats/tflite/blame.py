@@ -7,16 +7,17 @@ calibration ranges as the artifact)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from exporter.formats import blame
-from exporter.formats.tflite_layers import Operator, float_island, is_weighted, read_operators
-from exporter.formats.tflite_quantize import AeqQuantizer
-from validators.batching import run_batched
-from validators.quiet import silenced
+from common.batching import run_batched
+from exporter.diagnosis import blame
+from exporter.diagnosis.blame import BlameRow
+from exporter.formats.base import Layer, Progress
+from exporter.formats.tflite.layers import Operator, float_island, is_weighted, read_operators, weighted_layers
+from exporter.formats.tflite.quantize import AiEdgeQuantizer, quiet
 
 
 def tensor_values(path: Path, names: list[str], feeds: dict, batch: int | None) -> tuple[dict, list[np.ndarray]]:
@@ -34,34 +35,34 @@ def tensor_values(path: Path, names: list[str], feeds: dict, batch: int | None) 
     return dict(zip(names, values[n_outputs:], strict=True)), values[:n_outputs]
 
 
-def quantized_tensor_names(quantized: Path, fp32_operators: list[Operator], layers: list[dict]) -> list[str] | None:
+def quantized_tensor_names(quantized: Path, fp32_operators: list[Operator], layers: list[Layer]) -> list[str] | None:
     """Each layer's output tensor in the quantized model. ai-edge-quantizer keeps the fp32 names;
     another quantizer (PT2E) names tensors anew, so weighted operators are paired in graph order."""
     operators = read_operators(quantized)
     names = {name for op in operators for name in op.outputs}
-    if all(layer["tensor"] in names for layer in layers):
-        return [layer["tensor"] for layer in layers]
+    if all(layer.tensor in names for layer in layers):
+        return [layer.tensor for layer in layers]
     fp32_weighted = [op.index for op in fp32_operators if is_weighted(op)]
     quantized_weighted = [op for op in operators if is_weighted(op)]
     if len(fp32_weighted) != len(quantized_weighted):
         return None
     by_fp32_index = dict(zip(fp32_weighted, quantized_weighted, strict=True))
-    return [by_fp32_index[layer["operators"][-1]].outputs[0] for layer in layers]
+    return [by_fp32_index[layer.operators[-1]].outputs[0] for layer in layers]
 
 
 _QRANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255)}
 
 
-def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: list[dict],
+def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: list[Layer],
                      quantized_names: list[str]) -> list:
-    """What quantization did to each single-operator layer (exporter.formats.alone.QuantizedLayer): the
+    """What quantization did to each single-operator layer (exporter.diagnosis.alone.QuantizedLayer): the
     fp32 model's weight, the artifact's integer weight dequantized with its scales, and the scale and
     zero point of the operator's input; None where the operator is not quantized that way."""
     from ai_edge_litert.schema_py_generated import TensorType
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
-    from exporter.formats.alone import InputQuant, QuantizedLayer
-    from exporter.formats.tflite_layers import WEIGHTED_OPS
+    from exporter.diagnosis.alone import InputQuant, QuantizedLayer
+    from exporter.formats.tflite.layers import WEIGHTED_OPS
 
     type_names = {code: name for name, code in vars(TensorType).items() if not name.startswith("_")}
     model = flatbuffer.read_model(str(quantized))
@@ -77,8 +78,8 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
     found = []
     for layer, name in zip(layers, quantized_names, strict=True):
         op = by_output.get(name)
-        fp32_op = fp32_operators[layer["operators"][0]]
-        if len(layer["operators"]) != 1 or op is None or fp32_op.weight is None:
+        fp32_op = fp32_operators[layer.operators[0]]
+        if len(layer.operators) != 1 or op is None or fp32_op.weight is None:
             found.append(None)
             continue
         activation_at, weight_at = WEIGHTED_OPS[fp32_op.op]
@@ -95,18 +96,18 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
         shape[axis] = -1
         dequantized = ((q - zero.reshape(shape if zero.size > 1 else [1])) * scale.reshape(shape)).astype(np.float32)
         activation = InputQuant(float(input_params[0][0]), int(input_params[1][0]), *_QRANGES[input_type])
-        found.append(QuantizedLayer(layer["module"], fp32_op.weight, dequantized, activation))
+        found.append(QuantizedLayer(layer.module, fp32_op.weight, dequantized, activation))
     return found
 
 
-def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
-                 feeds: dict, batch: int | None, scratch: Path, traced=None) -> list[dict]:
+def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[Layer],
+                 quantizer: AiEdgeQuantizer, feeds: dict, batch: int | None, scratch: Path,
+                 traced=None) -> list[BlameRow]:
     feeds = blame.blame_feeds(feeds, batch)
-    samples = len(next(iter(feeds.values())))
     quantized_names = quantized_tensor_names(quantized, operators, layers)
     if quantized_names is None:
         return []
-    reference, reference_outputs = tensor_values(fp32, [layer["tensor"] for layer in layers], feeds, batch)
+    reference, reference_outputs = tensor_values(fp32, [layer.tensor for layer in layers], feeds, batch)
     accumulated, _ = tensor_values(quantized, quantized_names, feeds, batch)
     placed = quantized_layers(quantized, operators, layers, quantized_names)
     in_pytorch = blame.alone_in_pytorch(traced, placed, feeds)
@@ -115,28 +116,46 @@ def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers:
     for layer, quantized_name, measured in zip(layers, quantized_names, in_pytorch, strict=True):
         alone_by = blame.ALONE_IN_PYTORCH
         if measured is None:  # measured in the runtime: the model quantized at this layer only
-            aeq.build(alone_path, only=layer["scopes"])
-            alone, alone_outputs = tensor_values(alone_path, [layer["tensor"]], feeds, batch)
-            measured = blame.alone_from_values(reference[layer["tensor"]], alone[layer["tensor"]], reference_outputs,
-                                         alone_outputs)
+            quantizer.build(alone_path, only=layer.scopes)
+            alone, alone_outputs = tensor_values(alone_path, [layer.tensor], feeds, batch)
+            measured = blame.alone_from_values(reference[layer.tensor], alone[layer.tensor], reference_outputs,
+                                               alone_outputs)
             alone_by = blame.ALONE_IN_ARTIFACT
         rows.append(blame.blame_row(
-            {**layer, "quantized_tensor": quantized_name},
-            reference_layer=reference[layer["tensor"]], accumulated_layer=accumulated[quantized_name],
-            alone=measured, alone_by=alone_by, samples=samples))
+            dataclasses.replace(layer, quantized_tensor=quantized_name),
+            reference_layer=reference[layer.tensor], accumulated_layer=accumulated[quantized_name],
+            alone=measured, alone_by=alone_by, samples=blame.sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 
-def keep_float(operators: list[Operator], layers: list[dict], aeq: AeqQuantizer,
-               out: Path) -> Callable[[list[dict]], list[str]]:
-    """Re-quantize `out` with the given layers, and the non-weighted operators feeding each, in float."""
-    by_node = {layer["node"]: layer for layer in layers}
-    by_scope = {op.scope: op for op in operators}
+class TfliteLayerQuantizer:
+    """The diagnosis stage's view of a static .tflite variant, quantized with ai-edge-quantizer: one
+    layer at a time for the blame table, or all but some (with the operators feeding each)."""
 
-    def rewrite(rows: list[dict]) -> list[str]:
-        scopes = sorted({s for row in rows for s in float_island(operators, by_node[row["node"]])})
-        with silenced():  # the quantizer's progress and overwrite warnings
-            aeq.build(out, keep_float=scopes)
+    def __init__(self, fp32: Path, quantizer: AiEdgeQuantizer, traced, scratch: Path):
+        from exporter.diagnosis.blame import weight_matrices
+        from exporter.formats.tflite.layers import hierarchy_paths
+
+        self.fp32, self.quantizer, self.traced, self.scratch = fp32, quantizer, traced, scratch
+        matrices = weight_matrices(traced.loaded.module)
+        self.operators = read_operators(fp32)
+        self.layers = weighted_layers(self.operators, hierarchy_paths(traced.program, set(matrices)), matrices)
+        self.weighted_layers = len(self.layers)
+
+    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[BlameRow]:
+        progress(f"per-layer blame over {len(self.layers)} weighted layers")
+        with quiet():
+            return blame_layers(self.fp32, out, self.operators, self.layers, self.quantizer, feeds,
+                                self.traced.batch, self.scratch, self.traced)
+
+    def keep_float(self, rows: list[BlameRow], out: Path) -> list[str]:
+        """Re-quantize `out` with the given layers, and the non-weighted operators feeding each, in float."""
+        by_scope = {op.scope: op for op in self.operators}
+        scopes = sorted({s for row in rows for s in float_island(self.operators, row.layer)})
+        with quiet():  # the quantizer's progress and overwrite warnings
+            self.quantizer.build(out, keep_float=scopes)
         return [f"{by_scope[s].op}#{by_scope[s].index}" for s in sorted(scopes, key=lambda s: by_scope[s].index)]
 
-    return rewrite
+    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
+        # the artifact is now ai-edge-quantizer's, mixed (int8_full's PT2E candidate is not rebuilt)
+        return {**self.quantizer.config, "kept_float": kept}

@@ -1,4 +1,6 @@
-"""Arm Ethos-U: compile an int8 .tflite with vela (ethos-u-vela) and read its own figures.
+"""Arm Ethos-U: compile an int8 .tflite with vela (ethos-u-vela) and read its own figures. A compiler
+both stages use: the exporter writes the compiled model as an artifact, the validator compiles again
+for the report's figures so `edgeport validate DIR` needs nothing but the directory.
 
 Everything here is vela's estimate for the configured accelerator, not a measurement. Operators
 vela leaves on the CPU are read from the compiled flatbuffer itself (every op that is not the
@@ -13,9 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from validators.errors import ArtifactError
+from common.errors import EdgeportError
 
 _COUNTS = re.compile(r"^(CPU|NPU) operators = (\d+)", re.MULTILINE)
+
+
+class VelaError(EdgeportError):
+    """vela refused the model: the exporter reports it as a conversion failure, the validator as an artifact's."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def compile_with_vela(tflite: Path, out_dir: Path, accelerator: str, system_conf
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
-        raise ArtifactError(f"vela could not compile {tflite.name} for {accelerator} ({last[:300]}); "
+        raise VelaError(f"vela could not compile {tflite.name} for {accelerator} ({last[:300]}); "
                             "Ethos-U needs a full-integer int8 model")
     compiled = out_dir / f"{tflite.stem}_vela.tflite"
     csv_path = next(out_dir.glob(f"{tflite.stem}_summary_*.csv"))

@@ -14,17 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
+from common.errors import first_line
+from common.quiet import quiet as _quiet
 from exporter.errors import ConversionError
 from exporter.trace import TracedModel
 from targets import Variant
-from targets.errors import first_line
-from targets.profile import STATIC_PRECISIONS
-from validators.runtimes.litert_runtime import SIGNATURE
+from targets.catalog import precision as precision_row
 
-AEQ_RECIPES = {"fp16": "ai-edge-quantizer float_casting fp16 weights",
-               "int8_dynamic": "ai-edge-quantizer dynamic int8 weights, float activations",
-               "int8": "ai-edge-quantizer static int8, global min/max calibration, float I/O",
-               "int8_full": "ai-edge-quantizer static int8, global min/max calibration, int8 I/O"}
+# precision id -> what ai-edge-quantizer makes of it (the manifest's "recipe"); fp32 is litert-torch's own
+RECIPES = {"fp16": "ai-edge-quantizer float_casting fp16 weights",
+           "int8_dynamic": "ai-edge-quantizer dynamic int8 weights, float activations",
+           "int8": "ai-edge-quantizer static int8, global min/max calibration, float I/O",
+           "int8_full": "ai-edge-quantizer static int8, global min/max calibration, int8 I/O"}
 PT2E_RECIPE = "litert-torch PT2E, per-channel symmetric int8 weights, int8 I/O"
 
 
@@ -33,7 +35,12 @@ def _exactly(scopes: Iterable[str]) -> str:
     return "^(?:" + "|".join(re.escape(s) for s in sorted(set(scopes))) + ")$"
 
 
-def _aeq_recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[str] = ()):
+def quiet():
+    """litert-torch and the quantizer print progress bars and absl logs; keep edgeport's output readable."""
+    return _quiet("absl")
+
+
+def _recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[str] = ()):
     """The whole model at `precision`; or only the operators whose scopes are listed (a layer
     alone, float I/O); and with the `keep_float` operators left in float."""
     from ai_edge_quantizer import qtyping, recipe_manager
@@ -48,33 +55,35 @@ def _aeq_recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[s
                                        algorithm_key=AlgorithmName.FLOAT_CASTING)
     elif precision == "int8_dynamic":
         manager.add_dynamic_config(regex=scope, operation_name=ops.ALL_SUPPORTED, num_bits=8)
-    else:
+    elif precision in ("int8", "int8_full"):
         manager.add_static_config(regex=scope, operation_name=ops.ALL_SUPPORTED, activation_num_bits=8,
                                   weight_num_bits=8)
         if precision == "int8":  # float I/O: QUANTIZE / DEQUANTIZE at the model's edges
             for io_op in (ops.INPUT, ops.OUTPUT):
                 manager.add_quantization_config(regex=".*", operation_name=io_op,
                                                 algorithm_key=AlgorithmName.NO_QUANTIZE)
+    else:
+        raise KeyError(f"no ai-edge-quantizer recipe for TFLite precision {precision!r}")
     if keep_float:  # the later matching config wins
         manager.add_quantization_config(regex=_exactly(keep_float), operation_name=ops.ALL_SUPPORTED,
                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
     return manager.get_quantization_recipe()
 
 
-class AeqQuantizer:
+class AiEdgeQuantizer:
     """ai-edge-quantizer for one precision of one fp32 .tflite. A static precision calibrates once;
     every model built after (the whole model, one layer alone, some layers in float) uses those ranges."""
 
     def __init__(self, fp32: Path, precision: str, batches: list[dict], signature_inputs: dict[str, np.dtype]):
         self.fp32, self.precision, self.qsvs = fp32, precision, None
         self.float_scopes: list[str] = []
-        self.config: dict = {"recipe": AEQ_RECIPES[precision]}
-        if precision in STATIC_PRECISIONS:
+        self.config: dict = {"recipe": RECIPES[precision]}
+        if precision_row("tflite", precision).needs_calibration:
             from ai_edge_quantizer import calibrator, quantizer
             from ai_edge_quantizer.utils import qsv_utils
 
             q = quantizer.Quantizer(str(fp32))
-            q.load_quantization_recipe(_aeq_recipe(precision))
+            q.load_quantization_recipe(_recipe(precision))
             samples = [{name: value.astype(dtype, copy=False)
                         for (name, dtype), value in zip(signature_inputs.items(), feeds.values(), strict=True)}
                        for feeds in batches]
@@ -90,8 +99,8 @@ class AeqQuantizer:
     def _unrepresentable(self) -> list[str]:
         """Scopes of the operators that write or read a tensor whose calibrated range int8 cannot hold
         (an attention mask's fill value): kept in float, and said so in the config."""
-        from exporter.formats.onnx_quantize import UNREPRESENTABLE_RANGE
-        from exporter.formats.tflite_layers import read_operators
+        from exporter.formats.onnx.quantize import UNREPRESENTABLE_RANGE
+        from exporter.formats.tflite.layers import read_operators
 
         tensors = sorted(name for name, qsv in self.qsvs.items() if "min" in qsv and max(
             float(np.max(np.abs(qsv["min"]))), float(np.max(np.abs(qsv["max"])))) > UNREPRESENTABLE_RANGE)
@@ -107,7 +116,7 @@ class AeqQuantizer:
         if not only:
             keep_float = sorted(set(keep_float) | set(self.float_scopes))
         q = quantizer.Quantizer(str(self.fp32))
-        q.load_quantization_recipe(_aeq_recipe(self.precision, only, keep_float))
+        q.load_quantization_recipe(_recipe(self.precision, only, keep_float))
         q.quantize(self.qsvs, enable_progress_report=False).export_model(str(out), overwrite=True)
         return dict(self.config)
 
@@ -121,7 +130,7 @@ def _quantize_pt2e(traced: TracedModel, out: Path, batches: list[dict]) -> dict:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    module = prepare_pt2e(torch.export.export(traced.loaded.module, traced.example_inputs).module(), quantizer)
+    module = prepare_pt2e(traced.program.module(), quantizer)  # the one traced program, not a re-export
     with torch.no_grad():
         for feeds in batches:
             module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
@@ -133,7 +142,7 @@ def _quantize_pt2e(traced: TracedModel, out: Path, batches: list[dict]) -> dict:
 
 def _sqnr_against(candidate: Path, reference: Path, batches: list[dict]) -> float:
     """Worst-output SQNR of a candidate against the fp32 .tflite on the calibration batches."""
-    from validators.batching import run_batched
+    from common.batching import run_batched
     from validators.parity import output_parity
     from validators.runtimes.litert_runtime import open_session
 
@@ -144,11 +153,11 @@ def _sqnr_against(candidate: Path, reference: Path, batches: list[dict]) -> floa
     return min(output_parity(r, g)["sqnr_db"] for r, g in zip(ref, got, strict=True))
 
 
-def quantize_full_int8(traced: TracedModel, aeq: AeqQuantizer, out: Path, variant: Variant, batches: list[dict],
-                       scratch: Path) -> dict:
+def quantize_full_int8(traced: TracedModel, quantizer: AiEdgeQuantizer, out: Path, variant: Variant,
+                       batches: list[dict], scratch: Path) -> dict:
     """Build the requested recipe, or with recipe "auto" both, keeping the better on calibration data."""
-    builders = {"ai-edge-quantizer": aeq.build, "pt2e": lambda path: _quantize_pt2e(traced, path, batches)}
-    names = list(builders) if variant.recipe == "auto" else [variant.recipe]
+    builders = {"ai-edge-quantizer": quantizer.build, "pt2e": lambda path: _quantize_pt2e(traced, path, batches)}
+    names = list(builders) if variant.options.recipe == "auto" else [variant.options.recipe]
     results = {}
     for name in names:
         path = scratch / f"candidate-{name}.tflite"
@@ -157,7 +166,7 @@ def quantize_full_int8(traced: TracedModel, aeq: AeqQuantizer, out: Path, varian
         except Exception as exc:  # one quantizer failing leaves the other; the record says why
             results[name] = {"error": first_line(exc)}
             continue
-        results[name] = {"config": config, "sqnr_db": round(_sqnr_against(path, aeq.fp32, batches), 3),
+        results[name] = {"config": config, "sqnr_db": round(_sqnr_against(path, quantizer.fp32, batches), 3),
                          "path": path}
     built = {n: r for n, r in results.items() if "path" in r}
     if not built:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from targets.catalog import EliminateDeadNodesConfig, FoldBatchNormConfig, FoldConstantsConfig, SimplifyConfig
 
 # Ops whose value is not a function of their inputs: never folded.
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -38,11 +40,6 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     return readers
-
-
-@dataclass(frozen=True)
-class FoldConstantsConfig:
-    max_output_elements: int = 1 << 22  # do not bloat the file with huge folded tensors
 
 
 class FoldConstants:
@@ -84,11 +81,6 @@ class FoldConstants:
         graph.node.extend(kept)
         graph.initializer.extend(new_inits)
         return model
-
-
-@dataclass(frozen=True)
-class FoldBatchNormConfig:
-    fold_into_gemm: bool = True  # BatchNorm1d after Linear
 
 
 class FoldBatchNorm:
@@ -183,11 +175,6 @@ class FoldBatchNorm:
         return True
 
 
-@dataclass(frozen=True)
-class EliminateDeadNodesConfig:
-    remove_identity: bool = True
-
-
 class EliminateDeadNodes:
     """Bypass Identity nodes, drop nodes no output depends on, drop unused initializers."""
 
@@ -236,11 +223,6 @@ def _graph_of(nodes: list[onnx.NodeProto]) -> onnx.GraphProto:
     return helper.make_graph(nodes, "g", [], [])
 
 
-@dataclass(frozen=True)
-class SimplifyConfig:
-    skip_fusions: tuple[str, ...] = ()  # onnxslim fusion pattern names to leave alone
-
-
 class Simplify:
     """onnxslim: constant/shape folding with shape inference, pattern fusion, redundant-op removal."""
 
@@ -277,11 +259,14 @@ class PassBrokeGraphError(RuntimeError):
     """An internal bug: a pass produced a graph onnx.checker rejects."""
 
 
-def run_passes(model: onnx.ModelProto, pass_ids: tuple[str, ...]) -> tuple[onnx.ModelProto, list[PassRecord]]:
+def run_passes(model: onnx.ModelProto, pass_ids: tuple[str, ...],
+               configs: dict[str, Any] | None = None) -> tuple[onnx.ModelProto, list[PassRecord]]:
+    """Run the passes in order, each with the target's config for it (else its defaults)."""
     unknown = [p for p in pass_ids if p not in PASSES]
     if unknown:  # targets validate ids against the catalog; this guards the registry itself
         raise KeyError(f"no implementation for ONNX pass(es) {unknown}")
-    pipeline = [PASSES[p]() for p in pass_ids]
+    configs = configs or {}
+    pipeline = [PASSES[p](configs[p]) if p in configs else PASSES[p]() for p in pass_ids]
     records = []
     for onnx_pass in pipeline:
         before = len(model.graph.node)

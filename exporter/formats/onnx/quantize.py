@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from validators.batching import whole_batches
+from common.batching import whole_batches
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
 _CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -73,6 +73,23 @@ class StaticQuantConfig:
     max_samples: int = 512
 
 
+@dataclass(frozen=True)
+class Only:
+    """Quantize these nodes only (a layer alone)."""
+
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeepFloat:
+    """Quantize everything but these nodes (layers kept in float)."""
+
+    nodes: tuple[str, ...]
+
+
+NodeSelection = Only | KeepFloat | None
+
+
 # An activation whose calibrated range reaches past this is a fill value (an attention mask's
 # finfo.min), not a signal: one int8 scale over it would flatten every real value to zero.
 UNREPRESENTABLE_RANGE = 1e6
@@ -87,20 +104,23 @@ class StaticQuantVariant:
         self.precision = precision
         self.config = config
         self.ranges = scratch / f"calibration-{precision}.json"
+        self.calibration: CalibrationFeeds | None = None
         self.float_nodes: list[str] = []  # producers and readers of tensors int8 cannot hold
         self.float_tensors: list[str] = []
 
-    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None, extra: dict | None = None) -> dict:
-        """extra: node selection for diagnosis (nodes_to_quantize) or mixed precision (nodes_to_exclude)."""
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None,
+            selection: NodeSelection = None) -> dict:
+        """selection: for diagnosis, quantize only some nodes, or keep some in float (auto precision)."""
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
+        self.calibration = calibration  # diagnosis re-quantizes with the same data
         reader = calibration.reader(self.config.max_samples)
         calibrated = self.ranges.exists()
-        self._quantize(fp32, out, reader, extra)
+        self._quantize(fp32, out, reader, selection)
         if not calibrated:
             self.float_tensors, self.float_nodes = _unrepresentable(fp32, self.ranges)
             if self.float_nodes:
-                self._quantize(fp32, out, reader, extra)
+                self._quantize(fp32, out, reader, selection)
         record = {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
                   **asdict(self.config)}
         if self.float_tensors:
@@ -108,12 +128,16 @@ class StaticQuantVariant:
             record["float_tensors_reason"] = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
         return record
 
-    def _quantize(self, fp32: Path, out: Path, reader, extra: dict | None) -> None:
+    def _quantize(self, fp32: Path, out: Path, reader, selection: NodeSelection) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        options = dict(extra or {})
-        if self.float_nodes and "nodes_to_quantize" not in options:
-            options["nodes_to_exclude"] = sorted(set(options.get("nodes_to_exclude", [])) | set(self.float_nodes))
+        options: dict = {}
+        if isinstance(selection, Only):
+            options["nodes_to_quantize"] = list(selection.nodes)
+        else:
+            excluded = set(selection.nodes) if isinstance(selection, KeepFloat) else set()
+            if excluded or self.float_nodes:
+                options["nodes_to_exclude"] = sorted(excluded | set(self.float_nodes))
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
             quantize_static(
                 str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
@@ -171,19 +195,18 @@ class CalibrationFeeds:
         return _Reader()
 
 
-def variant_for(precision: str, calibration_method: str, max_samples: int, scratch: Path):
-    if precision == "fp16":
-        return Fp16Variant()
-    if precision == "int8_dynamic":
-        return DynamicInt8Variant()
-    if precision == "int8":
-        return StaticQuantVariant("int8", StaticQuantConfig(calibration_method=calibration_method,
-                                                            max_samples=max_samples), scratch)
-    if precision == "w8a16":
-        return StaticQuantVariant("w8a16", StaticQuantConfig(activation_type="int16",
-                                                             calibration_method=calibration_method,
-                                                             max_samples=max_samples), scratch)
-    raise KeyError(f"no ONNX implementation for precision {precision!r}")
+def _static(precision: str, activation_type: str):
+    def build(options, scratch: Path) -> StaticQuantVariant:
+        return StaticQuantVariant(precision, StaticQuantConfig(
+            activation_type=activation_type, calibration_method=options.calibration_method,
+            max_samples=options.calibration_samples), scratch)
+    return build
 
 
-IMPLEMENTED_PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8", "w8a16")
+# precision id -> (the variant's typed options, scratch dir) -> its quantizer; fp32 is the lowered graph itself
+QUANTIZERS = {
+    "fp16": lambda options, scratch: Fp16Variant(),
+    "int8_dynamic": lambda options, scratch: DynamicInt8Variant(),
+    "int8": _static("int8", "uint8"),
+    "w8a16": _static("w8a16", "int16"),
+}

@@ -1,0 +1,94 @@
+"""The artifact-directory contract: what `edgeport export` writes and `edgeport validate DIR` reads.
+
+- manifest.json: what the directory holds and how it was made (the resolved target and budgets included);
+- reference.npz: the eval inputs, the PyTorch original's outputs on them, and labels, so validation
+  needs neither the model's source nor torch (keys: input/<name>, output/<name>, labels);
+- export.json: what the export measured on this host (timings, auto precision's latencies): not
+  reproducible, so kept out of the manifest; the report shows it when present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ArtifactError
+from common.files import load_npz, save_npz
+
+MANIFEST = "manifest.json"
+SCHEMA = 2  # 2: the resolved target and each artifact's budget are stored, not re-derived
+REFERENCE = "reference.npz"
+EXPORT_LOG = "export.json"
+# The signature name every .tflite is written with and run by.
+LITERT_SIGNATURE = "serving_default"
+
+
+
+@dataclass
+class Reference:
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+    def degenerate(self) -> str:
+        """Why the reference outputs prove nothing ('' when they are usable): NaN or Inf, all zero, or the
+        same on every eval sample. Any artifact would match such a reference, however wrong it is."""
+        for name, value in self.outputs.items():
+            if value.dtype.kind not in "fc":
+                continue
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                what = f"holds {bad} NaN/Inf value(s)"
+            elif not np.any(value):
+                what = "is zero on every eval sample"
+            elif len(value) > 1 and np.all(value == value[:1]):
+                what = f"is the same on all {len(value)} eval samples"
+            else:
+                continue
+            return (f"the PyTorch model's output {name!r} {what}, so parity against it would prove nothing; "
+                    "check the weights are trained and loaded (--weights) and that --eval holds real inputs")
+        return ""
+
+    @property
+    def samples(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def save(self, directory: Path) -> Path:
+        arrays = {f"input/{k}": v for k, v in self.inputs.items()}
+        arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        path = directory / REFERENCE
+        save_npz(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        arrays = load_npz(path)
+        inputs = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
+        outputs = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
+        return cls(inputs, outputs, arrays.get("labels"))
+
+
+def read_manifest(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a directory; pass an artifact directory such as "
+                            "artifacts/digits/android")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no {MANIFEST}; pass a directory written by edgeport export")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-export the model") from None
+    missing = [k for k in ("schema", "model", "target", "artifacts", "reference", "inputs", "outputs")
+               if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeport, re-export")
+    if manifest["schema"] != SCHEMA:
+        raise ArtifactError(f"{path} has manifest schema {manifest['schema']}, this edgeport reads {SCHEMA}; "
+                            "re-export with this version")
+    return manifest

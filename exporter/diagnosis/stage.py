@@ -1,0 +1,124 @@
+"""Diagnosis, the stage after emit: per-layer blame of a quantized variant and, when the target
+allows it and the variant misses its budget, automatic mixed precision (the fewest most harmful
+layers kept in float that meet it). Generic: a format only supplies its LayerQuantizer; every
+candidate is judged by the validator's own public call (validators.candidate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.artifact_dir import Reference
+from common.files import size_bytes
+from exporter.diagnosis.blame import BlameRow, blame_feeds
+from exporter.formats.base import LayerQuantizer, Progress
+from targets import Target, Variant
+from validators.candidate import Candidate
+
+
+@dataclass
+class AutoPrecisionDecision:
+    """Which layers stayed float and what that bought; reproducible, so it goes into the manifest."""
+
+    met: bool
+    kept_float: list[str]
+    excluded_nodes: list[str]
+    weighted_layers: int
+    bytes_before: int
+    bytes_after: int
+    violations_before: list[str]
+    violations_after: list[str]
+    candidates_tried: int
+
+    def to_json(self) -> dict:
+        int8_layers = self.weighted_layers - len(self.kept_float)
+        return {
+            "met": self.met, "kept_float": self.kept_float, "excluded_nodes": self.excluded_nodes,
+            "int8_layers": int8_layers, "weighted_layers": self.weighted_layers,
+            "int8_layer_share": round(int8_layers / self.weighted_layers, 4) if self.weighted_layers else 0.0,
+            "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
+            "violations_before": self.violations_before, "violations_after": self.violations_after,
+            "candidates_tried": self.candidates_tried,
+            "note": "" if self.met else "the budget is not met even with every weighted layer in float",
+        }
+
+
+@dataclass
+class Diagnosis:
+    rows: list[BlameRow]
+    auto_precision: AutoPrecisionDecision | None = None
+    note: str = ""
+    # measured on this host while deciding (latency before and after): not reproducible, report only
+    host_latency_ms: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        record: dict = {"layers": [r.to_json() for r in self.rows]}
+        if self.auto_precision is not None:
+            record["auto_precision"] = self.auto_precision.to_json()
+        if self.note:
+            record["note"] = self.note
+        return record
+
+
+def wanted(target: Target, variant: Variant, candidate: Candidate, out: Path) -> bool:
+    """Whether a quantized variant gets per-layer blame: the target's `diagnose` says always, never,
+    or only when the variant misses its budget (checked with the validator's own code)."""
+    if target.diagnose == "off" or not variant.row.diagnosable:
+        return False
+    return target.diagnose == "always" or bool(candidate.violations(out))
+
+
+def diagnose(quantizer: LayerQuantizer, out: Path, reference: Reference, candidate: Candidate, auto: bool,
+             progress: Progress) -> Diagnosis:
+    """The blame table of `out`; and, when `auto` and `out` misses its budget, auto precision, which
+    leaves `out` as the model decided on."""
+    rows = quantizer.blame(out, blame_feeds(reference.inputs, candidate.io.batch), progress)
+    if not rows:
+        return Diagnosis(rows, note="no per-layer blame: the quantized model's layers could not be paired "
+                                    "with the float model's")
+    diagnosis = Diagnosis(rows)
+    if not auto:
+        return diagnosis
+    before = candidate.violations(out)
+    if before:
+        progress("misses its budget: keeping the most harmful layers in float")
+        latency_before = candidate.latency_ms(out)
+        diagnosis.auto_precision = auto_precision(quantizer, rows, out, candidate, before)
+        diagnosis.host_latency_ms = {"latency_ms_before": latency_before,
+                                     "latency_ms_after": candidate.latency_ms(out)}
+    return diagnosis
+
+
+def auto_precision(quantizer: LayerQuantizer, rows: list[BlameRow], out: Path, candidate: Candidate,
+                   before: list[str]) -> AutoPrecisionDecision:
+    """Keep the fewest most-harmful layers in float that meet the budget (or every weighted layer,
+    when even that does not). `before` is what the fully quantized `out` violates."""
+    bytes_before = size_bytes(out)
+    tried: dict[int, tuple[list[str], list[str]]] = {}  # layers kept float -> (nodes excluded, violations)
+
+    def attempt(count: int) -> list[str]:
+        excluded = quantizer.keep_float(rows[:count], out)
+        tried[count] = (excluded, candidate.violations(out))
+        return tried[count][1]
+
+    # Every weighted layer in float first: if that misses too, the miss is elsewhere (activations
+    # between layers) and no choice of layers helps. Then a bisection on how many of the worst to
+    # keep (more float layers never hurt): about log2(layers) re-quantizations, not one per layer.
+    count = len(rows)
+    if not attempt(count):
+        low = 1
+        while low < count:
+            middle = (low + count) // 2
+            if attempt(middle):
+                low = middle + 1
+            else:
+                count = middle
+    last = list(tried)[-1]
+    if last != count:  # `out` holds the last model tried; rewrite it as decided
+        attempt(count)
+    excluded, remaining = tried[count]
+    return AutoPrecisionDecision(
+        met=not remaining, kept_float=[r.name for r in rows[:count]], excluded_nodes=excluded,
+        weighted_layers=quantizer.weighted_layers, bytes_before=bytes_before, bytes_after=size_bytes(out),
+        violations_before=before, violations_after=remaining, candidates_tried=len(tried) + (last != count))

@@ -1,0 +1,108 @@
+"""The contract every artifact format implements, and the records it hands back.
+
+The pipeline owns the loop over a target's variants (scratch directory, timing, provenance, the
+ArtifactRecord); a format only says how to check, lower and emit:
+
+    preflight(traced)                     -> operators the converter cannot take, before any long work
+    lower(traced, target, scratch)        -> Lowered: export once + the target's passes, shared by variants
+    emit(lowered, variant, calib, out)    -> Emitted: one precision variant written to `out`
+    layer_quantizer(lowered, variant, emitted, scratch) -> LayerQuantizer | None, for the diagnosis stage
+    finish(lowered, variant, out, ...)    -> Finished: the artifact's own I/O, companion files (after diagnosis)
+    stamp(path, provenance)               -> provenance written into the artifact itself
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from exporter.errors import UnsupportedOp
+from exporter.trace import TracedModel
+from targets import Target, Variant
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Lowered:
+    """What every variant of one format starts from: the converted float program (in `scratch`), how
+    it was made, and whatever format-specific state the variants share."""
+
+    traced: TracedModel
+    target: Target
+    scratch: Path
+    conversion: dict  # exporter used and why, passes with node counts (goes to the manifest)
+    state: Any = None
+
+
+@dataclass
+class Emitted:
+    quantization: dict | None  # the scheme and its config; None for float variants
+    conversion: dict | None = None  # when this variant was converted differently from `lowered.conversion`
+
+
+@dataclass
+class Finished:
+    inputs: list[dict]  # the artifact's own I/O specs (int8-I/O variants differ from the model's)
+    outputs: list[dict]
+    companions: dict = field(default_factory=dict)  # manifest key -> record, e.g. npu_compiled
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A weighted layer of an artifact's graph, the unit per-layer blame ranks and auto precision
+    keeps in float. One type for every format; the format fills what its graph has."""
+
+    node: str  # the graph node (ONNX node, TFLite operator output, MIL op)
+    op: str
+    module: str  # the PyTorch module path it came from ('' when unknown)
+    tensor: str  # the tensor whose value measures the layer (its output)
+    quantized_tensor: str = ""  # that tensor's name in the quantized graph, when it differs
+    weight: str = ""  # the weight constant's name, where the format compresses by name
+    operators: tuple[int, ...] = ()  # TFLite: the operator indices this layer covers
+    scopes: tuple[str, ...] = ()  # TFLite: ai-edge-quantizer's regex scopes selecting it
+
+
+class LayerQuantizer(Protocol):
+    """What the diagnosis stage needs from a format: the blame table of a quantized variant, and a way
+    to rewrite it with some layers kept in float."""
+
+    weighted_layers: int
+
+    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[dict]: ...
+
+    def keep_float(self, rows: list[dict], out: Path) -> list[str]:
+        """Rewrite `out` with these layers in float; the graph nodes kept out of the quantized scheme."""
+
+    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
+        """The variant's quantization record once `kept` stayed float."""
+
+
+class Backend(Protocol):
+    format: ClassVar[str]
+    libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
+    preflight_hint: ClassVar[str]  # what to do when preflight refuses
+    reproducible: ClassVar[str]  # what the manifest promises about the artifact's bytes
+
+    def preflight(self, traced: TracedModel) -> list[UnsupportedOp]: ...
+
+    def lower(self, traced: TracedModel, target: Target, scratch: Path, progress: Progress) -> Lowered: ...
+
+    def emit(self, lowered: Lowered, variant: Variant, calibration: dict[str, np.ndarray] | None, out: Path,
+             progress: Progress) -> Emitted: ...
+
+    def layer_quantizer(self, lowered: Lowered, variant: Variant, emitted: Emitted,
+                        progress: Progress) -> LayerQuantizer | None: ...
+
+    def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished: ...
+
+    def stamp(self, path: Path, provenance: dict[str, str]) -> None: ...
+
+
+def model_io(traced: TracedModel) -> Finished:
+    """The model's own I/O specs, for formats whose artifacts keep them unchanged."""
+    return Finished([s.to_json() for s in traced.inputs], [s.to_json() for s in traced.outputs])

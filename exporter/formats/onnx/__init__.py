@@ -1,0 +1,1 @@
+"""ONNX: torch.onnx export, typed graph passes, onnxruntime quantization, per-layer blame."""

@@ -1,0 +1,74 @@
+"""One model judged against the reference: the validator's parity, accuracy and budget code behind
+one public call, used by `validate` for every artifact and by the exporter's diagnosis stage for
+every candidate it tries (auto precision), so both judge the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.artifact_dir import Reference
+from common.batching import run_batched
+from common.errors import ArtifactError
+from targets import Budget, RuntimeSettings
+from validators import budgets, parity
+from validators.latency import measure_first_batch
+
+Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """How to feed the reference to a model: its input and output names, and its fixed batch (None: any)."""
+
+    inputs: list[str]
+    outputs: list[str]
+    batch: int | None
+
+
+@dataclass
+class CandidateResult:
+    per_output: dict[str, dict]  # output name -> parity metrics
+    overall: dict  # the worst case over the outputs
+    accuracy: dict | None  # task accuracy, when the reference has labels
+    violations: list[str]  # the budget's parity and accuracy limits it misses
+
+
+def evaluate(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> CandidateResult:
+    """Run a model on the stored eval inputs and judge parity and accuracy against the budget."""
+    inputs = {name: reference.inputs[name] for name in io.inputs}
+    outputs = dict(zip(io.outputs, run_batched(run, inputs, io.batch), strict=True))
+    per_output, problems = {}, []
+    for name in io.outputs:
+        try:
+            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name], budget.min_sqnr_db)
+        except ValueError as exc:
+            problems.append(f"output {name}: {exc}")
+    if problems:
+        raise ArtifactError("; ".join(problems) + "; the artifact does not match its manifest")
+    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+    overall = parity.worst_case(per_output)
+    return CandidateResult(per_output, overall, accuracy, budgets.check(budget, overall, accuracy, None, 0))
+
+
+class Candidate:
+    """A model file of one format judged as the validator judges its artifact: same eval data, same
+    runtime settings. What auto precision asks of every model it tries."""
+
+    def __init__(self, fmt: str, reference: Reference, io: ModelIO, budget: Budget, settings: RuntimeSettings):
+        self.fmt, self.reference, self.io, self.budget, self.settings = fmt, reference, io, budget, settings
+
+    def violations(self, path: Path) -> list[str]:
+        from validators.runtimes import open_session
+
+        return evaluate(open_session(self.fmt, path, 1).run, self.reference, self.io, self.budget).violations
+
+    def latency_ms(self, path: Path) -> float:
+        """Median host latency on the first eval batch, as the validator measures it."""
+        from validators.runtimes import open_session
+
+        session = open_session(self.fmt, path, self.settings.threads)
+        return round(measure_first_batch(session, self.reference.inputs, self.io.batch, self.settings)["median"], 4)
