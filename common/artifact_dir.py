@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.batching import sample_count
 from common.errors import ArtifactError
 from common.files import load_npz, save_npz
 
@@ -54,7 +55,7 @@ class Reference:
 
     @property
     def samples(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return sample_count(self.inputs)
 
     def save(self, directory: Path) -> Path:
         arrays = {f"input/{k}": v for k, v in self.inputs.items()}

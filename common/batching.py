@@ -9,14 +9,19 @@ import numpy as np
 DYNAMIC_BATCH_CHUNK = 64
 
 
+def sample_count(arrays: dict[str, np.ndarray]) -> int:
+    """Samples in a dict of arrays keyed by input name (they agree on the first axis)."""
+    return len(next(iter(arrays.values())))
+
+
 def iter_batches(arrays: dict[str, np.ndarray], batch: int | None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Yield (feeds, valid) chunks of `batch` samples; the last chunk is zero-padded to the fixed
     batch and `valid` says how many of its rows are real. batch=None means any batch size."""
-    total = len(next(iter(arrays.values())))
+    total = sample_count(arrays)
     step = batch or DYNAMIC_BATCH_CHUNK
     for start in range(0, total, step):
         chunk = {k: v[start:start + step] for k, v in arrays.items()}
-        valid = len(next(iter(chunk.values())))
+        valid = sample_count(chunk)
         if batch is not None and valid < batch:
             chunk = {k: np.concatenate([v, np.zeros((batch - valid, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
         yield chunk, valid

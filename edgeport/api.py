@@ -52,6 +52,7 @@ class Report:
     model: dict
     artifacts: list[ArtifactResult]
     json: dict  # report.json as written
+    provisional: str = ""  # why the verdict cannot pass: parity on synthetic inputs only
 
     def artifact(self, fmt: str, precision: str) -> ArtifactResult:
         return next(a for a in self.artifacts if (a.format, a.precision) == (fmt, precision))
@@ -69,7 +70,8 @@ def _report(directory: Path, data: dict) -> Report:
         violations=list(a["budget"]["violations"]), unjudged=list(a["budget"].get("unjudged", [])),
         latency_ms=a["latency_ms"], accuracy=a.get("accuracy"), layers=a.get("layers", []))
         for a in data["artifacts"]]
-    return Report(directory, data["passed"], data["target"], data["model"], artifacts, data)
+    return Report(directory, data["passed"], data["target"], data["model"], artifacts, data,
+                  data.get("provisional", ""))
 
 
 def _stderr(message: str) -> None:
@@ -78,16 +80,19 @@ def _stderr(message: str) -> None:
 
 def export(model: Any, example_inputs: Any = None, *, target: str = "android", eval: Any = None,
            calib: Any = None, out: str | Path = "artifacts", name: str | None = None, dynamic_batch: bool = False,
-           auto_precision: bool | None = None, progress: Callable[[str], None] | None = _stderr) -> Report:
+           auto_precision: bool | None = None, allow_synthetic_eval: bool = False,
+           progress: Callable[[str], None] | None = _stderr) -> Report:
     """Export `model` (an nn.Module with example_inputs, or a SPEC string as the CLI takes) to a target,
     validate every artifact and return the report. eval / calib: a path (.npz or .npy folder) or a
     dict of arrays keyed by input name, with an optional `labels` array. A missed budget is a Report
-    with passed=False (the CLI's exit 1); bad input raises EdgeportError (exit 2)."""
+    with passed=False (the CLI's exit 1), as is a verdict resting on synthetic eval inputs only (no eval
+    given or bundled: `provisional` says so) unless allow_synthetic_eval; bad input raises EdgeportError
+    (exit 2)."""
     from exporter.pipeline import ExportOptions, run_export
 
     options = ExportOptions(model=model, target=target, out=Path(out), calib=calib, eval=eval,
                             example_inputs=example_inputs, dynamic_batch=dynamic_batch, name=name,
-                            auto_precision=auto_precision)
+                            auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval)
     directory, report = run_export(options, progress or (lambda _: None))
     return _report(directory, report)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.batching import sample_count
 from exporter.errors import UserInputError
 from exporter.specs import TensorSpec
 
@@ -38,7 +39,7 @@ class Dataset:
 
     @property
     def samples(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return sample_count(self.inputs)
 
     @property
     def sha256(self) -> str:

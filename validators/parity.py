@@ -57,6 +57,16 @@ def top1_judgement(reference: np.ndarray, artifact: np.ndarray, noise_rms: float
     }
 
 
+def sqnr_from_energies(signal: float, noise: float) -> float:
+    """SQNR in dB from summed signal and noise energies, capped at ±SQNR_CAP_DB (identical outputs
+    give the cap, a zero reference with any noise the negative cap)."""
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return min(SQNR_CAP_DB, 10.0 * float(np.log10(signal / noise)))
+
+
 def output_parity(reference: np.ndarray, artifact: np.ndarray, min_sqnr_db: float | None = None) -> dict:
     """Parity of one output. An artifact output holding NaN or Inf has no error figures (None) and
     counts them in `nonfinite_values`. min_sqnr_db sets the noise a top-1 flip is excused by (else
@@ -73,12 +83,7 @@ def output_parity(reference: np.ndarray, artifact: np.ndarray, min_sqnr_db: floa
                 "samples": samples, "kind": kind, "nonfinite_values": nonfinite}
     diff = out - ref
     signal, noise = float(np.sum(ref * ref)), float(np.sum(diff * diff))
-    if noise == 0.0:
-        sqnr = SQNR_CAP_DB
-    elif signal == 0.0:
-        sqnr = -SQNR_CAP_DB
-    else:
-        sqnr = min(SQNR_CAP_DB, 10.0 * np.log10(signal / noise))
+    sqnr = sqnr_from_energies(signal, noise)
     norms = float(np.linalg.norm(ref) * np.linalg.norm(out))
     cosine = float(np.sum(ref * out) / norms) if norms > 0 else (1.0 if noise == 0.0 else 0.0)
     metrics = {

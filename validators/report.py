@@ -118,11 +118,17 @@ def _auto_precision_line(a: dict) -> str:
               "the artifact's figures above are after this change)")
 
 
+def verdict_word(report: dict) -> str:
+    return "PASSED" if report["passed"] else "PROVISIONAL" if report.get("provisional") else "FAILED"
+
+
 def to_markdown(report: dict) -> str:
-    verdict = "PASSED" if report["passed"] else "FAILED"
+    verdict = verdict_word(report)
     out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
            f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
     out += [f"- {line}" for line in _data_lines(report)]
+    if report.get("provisional"):
+        out.append(f"- **provisional**: {report['provisional']}")
     if report.get("reference_accuracy") is not None:
         out.append(f"- PyTorch reference top-1 on the eval data: {_pct(report['reference_accuracy'])}")
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -152,6 +158,8 @@ def to_markdown(report: dict) -> str:
                 f"{a['layers'][0]['samples']} eval samples.", "",
                 "| " + " | ".join(LAYER_COLUMNS) + " |", "|" + "---|" * len(LAYER_COLUMNS)]
         out += ["| " + " | ".join(_layer_cells(row)) + " |" for row in a["layers"]]
+        if a.get("diagnosis_note"):
+            out += ["", a["diagnosis_note"]]
         if a.get("auto_precision"):
             out += ["", _auto_precision_line(a)]
         out.append("")
@@ -168,15 +176,16 @@ th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}.pass{color:
 
 def to_html(report: dict) -> str:
     e = html.escape
-    verdict = "pass" if report["passed"] else "fail"
+    label = {"PASSED": "pass", "FAILED": "fail"}.get(verdict_word(report), "provisional")
+    css = "warn" if label == "provisional" else label
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeport: {e(report['model']['name'])} "
              f"→ {e(report['target'])}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{e(report['model']['name'])} → {e(report['target'])} "
-             f"<span class='{verdict}'>{verdict.upper()}</span></h1>",
+             f"<span class='{css}'>{label.upper()}</span></h1>",
              f"<p>model <code>{e(report['model']['source'])}</code>, sha256 "
              f"<code>{e(report['model']['sha256'][:16])}…</code></p><ul>"]
-    for line in _data_lines(report):
-        cls = " class='warn'" if "SYNTHETIC" in line else ""
+    for line in _data_lines(report) + ([f"provisional: {report['provisional']}"] if report.get("provisional") else []):
+        cls = " class='warn'" if "SYNTHETIC" in line or line.startswith("provisional") else ""
         parts.append(f"<li{cls}>{e(line)}</li>")
     if report.get("reference_accuracy") is not None:
         parts.append(f"<li>PyTorch reference top-1: {_pct(report['reference_accuracy'])}</li>")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.batching import sample_count
+
 _FOLD_TOLERANCE = 1e-4  # relative residual of "artifact weight = per-channel scale x module weight"
 # FLOPs for all layers' forwards together: about 10 s of eager PyTorch on this 2-core machine, so the
 # diagnosis stays within the time a conversion takes; never fewer samples than MIN_SAMPLES
@@ -105,22 +107,16 @@ class _Sums:
         self.noise += float(np.sum((value - reference) ** 2))
 
     def sqnr_db(self) -> float:
-        from validators.parity import SQNR_CAP_DB
+        from validators.parity import SQNR_CAP_DB, sqnr_from_energies
 
-        if not self.finite:
-            return -SQNR_CAP_DB
-        if self.noise == 0.0:
-            return SQNR_CAP_DB
-        if self.signal == 0.0:
-            return -SQNR_CAP_DB
-        return round(min(SQNR_CAP_DB, 10.0 * float(np.log10(self.signal / self.noise))), 3)
+        return round(sqnr_from_energies(self.signal, self.noise), 3) if self.finite else -SQNR_CAP_DB
 
 
 def _batches(feeds: dict[str, np.ndarray], names: list[str], size: int):
+    """Unpadded chunks of `size` samples, as tensors in forward-argument order."""
     import torch
 
-    total = len(next(iter(feeds.values())))
-    for start in range(0, total, size):
+    for start in range(0, sample_count(feeds), size):
         yield [torch.from_numpy(np.ascontiguousarray(feeds[n][start:start + size])) for n in names]
 
 
@@ -164,7 +160,7 @@ def alone_sqnr(module, input_names: list[str], layers: list[QuantizedLayer | Non
 
     placed = sum(s is not None for _, s, _ in targets)
     samples = _affordable_samples(forward, next(_batches(feeds, input_names, batch or 1)), placed,
-                                  len(next(iter(feeds.values()))), batch)
+                                  sample_count(feeds), batch)
     feeds = {k: v[:samples] for k, v in feeds.items()}
     try:
         reference = [forward(args) for args in _batches(feeds, input_names, size)]
@@ -172,39 +168,43 @@ def alone_sqnr(module, input_names: list[str], layers: list[QuantizedLayer | Non
         size = batch or 1
         reference = [forward(args) for args in _batches(feeds, input_names, size)]
 
-    results: list[tuple[float, float] | None] = []
-    for layer, (owner, substituted, path) in zip(layers, targets, strict=True):
-        if substituted is None:
-            results.append(None)
-            continue
-        at_layer, at_outputs = _Sums(), None
-        new_weight = torch.from_numpy(substituted)
+    return [None if substituted is None else
+            _alone(owner, substituted, path, layer.input_quant, forward, _batches(feeds, input_names, size), reference,
+                   samples)
+            for layer, (owner, substituted, path) in zip(layers, targets, strict=True)]
 
-        def hook(mod, args, output, quant=layer.input_quant, new_weight=new_weight, sums=at_layer):
-            quantizable = quant is not None and args and torch.is_floating_point(args[0])
-            inputs = (_fake_quant(args[0], quant), *args[1:]) if quantizable else args
-            original = mod.weight.data
-            mod.weight.data = new_weight
-            try:
-                alone = mod.forward(*inputs)  # forward, not __call__: this hook must not fire again
-            finally:
-                mod.weight.data = original
-            sums.add(output.detach().numpy(), alone.detach().numpy())
-            return alone
 
-        handle = owner.register_forward_hook(hook)
+def _alone(owner, substituted: np.ndarray, path: str, quant: InputQuant | None, forward, batches, reference: list,
+           samples: int) -> Alone:
+    """One layer alone: a forward hook runs the module with its quantized weight (and input) and passes
+    that output on, measured at the layer and at the model's outputs."""
+    import torch
+
+    at_layer, new_weight = _Sums(), torch.from_numpy(substituted)
+
+    def hook(mod, args, output):
+        quantizable = quant is not None and args and torch.is_floating_point(args[0])
+        inputs = (_fake_quant(args[0], quant), *args[1:]) if quantizable else args
+        original = mod.weight.data
+        mod.weight.data = new_weight
         try:
-            per_output = None
-            for args, expected in zip(_batches(feeds, input_names, size), reference, strict=True):
-                got = forward(args)
-                per_output = per_output or [_Sums() for _ in got]
-                for sums, r, g in zip(per_output, expected, got, strict=True):
-                    sums.add(r, g)
-            at_outputs = min(s.sqnr_db() for s in per_output)
+            alone = mod.forward(*inputs)  # forward, not __call__: this hook must not fire again
         finally:
-            handle.remove()
-        results.append(Alone(at_layer.sqnr_db(), at_outputs, samples, path))
-    return results
+            mod.weight.data = original
+        at_layer.add(output.detach().numpy(), alone.detach().numpy())
+        return alone
+
+    handle = owner.register_forward_hook(hook)
+    try:
+        per_output = None
+        for args, expected in zip(batches, reference, strict=True):
+            got = forward(args)
+            per_output = per_output or [_Sums() for _ in got]
+            for sums, r, g in zip(per_output, expected, got, strict=True):
+                sums.add(r, g)
+    finally:
+        handle.remove()
+    return Alone(at_layer.sqnr_db(), min(s.sqnr_db() for s in per_output), samples, path)
 
 
 def _owner(layer: QuantizedLayer, weighted: dict) -> tuple:

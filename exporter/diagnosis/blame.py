@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.batching import sample_count
 from exporter.formats.base import Layer
 from validators.parity import SQNR_CAP_DB, output_parity
 
@@ -90,10 +91,6 @@ def blame_row(layer: Layer, *, reference_layer: np.ndarray, accumulated_layer: n
               alone, alone_by: str, samples: int) -> BlameRow:
     return BlameRow(layer, alone.module or layer.module, alone.at_output, alone.at_layer,
                     sqnr_db(reference_layer, accumulated_layer), alone_by, alone.samples, samples)
-
-
-def sample_count(arrays: dict[str, np.ndarray]) -> int:
-    return len(next(iter(arrays.values())))
 
 
 def alone_in_pytorch(traced, layers: list, feeds: dict[str, np.ndarray]) -> list:

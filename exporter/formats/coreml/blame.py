@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.batching import run_batched
+from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
 from exporter.formats.base import Layer, Progress
@@ -129,7 +129,7 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
                       quantized_tensor=artifact_ops[i].output, weight=base_ops[i].weight)
         rows.append(blame.blame_row(layer, reference_layer=reference[fp32_ops[i].output],
                                     accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
-                                    alone_by=alone_by, samples=blame.sample_count(feeds)))
+                                    alone_by=alone_by, samples=sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 

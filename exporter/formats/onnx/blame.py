@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from common.batching import run_batched
+from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
 from exporter.formats.base import Layer, Progress
@@ -155,7 +155,7 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
             dataclasses.replace(layer, tensor=acc_f, quantized_tensor=acc_q),
             reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q], alone=measured,
             alone_by=blame.ALONE_IN_ARTIFACT if layer.node in alone_names else blame.ALONE_IN_PYTORCH,
-            samples=blame.sample_count(feeds)))
+            samples=sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.batching import whole_batches
+from common.batching import sample_count, whole_batches
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
 _CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -183,7 +183,7 @@ class CalibrationFeeds:
     def reader(self, max_samples: int):
         from onnxruntime.quantization import CalibrationDataReader
 
-        used = min(max_samples, len(next(iter(self.inputs.values()))))
+        used = min(max_samples, sample_count(self.inputs))
         batches: Iterator = iter(whole_batches(self.inputs, self.batch, max_samples))
 
         class _Reader(CalibrationDataReader):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.batching import run_batched
+from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
 from exporter.formats.base import Layer, Progress
@@ -124,7 +124,7 @@ def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers:
         rows.append(blame.blame_row(
             dataclasses.replace(layer, quantized_tensor=quantized_name),
             reference_layer=reference[layer.tensor], accumulated_layer=accumulated[quantized_name],
-            alone=measured, alone_by=alone_by, samples=blame.sample_count(feeds)))
+            alone=measured, alone_by=alone_by, samples=sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 

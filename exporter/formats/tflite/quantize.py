@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
+from common.batching import sample_count
 from common.errors import first_line
 from common.quiet import quiet as _quiet
 from exporter.errors import ConversionError
@@ -147,7 +148,7 @@ def _sqnr_against(candidate: Path, reference: Path, batches: list[dict]) -> floa
     from validators.runtimes.litert_runtime import open_session
 
     arrays = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    batch = len(next(iter(batches[0].values())))
+    batch = sample_count(batches[0])
     ref = run_batched(open_session(reference, 1).run, arrays, batch)
     got = run_batched(open_session(candidate, 1).run, arrays, batch)
     return min(output_parity(r, g)["sqnr_db"] for r, g in zip(ref, got, strict=True))
