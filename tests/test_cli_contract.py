@@ -20,24 +20,22 @@ from exporter.staging import remove_stale, staged_directory
 from tests.conftest import REPO, ZOO, fast_target, onnx_target, read_json, run_cli
 
 
-def _run_code(code: str) -> subprocess.CompletedProcess:
+def _guarded(setup: str, action: str) -> subprocess.CompletedProcess:
+    """The CLI's error handling around `action` (a function body), in a fresh interpreter."""
+    code = (f"import sys, exporter.cli as cli\n{setup}\ndef action():\n    {action}\n"
+            "try:\n    cli._guarded(False, action)\nexcept BaseException as e:\n"
+            "    raise SystemExit(getattr(e, 'exit_code', 99))\n")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_an_internal_error_exits_3_with_one_line():
-    result = _run_code("import exporter.cli as c\n"
-                       "def boom(): raise ZeroDivisionError('edgeport bug')\n"
-                       "try:\n    c._guarded(False, boom)\nexcept SystemExit as e:\n    raise SystemExit(e.code)\n"
-                       "except BaseException as e:\n    raise SystemExit(getattr(e, 'exit_code', 99))\n")
+    result = _guarded("", "raise ZeroDivisionError('edgeport bug')")
     assert result.returncode == 3, result.stderr
     assert "internal error: ZeroDivisionError: edgeport bug (rerun with --debug and report it)" in result.stderr
 
 
 def test_a_missing_converter_names_the_pip_package():
-    result = _run_code("import sys, exporter.cli as c\nsys.modules['litert_torch'] = None\n"
-                       "def needs(): import litert_torch\n"
-                       "try:\n    c._guarded(False, needs)\nexcept BaseException as e:\n"
-                       "    raise SystemExit(getattr(e, 'exit_code', 99))\n")
+    result = _guarded("sys.modules['litert_torch'] = None", "import litert_torch")
     assert result.returncode == 2, result.stderr
     assert "litert-torch is not installed" in result.stderr and "pip install litert-torch" in result.stderr
 

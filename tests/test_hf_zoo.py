@@ -6,17 +6,16 @@ EDGEPORT_TEST_FAMILIES=bert,vit narrows the families for local work; CI runs the
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from tests import hf_zoo
 from tests.conftest import REPO, fast_target, read_json, run_cli
+from tests.harness import narrowed
 
 pytestmark = [pytest.mark.slow, pytest.mark.hf]
 
-FAMILIES = [f for f in hf_zoo.FAMILIES if f in os.environ.get("EDGEPORT_TEST_FAMILIES", f).split(",")]
+FAMILIES = narrowed("EDGEPORT_TEST_FAMILIES", list(hf_zoo.FAMILIES))
 TARGETS = ["android", "ios", "cockpit", "iot-npu"]
 HF_ZOO = REPO / "tests" / "hf_zoo.py"
 FLOAT = {"fp32"}

@@ -26,6 +26,12 @@ from targets import Target, Variant
 
 Progress = Callable[[str], None]
 
+# An activation whose calibrated range reaches past this is a fill value (an attention mask's
+# finfo.min), not a signal: one int8 scale over it would flatten every real value to zero. Every
+# format's static quantizer keeps the tensors beyond it, and the ops touching them, in float.
+UNREPRESENTABLE_RANGE = 1e6
+UNREPRESENTABLE_REASON = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
+
 
 @dataclass
 class Lowered:
@@ -82,8 +88,13 @@ class LayerQuantizer(Protocol):
         """The variant's quantization record once `kept` stayed float."""
 
 
+# what the manifest promises about an artifact's bytes, for formats whose converters are deterministic
+REPRODUCIBLE = "byte-identical for the same model, data and library versions"
+
+
 class Backend(Protocol):
     format: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]  # the catalog's precision ids it implements (a guard test checks)
     libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
     preflight_hint: ClassVar[str]  # what to do when preflight refuses
     reproducible: ClassVar[str]  # what the manifest promises about the artifact's bytes

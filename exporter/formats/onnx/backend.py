@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from exporter.errors import UnsupportedOp
-from exporter.formats.base import Emitted, Finished, Lowered, Progress, model_io
+from exporter.formats.base import REPRODUCIBLE, Emitted, Finished, Lowered, Progress, model_io
 from exporter.formats.onnx import export as onnx_export
 from exporter.formats.onnx.quantize import QUANTIZERS, CalibrationFeeds, StaticQuantVariant
 from exporter.trace import TracedModel
@@ -25,10 +25,11 @@ class _OnnxState:
 
 class OnnxBackend:
     format = "onnx"
+    precisions = ("fp32", *QUANTIZERS)
     libraries = ("onnx", "onnxruntime", "onnxscript", "onnxslim")
     preflight_hint = ("Replace those layers with supported ones, register an ONNX translation "
                       "(torch.onnx custom_translation_table), or choose a target without ONNX")
-    reproducible = "byte-identical for the same model, data and library versions"
+    reproducible = REPRODUCIBLE
 
     def preflight(self, traced: TracedModel) -> list[UnsupportedOp]:
         return onnx_export.preflight(traced)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from targets.catalog import PASSES as PASS_CATALOG
 from targets.catalog import EliminateDeadNodesConfig, FoldBatchNormConfig, FoldConstantsConfig, SimplifyConfig
 
 # Ops whose value is not a function of their inputs: never folded.
@@ -42,13 +43,24 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-class FoldConstants:
+class OnnxPass:
+    """A graph pass: an id from the catalog, the typed config the catalog declares for it (a target sets
+    it in [pass_options.onnx.<id>]), and run(model) -> model."""
+
+    id: ClassVar[str]
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else PASS_CATALOG["onnx"][self.id].config()
+
+    def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        raise NotImplementedError
+
+
+class FoldConstants(OnnxPass):
     """Evaluate nodes whose inputs are all constants; store results as initializers."""
 
     id: ClassVar[str] = "fold_constants"
-
-    def __init__(self, config: FoldConstantsConfig = FoldConstantsConfig()):
-        self.config = config
+    config: FoldConstantsConfig
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         from onnx.reference import ReferenceEvaluator
@@ -83,13 +95,11 @@ class FoldConstants:
         return model
 
 
-class FoldBatchNorm:
+class FoldBatchNorm(OnnxPass):
     """Fold inference BatchNormalization into the Conv (or Gemm) that feeds it."""
 
     id: ClassVar[str] = "fold_batchnorm"
-
-    def __init__(self, config: FoldBatchNormConfig = FoldBatchNormConfig()):
-        self.config = config
+    config: FoldBatchNormConfig
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         graph = model.graph
@@ -175,13 +185,11 @@ class FoldBatchNorm:
         return True
 
 
-class EliminateDeadNodes:
+class EliminateDeadNodes(OnnxPass):
     """Bypass Identity nodes, drop nodes no output depends on, drop unused initializers."""
 
     id: ClassVar[str] = "eliminate_dead_nodes"
-
-    def __init__(self, config: EliminateDeadNodesConfig = EliminateDeadNodesConfig()):
-        self.config = config
+    config: EliminateDeadNodesConfig
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         graph = model.graph
@@ -223,13 +231,11 @@ def _graph_of(nodes: list[onnx.NodeProto]) -> onnx.GraphProto:
     return helper.make_graph(nodes, "g", [], [])
 
 
-class Simplify:
+class Simplify(OnnxPass):
     """onnxslim: constant/shape folding with shape inference, pattern fusion, redundant-op removal."""
 
     id: ClassVar[str] = "simplify"
-
-    def __init__(self, config: SimplifyConfig = SimplifyConfig()):
-        self.config = config
+    config: SimplifyConfig
 
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         import logging
@@ -266,7 +272,7 @@ def run_passes(model: onnx.ModelProto, pass_ids: tuple[str, ...],
     if unknown:  # targets validate ids against the catalog; this guards the registry itself
         raise KeyError(f"no implementation for ONNX pass(es) {unknown}")
     configs = configs or {}
-    pipeline = [PASSES[p](configs[p]) if p in configs else PASSES[p]() for p in pass_ids]
+    pipeline = [PASSES[p](configs.get(p)) for p in pass_ids]
     records = []
     for onnx_pass in pipeline:
         before = len(model.graph.node)

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from common.batching import sample_count, whole_batches
+from exporter.formats.base import UNREPRESENTABLE_RANGE, UNREPRESENTABLE_REASON
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
 _CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -90,9 +91,6 @@ class KeepFloat:
 NodeSelection = Only | KeepFloat | None
 
 
-# An activation whose calibrated range reaches past this is a fill value (an attention mask's
-# finfo.min), not a signal: one int8 scale over it would flatten every real value to zero.
-UNREPRESENTABLE_RANGE = 1e6
 
 
 class StaticQuantVariant:
@@ -125,7 +123,7 @@ class StaticQuantVariant:
                   **asdict(self.config)}
         if self.float_tensors:
             record["float_tensors"] = self.float_tensors
-            record["float_tensors_reason"] = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
+            record["float_tensors_reason"] = UNREPRESENTABLE_REASON
         return record
 
     def _quantize(self, fp32: Path, out: Path, reader, selection: NodeSelection) -> None:

@@ -14,18 +14,19 @@ from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
 from common.batching import whole_batches
 from common.errors import first_line
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.formats.base import Emitted, Finished, Lowered, Progress
-from exporter.formats.tflite.quantize import AiEdgeQuantizer, quantize_full_int8, quiet
+from exporter.formats.base import REPRODUCIBLE, Emitted, Finished, Lowered, Progress
+from exporter.formats.tflite.quantize import RECIPES, AiEdgeQuantizer, quantize_full_int8, quiet
 from exporter.trace import TracedModel, unsupported_ops
 from targets import Target, Variant
 
 
 class TfliteBackend:
     format = "tflite"
+    precisions = ("fp32", *RECIPES)
     libraries = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela")
     preflight_hint = ("Replace those layers with ones LiteRT supports (or keep them out of the exported "
                       "module and run them on the CPU in app code), or choose a target without TFLite")
-    reproducible = "byte-identical for the same model, data and library versions"
+    reproducible = REPRODUCIBLE
 
     def preflight(self, traced: TracedModel) -> list[UnsupportedOp]:
         return preflight(traced)

@@ -19,6 +19,7 @@ from common.batching import sample_count
 from common.errors import first_line
 from common.quiet import quiet as _quiet
 from exporter.errors import ConversionError
+from exporter.formats.base import UNREPRESENTABLE_RANGE, UNREPRESENTABLE_REASON
 from exporter.trace import TracedModel
 from targets import Variant
 from targets.catalog import precision as precision_row
@@ -100,14 +101,13 @@ class AiEdgeQuantizer:
     def _unrepresentable(self) -> list[str]:
         """Scopes of the operators that write or read a tensor whose calibrated range int8 cannot hold
         (an attention mask's fill value): kept in float, and said so in the config."""
-        from exporter.formats.onnx.quantize import UNREPRESENTABLE_RANGE
         from exporter.formats.tflite.layers import read_operators
 
         tensors = sorted(name for name, qsv in self.qsvs.items() if "min" in qsv and max(
             float(np.max(np.abs(qsv["min"]))), float(np.max(np.abs(qsv["max"])))) > UNREPRESENTABLE_RANGE)
         if not tensors:
             return []
-        reason = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
+        reason = UNREPRESENTABLE_REASON
         self.config |= {"float_tensors": tensors, "float_tensors_reason": reason}
         return sorted({op.scope for op in read_operators(self.fp32) if set(tensors) & set(op.inputs + op.outputs)})
 
