@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from exporter.diagnosis.stage import Diagnosis
+from exporter.formats.base import Conversion
 from targets import Variant
 
 
 @dataclass
 class ArtifactRecord:
     variant: Variant
-    conversion: dict  # exporter used and why, passes with node counts (format-specific keys)
-    quantization: dict | None  # the scheme and its config, None for float variants
+    conversion: Conversion
+    quantization: dict | None  # the quantizer's own config (its keys are the library's), None for float variants
     inputs: list[dict]  # the artifact's own I/O specs (int8-I/O variants differ from the model's)
     outputs: list[dict]
     reproducible: str

@@ -38,7 +38,7 @@ def _artifact_entry(record: ArtifactRecord, directory: Path) -> dict:
         "format": record.variant.format, "precision": record.variant.precision, "path": record.path,
         "bytes": size_bytes(path), "sha256": sha256_file(path),
         "inputs": record.inputs, "outputs": record.outputs,
-        "conversion": record.conversion, "quantization": record.quantization,
+        "conversion": record.conversion.to_json(), "quantization": record.quantization,
         "reproducible": record.reproducible,
         "budget": record.variant.budget.limits(),  # what validation judges it by, whatever the version
         **record.companions,

@@ -202,7 +202,7 @@ def _provenance(traced: TracedModel, target: Target, variant: Variant) -> dict[s
 def _export_log(records: list[ArtifactRecord], total_seconds: float) -> dict:
     """What this export measured on the host: timings and auto precision's latencies (not reproducible)."""
     return {
-        "total_seconds": round(total_seconds, 3),
+        "export_seconds": round(total_seconds, 3),  # from start to the manifest; validation not included
         "artifact_seconds": {r.path: r.seconds for r in records},
         "diagnosis_seconds": {r.path: r.diagnosis.seconds for r in records if r.diagnosis and r.diagnosis.seconds},
         "auto_precision_latency_ms": {r.path: r.diagnosis.host_latency_ms for r in records

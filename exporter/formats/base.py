@@ -33,6 +33,20 @@ UNREPRESENTABLE_RANGE = 1e6
 UNREPRESENTABLE_REASON = f"calibrated range beyond ±{UNREPRESENTABLE_RANGE:g} (a mask fill value)"
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """How an artifact's float program was made: the converter (and the path it took), why, the
+    graph passes with node counts, and settings of the format's own (opset, deployment target)."""
+
+    exporter: str
+    reason: str
+    passes: tuple[dict, ...] = ()  # {"pass", "nodes_before", "nodes_after"} in the order run
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"exporter": self.exporter, "reason": self.reason, **self.settings, "passes": list(self.passes)}
+
+
 @dataclass
 class Lowered:
     """What every variant of one format starts from: the converted float program (in `scratch`), how
@@ -41,14 +55,14 @@ class Lowered:
     traced: TracedModel
     target: Target
     scratch: Path
-    conversion: dict  # exporter used and why, passes with node counts (goes to the manifest)
+    conversion: Conversion | None  # None where each variant is converted on its own (Emitted.conversion)
     state: Any = None
 
 
 @dataclass
 class Emitted:
     quantization: dict | None  # the scheme and its config; None for float variants
-    conversion: dict | None = None  # when this variant was converted differently from `lowered.conversion`
+    conversion: Conversion | None = None  # when this variant was converted on its own, not by `lower`
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from common.errors import first_line
 from common.quiet import quiet
 from exporter.errors import ConversionError, UnsupportedOp, UnsupportedOpsError
-from exporter.formats.base import Emitted, Finished, Lowered, Progress, model_io
+from exporter.formats.base import Conversion, Emitted, Finished, Lowered, Progress, model_io
 from exporter.formats.coreml.rewrites import decomposed
 from exporter.trace import TracedModel, module_of, unsupported_ops
 from targets import Target, Variant
@@ -231,15 +231,15 @@ class CoremlBackend:
         # Conversion waits for the first variant: fp32 and fp16 compute are two conversions, and a
         # target rarely wants both.
         state = _CoremlState(traced, target.coreml.minimum_deployment_target, scratch, progress)
-        return Lowered(traced, target, scratch, {}, state)
+        return Lowered(traced, target, scratch, None, state)
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,
              progress: Progress) -> Emitted:
         state: _CoremlState = lowered.state
         compute = "FLOAT32" if variant.precision == "fp32" else "FLOAT16"
         converted = state.program(compute)
-        conversion = {"exporter": f"coremltools ({converted.path_used})", "reason": converted.reason, "passes": [],
-                      "minimum_deployment_target": state.deployment, "compute_precision": compute.lower()}
+        conversion = Conversion(f"coremltools ({converted.path_used})", converted.reason, settings={
+            "minimum_deployment_target": state.deployment, "compute_precision": compute.lower()})
         model, quantization = converted.model, None
         if variant.precision in COMPRESSIONS:
             progress(f"coreml: {variant.precision}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from exporter.errors import UnsupportedOp
-from exporter.formats.base import REPRODUCIBLE, Emitted, Finished, Lowered, Progress, model_io
+from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress, model_io
 from exporter.formats.onnx import export as onnx_export
 from exporter.formats.onnx.quantize import QUANTIZERS, CalibrationFeeds, StaticQuantVariant
 from exporter.trace import TracedModel
@@ -49,7 +49,8 @@ class OnnxBackend:
             progress("onnx: passes " + ", ".join(f"{r.id} {r.nodes_before}->{r.nodes_after}" for r in pass_records))
         fp32 = scratch / "model.fp32.onnx"
         onnx.save(model, str(fp32))
-        conversion = {**export.to_json(), "passes": [r.to_json() for r in pass_records]}
+        conversion = Conversion(export.exporter, export.reason, tuple(r.to_json() for r in pass_records),
+                                {"opset": export.opset})
         return Lowered(traced, target, scratch, conversion, _OnnxState(model, fp32, paths, {}))
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,

@@ -25,10 +25,6 @@ class OnnxExportRecord:
     seconds: float
     opset: int
 
-    def to_json(self) -> dict:
-        # No timings: the manifest stays byte-identical across identical exports.
-        return {"exporter": self.exporter, "reason": self.reason, "opset": self.opset}
-
 
 def _quiet_torch_onnx():
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -14,7 +14,7 @@ from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
 from common.batching import whole_batches
 from common.errors import first_line
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.formats.base import REPRODUCIBLE, Emitted, Finished, Lowered, Progress
+from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress
 from exporter.formats.tflite.quantize import RECIPES, AiEdgeQuantizer, quantize_full_int8, quiet
 from exporter.trace import TracedModel, unsupported_ops
 from targets import Target, Variant
@@ -37,7 +37,7 @@ class TfliteBackend:
         fp32 = scratch / "model.tflite"
         progress("tflite: converting with litert-torch")
         _convert_fp32(traced, fp32)
-        conversion = {"exporter": "litert-torch", "reason": "traced program converted", "passes": []}
+        conversion = Conversion("litert-torch", "traced program converted")
         return Lowered(traced, target, scratch, conversion, state=_TfliteState(fp32, _signature_inputs(fp32)))
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,
