@@ -13,8 +13,7 @@ import numpy as np
 from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
 from common.errors import ArtifactError, first_line
 from common.quiet import silenced
-
-DELEGATES = ("xnnpack", "none")
+from targets.profile import TFLITE_DELEGATES as DELEGATES
 
 
 def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
