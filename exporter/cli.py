@@ -93,7 +93,7 @@ def _fail(debug: bool, exc: BaseException, kind: str, code: int) -> None:
 
 
 def _print_summary(directory: Path, report: dict) -> None:
-    from validators.report import COLUMNS, artifact_row
+    from validators.report import COLUMNS, artifact_row, verdict_word
     from validators.validate import all_unjudged, all_violations
 
     rows = [list(COLUMNS)] + [artifact_row(a) for a in report["artifacts"]]
@@ -106,9 +106,8 @@ def _print_summary(directory: Path, report: dict) -> None:
         print(f"  not judged: {line}")
     if report.get("provisional"):
         print(f"  provisional: {report['provisional']}")
-    verdict = "PASSED" if report["passed"] else \
-        "PROVISIONAL (not judged on real data)" if report.get("provisional") else "FAILED (a budget was missed)"
-    print(f"{verdict}: {directory}/report.md")
+    verdict = {"FAILED": "FAILED (a budget was missed)", "PROVISIONAL": "PROVISIONAL (not judged on real data)"}
+    print(f"{verdict.get(verdict_word(report), 'PASSED')}: {directory}/report.md")
 
 
 @app.command()

@@ -109,3 +109,16 @@ def test_synthetic_eval_is_provisional_unless_allowed(tmp_path):
     allowed = run_cli("export", "--model", f"{ZOO}:mlp", "--target", target, "--out", tmp_path,
                       "--allow-synthetic-eval")
     assert allowed.code == 0 and read_json(directory / "report.json")["provisional"] == ""
+
+
+def test_a_provisional_verdict_never_hides_a_missed_budget():
+    from validators.report import verdict_word
+
+    def report(passed, provisional, violations):
+        return {"passed": passed, "provisional": provisional, "violations": [],
+                "artifacts": [{"budget": {"violations": violations}}]}
+
+    assert verdict_word(report(True, "", [])) == "PASSED"
+    assert verdict_word(report(False, "synthetic eval inputs only", [])) == "PROVISIONAL"
+    assert verdict_word(report(False, "synthetic eval inputs only", ["sqnr_db 9 is below the budget of 15"])) == "FAILED"
+    assert verdict_word(report(False, "", ["size 3 MiB exceeds the budget of 1 MiB"])) == "FAILED"
