@@ -120,5 +120,6 @@ def test_a_provisional_verdict_never_hides_a_missed_budget():
 
     assert verdict_word(report(True, "", [])) == "PASSED"
     assert verdict_word(report(False, "synthetic eval inputs only", [])) == "PROVISIONAL"
-    assert verdict_word(report(False, "synthetic eval inputs only", ["sqnr_db 9 is below the budget of 15"])) == "FAILED"
+    missed = ["sqnr_db 9 is below the budget of 15"]
+    assert verdict_word(report(False, "synthetic eval inputs only", missed)) == "FAILED"
     assert verdict_word(report(False, "", ["size 3 MiB exceeds the budget of 1 MiB"])) == "FAILED"
