@@ -62,8 +62,8 @@ def build_manifest(traced: TracedModel, target: Target, eval_data: Dataset, cali
         "outputs": [s.to_json() for s in traced.outputs],
         # the target as this export resolved it (command-line overrides, defaults), not the file re-read
         "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},
-        "data": {"eval": eval_data.describe(), "calibration": calibration.describe() if calibration else None,
-                 "synthetic_eval_allowed": allow_synthetic_eval},
+        "data": {"eval": eval_data.describe() | ({"synthetic_allowed": True} if allow_synthetic_eval else {}),
+                 "calibration": calibration.describe() if calibration else None},
         "reference": {"path": reference_path.name, "sha256": sha256_file(reference_path),
                       "samples": eval_data.samples},
         "artifacts": [_artifact_entry(record, directory) for record in records],

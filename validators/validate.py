@@ -151,7 +151,8 @@ def _load_reference(directory: Path, manifest: dict) -> tuple[Reference, list[st
 
 def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
     """Why a verdict cannot pass: parity that ran on synthetic inputs only proves little."""
-    if not data.get("eval", {}).get("synthetic") or allow_synthetic_eval or data.get("synthetic_eval_allowed"):
+    evaluation = data.get("eval") or {}
+    if not evaluation.get("synthetic") or allow_synthetic_eval or evaluation.get("synthetic_allowed"):
         return ""
     return ("parity ran on synthetic eval inputs only, so the verdict is provisional; pass --eval real data "
             "(or --allow-synthetic-eval to accept it)")
