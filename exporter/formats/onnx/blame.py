@@ -126,7 +126,6 @@ def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelPro
 
 def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Quantize, feeds: dict,
                  batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[BlameRow]:
-    feeds = blame.blame_feeds(feeds, batch)
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
     quantized_model = onnx.load(str(quantized))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,17 +44,18 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-class OnnxPass:
+class OnnxPass(abc.ABC):
     """A graph pass: an id from the catalog, the typed config the catalog declares for it (a target sets
-    it in [pass_options.onnx.<id>]), and run(model) -> model."""
+    it in [pass_options.onnx.<id>]), and run(model) -> model. Abstract: a pass without run cannot be made."""
 
     id: ClassVar[str]
 
     def __init__(self, config=None):
         self.config = config if config is not None else PASS_CATALOG["onnx"][self.id].config()
 
+    @abc.abstractmethod
     def run(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        raise NotImplementedError
+        """The rewritten model (in place or new); run_passes checks it with onnx.checker."""
 
 
 class FoldConstants(OnnxPass):

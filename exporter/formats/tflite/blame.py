@@ -103,7 +103,6 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
 def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[Layer],
                  quantizer: AiEdgeQuantizer, feeds: dict, batch: int | None, scratch: Path,
                  traced=None) -> list[BlameRow]:
-    feeds = blame.blame_feeds(feeds, batch)
     quantized_names = quantized_tensor_names(quantized, operators, layers)
     if quantized_names is None:
         return []
