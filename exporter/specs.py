@@ -22,13 +22,27 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]  # an int, or "batch" for a dynamic leading dimension
     dtype: str
+    kind: str | None = None  # outputs only: what parity judges it as (validators.parity.JUDGED_BY)
+    kind_basis: str | None = None  # "declared", or why it was inferred
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        kind = {"kind": self.kind, "kind_basis": self.kind_basis} if self.kind else {}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, **kind}
 
     @property
     def sample_shape(self) -> tuple[int | str, ...]:
         return self.shape[1:]
+
+
+def parse_output_kind(text: str) -> tuple[str, str]:
+    """`--output-kind NAME:KIND` -> (name, kind)."""
+    from validators.parity import OUTPUT_KINDS
+
+    name, _, kind = text.strip().partition(":")
+    if not name or kind not in OUTPUT_KINDS:
+        raise UserInputError(f"--output-kind {text!r} is not NAME:KIND with KIND one of {', '.join(OUTPUT_KINDS)}; "
+                             "write it like output:embedding")
+    return name, kind
 
 
 def parse_input_spec(text: str) -> TensorSpec:

@@ -88,6 +88,7 @@ class Precision:
     kind: str  # FLOAT, WEIGHT_ONLY (compressed weights), DYNAMIC (run-time activation ranges), STATIC (calibrated)
     budget: Budget  # the default limits; a target's [budgets] and the variant's own go on top
     options: type = NoOptions  # the typed options a variant of this precision reads
+    integer_only: bool = False  # every operator must compute in integers: a float op fails the variant
 
     @property
     def needs_calibration(self) -> bool:
@@ -119,7 +120,8 @@ PRECISION_ROWS: tuple[Precision, ...] = (
     Precision("tflite", "int8", "static int8 weights and activations calibrated on --calib data, float32 "
               "input/output", STATIC, INT8_BUDGET, CalibratedOptions),
     Precision("tflite", "int8_full", "full-integer int8: int8 weights, activations and int8 input/output tensors "
-              "(what microcontroller NPUs need), calibrated on --calib data", STATIC, INT8_BUDGET, FullIntegerOptions),
+              "(what microcontroller NPUs need), calibrated on --calib data", STATIC, INT8_BUDGET, FullIntegerOptions,
+              integer_only=True),
     Precision("coreml", "fp16", "ML Program with fp16 compute precision (the Neural Engine default)", FLOAT,
               FP16_BUDGET),
     Precision("coreml", "fp32", "ML Program with fp32 compute precision", FLOAT, FP32_BUDGET),
@@ -162,6 +164,16 @@ class SimplifyConfig:
 
 
 @dataclass(frozen=True)
+class AffineAsDepthwiseConfig:
+    min_channels: int = 1  # leave narrower BatchNorms as they are
+
+
+@dataclass(frozen=True)
+class SingleChannelConvConfig:
+    min_taps: int = 8  # shorter kernels stay as they are (a depthwise conv with a few taps is cheap)
+
+
+@dataclass(frozen=True)
 class PassInfo:
     description: str
     config: type  # a frozen dataclass; a target sets its fields in [pass_options.<format>.<pass id>]
@@ -178,7 +190,14 @@ PASSES: dict[str, dict[str, PassInfo]] = {
                                          EliminateDeadNodesConfig),
         "simplify": PassInfo("onnxslim: shape inference, pattern fusion, redundant-op removal", SimplifyConfig),
     },
-    "tflite": {},  # litert-torch runs its own graph optimizations during conversion
+    # litert-torch runs its own graph optimizations during conversion; these rewrite the traced module first
+    "tflite": {
+        "affine_as_depthwise": PassInfo("a BatchNorm the converter cannot fold (after a ReLU) as a depthwise 1x1 "
+                                        "conv: one int8 op instead of a float island", AffineAsDepthwiseConfig),
+        "single_channel_conv": PassInfo("a strided conv over one input channel (an audio front end) as a regular "
+                                        "conv over the stride's phases, kernel along the width: what NPUs take",
+                                        SingleChannelConvConfig),
+    },
     "coreml": {},  # coremltools runs its MIL pass pipeline during conversion
 }
 

@@ -28,14 +28,18 @@ def test_every_format_has_a_backend_and_a_runtime():
             assert callable(getattr(implementation, method)), (fmt, method)
 
 
-def test_every_precision_and_pass_is_implemented():
-    from exporter.formats.onnx.passes import PASSES as ONNX_PASSES
+def _pass_implementations(fmt: str) -> dict:
+    return importlib.import_module(f"exporter.formats.{fmt}.passes").PASSES if PASSES[fmt] else {}
 
+
+def test_every_precision_and_pass_is_implemented():
     for fmt, rows in PRECISIONS.items():
         assert sorted(backend(fmt).precisions) == sorted(rows), fmt
-    assert set(PASSES["onnx"]) == set(ONNX_PASSES)
-    for pass_id, info in PASSES["onnx"].items():
-        assert ONNX_PASSES[pass_id]().config == info.config()  # the catalog's config type is the pass's
+    for fmt, catalog in PASSES.items():
+        implementations = _pass_implementations(fmt)
+        assert set(catalog) == set(implementations), fmt
+        for pass_id, info in catalog.items():
+            assert implementations[pass_id]().config == info.config()  # the catalog's config type is the pass's
 
 
 @pytest.mark.parametrize("fmt", list(PRECISIONS))
@@ -47,11 +51,10 @@ def test_every_precision_has_a_test_case(fmt):
     assert not missing, f"no test_formats case emits {fmt} precision(s) {missing}"
 
 
-def test_every_pass_has_a_unit_test():
-    from tests import test_onnx_passes
-
-    tests = [name for name in vars(test_onnx_passes) if name.startswith("test_")]
-    for pass_id in PASSES["onnx"]:
+@pytest.mark.parametrize("fmt", [fmt for fmt, catalog in PASSES.items() if catalog])
+def test_every_pass_has_a_unit_test(fmt):
+    tests = [name for name in vars(importlib.import_module(f"tests.test_{fmt}_passes")) if name.startswith("test_")]
+    for pass_id in PASSES[fmt]:
         assert any(name.startswith(f"test_{pass_id}") for name in tests), f"no test_{pass_id}_* unit test"
 
 

@@ -51,7 +51,8 @@ def test_family_through_target(tmp_path, family, target):
         if artifact["precision"] in ("int8", "int8_full", "w8a16") and not violations:
             assert artifact["layers"], f"{artifact['path']}: a static variant gets a blame table"
         for violation in violations:  # a miss is a measurement, never a crash or a degenerate reference
-            assert "below the budget" in violation or "exceeds the budget" in violation, violation
+            assert "below the budget" in violation or "exceeds the budget" in violation \
+                or violation.startswith("not full-integer"), violation
     if target == "iot-npu":
         (npu_variant,) = report["artifacts"]
         assert npu_variant["npu"]["npu_operators"] + npu_variant["npu"]["cpu_operators"] > 0

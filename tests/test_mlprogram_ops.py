@@ -288,3 +288,103 @@ def test_unknown_op_stops_with_its_name():
     program = _program([Op("frobnicate", {"x": ["x"]}, [("y", FLOAT32)], {})], [("x", FLOAT32, (2,))], ["y"])
     with pytest.raises(UnsupportedMilOp, match="MIL op.s. frobnicate that the reference interpreter does not"):
         Interpreter(program)
+
+
+# --- recurrent -------------------------------------------------------------------------------------
+
+def _ifzo_to_ifoz(x: np.ndarray) -> np.ndarray:
+    """PyTorch's LSTM gate order (input, forget, cell, output) -> MIL's (input, forget, output, cell)."""
+    i, f, z, o = np.split(x, 4)
+    return np.concatenate([i, f, o, z])
+
+
+def _lstm_weights(lstm: torch.nn.LSTM, suffix: str = "") -> dict:
+    state = {k: v.detach().numpy() for k, v in lstm.state_dict().items()}
+    return {"weight_ih": _ifzo_to_ifoz(state[f"weight_ih_l0{suffix}"]),
+            "weight_hh": _ifzo_to_ifoz(state[f"weight_hh_l0{suffix}"]),
+            "bias": _ifzo_to_ifoz(state[f"bias_ih_l0{suffix}"] + state[f"bias_hh_l0{suffix}"])}
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("output_sequence", [True, False])
+def test_lstm_matches_torch(direction, output_sequence):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 7)
+    x, h0, c0 = randn(6, 3, 5), randn(1, 3, 7), randn(1, 3, 7)
+    fed = x[::-1].copy() if direction == "reverse" else x  # MIL's reverse = torch on the flipped sequence
+    with torch.no_grad():
+        want, (h_n, c_n) = lstm(t(fed), (t(h0), t(c0)))
+    out, h, c = run("lstm", x=x, initial_h=h0[0], initial_c=c0[0], direction=direction,
+                    output_sequence=output_sequence, **_lstm_weights(lstm))
+    close(out, want.numpy() if output_sequence else want.numpy()[-1:])
+    close(h, h_n[0].numpy())
+    close(c, c_n[0].numpy())
+
+
+def test_bidirectional_lstm_matches_torch():
+    torch.manual_seed(1)
+    lstm = torch.nn.LSTM(4, 6, bidirectional=True)
+    x, h0, c0 = randn(5, 2, 4), randn(2, 2, 6), randn(2, 2, 6)
+    with torch.no_grad():
+        want, (h_n, c_n) = lstm(t(x), (t(h0), t(c0)))
+    forward, backward = _lstm_weights(lstm), _lstm_weights(lstm, "_reverse")
+    out, h, c = run("lstm", x=x, initial_h=np.concatenate([h0[0], h0[1]], 1),
+                    initial_c=np.concatenate([c0[0], c0[1]], 1), direction="bidirectional", output_sequence=True,
+                    **forward, **{f"{k}_back": v for k, v in backward.items()})
+    close(out, want.numpy())
+    close(h, torch.cat([h_n[0], h_n[1]], 1).numpy())
+    close(c, torch.cat([c_n[0], c_n[1]], 1).numpy())
+
+
+def test_lstm_peephole_clip_and_activations_follow_the_mil_definition():
+    x, h0, c0 = randn(4, 2, 3), randn(2, 5), randn(2, 5)
+    w_ih, w_hh, bias, peephole = randn(20, 3), randn(20, 5), randn(20), randn(15)
+    out, h, c = run("lstm", x=x, initial_h=h0, initial_c=c0, weight_ih=w_ih, weight_hh=w_hh, bias=bias,
+                    peephole=peephole, clip=np.float32(0.5), recurrent_activation="hard_sigmoid",
+                    cell_activation="relu", activation="linear", output_sequence=True)
+    hs, cs = h0.astype(np.float64), c0.astype(np.float64)
+    p_i, p_f, p_o = np.split(peephole, 3)
+    for step in range(4):  # one unit at a time, written out from the op's documentation
+        g = x[step] @ w_ih.T + hs @ w_hh.T + bias
+        i = np.clip(0.2 * (g[:, 0:5] + cs * p_i) + 0.5, 0, 1)
+        f = np.clip(0.2 * (g[:, 5:10] + cs * p_f) + 0.5, 0, 1)
+        cs = np.clip(f * cs + i * np.maximum(g[:, 15:20], 0), -0.5, 0.5)
+        hs = np.clip(0.2 * (g[:, 10:15] + cs * p_o) + 0.5, 0, 1) * cs
+        close(out[step], hs)
+    close(h, hs)
+    close(c, cs)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_gru_follows_core_mls_definition(direction):
+    """Core ML's GRU applies the reset gate to h before R_o (PyTorch's applies it after): so it is checked
+    against its own definition, and a PyTorch GRU reaches Core ML as a while_loop (tested in the zoo)."""
+    x, h0 = randn(5, 2, 3), randn(2, 4)
+    w_ih, w_hh, bias = randn(12, 3), randn(12, 4), randn(12)
+    out, h = run("gru", x=x, initial_h=h0, weight_ih=w_ih, weight_hh=w_hh, bias=bias, direction=direction,
+                 output_sequence=True)
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    hs = h0.astype(np.float64)
+    for index, step in enumerate(range(4, -1, -1) if direction == "reverse" else range(5)):
+        gi, gh = x[step] @ w_ih.T + bias, hs @ w_hh.T
+        r, z = sigmoid(gi[:, 0:4] + gh[:, 0:4]), sigmoid(gi[:, 8:12] + gh[:, 8:12])
+        o = np.tanh(gi[:, 4:8] + (r * hs) @ w_hh[4:8].T)
+        hs = (1 - z) * o + z * hs
+        close(out[index], hs)
+    close(h, hs)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_rnn_matches_torch(activation):
+    torch.manual_seed(2)
+    rnn = torch.nn.RNN(3, 5, nonlinearity=activation)
+    x, h0 = randn(6, 2, 3), randn(1, 2, 5)
+    with torch.no_grad():
+        want, h_n = rnn(t(x), t(h0))
+    s = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
+    out, h = run("rnn", x=x, initial_h=h0[0], weight_ih=s["weight_ih_l0"], weight_hh=s["weight_hh_l0"],
+                 bias=s["bias_ih_l0"] + s["bias_hh_l0"], activation=activation, output_sequence=True)
+    close(out, want.numpy())
+    close(h, h_n[0].numpy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from validators.parity import SQNR_CAP_DB, accuracy, output_parity, worst_case
+from validators.parity import SQNR_CAP_DB, accuracy, infer_output_kind, output_parity, worst_case
 
 
 def test_known_noise_gives_known_sqnr_and_errors():
@@ -89,5 +89,36 @@ def test_accuracy_reports_reference_artifact_and_drop():
     labels = np.array([0, 1, 1, 0])
     ref = {"logits": np.array([[2.0, 1], [0, 1], [0, 1], [1, 0]])}  # 4/4 right
     art = {"logits": np.array([[2.0, 1], [1, 0], [0, 1], [1, 0]])}  # 3/4 right
-    acc = accuracy(ref, art, labels)
+    acc = accuracy(ref, art, labels, {"logits": "classification"})
     assert (acc["reference"], acc["artifact"], acc["drop"]) == (1.0, 0.75, 0.25)
+
+
+def test_output_kind_is_inferred_conservatively():
+    rng = np.random.default_rng(0)
+    speaker = np.abs(rng.standard_normal((8, 256)))  # ReLU'd then L2-normalised, as resemblyzer's encoder
+    speaker /= np.linalg.norm(speaker, axis=1, keepdims=True)
+    pitch = 1 / (1 + np.exp(-rng.standard_normal((8, 360))))  # per-bin sigmoids: not summing to 1
+    softmax = np.exp(rng.standard_normal((8, 10)))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    assert infer_output_kind(speaker)[0] == "embedding"
+    assert infer_output_kind(pitch) == ("classification", "N x C values in [0, 1] (per-class probabilities)")
+    assert infer_output_kind(softmax) == ("classification", "rows are probabilities summing to 1")
+    assert infer_output_kind(rng.standard_normal((8, 10)))[0] == "classification"  # logits
+    assert infer_output_kind(rng.standard_normal((8, 1)))[0] == "tensor"  # one value per sample
+    assert infer_output_kind(rng.standard_normal((8, 4, 4)))[0] == "tensor"
+
+
+def test_the_kind_decides_what_is_judged():
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((32, 6))
+    out = ref + 0.01 * rng.standard_normal(ref.shape)
+    out[:, 0] *= -1  # one coordinate's sign flipped: the angle changes, each value's error is large
+    as_embedding = output_parity(ref, out, kind="embedding")
+    as_regression = output_parity(ref, out, kind="regression")
+    assert as_embedding["top1_agreement"] is None and as_embedding["judged_by"] == ["cosine", "sqnr_db", "max_abs"]
+    overall = worst_case({"y": as_regression})
+    assert overall["cosine"] is None and overall["judged_by"] == ["max_abs", "sqnr_db"]
+    assert worst_case({"y": as_embedding})["cosine"] == pytest.approx(as_embedding["cosine"])
+    frames = rng.standard_normal((4, 5, 3))  # per-frame logits: top-1 over the last axis, 20 rows
+    judged = output_parity(frames, frames.copy(), kind="classification")
+    assert judged["top1_agreement_all"] == 1.0 and judged["top1_decisive_samples"] == 20

@@ -97,7 +97,68 @@ def gru():
     return _seeded_model(GRUClassifier, 1, 15, 10)
 
 
+class RecurrentEncoder(nn.Module):
+    """A speaker-encoder shape: a 2-layer recurrent stack over frames of features, the last hidden state
+    projected, ReLU'd and L2-normalised (an embedding, as resemblyzer's)."""
+
+    def __init__(self, cell: type[nn.Module] = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn = cell(16, 32, 2, batch_first=True)
+        self.linear = nn.Linear(32, 24)
+
+    def forward(self, frames):
+        output, _ = self.rnn(frames)
+        embedding = torch.relu(self.linear(output[:, -1]))
+        return embedding / torch.norm(embedding, dim=1, keepdim=True)
+
+
+def _recurrent_encoder(cell: type[nn.Module]):
+    _seeded()
+    model = RecurrentEncoder(cell)
+    with torch.no_grad():  # input weights scaled up so the gates move (PyTorch's init keeps them near 0.5)
+        for name, parameter in model.rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                parameter.mul_(3.0)
+    return model.eval(), (torch.randn(1, 30, 16),)
+
+
+def lstm_encoder():
+    return _recurrent_encoder(nn.LSTM)
+
+
+def gru_encoder():
+    return _recurrent_encoder(nn.GRU)
+
+
+class PitchCNN(nn.Module):
+    """A CREPE-shaped audio model: a strided conv over raw samples (one input channel, a long kernel),
+    then conv -> ReLU -> BatchNorm -> max-pool blocks (the BatchNorm after the ReLU cannot fold into the
+    conv), and a sigmoid per pitch bin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = nn.Conv2d(1, 16, (64, 1), stride=(4, 1))
+        self.front_bn = nn.BatchNorm2d(16)
+        self.conv = nn.Conv2d(16, 16, (8, 1))
+        self.conv_bn = nn.BatchNorm2d(16)
+        self.classifier = nn.Linear(16 * 6, 24)
+
+    def forward(self, audio):
+        x = nn.functional.pad(audio[:, None, :, None], (0, 0, 30, 30))
+        x = nn.functional.max_pool2d(self.front_bn(torch.relu(self.front(x))), (2, 1))
+        x = nn.functional.max_pool2d(self.conv_bn(torch.relu(self.conv(x))), (4, 1))
+        return torch.sigmoid(self.classifier(torch.flatten(x, 1)))
+
+
+def pitch_cnn():
+    _seeded()
+    model = PitchCNN()
+    _randomize_batchnorm(model)
+    return model.eval(), (torch.randn(1, 256),)
+
+
 FAMILIES = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "gru": gru}
+AUDIO_FAMILIES = {"lstm_encoder": lstm_encoder, "gru_encoder": gru_encoder, "pitch_cnn": pitch_cnn}
 
 
 # --- models that must fail in specific ways ---------------------------------------------------
@@ -177,7 +238,7 @@ def npu_unfriendly():
     return _seeded_model(NpuUnfriendly, 1, 16)
 
 
-FAMILIES_WITH_DATA = {**FAMILIES, "npu_unfriendly": npu_unfriendly}
+FAMILIES_WITH_DATA = {**FAMILIES, **AUDIO_FAMILIES, "npu_unfriendly": npu_unfriendly}
 
 
 class OutlierChannels(nn.Module):

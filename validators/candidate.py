@@ -5,7 +5,7 @@ every candidate it tries (auto precision), so both judge the same way."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,16 @@ Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 @dataclass(frozen=True)
 class ModelIO:
-    """How to feed the reference to a model: its input and output names, and its fixed batch (None: any)."""
+    """How to feed the reference to a model (its input and output names, its fixed batch or None for
+    any) and how to judge each output (its kind; inferred from the reference when absent)."""
 
     inputs: list[str]
     outputs: list[str]
     batch: int | None
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def kind(self, name: str, reference: np.ndarray) -> str:
+        return self.kinds.get(name) or parity.infer_output_kind(reference)[0]
 
 
 @dataclass
@@ -44,12 +49,16 @@ def evaluate(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> Can
     per_output, problems = {}, []
     for name in io.outputs:
         try:
-            per_output[name] = parity.output_parity(reference.outputs[name], outputs[name], budget.min_sqnr_db)
+            expected = reference.outputs[name]
+            per_output[name] = parity.output_parity(expected, outputs[name], budget.min_sqnr_db,
+                                                    io.kind(name, expected))
         except ValueError as exc:
             problems.append(f"output {name}: {exc}")
     if problems:
         raise ArtifactError("; ".join(problems) + "; the artifact does not match its manifest")
-    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels) if reference.labels is not None else None
+    kinds = {name: metrics["kind"] for name, metrics in per_output.items()}
+    accuracy = parity.accuracy(reference.outputs, outputs, reference.labels, kinds) \
+        if reference.labels is not None else None
     overall = parity.worst_case(per_output)
     return CandidateResult(per_output, overall, accuracy, budgets.check(budget, overall, accuracy, None, 0))
 

@@ -7,27 +7,40 @@ import numpy as np
 SQNR_CAP_DB = 200.0  # identical outputs: report a finite figure (JSON has no infinity)
 
 
-def is_embedding_output(reference: np.ndarray) -> bool:
-    """N x D rows of unit L2 norm (a sentence or speaker embedding), its argmax meaningless; a row of
-    probabilities (non-negative, summing to 1, unit norm when one-hot) is not one."""
-    if reference.ndim != 2 or reference.dtype.kind != "f" or not len(reference):
-        return False
+# What each kind of output is judged by. The other figures are still measured and reported.
+JUDGED_BY = {
+    "classification": ("top1_agreement", "cosine", "sqnr_db", "max_abs"),  # logits or probabilities
+    "embedding": ("cosine", "sqnr_db", "max_abs"),  # a vector compared by angle: its argmax means nothing
+    "regression": ("sqnr_db", "max_abs"),  # values read one by one: their angle means nothing
+    "tensor": ("cosine", "sqnr_db", "max_abs"),  # anything else (hidden states, feature maps, ...)
+}
+OUTPUT_KINDS = tuple(JUDGED_BY)
+
+
+def _unit_rows(values: np.ndarray) -> bool:
+    return bool(np.all(np.abs(np.linalg.norm(values, axis=1) - 1.0) < 1e-3))
+
+
+def infer_output_kind(reference: np.ndarray) -> tuple[str, str]:
+    """(kind, why), inferred conservatively from the reference outputs; a user's --output-kind wins.
+    Only an N x C float output can be a classification or an embedding; anything else is a tensor."""
+    if reference.ndim != 2 or reference.dtype.kind != "f" or not len(reference) or reference.shape[1] < 2:
+        return "tensor", "not an N x C float output"
     values = reference.astype(np.float64)
-    unit = np.all(np.abs(np.linalg.norm(values, axis=1) - 1.0) < 1e-3)
-    probabilities = np.all(values >= 0) and np.all(np.abs(values.sum(axis=1) - 1.0) < 1e-3)
-    return bool(unit and not probabilities)
+    in_unit_interval = bool(np.all(values >= 0) and np.all(values <= 1))
+    sums_to_one = in_unit_interval and bool(np.all(np.abs(values.sum(axis=1) - 1.0) < 1e-3))
+    if sums_to_one:
+        return "classification", "rows are probabilities summing to 1"
+    if _unit_rows(values):
+        return "embedding", "rows have unit L2 norm"
+    if in_unit_interval:
+        return "classification", "N x C values in [0, 1] (per-class probabilities)"
+    return "classification", "N x C values (logits); say --output-kind NAME:embedding if they are not"
 
 
-def is_classifier_output(reference: np.ndarray) -> bool:
-    """N x C floating logits or probabilities with more than one class (and not an embedding)."""
-    return (reference.ndim == 2 and reference.shape[1] > 1 and reference.dtype.kind == "f"
-            and not is_embedding_output(reference))
-
-
-def output_kind(reference: np.ndarray) -> str:
-    """What the metrics judge an output as: top-1 applies to classification only."""
-    return "classification" if is_classifier_output(reference) else \
-        "embedding" if is_embedding_output(reference) else "values"
+def _class_rows(values: np.ndarray) -> np.ndarray:
+    """Per-sample (or per-position) class scores: the last axis holds the classes."""
+    return values.reshape(-1, values.shape[-1])
 
 
 # A flip between the reference's top two classes is excused only when their margin is within what
@@ -67,20 +80,22 @@ def sqnr_from_energies(signal: float, noise: float) -> float:
     return min(SQNR_CAP_DB, 10.0 * float(np.log10(signal / noise)))
 
 
-def output_parity(reference: np.ndarray, artifact: np.ndarray, min_sqnr_db: float | None = None) -> dict:
-    """Parity of one output. An artifact output holding NaN or Inf has no error figures (None) and
-    counts them in `nonfinite_values`. min_sqnr_db sets the noise a top-1 flip is excused by (else
-    the measured noise does)."""
+def output_parity(reference: np.ndarray, artifact: np.ndarray, min_sqnr_db: float | None = None,
+                  kind: str | None = None) -> dict:
+    """Parity of one output, judged as `kind` (inferred when None). An artifact output holding NaN or
+    Inf has no error figures (None) and counts them in `nonfinite_values`. min_sqnr_db sets the noise a
+    top-1 flip is excused by (else the measured noise does)."""
     if reference.shape != artifact.shape:
         raise ValueError(f"shape {artifact.shape} differs from the reference {reference.shape}")
     ref = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.astype(np.float64)
     out = artifact.astype(np.float64).reshape(ref.shape)
     nonfinite = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
     samples = int(len(reference)) if reference.ndim else 1
-    kind = output_kind(reference)
+    kind = kind or infer_output_kind(reference)[0]
+    judged = {"kind": kind, "judged_by": list(JUDGED_BY[kind])}
     if nonfinite:
         return {"max_abs": None, "mean_abs": None, "cosine": None, "sqnr_db": None, "top1_agreement": None,
-                "samples": samples, "kind": kind, "nonfinite_values": nonfinite}
+                "samples": samples, **judged, "nonfinite_values": nonfinite}
     diff = out - ref
     signal, noise = float(np.sum(ref * ref)), float(np.sum(diff * diff))
     sqnr = sqnr_from_energies(signal, noise)
@@ -93,32 +108,36 @@ def output_parity(reference: np.ndarray, artifact: np.ndarray, min_sqnr_db: floa
         "sqnr_db": float(sqnr),
         "top1_agreement": None,
         "samples": samples,
-        "kind": kind,
+        **judged,
     }
-    if kind == "classification":
+    if kind == "classification" and reference.ndim >= 2 and reference.shape[-1] > 1:
         noise_rms = allowed_noise_rms(reference, min_sqnr_db) if min_sqnr_db is not None \
             else float(np.sqrt(np.mean(diff * diff)))
-        metrics |= top1_judgement(reference, artifact, noise_rms)
+        metrics |= top1_judgement(_class_rows(reference), _class_rows(artifact), noise_rms)
     return metrics
 
 
-def _worst(values: list, pick):
-    """The worst of one metric over outputs; None (not measurable) if any output has none."""
-    return None if any(v is None for v in values) else pick(values)
+def _worst(metrics: list[dict], name: str, pick):
+    """The worst of one metric over the outputs judged by it; None (not measurable) if one of them has
+    none, or if no output is judged by it."""
+    values = [m[name] for m in metrics if name in m["judged_by"] or name == "mean_abs"]  # mean_abs: shown only
+    return None if not values or any(v is None for v in values) else pick(values)
 
 
 def worst_case(per_output: dict[str, dict]) -> dict:
-    """One parity figure per artifact: the worst of its outputs on every metric."""
+    """One parity figure per artifact: on every metric, the worst of the outputs its kind is judged by
+    (an embedding has no top-1 figure, a regression output no cosine)."""
     metrics = list(per_output.values())
     judged = [m for m in metrics if m["top1_agreement"] is not None]
     worst_top1 = min(judged, key=lambda m: m["top1_agreement"]) if judged else None
     overall = {
-        "max_abs": _worst([m["max_abs"] for m in metrics], max),
-        "mean_abs": _worst([m["mean_abs"] for m in metrics], max),
-        "cosine": _worst([m["cosine"] for m in metrics], min),
-        "sqnr_db": _worst([m["sqnr_db"] for m in metrics], min),
+        "max_abs": _worst(metrics, "max_abs", max),
+        "mean_abs": _worst(metrics, "mean_abs", max),
+        "cosine": _worst(metrics, "cosine", min),
+        "sqnr_db": _worst(metrics, "sqnr_db", min),
         "top1_agreement": worst_top1["top1_agreement"] if worst_top1 else None,
         "samples": metrics[0]["samples"],
+        "judged_by": sorted({name for m in metrics for name in m["judged_by"]}),
     }
     classified = [m for m in metrics if "top1_decisive_samples" in m]
     if classified:
@@ -134,11 +153,18 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(1) == labels))
 
 
-def accuracy(reference: dict[str, np.ndarray], artifact: dict[str, np.ndarray], labels: np.ndarray) -> dict | None:
-    """Task top-1 on the first classifier-shaped output, for the original and the artifact."""
-    for name, ref in reference.items():
-        if is_classifier_output(ref) and len(ref) == len(labels):
-            ref_acc, art_acc = top1_accuracy(ref, labels), top1_accuracy(artifact[name], labels)
-            return {"metric": "top1", "output": name, "reference": ref_acc, "artifact": art_acc,
-                    "drop": ref_acc - art_acc, "samples": int(len(labels))}
-    return None
+def first_classifier(reference: dict[str, np.ndarray], kinds: dict[str, str]) -> str | None:
+    """The output task accuracy is measured on: the first N x C classification output."""
+    return next((name for name, ref in reference.items()
+                 if kinds.get(name) == "classification" and ref.ndim == 2 and ref.shape[1] > 1), None)
+
+
+def accuracy(reference: dict[str, np.ndarray], artifact: dict[str, np.ndarray], labels: np.ndarray,
+             kinds: dict[str, str]) -> dict | None:
+    """Task top-1 on the first classification output, for the original and the artifact."""
+    name = first_classifier(reference, kinds)
+    if name is None or len(reference[name]) != len(labels):
+        return None
+    ref_acc, art_acc = top1_accuracy(reference[name], labels), top1_accuracy(artifact[name], labels)
+    return {"metric": "top1", "output": name, "reference": ref_acc, "artifact": art_acc, "drop": ref_acc - art_acc,
+            "samples": int(len(labels))}

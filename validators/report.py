@@ -64,14 +64,30 @@ def _data_lines(report: dict) -> list[str]:
     return lines
 
 
+def _output_lines(report: dict) -> list[str]:
+    """How each output was judged: its kind, why, and the metrics that kind is judged by."""
+    from validators.parity import JUDGED_BY
+
+    return [f"output {o['name']}: judged as {o['kind']} ({o.get('kind_basis', '')}) by "
+            f"{', '.join(JUDGED_BY[o['kind']])}" for o in report.get("outputs", []) if o.get("kind") in JUDGED_BY]
+
+
 def _pass_lines(a: dict) -> list[str]:
     conv = a.get("conversion", {})
     lines = [f"exporter: {conv.get('exporter', '?')} ({conv.get('reason', '')})"] if conv else []
     for p in conv.get("passes", []):
-        lines.append(f"pass {p['pass']}: {p['nodes_before']} -> {p['nodes_after']} nodes")
+        lines.append(f"pass {p['pass']}: " + (f"{p['nodes_before']} -> {p['nodes_after']} nodes" if "nodes_before" in p
+                                              else f"{p['rewrites']} rewrite(s)"))
     if a.get("quantization"):
-        q = a["quantization"]
+        q = dict(a["quantization"])
+        recurrent = q.pop("recurrent_layers", None)
         lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+        if recurrent:
+            lines.append(f"recurrent layers ({recurrent['operators']} operators, unrolled): {recurrent['recipe']}, "
+                         f"because {recurrent['reason']}")
+    if "float_ops" in a:
+        lines.append("integer-only check: " + (f"{len(a['float_ops'])} operator(s) compute in float"
+                                               if a["float_ops"] else "every operator computes in integers"))
     if a.get("parity_runtime"):
         lines.append(f"parity measured by: {a['parity_runtime']}")
     for runtime, p in list(a.get("parity_by_runtime", {}).items())[1:]:
@@ -129,7 +145,7 @@ def to_markdown(report: dict) -> str:
     verdict = verdict_word(report)
     out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
            f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
-    out += [f"- {line}" for line in _data_lines(report)]
+    out += [f"- {line}" for line in _data_lines(report) + _output_lines(report)]
     if report.get("provisional"):
         out.append(f"- **provisional**: {report['provisional']}")
     if report.get("reference_accuracy") is not None:
@@ -187,7 +203,8 @@ def to_html(report: dict) -> str:
              f"<span class='{css}'>{label.upper()}</span></h1>",
              f"<p>model <code>{e(report['model']['source'])}</code>, sha256 "
              f"<code>{e(report['model']['sha256'][:16])}…</code></p><ul>"]
-    for line in _data_lines(report) + ([f"provisional: {report['provisional']}"] if report.get("provisional") else []):
+    provisional = [f"provisional: {report['provisional']}"] if report.get("provisional") else []
+    for line in _data_lines(report) + _output_lines(report) + provisional:
         cls = " class='warn'" if "SYNTHETIC" in line or line.startswith("provisional") else ""
         parts.append(f"<li{cls}>{e(line)}</li>")
     if report.get("reference_accuracy") is not None:

@@ -43,9 +43,10 @@ def _open(directory: Path, entry: dict, target: Target):
 
 
 def _validate_artifact(directory: Path, entry: dict, target: Target, reference: Reference,
-                       output_names: list[str]) -> dict:
+                       output_kinds: dict[str, str | None]) -> dict:
     path, delegates, session = _open(directory, entry, target)
-    io = ModelIO([spec["name"] for spec in entry["inputs"]], output_names, _fixed_batch(entry["inputs"]))
+    io = ModelIO([spec["name"] for spec in entry["inputs"]], list(output_kinds), _fixed_batch(entry["inputs"]),
+                 {name: kind for name, kind in output_kinds.items() if kind})
     budget = _budget(entry)
     try:
         judged = evaluate(session.run, reference, io, budget)
@@ -70,12 +71,26 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     if entry.get("npu_compiled") and target.npu is not None:
         npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
         violations += npu_violations
+    violations += _float_island(entry)
     nbytes = size_bytes(path)  # a directory walk for an .mlpackage
     violations += budgets.check(budget, judged.overall, judged.accuracy, timing, nbytes, npu)
     for runtime, other in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in other.violations]
     return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, by_runtime, by_delegate, npu,
                             budget, violations)
+
+
+def _float_island(entry: dict) -> list[str]:
+    """An integer-only variant (int8_full) with operators still computing in float: each named with its module."""
+    float_ops = entry.get("float_ops") or []
+    if not float_ops:
+        return []
+    by_module: dict[str, list[str]] = {}
+    for op in float_ops:
+        by_module.setdefault(op["module"], []).append(op["op"])
+    listed = "; ".join(f"{module}: {' -> '.join(ops)}" for module, ops in by_module.items())
+    return [f"not full-integer: {len(float_ops)} operator(s) compute in float ({listed}); a BatchNorm after a "
+            "ReLU is fixed by the tflite pass affine_as_depthwise, other ops need an int8 kernel or a rewrite"]
 
 
 def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, by_runtime: dict,
@@ -90,6 +105,7 @@ def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: C
         **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
         **({"parity_by_runtime": {k: v.overall for k, v in by_runtime.items()}} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
+        **({"float_ops": entry["float_ops"]} if "float_ops" in entry else {}),
         **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
                    "unjudged": budgets.unjudged(budget, judged.overall, judged.accuracy),
@@ -172,15 +188,17 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
     manifest = read_manifest(directory)
     target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
     reference, run_violations = _load_reference(directory, manifest)
-    output_names = [o["name"] for o in manifest["outputs"]]
+    output_kinds = {o["name"]: o.get("kind") for o in manifest["outputs"]}
     results = []
     for entry in manifest["artifacts"]:
         progress(f"validating {entry['path']} with its runtime")
-        results.append(_validate_artifact(directory, entry, target, reference, output_names))
+        results.append(_validate_artifact(directory, entry, target, reference, output_kinds))
     ref_accuracy = None
     if reference.labels is not None:
-        ref_accuracy = next((parity.top1_accuracy(v, reference.labels) for v in reference.outputs.values()
-                             if parity.is_classifier_output(v)), None)
+        kinds = {name: kind or parity.infer_output_kind(reference.outputs[name])[0]
+                 for name, kind in output_kinds.items()}
+        classifier = parity.first_classifier(reference.outputs, kinds)
+        ref_accuracy = parity.top1_accuracy(reference.outputs[classifier], reference.labels) if classifier else None
     export_log = _export_log(directory)
     for result in results:  # auto precision's host latencies, measured by the export
         measured = ((export_log or {}).get("auto_precision_latency_ms") or {}).get(result["path"])
@@ -194,6 +212,7 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
         "provisional": provisional,
         "violations": run_violations,
         "data": manifest.get("data", {}),
+        "outputs": [{k: o[k] for k in ("name", "kind", "kind_basis") if k in o} for o in manifest["outputs"]],
         "reference_accuracy": ref_accuracy,
         "artifacts": results,
         "notes": manifest.get("trace", {}).get("notes", []),

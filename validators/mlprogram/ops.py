@@ -66,12 +66,16 @@ _BINARY = {
 for _name, _fn in _BINARY.items():
     OPS[_name] = (lambda fn: lambda a: [fn(_f(a["x"]), _f(a["y"]))])(_fn)
 
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without exp's overflow for large -x
+
+
 _UNARY = {
     "relu": lambda x: np.maximum(x, 0), "relu6": lambda x: np.clip(x, 0, 6), "tanh": np.tanh,
-    "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "exp": np.exp, "exp2": np.exp2, "log": np.log, "sqrt": np.sqrt,
+    "sigmoid": _sigmoid, "exp": np.exp, "exp2": np.exp2, "log": np.log, "sqrt": np.sqrt,
     "abs": np.abs, "floor": np.floor, "ceil": np.ceil, "round": np.round, "sign": np.sign, "sin": np.sin,
     "cos": np.cos, "tan": np.tan, "square": np.square, "logical_not": np.logical_not, "identity": lambda x: x,
-    "erf": np.vectorize(math.erf, otypes=[np.float32]), "silu": lambda x: x / (1 + np.exp(-x)),
+    "erf": np.vectorize(math.erf, otypes=[np.float32]), "silu": lambda x: x * _sigmoid(x),
     "softsign": lambda x: x / (1 + np.abs(x)), "softplus": lambda x: np.logaddexp(0, x),
 }
 for _name, _fn in _UNARY.items():
@@ -640,3 +644,110 @@ def _dequantize(a):
     if axis is not None:
         scale, zero_point = _per_axis(scale, rank, int(axis)), _per_axis(zero_point, rank, int(axis))
     return [(x.astype(np.float32) - zero_point) * scale]
+
+
+# --- recurrent (lstm, gru, rnn): x is <sequence, batch, input>; semantics as coremltools' own tests
+# (ops/tests/iOS14/test_recurrent.py): a "reverse" layer emits its steps in processing order, a
+# bidirectional LSTM puts the backward steps back at their input positions --------------------------
+
+_RECURRENT_ACTIVATIONS = {
+    "tanh": np.tanh, "scaled_tanh": np.tanh,  # alpha = beta = 1, the defaults
+    "sigmoid": _sigmoid, "hard_sigmoid": lambda x: np.clip(0.2 * x + 0.5, 0, 1),
+    "sigmoid_hard": lambda x: np.clip(0.2 * x + 0.5, 0, 1), "relu": lambda x: np.maximum(x, 0),
+    "linear": lambda x: x,
+}
+
+
+def _recurrent_activation(a, name: str, default: str) -> Callable:
+    chosen = str(a.get(name, default)).lower()
+    if chosen not in _RECURRENT_ACTIVATIONS:
+        raise ArtifactError(f"recurrent activation {chosen!r} is not one MIL defines "
+                            f"({', '.join(_RECURRENT_ACTIVATIONS)})")
+    return _RECURRENT_ACTIVATIONS[chosen]
+
+
+def _recur(x: np.ndarray, step: Callable, state: tuple, reverse: bool) -> tuple[np.ndarray, tuple]:
+    """Run `step` over the sequence; the stacked hidden states in processing order, and the final state."""
+    hidden = []
+    for t in (range(len(x) - 1, -1, -1) if reverse else range(len(x))):
+        state = step(x[t], state)
+        hidden.append(state[0])
+    return np.stack(hidden), state
+
+
+def _recurrent_outputs(a, steps: np.ndarray, final: tuple) -> list[np.ndarray]:
+    sequence = steps if bool(a.get("output_sequence", False)) else final[0][None]
+    return [sequence, *final]
+
+
+def _bias(a, name: str, size: int) -> np.ndarray:
+    return _f(a[name]) if a.get(name) is not None else np.zeros(size, np.float32)
+
+
+@op("lstm")
+def _lstm(a):
+    x = _f(a["x"])
+    hidden = a["weight_hh"].shape[1]
+    gate, cell, output = (_recurrent_activation(a, "recurrent_activation", "sigmoid"),
+                          _recurrent_activation(a, "cell_activation", "tanh"),
+                          _recurrent_activation(a, "activation", "tanh"))
+    clip = a.get("clip")
+
+    def layer(suffix: str) -> Callable:
+        w_ih, w_hh = _f(a["weight_ih" + suffix]), _f(a["weight_hh" + suffix])
+        bias = _bias(a, "bias" + suffix, 4 * hidden)
+        p_i, p_f, p_o = np.split(_bias(a, "peephole" + suffix, 3 * hidden), 3)
+
+        def step(x_t, state):
+            h, c = state
+            g_i, g_f, g_o, g_z = np.split(x_t @ w_ih.T + h @ w_hh.T + bias, 4, axis=-1)  # ifoz layout
+            c = gate(g_f + c * p_f) * c + gate(g_i + c * p_i) * cell(g_z)
+            if clip is not None:
+                c = np.clip(c, -float(clip), float(clip))
+            return gate(g_o + c * p_o) * output(c), c
+        return step
+
+    h0, c0 = _f(a["initial_h"]), _f(a["initial_c"])
+    direction = str(a.get("direction", "forward"))
+    if direction != "bidirectional":
+        steps, final = _recur(x, layer(""), (h0, c0), direction == "reverse")
+        return _recurrent_outputs(a, steps, final)
+    forward, (h_f, c_f) = _recur(x, layer(""), (h0[:, :hidden], c0[:, :hidden]), False)
+    backward, (h_b, c_b) = _recur(x, layer("_back"), (h0[:, hidden:], c0[:, hidden:]), True)
+    final = (np.concatenate([h_f, h_b], -1), np.concatenate([c_f, c_b], -1))
+    steps = np.concatenate([forward, backward[::-1]], axis=-1)
+    return _recurrent_outputs(a, steps, final)
+
+
+@op("gru")
+def _gru(a):
+    x, w_ih, w_hh = _f(a["x"]), _f(a["weight_ih"]), _f(a["weight_hh"])
+    hidden = w_hh.shape[1]
+    gate, output = (_recurrent_activation(a, "recurrent_activation", "sigmoid"),
+                    _recurrent_activation(a, "activation", "tanh"))
+    w_r, w_o, w_z = np.split(w_ih, 3)  # the MIL layout: reset, output (new), update
+    r_r, r_o, r_z = np.split(w_hh, 3)
+    b_r, b_o, b_z = np.split(_bias(a, "bias", 3 * hidden), 3)
+
+    def step(x_t, state):
+        (h,) = state
+        z = gate(x_t @ w_z.T + h @ r_z.T + b_z)
+        r = gate(x_t @ w_r.T + h @ r_r.T + b_r)
+        o = output(x_t @ w_o.T + (r * h) @ r_o.T + b_o)  # the reset gate scales h before R_o (Core ML's GRU)
+        return ((1 - z) * o + z * h,)
+
+    steps, final = _recur(x, step, (_f(a["initial_h"]),), str(a.get("direction", "forward")) == "reverse")
+    return _recurrent_outputs(a, steps, final)
+
+
+@op("rnn")
+def _rnn(a):
+    x, w_ih, w_hh = _f(a["x"]), _f(a["weight_ih"]), _f(a["weight_hh"])
+    bias = _bias(a, "bias", w_hh.shape[0])
+    activation = _recurrent_activation(a, "activation", "tanh")
+
+    def step(x_t, state):
+        return (activation(x_t @ w_ih.T + state[0] @ w_hh.T + bias),)
+
+    steps, final = _recur(x, step, (_f(a["initial_h"]),), str(a.get("direction", "forward")) == "reverse")
+    return _recurrent_outputs(a, steps, final)

@@ -105,6 +105,7 @@ class StaticQuantVariant:
         self.calibration: CalibrationFeeds | None = None
         self.float_nodes: list[str] = []  # producers and readers of tensors int8 cannot hold
         self.float_tensors: list[str] = []
+        self.recurrent_weight_nodes: list[str] | None = None  # what computes an LSTM/GRU/RNN's weights
 
     def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None,
             selection: NodeSelection = None) -> dict:
@@ -112,6 +113,8 @@ class StaticQuantVariant:
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
         self.calibration = calibration  # diagnosis re-quantizes with the same data
+        if self.recurrent_weight_nodes is None:
+            self.recurrent_weight_nodes = _recurrent_weight_nodes(fp32)
         reader = calibration.reader(self.config.max_samples)
         calibrated = self.ranges.exists()
         self._quantize(fp32, out, reader, selection)
@@ -124,6 +127,9 @@ class StaticQuantVariant:
         if self.float_tensors:
             record["float_tensors"] = self.float_tensors
             record["float_tensors_reason"] = UNREPRESENTABLE_REASON
+        if self.recurrent_weight_nodes:
+            record["recurrent_weight_nodes"] = len(self.recurrent_weight_nodes)
+            record["recurrent_weight_nodes_reason"] = RECURRENT_WEIGHTS_REASON
         return record
 
     def _quantize(self, fp32: Path, out: Path, reader, selection: NodeSelection) -> None:
@@ -134,8 +140,9 @@ class StaticQuantVariant:
             options["nodes_to_quantize"] = list(selection.nodes)
         else:
             excluded = set(selection.nodes) if isinstance(selection, KeepFloat) else set()
-            if excluded or self.float_nodes:
-                options["nodes_to_exclude"] = sorted(excluded | set(self.float_nodes))
+            excluded |= set(self.float_nodes) | set(self.recurrent_weight_nodes or ())
+            if excluded:
+                options["nodes_to_exclude"] = sorted(excluded)
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
             quantize_static(
                 str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
@@ -145,6 +152,44 @@ class StaticQuantVariant:
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[self.config.calibration_method]),
                 calibration_cache_path=self.ranges, **options,
             )
+
+
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+# Measured on resemblyzer's LSTM speaker encoder without the fold_constants pass: cosine 0.65 with those
+# nodes quantized, 0.9998 without (issue 14's closing note).
+RECURRENT_WEIGHTS_REASON = ("nodes that compute an LSTM/GRU/RNN's weights from constants stay float: quantized as "
+                            "activations (one per-tensor uint8 scale) they wreck the recurrence; onnxruntime runs "
+                            "the recurrent op itself in float")
+
+
+def _recurrent_weight_nodes(fp32: Path) -> list[str]:
+    """Nodes computing only from initializers whose results are a recurrent op's W, R or B (the exporter
+    transposes and concatenates the gate weights; the fold_constants pass folds them when a target runs it)."""
+    import onnx
+
+    graph = onnx.load(str(fp32)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {i.name for i in graph.initializer}
+    found: set[str] = set()
+
+    def constant_only(name: str) -> bool:
+        if name in constants or not name:
+            return True
+        node = producers.get(name)
+        if node is None or node.name in found:
+            return node is not None
+        if node.op_type in RECURRENT_OPS or not all(constant_only(i) for i in node.input):
+            return False
+        found.add(node.name)
+        return True
+
+    weights = [name for node in graph.node if node.op_type in RECURRENT_OPS for name in node.input[1:4]]
+    chosen: set[str] = set()
+    for name in weights:
+        found = set()
+        if constant_only(name):
+            chosen |= found
+    return sorted(chosen)
 
 
 def _unrepresentable(fp32: Path, ranges: Path) -> tuple[list[str], list[str]]:

@@ -34,11 +34,17 @@ class TfliteBackend:
     def lower(self, traced: TracedModel, target: Target, scratch: Path, progress: Progress) -> Lowered:
         if traced.dynamic_batch:
             progress("tflite: litert-torch converts at a fixed batch; the .tflite keeps the example batch")
+        from exporter.formats.tflite.passes import run_passes
+
         fp32 = scratch / "model.tflite"
+        module = traced.program.module()  # the program preflight checked
+        records = run_passes(module, target.passes.get(self.format, ()), target.pass_configs.get(self.format))
+        if records:
+            progress("tflite: passes " + ", ".join(f"{r.id} rewrote {r.rewrites}" for r in records))
         progress("tflite: converting with litert-torch")
-        _convert_fp32(traced, fp32)
-        conversion = Conversion("litert-torch", "traced program converted")
-        return Lowered(traced, target, scratch, conversion, state=_TfliteState(fp32, _signature_inputs(fp32)))
+        _convert_fp32(module, traced.example_inputs, fp32)
+        conversion = Conversion("litert-torch", "traced program converted", tuple(r.to_json() for r in records))
+        return Lowered(traced, target, scratch, conversion, state=_TfliteState(fp32, _signature_inputs(fp32), module))
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,
              progress: Progress) -> Emitted:
@@ -53,7 +59,8 @@ class TfliteBackend:
             quantizer = AiEdgeQuantizer(state.fp32, variant.precision, batches, state.signature_inputs)
             state.quantizers[variant.precision] = quantizer
             if variant.precision == "int8_full":
-                return Emitted(quantize_full_int8(lowered.traced, quantizer, out, variant, batches, lowered.scratch))
+                return Emitted(quantize_full_int8(state.module, lowered.traced, quantizer, out, variant, batches,
+                                                  lowered.scratch))
             return Emitted(quantizer.build(out))
 
     def layer_quantizer(self, lowered: Lowered, variant: Variant, emitted: Emitted, progress: Progress):
@@ -63,8 +70,12 @@ class TfliteBackend:
         return TfliteLayerQuantizer(state.fp32, state.quantizers[variant.precision], lowered.traced, lowered.scratch)
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
+        from exporter.formats.tflite.layers import float_operators
+
         inputs, outputs = _io_specs(out, lowered.traced)
         finished = Finished(inputs, outputs)
+        if variant.row.integer_only:  # checked by validation: a float op fails the variant
+            finished.companions["float_ops"] = float_operators(out, lowered.state.module)
         npu = lowered.target.npu
         if npu is not None and variant.precision == "int8_full":
             progress(f"tflite: compiling {variant.filename} for {npu.accelerator} with vela")
@@ -88,8 +99,9 @@ class TfliteBackend:
 
 
 class _TfliteState:
-    def __init__(self, fp32: Path, signature_inputs: dict[str, np.dtype]):
+    def __init__(self, fp32: Path, signature_inputs: dict[str, np.dtype], module):
         self.fp32, self.signature_inputs = fp32, signature_inputs
+        self.module = module  # the traced module after the target's passes: what every variant starts from
         self.quantizers: dict[str, AiEdgeQuantizer] = {}  # precision -> the quantizer its artifact came from
 
 
@@ -114,13 +126,12 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         "litert-torch has no lowering for it")
 
 
-def _convert_fp32(traced: TracedModel, path: Path) -> None:
-    """litert-torch converts the exported program's module: the program preflight checked."""
+def _convert_fp32(module, example_inputs: tuple, path: Path) -> None:
     import litert_torch
 
     try:
         with quiet():
-            litert_torch.convert(traced.program.module(), traced.example_inputs).export(str(path))
+            litert_torch.convert(module, example_inputs).export(str(path))
     except Exception as exc:
         raise ConversionError(f"litert-torch could not convert the model: {first_line(exc)}") from exc
 

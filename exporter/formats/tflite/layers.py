@@ -8,6 +8,7 @@ litert-torch to name every node of the traced program the same way and maps name
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,12 @@ class Operator:
     constant_inputs: frozenset[int]  # positions of inputs backed by a constant buffer
     weight_buffer: int
     weight: np.ndarray | None = field(default=None, compare=False, repr=False)  # a weighted op's float weight
+    computes_in_float: bool = False  # reads or writes a float tensor
 
 
 def read_operators(path: Path) -> list[Operator]:
     """The main subgraph's operators in execution order."""
-    from ai_edge_litert.schema_py_generated import BuiltinOperator
+    from ai_edge_litert.schema_py_generated import BuiltinOperator, TensorType
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
     op_names = {code: name for name, code in vars(BuiltinOperator).items() if not name.startswith("_")}
@@ -51,6 +53,7 @@ def read_operators(path: Path) -> list[Operator]:
         buffer = model.buffers[subgraph.tensors[index].buffer]
         return buffer.data is not None and len(buffer.data) > 0 or bool(getattr(buffer, "offset", 0))
 
+    float_types = {TensorType.FLOAT32, TensorType.FLOAT16, TensorType.FLOAT64}
     operators = []
     for i, op in enumerate(subgraph.operators):
         code = model.operatorCodes[op.opcodeIndex]
@@ -67,12 +70,56 @@ def read_operators(path: Path) -> list[Operator]:
             index=i, op=op_name, scope=flatbuffer.get_op_scope(op, subgraph.tensors),
             inputs=tuple(name(t) for t in inputs), outputs=tuple(name(t) for t in op.outputs),
             constant_inputs=frozenset(k for k, t in enumerate(inputs) if constant(t)),
-            weight_buffer=subgraph.tensors[weight_index].buffer if weight_index >= 0 else 0, weight=values))
+            weight_buffer=subgraph.tensors[weight_index].buffer if weight_index >= 0 else 0, weight=values,
+            computes_in_float=any(subgraph.tensors[t].type in float_types
+                                  for t in [*inputs, *op.outputs] if t >= 0)))
     return operators
+
+
+def float_operators(path: Path, module) -> list[dict]:
+    """The operators of a model meant to be integer-only that still read or write float tensors, with
+    the PyTorch module each came from (`module`: the traced module the .tflite was converted from)."""
+    operators = read_operators(path)
+    if not any(op.computes_in_float for op in operators):
+        return []
+    stacks = {entry[0] for node in module.graph.nodes for entry in node.meta.get("nn_module_stack", {}).values()}
+    paths = hierarchy_paths(module, stacks)
+    named = {op.index: next((paths[piece] for name in op.outputs for piece in name.split(";") if piece in paths), "")
+             for op in operators}
+    readers = {name: op.index for op in operators for name in op.inputs if name}
+
+    def module_of(op: Operator) -> str:
+        """Its own module, else (a DEQUANTIZE the converter added) the module of the op reading it."""
+        reader = next((readers[name] for name in op.outputs if name in readers), None)
+        return named[op.index] or (named[reader] if reader is not None else "") or "(model output)"
+
+    return [{"op": op.op, "index": op.index, "module": module_of(op)} for op in operators if op.computes_in_float]
 
 
 def is_weighted(op: Operator) -> bool:
     return op.op in WEIGHTED_OPS and WEIGHTED_OPS[op.op][1] in op.constant_inputs
+
+
+# litert-torch's location name of a torch.nn recurrent module (its class, then its attribute name)
+RECURRENT_LOCATION = re.compile(r"torch\.nn\.modules\.rnn\.(?:LSTM|GRU|RNN)_")
+
+
+@dataclass(frozen=True)
+class RecurrentScopes:
+    """The operators of torch.nn recurrent layers (LSTM, GRU, RNN), unrolled by the converter into one
+    chain per time step: their weighted operators, and the gate arithmetic between them."""
+
+    weighted: tuple[str, ...]
+    other: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.weighted or self.other)
+
+
+def recurrent_scopes(operators: list[Operator]) -> RecurrentScopes:
+    inside = [op for op in operators if any(RECURRENT_LOCATION.search(name) for name in op.outputs)]
+    weighted = {op.scope for op in inside if is_weighted(op)}
+    return RecurrentScopes(tuple(sorted(weighted)), tuple(sorted({op.scope for op in inside} - weighted)))
 
 
 def hierarchy_paths(program, owners: set[str]) -> dict[str, str]:
