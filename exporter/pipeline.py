@@ -203,6 +203,10 @@ def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, cali
     return record
 
 
+INTEGER_ONLY_NOTE = ("auto precision does not apply to a full-integer variant: a layer kept in float would be a "
+                     "float island; the blame table names the layers to fix, or use int8 for mixed precision")
+
+
 def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactRecord, candidate: Candidate,
               reference: Reference, out: Path, progress: Progress) -> None:
     """The diagnosis stage for one variant: blame, and auto precision when the target allows it."""
@@ -212,8 +216,10 @@ def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactR
     if quantizer is None:
         return
     label = f"{variant.format}: {variant.precision}: "
-    record.diagnosis = diagnose(quantizer, out, reference, candidate, lowered.target.auto_precision,
-                                lambda message: progress(label + message))
+    auto = lowered.target.auto_precision and not variant.row.integer_only
+    record.diagnosis = diagnose(quantizer, out, reference, candidate, auto, lambda message: progress(label + message))
+    if lowered.target.auto_precision and not auto:
+        record.diagnosis.note = " ".join(filter(None, [record.diagnosis.note, INTEGER_ONLY_NOTE]))
     if record.diagnosis.auto_precision is not None:
         record.quantization = quantizer.record_kept(record.quantization, record.diagnosis.auto_precision.kept_float)
     record.diagnosis.seconds = round(time.perf_counter() - start, 3)

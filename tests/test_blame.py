@@ -60,6 +60,12 @@ def test_sensitive_layer_is_blamed_first_and_auto_precision_fixes_it(tmp_path, o
     assert layers[0]["sqnr_db_alone_at_output"] < 10 < min(r["sqnr_db_alone_at_output"] for r in layers[1:])
     assert [r["module"] for r in layers[1:]].count("head.2") == 0 and len(layers) == 5
 
+    if outlier_data[0].read_text().count('"int8_full"'):  # a float layer would break full-integer: not tried
+        kept = _export(tmp_path, outlier_data, "auto", "--auto-precision")
+        report = read_json(tmp_path / "auto" / "zoo-outlier_channels" / "amp" / "report.json")["artifacts"][0]
+        assert kept.code == 1 and "auto_precision" not in report and report["float_ops"] == []
+        assert "does not apply to a full-integer variant" in report["diagnosis_note"]
+        return
     for out in ("auto", "again"):  # the same export twice: the same decisions, byte for byte
         fixed = _export(tmp_path, outlier_data, out, "--auto-precision")
         assert fixed.code == 0, fixed.stdout + fixed.stderr
