@@ -63,7 +63,7 @@ def test_single_channel_conv_along_the_width_and_what_it_leaves_alone():
     class Front(nn.Module):
         def __init__(self):
             super().__init__()
-            self.wide = nn.Conv2d(1, 8, (1, 32), stride=(1, 2))
+            self.wide = nn.Conv2d(1, 8, (1, 32), stride=(1, 2), bias=False)  # aten.conv2d(x, w): no bias argument
             self.uneven = nn.Conv2d(8, 4, (1, 3))  # more than one input channel: left alone
 
         def forward(self, x):

@@ -130,7 +130,8 @@ class SingleChannelConv(TflitePass):
     config: SingleChannelConvConfig
 
     def rewrite(self, module: Any, node: Any) -> Any | None:
-        x, weight_node, bias, *given = node.args
+        x, weight_node, *rest = node.args
+        bias, given = (rest[0], rest[1:]) if rest else (None, [])
         stride, padding, dilation, groups = [*given, *_CONV_DEFAULTS[len(given):]]
         stride, padding, dilation = (list(v) * (2 // len(v)) for v in (stride, padding, dilation))
         weight, value = _attribute(module, weight_node), x.meta.get("val")
