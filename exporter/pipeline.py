@@ -17,7 +17,7 @@ from common.files import write_json
 from exporter import __version__
 from exporter.artifacts import ArtifactRecord
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
-from exporter.diagnosis.stage import diagnose, wanted
+from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
@@ -213,7 +213,9 @@ def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactR
     start = time.perf_counter()
     variant = record.variant
     quantizer = fmt_backend.layer_quantizer(lowered, variant, emitted, progress)
-    if quantizer is None:
+    if quantizer is None:  # said, so a missing table is never mistaken for a clean one
+        record.diagnosis = Diagnosis([], note=f"no per-layer blame: the {variant.format} backend does not offer "
+                                              "it yet")
         return
     label = f"{variant.format}: {variant.precision}: "
     auto = lowered.target.auto_precision and not variant.row.integer_only

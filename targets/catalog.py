@@ -28,6 +28,7 @@ class Budget:
     min_npu_op_coverage: float | None = None  # share of operators the NPU compiler placed on the NPU
     max_sram_kib: float | None = None  # NPU compiler's SRAM estimate
     max_flash_kib: float | None = None  # NPU compiler's flash estimate
+    min_delegated_op_coverage: float | None = None  # ExecuTorch: share of operators in the XNNPACK delegate
 
     def merged(self, overrides: dict[str, Any]) -> Budget:
         return dataclasses.replace(self, **overrides)
@@ -122,6 +123,14 @@ PRECISION_ROWS: tuple[Precision, ...] = (
     Precision("tflite", "int8_full", "full-integer int8: int8 weights, activations and int8 input/output tensors "
               "(what microcontroller NPUs need), calibrated on --calib data", STATIC, INT8_BUDGET, FullIntegerOptions,
               integer_only=True),
+    Precision("executorch", "fp32", "float32 program, delegated to XNNPACK where it takes the operators", FLOAT,
+              FP32_BUDGET),
+    Precision("executorch", "fp16", "float16 weights and compute in the XNNPACK delegate, float32 inputs/outputs",
+              FLOAT, FP16_BUDGET),
+    Precision("executorch", "int8", "static int8 (PT2E, XNNPACK quantizer): per-channel int8 weights, int8 "
+              "activations calibrated on --calib data", STATIC, INT8_BUDGET, CalibratedOptions),
+    Precision("executorch", "int8_dynamic", "per-channel int8 weights, activations quantized at run time (XNNPACK "
+              "dynamic)", DYNAMIC, INT8_BUDGET),
     Precision("coreml", "fp16", "ML Program with fp16 compute precision (the Neural Engine default)", FLOAT,
               FP16_BUDGET),
     Precision("coreml", "fp32", "ML Program with fp32 compute precision", FLOAT, FP32_BUDGET),
@@ -199,9 +208,11 @@ PASSES: dict[str, dict[str, PassInfo]] = {
                                         SingleChannelConvConfig),
     },
     "coreml": {},  # coremltools runs its MIL pass pipeline during conversion
+    "executorch": {},  # to_edge runs ExecuTorch's own passes; the XNNPACK partitioner fuses what it takes
 }
 
-FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage",
+                                   "executorch": ".pte"}
 
 
 def artifact_filename(fmt: str, precision_id: str) -> str:

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 # built-in target -> (test module, the end-to-end test that exports the demo to it); tests/test_catalog.py
 # checks every built-in target is here and every test exists
 BUILTIN_TARGET_TESTS = {"android": ("test_cli_export", "test_demo_android_meets_the_int8_accuracy_bound"),
+                        "android-executorch": ("test_executorch", "test_demo_on_android_executorch"),
                         "cockpit": ("test_cli_export", "test_demo_cockpit_fp16_and_w8a16"),
                         "ios": ("test_coreml", "test_ios_demo_variants_pass_on_linux"),
                         "iot-npu": ("test_tflite", "test_iot_npu_demo_is_full_int8_and_all_on_the_npu")}

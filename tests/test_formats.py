@@ -62,6 +62,10 @@ def _provenance_in(fmt: str, path) -> dict:
         model = flatbuffer_utils.read_model(str(path))
         (entry,) = [m for m in model.metadata if m.name.decode() == "edgeport"]
         return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    if fmt == "executorch":
+        from exporter.formats.executorch.backend import provenance_path
+
+        return json.loads(provenance_path(path).read_text())
     from coremltools.proto import Model_pb2
 
     spec = Model_pb2.Model()

@@ -238,7 +238,29 @@ def npu_unfriendly():
     return _seeded_model(NpuUnfriendly, 1, 16)
 
 
-FAMILIES_WITH_DATA = {**FAMILIES, **AUDIO_FAMILIES, "npu_unfriendly": npu_unfriendly}
+class AtanActivation(nn.Module):
+    def forward(self, x):
+        return torch.atan(x)
+
+
+class PortableInTheMiddle(nn.Module):
+    """A classifier whose activation is a module of its own that XNNPACK has no kernel for (atan): ExecuTorch
+    runs it on the portable kernels, and the report names it by its module path, `act`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(16, 32), AtanActivation(), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def portable_in_the_middle():
+    return _seeded_model(PortableInTheMiddle, 1, 16)
+
+
+FAMILIES_WITH_DATA = {**FAMILIES, **AUDIO_FAMILIES, "npu_unfriendly": npu_unfriendly,
+                      "portable_in_the_middle": portable_in_the_middle}
 
 
 class OutlierChannels(nn.Module):

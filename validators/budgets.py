@@ -12,7 +12,7 @@ def _fmt(value: float) -> str:
 
 
 def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | None, size_bytes: int,
-          npu: dict | None = None) -> list[str]:
+          npu: dict | None = None, delegation: dict | None = None) -> list[str]:
     violations = []
 
     def at_most(name: str, value: float | None, limit: float | None, unit: str = "") -> None:
@@ -43,6 +43,13 @@ def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | N
             violations[-1] += f"; on the CPU: {fallback}"
         at_most("NPU SRAM", npu["sram_kib"], budget.max_sram_kib, " KiB")
         at_most("NPU flash", npu["flash_kib"], budget.max_flash_kib, " KiB")
+    if delegation is not None:
+        coverage_before = len(violations)
+        at_least("delegated operator coverage", delegation["delegated_op_coverage"], budget.min_delegated_op_coverage)
+        if len(violations) > coverage_before:
+            fallback = "; ".join(f"{op['op']} ({op['module'] or 'no module'}: {op['reason']})"
+                                 for op in delegation["portable_fallback"])
+            violations[-1] += f"; on the portable kernels: {fallback}"
     return violations
 
 

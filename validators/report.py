@@ -85,11 +85,19 @@ def _pass_lines(a: dict) -> list[str]:
         if recurrent:
             lines.append(f"recurrent layers ({recurrent['operators']} operators, unrolled): {recurrent['recipe']}, "
                          f"because {recurrent['reason']}")
+    if a.get("delegation"):
+        d = a["delegation"]
+        lines.append(f"delegation: {d['delegated_operators']} operators in {d['delegate']}, {d['portable_operators']} "
+                     f"on the portable kernels ({100 * d['delegated_op_coverage']:.1f}% delegated)")
+        lines += [f"portable: {op['op']} ({op['module'] or 'no module'}): {op['reason']}"
+                  for op in d["portable_fallback"]]
     if "float_ops" in a:
         lines.append("integer-only check: " + (f"{len(a['float_ops'])} operator(s) compute in float"
                                                if a["float_ops"] else "every operator computes in integers"))
     if a.get("parity_runtime"):
         lines.append(f"parity measured by: {a['parity_runtime']}")
+    if a.get("diagnosis_note") and not a.get("layers"):
+        lines.append(f"diagnosis: {a['diagnosis_note']}")
     for runtime, p in list(a.get("parity_by_runtime", {}).items())[1:]:
         lines.append(f"parity on {runtime}: max_abs {_num(p['max_abs'])}, SQNR {_fixed(p['sqnr_db'], 1)} dB")
     for name, q in a.get("io_quantization", {}).items():

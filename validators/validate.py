@@ -73,7 +73,7 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         violations += npu_violations
     violations += _float_island(entry)
     nbytes = size_bytes(path)  # a directory walk for an .mlpackage
-    violations += budgets.check(budget, judged.overall, judged.accuracy, timing, nbytes, npu)
+    violations += budgets.check(budget, judged.overall, judged.accuracy, timing, nbytes, npu, entry.get("delegation"))
     for runtime, other in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in other.violations]
     return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, by_runtime, by_delegate, npu,
@@ -106,6 +106,7 @@ def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: C
         **({"parity_by_runtime": {k: v.overall for k, v in by_runtime.items()}} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
         **({"float_ops": entry["float_ops"]} if "float_ops" in entry else {}),
+        **({"delegation": entry["delegation"]} if "delegation" in entry else {}),
         **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
                    "unjudged": budgets.unjudged(budget, judged.overall, judged.accuracy),

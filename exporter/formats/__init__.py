@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from exporter.formats.base import Backend
 
 BACKENDS = {"onnx": "exporter.formats.onnx.backend", "tflite": "exporter.formats.tflite.backend",
-            "coreml": "exporter.formats.coreml.backend"}
+            "coreml": "exporter.formats.coreml.backend", "executorch": "exporter.formats.executorch.backend"}
 
 
 def backend(fmt: str) -> Backend:

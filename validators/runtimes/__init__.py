@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime", "tflite": "validators.runtimes.litert_runtime",
-            "coreml": "validators.runtimes.coreml_runtime"}
+            "coreml": "validators.runtimes.coreml_runtime", "executorch": "validators.runtimes.executorch_runtime"}
 
 
 class Session(Protocol):
