@@ -49,6 +49,24 @@ def eager_latency_ms(model_spec: str) -> float:
     return measure(once, settings, f"torch {torch.__version__} eager")["median"]
 
 
+def _variant_row(a: dict, export: dict, onnx_fp32: dict, eager: float) -> dict:
+    """One artifact's bench figures: size and 1-thread latency against ONNX fp32 (same run) and eager."""
+    return {
+        "path": a["path"],
+        "export_seconds": export["artifact_seconds"][a["path"]],
+        "diagnosis_seconds": export["diagnosis_seconds"].get(a["path"], 0.0),
+        "bytes": a["bytes"],
+        "bytes_ratio_to_onnx_fp32": round(a["bytes"] / onnx_fp32["bytes"], 4),
+        "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),
+        "latency_p99_ms_1thread": round(a["latency_ms"]["p99"], 5),
+        "latency_ratio_to_eager": round(a["latency_ms"]["median"] / eager, 4),
+        "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / onnx_fp32["latency_ms"]["median"], 4),
+        "runtime": a["latency_ms"]["runtime"],
+        "parity": {k: a["parity"][k] for k in ("max_abs", "sqnr_db", "cosine", "top1_agreement")},
+        "accuracy": a.get("accuracy"),
+    }
+
+
 def bench_model(spec: str, out: Path) -> dict:
     print(f"bench: exporting {spec}", file=sys.stderr)
     _, report = run_export(ExportOptions(model=spec, target=str(BENCH_TARGET), out=out), lambda _: None)
@@ -58,20 +76,7 @@ def bench_model(spec: str, out: Path) -> dict:
     variants = {}
     pairs = [(a, report) for a in report["artifacts"]] + [(a, tflite_report) for a in tflite_report["artifacts"]]
     for a, source in pairs:
-        variants[f"{a['format']}/{a['precision']}"] = {
-            "path": a["path"],
-            "export_seconds": source["export"]["artifact_seconds"][a["path"]],
-            "diagnosis_seconds": source["export"]["diagnosis_seconds"].get(a["path"], 0.0),
-            "bytes": a["bytes"],
-            "bytes_ratio_to_onnx_fp32": round(a["bytes"] / fp32["bytes"], 4),
-            "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),
-            "latency_p99_ms_1thread": round(a["latency_ms"]["p99"], 5),
-            "latency_ratio_to_eager": round(a["latency_ms"]["median"] / eager, 4),
-            "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / fp32["latency_ms"]["median"], 4),
-            "runtime": a["latency_ms"]["runtime"],
-            "parity": {k: a["parity"][k] for k in ("max_abs", "sqnr_db", "cosine", "top1_agreement")},
-            "accuracy": a.get("accuracy"),
-        }
+        variants[f"{a['format']}/{a['precision']}"] = _variant_row(a, source["export"], fp32, eager)
     return {"model": report["model"], "eval": report["data"]["eval"], "eager_latency_median_ms_1thread": eager,
             "total_export_seconds": {"onnx": report["export"]["export_seconds"],
                                      "tflite": tflite_report["export"]["export_seconds"]},
@@ -176,16 +181,8 @@ def bench_executorch(out: Path) -> dict:
         onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
         figures[spec] = {"onnx/fp32_latency_median_ms_1thread": round(onnx["latency_ms"]["median"], 5),
                          "eager_latency_median_ms_1thread": round(eager, 5), "variants": {
-            f"executorch/{a['precision']}": {
-                "bytes": a["bytes"], "bytes_ratio_to_onnx_fp32": round(a["bytes"] / onnx["bytes"], 4),
-                "export_seconds": report["export"]["artifact_seconds"][a["path"]],
-                "latency_median_ms_1thread": round(a["latency_ms"]["median"], 5),
-                "latency_ratio_to_eager": round(a["latency_ms"]["median"] / eager, 4),
-                "latency_ratio_to_onnx_fp32": round(a["latency_ms"]["median"] / onnx["latency_ms"]["median"], 4),
-                "runtime": a["latency_ms"]["runtime"],
-                "parity": {k: a["parity"][k] for k in ("max_abs", "sqnr_db", "cosine", "top1_agreement")},
-                "accuracy": a.get("accuracy"),
-                "delegated_op_coverage": a["delegation"]["delegated_op_coverage"]}
+            f"executorch/{a['precision']}": _variant_row(a, report["export"], onnx, eager)
+            | {"delegated_op_coverage": a["delegation"]["delegated_op_coverage"]}
             for a in report["artifacts"] if a["format"] == "executorch"}}
     return figures
 
