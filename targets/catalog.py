@@ -123,14 +123,6 @@ PRECISION_ROWS: tuple[Precision, ...] = (
     Precision("tflite", "int8_full", "full-integer int8: int8 weights, activations and int8 input/output tensors "
               "(what microcontroller NPUs need), calibrated on --calib data", STATIC, INT8_BUDGET, FullIntegerOptions,
               integer_only=True),
-    Precision("executorch", "fp32", "float32 program, delegated to XNNPACK where it takes the operators", FLOAT,
-              FP32_BUDGET),
-    Precision("executorch", "fp16", "float16 weights and compute in the XNNPACK delegate, float32 inputs/outputs",
-              FLOAT, FP16_BUDGET),
-    Precision("executorch", "int8", "static int8 (PT2E, XNNPACK quantizer): per-channel int8 weights, int8 "
-              "activations calibrated on --calib data", STATIC, INT8_BUDGET, CalibratedOptions),
-    Precision("executorch", "int8_dynamic", "per-channel int8 weights, activations quantized at run time (XNNPACK "
-              "dynamic)", DYNAMIC, INT8_BUDGET),
     Precision("coreml", "fp16", "ML Program with fp16 compute precision (the Neural Engine default)", FLOAT,
               FP16_BUDGET),
     Precision("coreml", "fp32", "ML Program with fp32 compute precision", FLOAT, FP32_BUDGET),
@@ -140,6 +132,14 @@ PRECISION_ROWS: tuple[Precision, ...] = (
               WEIGHTS_8BIT_BUDGET),
     Precision("coreml", "palette4", "fp16 program, weights palettized to 4-bit (16-entry k-means LUT)", WEIGHT_ONLY,
               INT8_BUDGET),
+    Precision("executorch", "fp32", "float32 program, delegated to XNNPACK where it takes the operators", FLOAT,
+              FP32_BUDGET),
+    Precision("executorch", "fp16", "float16 weights and compute in the XNNPACK delegate, float32 inputs/outputs",
+              FLOAT, FP16_BUDGET),
+    Precision("executorch", "int8", "static int8 (PT2E, XNNPACK quantizer): per-channel int8 weights, int8 "
+              "activations calibrated on --calib data", STATIC, INT8_BUDGET, CalibratedOptions),
+    Precision("executorch", "int8_dynamic", "per-channel int8 weights, activations quantized at run time (XNNPACK "
+              "dynamic)", DYNAMIC, INT8_BUDGET),
 )
 
 # format -> {precision id: its row}

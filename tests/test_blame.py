@@ -1,4 +1,4 @@
-"""Per-layer quantization blame and automatic mixed precision (ONNX QDQ and TFLite static int8)."""
+"""Per-layer quantization blame and automatic mixed precision (ONNX QDQ, TFLite and ExecuTorch static int8)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ precision = "{precision}"
 budget = {{ max_accuracy_drop = 0.02, min_top1_agreement = 0.95 }}
 """
 # (format, precision) -> the operator a fully connected layer becomes
-VARIANTS = {("onnx", "int8"): "Gemm", ("tflite", "int8"): "FULLY_CONNECTED", ("tflite", "int8_full"): "FULLY_CONNECTED"}
+VARIANTS = {("onnx", "int8"): "Gemm", ("tflite", "int8"): "FULLY_CONNECTED", ("tflite", "int8_full"): "FULLY_CONNECTED",
+            ("executorch", "int8"): "Linear"}
 
 
 @pytest.fixture(params=list(VARIANTS), ids=lambda v: "-".join(v))

@@ -58,8 +58,8 @@ def test_an_operator_xnnpack_does_not_take_is_named_and_fails_full_coverage(tmp_
         (miss,) = [v for v in artifact["budget"]["violations"] if v.startswith("delegated operator coverage")]
         assert "on the portable kernels: atan (act: XNNPACK has no kernel for this operator)" in miss
         assert artifact["parity"]["sqnr_db"] > 15  # the fallback still computes the right thing
-        if artifact["precision"] == "int8":  # missed, so diagnosed: the missing table is said, not silent
-            assert artifact["diagnosis_note"] == "no per-layer blame: the executorch backend does not offer it yet"
+        if artifact["precision"] == "int8":  # missed, so diagnosed: a blame row per weighted layer
+            assert sorted(row["module"] for row in artifact["layers"]) == ["fc1", "fc2"]
 
 
 @pytest.mark.parametrize("family", ["gru", "lstm_encoder"])

@@ -13,7 +13,7 @@ from targets.profile import target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
-    assert builtin_target_names() == ["android", "cockpit", "ios", "iot-npu"]
+    assert builtin_target_names() == ["android", "android-executorch", "cockpit", "ios", "iot-npu"]
     assert load_target("ios").coreml.minimum_deployment_target == "iOS17"
     android = load_target("android")
     assert [(v.format, v.precision) for v in android.variants] == [
@@ -47,7 +47,7 @@ def _minimal(**extra):
     ({"name": "t", "variants": [{"format": "onnx", "precision": "int3"}]},
      "precision 'int3' is not available for onnx; choose one of: fp32, fp16, int8_dynamic, int8, w8a16"),
     ({"name": "t", "variants": [{"format": "pdf", "precision": "fp32"}]},
-     "format 'pdf' is not one of: onnx, tflite, coreml"),
+     "format 'pdf' is not one of: onnx, tflite, coreml, executorch"),
     (_minimal(coreml={"minimum_deployment_target": "iOS9"}), "minimum_deployment_target 'iOS9'; choose one of"),
     (_minimal(npu={"accelerator": "ethos-u55-128"}), "[npu] compiles full-integer int8 TFLite; add a variant"),
     ({"name": "t", "npu": {"accelerator": "ethos-u99"},
@@ -88,7 +88,7 @@ def test_bad_profiles_say_what_is_valid(data, expected):
 
 
 def test_unknown_target_name_lists_builtins():
-    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, cockpit, ios, iot-npu"):
+    with pytest.raises(TargetError, match="unknown target 'pixel'; valid targets: android, android-executorch, cockpit, ios, iot-npu"):
         load_target("pixel")
 
 

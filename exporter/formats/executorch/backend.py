@@ -1,10 +1,12 @@
 """The ExecuTorch backend: the traced program (quantized first with PT2E and the XNNPACK quantizer for
-int8 variants) lowered by to_edge_transform_and_lower with the XNNPACK partitioner, then to_executorch.
-What the delegate does not take runs on ExecuTorch's portable CPU kernels; delegation.py says which
-operators, from which module, and why. A .pte has no metadata section, so provenance goes beside it."""
+int8 variants, quantize.py) lowered by to_edge_transform_and_lower with the XNNPACK partitioner, then
+to_executorch. What the delegate does not take runs on ExecuTorch's portable CPU kernels; delegation.py
+says which operators, from which module, and why; blame.py offers static int8's layers to the diagnosis
+stage. A .pte has no metadata section, so provenance goes beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -17,14 +19,11 @@ from common.quiet import silenced
 from exporter.errors import ConversionError, UnsupportedOp
 from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress, model_io
 from exporter.formats.executorch.delegation import coverage, partitioner_reasons
+from exporter.formats.executorch.quantize import RECIPES, quantized_module
 from exporter.trace import TracedModel, unsupported_ops
 from targets import Target, Variant
 
 PROVENANCE_SUFFIX = ".edgeport.json"  # model.pte -> model.pte.edgeport.json
-RECIPES = {"int8": "PT2E static int8, XNNPACK quantizer: per-channel symmetric int8 weights, int8 activations "
-                   "calibrated on --calib data",
-           "int8_dynamic": "PT2E dynamic int8, XNNPACK quantizer: per-channel int8 weights, activations quantized "
-                           "per run"}
 
 
 class ExecutorchBackend:
@@ -41,37 +40,37 @@ class ExecutorchBackend:
     def lower(self, traced: TracedModel, target: Target, scratch: Path, progress: Progress) -> Lowered:
         conversion = Conversion("executorch", "traced program lowered by to_edge_transform_and_lower with the "
                                 "XNNPACK partitioner")
-        return Lowered(traced, target, scratch, conversion, state={})
+        return Lowered(traced, target, scratch, conversion, state=_ExecutorchState())
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,
              progress: Progress) -> Emitted:
-        traced = lowered.traced
+        traced, state = lowered.traced, lowered.state
         progress(f"executorch: {variant.precision}")
-        try:
-            with silenced():  # torchao and the lowering print to the console
-                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-                from executorch.exir import to_edge_transform_and_lower
-
-                program, quantization = _program(traced, variant, calibration)
-                with partitioner_reasons() as reasons:
-                    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-                lowered.state[variant.precision] = coverage(edge.exported_program(), reasons)
-                out.write_bytes(edge.to_executorch().buffer)
-        except ModuleNotFoundError:
-            raise
-        except Exception as exc:
-            raise ConversionError(f"ExecuTorch could not lower the model ({variant.precision}): "
-                                  f"{first_line(exc)}") from exc
+        if variant.needs_calibration and calibration is not None:
+            state.batches[variant.precision] = whole_batches(calibration, traced.batch,
+                                                             variant.options.calibration_samples)
+        with _lowering(variant.precision):
+            program, quantization = _program(traced, variant.precision, state.batches.get(variant.precision, []))
+            state.delegation[variant.precision] = lower_program(program, out)
         return Emitted(quantization)
 
     def layer_quantizer(self, lowered: Lowered, variant: Variant, emitted: Emitted, progress: Progress):
-        return None  # per-layer blame is not built for ExecuTorch yet: the diagnosis stage says so
+        """Static int8 only (the catalog's diagnosable rows): PT2E quantizes and keeps float by module name."""
+        from exporter.formats.executorch.blame import ExecutorchLayerQuantizer
+
+        state: _ExecutorchState = lowered.state
+
+        def relower(program, out: Path) -> None:
+            with _lowering(variant.precision):
+                state.delegation[variant.precision] = lower_program(program, out)
+
+        return ExecutorchLayerQuantizer(lowered.traced, state.batches.get(variant.precision, []), relower)
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         from common.files import sha256_file
 
         finished = model_io(lowered.traced)
-        finished.companions["delegation"] = lowered.state[variant.precision]
+        finished.companions["delegation"] = lowered.state.delegation[variant.precision]
         sidecar = provenance_path(out)
         if sidecar.exists():
             finished.companions["provenance"] = {"path": sidecar.name, "sha256": sha256_file(sidecar)}
@@ -80,6 +79,37 @@ class ExecutorchBackend:
     def stamp(self, path: Path, provenance: dict[str, str]) -> None:
         """Beside the artifact: the .pte flatbuffer has no field for free metadata."""
         provenance_path(path).write_text(json.dumps(provenance, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+
+
+class _ExecutorchState:
+    def __init__(self) -> None:
+        self.delegation: dict[str, dict] = {}  # precision -> what the delegate took, of the artifact as written
+        self.batches: dict[str, list[dict]] = {}  # precision -> its calibration batches (static int8)
+
+
+@contextlib.contextmanager
+def _lowering(precision: str):
+    """Silence the libraries; a lowering failure is the user's to act on (exit 2), naming the precision."""
+    try:
+        with silenced():  # torchao and the lowering print to the console
+            yield
+    except ModuleNotFoundError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"ExecuTorch could not lower the model ({precision}): {first_line(exc)}") from exc
+
+
+def lower_program(program, out: Path) -> dict:
+    """to_edge_transform_and_lower with the XNNPACK partitioner, then to_executorch, written to `out`;
+    the delegation coverage of what was written."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with partitioner_reasons() as reasons:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    delegation = coverage(edge.exported_program(), reasons)
+    out.write_bytes(edge.to_executorch().buffer)
+    return delegation
 
 
 def provenance_path(artifact: Path) -> Path:
@@ -113,30 +143,16 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
                                                 "decomposition)")
 
 
-def _program(traced: TracedModel, variant: Variant, calibration: dict | None):
+def _program(traced: TracedModel, precision: str, batches: list[dict]):
     """The exported program a variant lowers: the traced one, in fp16, or PT2E-quantized."""
-    if variant.precision == "fp32":
+    if precision == "fp32":
         return traced.program, None
-    if variant.precision == "fp16":
+    if precision == "fp16":
         return torch.export.export(_Half(traced.program.module()), traced.example_inputs, strict=False), \
             {"scheme": "fp16", "io": "float32 (cast at the edges)"}
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    dynamic = variant.precision == "int8_dynamic"
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                is_dynamic=dynamic))
-    module = prepare_pt2e(copy.deepcopy(traced.program.module()), quantizer)
-    batches = [] if dynamic or calibration is None else \
-        whole_batches(calibration, traced.batch, variant.options.calibration_samples)
-    with torch.no_grad():
-        for feeds in batches or [dict(zip(traced.loaded.input_names, traced.example_inputs, strict=True))]:
-            module(*(torch.as_tensor(v) for v in feeds.values()))
-    converted = convert_pt2e(module)
-    record = {"scheme": f"pt2e_{variant.precision}", "recipe": RECIPES[variant.precision]}
+    dynamic = precision == "int8_dynamic"
+    converted = quantized_module(traced, batches, dynamic)
+    record = {"scheme": f"pt2e_{precision}", "recipe": RECIPES[precision]}
     if not dynamic:
         record["calibration_batches"] = len(batches)
     return torch.export.export(converted, traced.example_inputs, strict=False), record
