@@ -83,6 +83,16 @@ def unsupported_ops(program: Any, is_supported: Callable[[Any], bool], reason: s
     return list(found.values())
 
 
+def not_exported(traced: TracedModel, converter_takes: str) -> list[UnsupportedOp]:
+    """The preflight answer of a converter that takes torch.export programs only ("litert-torch converts"),
+    for a model that was not captured by torch.export (none when it was)."""
+    if traced.program is not None:
+        return []
+    return [UnsupportedOp("<whole model>", "", type(traced.loaded.module).__name__,
+                          f"{converter_takes} torch.export programs only; this model was not captured by "
+                          f"torch.export ({'; '.join(traced.notes)})")]
+
+
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 

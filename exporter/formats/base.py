@@ -128,6 +128,17 @@ class Backend(Protocol):
     def stamp(self, path: Path, provenance: dict[str, str]) -> None: ...
 
 
+def calibration_batches(variant: Variant, calibration: dict[str, np.ndarray] | None,
+                        batch: int | None) -> list[dict[str, np.ndarray]]:
+    """A static variant's calibration data in whole batches of the traced size, at most its
+    `calibration_samples`; none for a variant that does not calibrate."""
+    from common.batching import whole_batches
+
+    if not variant.needs_calibration or calibration is None:
+        return []
+    return whole_batches(calibration, batch, variant.options.calibration_samples)
+
+
 def model_io(traced: TracedModel) -> Finished:
     """The model's own I/O specs, for formats whose artifacts keep them unchanged."""
     return Finished([s.to_json() for s in traced.inputs], [s.to_json() for s in traced.outputs])

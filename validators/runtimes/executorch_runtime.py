@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from common.errors import ArtifactError, first_line
 from common.quiet import silenced
@@ -13,8 +14,6 @@ from common.quiet import silenced
 
 class ExecutorchSession:
     def __init__(self, path: Path, threads: int):
-        import torch
-
         with silenced():  # the runtime logs its CPU probing and thread pool to the console
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
@@ -30,10 +29,9 @@ class ExecutorchSession:
         self.input_names = [f"input_{i}" for i in range(meta.num_inputs())]
         self.runtime = (f"executorch {__version__} runtime (XNNPACK delegate + portable kernels, "
                         f"{portable_lib._threadpool_get_thread_count()} thread(s), host)")
-        self._torch = torch
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = [self._torch.from_numpy(np.ascontiguousarray(value)) for value in feeds.values()]
+        inputs = [torch.from_numpy(np.ascontiguousarray(value)) for value in feeds.values()]
         return [output.detach().numpy() if hasattr(output, "numpy") else np.asarray(output)
                 for output in self._method.execute(inputs)]
 

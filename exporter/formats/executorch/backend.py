@@ -13,14 +13,22 @@ from pathlib import Path
 
 import torch
 
-from common.batching import whole_batches
 from common.errors import first_line
 from common.quiet import silenced
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress, model_io
+from exporter.formats.base import (
+    REPRODUCIBLE,
+    Conversion,
+    Emitted,
+    Finished,
+    Lowered,
+    Progress,
+    calibration_batches,
+    model_io,
+)
 from exporter.formats.executorch.delegation import coverage, partitioner_reasons
 from exporter.formats.executorch.quantize import RECIPES, quantized_module
-from exporter.trace import TracedModel, unsupported_ops
+from exporter.trace import TracedModel, not_exported, unsupported_ops
 from targets import Target, Variant
 
 PROVENANCE_SUFFIX = ".edgeport.json"  # model.pte -> model.pte.edgeport.json
@@ -46,11 +54,9 @@ class ExecutorchBackend:
              progress: Progress) -> Emitted:
         traced, state = lowered.traced, lowered.state
         progress(f"executorch: {variant.precision}")
-        if variant.needs_calibration and calibration is not None:
-            state.batches[variant.precision] = whole_batches(calibration, traced.batch,
-                                                             variant.options.calibration_samples)
+        state.batches[variant.precision] = calibration_batches(variant, calibration, traced.batch)
         with _lowering(variant.precision):
-            program, quantization = _program(traced, variant.precision, state.batches.get(variant.precision, []))
+            program, quantization = _program(traced, variant.precision, state.batches[variant.precision])
             state.delegation[variant.precision] = lower_program(program, out)
         return Emitted(quantization)
 
@@ -64,7 +70,7 @@ class ExecutorchBackend:
             with _lowering(variant.precision):
                 state.delegation[variant.precision] = lower_program(program, out)
 
-        return ExecutorchLayerQuantizer(lowered.traced, state.batches.get(variant.precision, []), relower)
+        return ExecutorchLayerQuantizer(lowered.traced, state.batches[variant.precision], relower)
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         from common.files import sha256_file
@@ -84,7 +90,7 @@ class ExecutorchBackend:
 class _ExecutorchState:
     def __init__(self) -> None:
         self.delegation: dict[str, dict] = {}  # precision -> what the delegate took, of the artifact as written
-        self.batches: dict[str, list[dict]] = {}  # precision -> its calibration batches (static int8)
+        self.batches: dict[str, list[dict]] = {}  # precision -> its calibration batches ([] unless static)
 
 
 @contextlib.contextmanager
@@ -133,9 +139,7 @@ def _lowerable(target) -> bool:
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:
     """Operators ExecuTorch cannot take, judged on the program after ExecuTorch's own decomposition table."""
     if traced.program is None:
-        return [UnsupportedOp("<whole model>", "", type(traced.loaded.module).__name__,
-                              "ExecuTorch lowers torch.export programs only; this model was not captured by "
-                              f"torch.export ({'; '.join(traced.notes)})")]
+        return not_exported(traced, "ExecuTorch lowers")
     with silenced():  # a missing executorch fails here, before any long conversion, naming the package
         from executorch.exir.tracer import _default_decomposition_table
     program = traced.program.run_decompositions(_default_decomposition_table())

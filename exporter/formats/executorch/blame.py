@@ -79,8 +79,7 @@ class ExecutorchLayerQuantizer:
     def _layers(self, reference: torch.fx.GraphModule) -> dict[str, str]:
         """Modules owning a weight matrix or kernel that compute in the traced program -> their class, in
         graph order."""
-        owners = set(blame.weight_matrices(self.traced.loaded.module)) if self.traced.loaded.kind == "module" \
-            else {n for n, m in reference.named_modules() if any(p.ndim >= 2 for p in m.parameters(recurse=False))}
+        owners = blame.weight_matrices(self.traced.loaded.module if self.traced.loaded.kind == "module" else reference)
         return {path: kind for path, (_, kind) in _module_nodes(reference, sorted(owners)).items()}
 
     def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[BlameRow]:

@@ -168,27 +168,19 @@ def _recurrent_weight_nodes(fp32: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(fp32)).graph
-    producers = {out: node for node in graph.node for out in node.output}
-    constants = {i.name for i in graph.initializer}
-    found: set[str] = set()
-
-    def constant_only(name: str) -> bool:
-        if name in constants or not name:
-            return True
-        node = producers.get(name)
-        if node is None or node.name in found:
-            return node is not None
-        if node.op_type in RECURRENT_OPS or not all(constant_only(i) for i in node.input):
-            return False
-        found.add(node.name)
-        return True
-
-    weights = [name for node in graph.node if node.op_type in RECURRENT_OPS for name in node.input[1:4]]
+    constant = {i.name for i in graph.initializer} | {""}  # "": an absent optional input
+    producers = {}  # output -> the node computing it from constants alone
+    for node in graph.node:  # in topological order, so a node's inputs are settled before it
+        if node.op_type not in RECURRENT_OPS and all(name in constant for name in node.input):
+            constant.update(node.output)
+            producers.update(dict.fromkeys(node.output, node))
     chosen: set[str] = set()
-    for name in weights:
-        found = set()
-        if constant_only(name):
-            chosen |= found
+    stack = [name for node in graph.node if node.op_type in RECURRENT_OPS for name in node.input[1:4]]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in chosen:
+            chosen.add(node.name)
+            stack.extend(node.input)
     return sorted(chosen)
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
-from common.batching import whole_batches
 from common.errors import first_line
 from exporter.errors import ConversionError, UnsupportedOp
-from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress
+from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress, calibration_batches
 from exporter.formats.tflite.quantize import RECIPES, AiEdgeQuantizer, quantize_full_int8, quiet
-from exporter.trace import TracedModel, unsupported_ops
+from exporter.trace import TracedModel, not_exported, unsupported_ops
 from targets import Target, Variant
 
 
@@ -53,8 +52,7 @@ class TfliteBackend:
             out.write_bytes(state.fp32.read_bytes())
             return Emitted(None)
         progress(f"tflite: {variant.precision}")
-        batches = [] if not variant.needs_calibration or calibration is None else \
-            whole_batches(calibration, lowered.traced.batch, variant.options.calibration_samples)
+        batches = calibration_batches(variant, calibration, lowered.traced.batch)
         with quiet():
             quantizer = AiEdgeQuantizer(state.fp32, variant.precision, batches, state.signature_inputs)
             state.quantizers[variant.precision] = quantizer
@@ -108,9 +106,7 @@ class _TfliteState:
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:
     """Operators of the decomposed program that litert-torch has no lowering for."""
     if traced.program is None:
-        return [UnsupportedOp("<whole model>", "", type(traced.loaded.module).__name__,
-                              "litert-torch converts torch.export programs only; this model was not captured "
-                              f"by torch.export ({'; '.join(traced.notes)})")]
+        return not_exported(traced, "litert-torch converts")
     import torch
 
     with quiet():
