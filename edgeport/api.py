@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,8 @@ class Report:
 
 
 def _parity(data: dict) -> Parity:
-    known = {f.name for f in fields(Parity)}
-    return Parity(**{k: v for k, v in data.items() if k in known})
+    """A language model's parity has max_abs, top1_agreement and samples only: the rest is None."""
+    return Parity(**{f.name: data.get(f.name, f.default if f.default is not MISSING else None) for f in fields(Parity)})
 
 
 def _report(directory: Path, data: dict) -> Report:
@@ -87,7 +87,9 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     dict of arrays keyed by input name, with an optional `labels` array. A missed budget is a Report
     with passed=False (the CLI's exit 1), as is a verdict resting on synthetic eval inputs only (no eval
     given or bundled: `provisional` says so) unless allow_synthetic_eval; bad input raises EdgeportError
-    (exit 2)."""
+    (exit 2). A causal language model goes with a language-model target: export(model, tokenizer,
+    target="android-llm"), or a SPEC (demo:tinylm, a Hugging Face folder, a .gguf file); its report.json
+    holds the token-level verdict (Report.json["artifacts"][i]["lm"])."""
     from exporter.pipeline import ExportOptions, run_export
 
     options = ExportOptions(model=model, target=target, out=Path(out), calib=calib, eval=eval,

@@ -98,6 +98,9 @@ def _print_summary(directory: Path, report: dict) -> None:
     from validators.report import COLUMNS, artifact_row, verdict_word
     from validators.validate import all_unjudged, all_violations
 
+    if report.get("kind") == "causal-lm":
+        from validators.lm.report import COLUMNS
+        from validators.lm.report import summary_row as artifact_row
     rows = [list(COLUMNS)] + [artifact_row(a) for a in report["artifacts"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     for row in rows:
@@ -116,13 +119,16 @@ def _print_summary(directory: Path, report: dict) -> None:
 def export(
     target: Annotated[str, typer.Option("--target", "-t", help="A built-in target (see `edgeport targets`) "
                                         "or the path of your own .toml profile.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="demo:digits | path/file.py:factory | "
-                                       "package.module:factory | model.pt2 | TorchScript file.")] = "demo:digits",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="demo:digits | path/file.py:factory | "
+                                       "package.module:factory | model.pt2 | TorchScript file; language models "
+                                       "(with an -llm target): demo:tinylm | a Hugging Face folder (hf:DIR) | "
+                                       "model.gguf. Default: demo:digits, or demo:tinylm for an -llm target.")] = None,
     out: Annotated[Path, typer.Option(help="Artifacts go to OUT/<model>/<target>/.")] = Path("artifacts"),
     calib: Annotated[Path | None, typer.Option(help="Calibration data for static int8: .npz keyed by input "
                                                "name, or a folder of .npy files.")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Evaluation data (.npz / .npy folder); a "
-                                                   "`labels` array adds task accuracy.")] = None,
+                                                   "`labels` array adds task accuracy. For a language model: a "
+                                                   "UTF-8 text file (default: held-out stdlib docstrings).")] = None,
     inputs: Annotated[list[str] | None, typer.Option("--input", help="NAME:1x3x224x224:float32, once per "
                                                      "forward argument, when the model has no example inputs.")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 dynamic where the "
@@ -182,16 +188,49 @@ def validate(
     _guarded(debug, action)
 
 
+@app.command()
+def generate(
+    directory: Annotated[Path, typer.Argument(help="A language-model artifact directory, e.g. "
+                                              "artifacts/tinylm/android-llm.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The user's message (the model's chat template is "
+                                        "applied when it has one).")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Stop after this many tokens (or at "
+                                            "end-of-sequence, or when the KV cache is full).")] = 64,
+    artifact: Annotated[str | None, typer.Option("--artifact", help="Which variant: its file name or precision "
+                                                 "(default: the first in the manifest).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Stream tokens from a shipped language-model artifact with its real runtime (greedy decoding)."""
+
+    def action() -> int:
+        from validators.lm.generate import generate as run
+
+        run(directory, prompt, max_tokens, artifact, lambda piece: print(piece, end="", flush=True))
+        print()
+        return 0
+
+    _guarded(debug, action)
+
+
 @app.command("targets")
 def list_targets(debug: Debug = False) -> None:
     """List the built-in targets with their formats, precisions and budgets."""
 
     def action() -> int:
         from targets import builtin_target_names, load_target
+        from targets.lm import LmTarget
 
         for target_name in builtin_target_names():
             t = load_target(target_name)
             print(f"{t.name}: {t.description}")
+            if isinstance(t, LmTarget):
+                lm = t.lm
+                print(f"  language model: {lm.cache_length}-token KV cache, prefill {lm.prefill_length}, "
+                      f"{lm.new_tokens} greedy tokens per prompt, block {lm.block_size}; {t.threads} thread(s)")
+                for v in t.variants:
+                    limits = ", ".join(f"{k}={val:g}" for k, val in v.budget.limits().items())
+                    print(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
+                continue
             print(f"  runtime: {t.runtime.threads} thread(s); passes: "
                   + "; ".join(f"{f}: {', '.join(p)}" for f, p in t.passes.items()))
             for v in t.variants:

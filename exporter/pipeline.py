@@ -21,12 +21,14 @@ from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
+from exporter.lm.source import is_causal_lm_spec
 from exporter.manifest import build_manifest
 from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
 from exporter.staging import staged_directory
 from exporter.trace import TracedModel, trace
 from targets import Target, Variant, load_target
+from targets.lm import LmTarget
 from validators.candidate import Candidate, ModelIO
 from validators.report import write_reports
 from validators.validate import validate_directory
@@ -150,6 +152,15 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     target = load_target(options.target)  # fail on a bad target before any heavy work
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
+    if options.model is None:  # the embedded default of the target's kind
+        options.model = "demo:tinylm" if isinstance(target, LmTarget) else "demo:digits"
+    if isinstance(target, LmTarget):
+        from exporter.lm.pipeline import run_lm_export
+
+        return run_lm_export(options, target, progress)
+    if isinstance(options.model, str) and is_causal_lm_spec(options.model):
+        raise UserInputError(f"{options.model} is a causal language model source; export it with a language-model "
+                             "target (android-llm, cockpit-llm), or pass an image/text model here")
     traced = _load(options, progress)
     eval_data = _eval_data(options, traced, progress)
     calibration = _calibration_data(options, traced, target.needs_calibration, progress)

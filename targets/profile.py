@@ -15,6 +15,7 @@ from typing import Any
 
 from common.errors import TargetError
 from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
+from targets.lm import LmTarget, lm_target_from_dict
 
 TARGETS_DIR = Path(__file__).resolve().parent
 
@@ -366,6 +367,10 @@ def read_target_file(path: Path) -> dict[str, Any]:
         raise TargetError(f"{path}: not valid TOML ({exc}); fix the file or start from targets/android.toml") from None
 
 
-def load_target(name_or_path: str) -> Target:
+def load_target(name_or_path: str) -> Target | LmTarget:
+    """A Target, or an LmTarget when the file has an [lm] table (a language-model target)."""
     path = resolve_target_file(name_or_path)
-    return target_from_dict(read_target_file(path), str(path))
+    data = read_target_file(path)
+    if "lm" in data:
+        return lm_target_from_dict(data, str(path))
+    return target_from_dict(data, str(path))

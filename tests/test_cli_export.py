@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow
 # checks every built-in target is here and every test exists
 BUILTIN_TARGET_TESTS = {"android": ("test_cli_export", "test_demo_android_meets_the_int8_accuracy_bound"),
                         "android-executorch": ("test_executorch", "test_demo_on_android_executorch"),
+                        "android-llm": ("test_lm", "test_demo_tinylm_on_android_llm"),
+                        "cockpit-llm": ("test_lm", "test_cockpit_llm_on_a_trained_decoder"),
                         "cockpit": ("test_cli_export", "test_demo_cockpit_fp16_and_w8a16"),
                         "ios": ("test_coreml", "test_ios_demo_variants_pass_on_linux"),
                         "iot-npu": ("test_tflite", "test_iot_npu_demo_is_full_int8_and_all_on_the_npu")}

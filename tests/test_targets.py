@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import pytest
 
 from targets import TargetError, builtin_target_names, load_target
 from targets.catalog import FP32_BUDGET, PRECISIONS, FoldConstantsConfig, SimplifyConfig
+from targets.lm import LmTarget, lm_target_from_dict
 from targets.profile import target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
-    assert builtin_target_names() == ["android", "android-executorch", "cockpit", "ios", "iot-npu"]
+    assert builtin_target_names() == ["android", "android-executorch", "android-llm", "cockpit", "cockpit-llm", "ios",
+                                      "iot-npu"]
     assert load_target("ios").coreml.minimum_deployment_target == "iOS17"
     android = load_target("android")
     assert [(v.format, v.precision) for v in android.variants] == [
@@ -88,7 +92,7 @@ def test_bad_profiles_say_what_is_valid(data, expected):
 
 
 def test_unknown_target_name_lists_builtins():
-    valid = "android, android-executorch, cockpit, ios, iot-npu"
+    valid = "android, android-executorch, android-llm, cockpit, cockpit-llm, ios, iot-npu"
     with pytest.raises(TargetError, match=f"unknown target 'pixel'; valid targets: {valid}"):
         load_target("pixel")
 
@@ -125,8 +129,41 @@ def test_pass_options_reach_the_pass_config():
 def test_the_resolved_target_round_trips_through_the_manifest_profile():
     for name in builtin_target_names():
         target = load_target(name)
+        if isinstance(target, LmTarget):
+            assert lm_target_from_dict(target.to_profile(), "manifest.json") == dataclasses.replace(
+                target, origin="manifest.json")
+            continue
         again = target_from_dict(target.to_profile(), "manifest.json")
         assert again.variants == target.variants and again.runtime == target.runtime and again.npu == target.npu
+
+
+def test_language_model_targets_are_data_with_token_level_budgets():
+    android = load_target("android-llm")
+    assert isinstance(android, LmTarget) and [v.precision for v in android.variants] == ["w4", "w8"]
+    assert android.lm.cache_length == 256 and android.lm.embedding_bits == 4 and not android.lm.symmetric
+    w8 = android.variants[1].budget
+    assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
+    cockpit = load_target("cockpit-llm")
+    assert cockpit.variants[0].budget.min_greedy_tokens == 32 and cockpit.variants[0].budget.max_abs == 1e-3
+    assert cockpit.variants[1].budget.max_ppl_ratio == 1.01  # the variant's own, over the precision default
+    for bad, message in [({"lm": {"cache_size": 1}}, "unknown key 'cache_size' in [lm]"),
+                         ({"lm": {"block_size": 48}}, "block_size 48"),
+                         ({"lm": {"new_tokens": 300}}, "new_tokens must be smaller than cache_length"),
+                         ({"variants": [{"format": "onnx", "precision": "int8"}]}, "not a language-model precision"),
+                         ({"variants": [{"format": "tflite", "precision": "w4"}]}, "language models export to onnx"),
+                         ({"budgets": {"min_sqnr_db": 30}}, "unknown key 'min_sqnr_db' in [budgets]")]:
+        data = {"name": "t", "lm": {}, "variants": [{"format": "onnx", "precision": "w4"}]} | bad
+        with pytest.raises(TargetError, match=re.escape(message)):
+            lm_target_from_dict(data, "t.toml")
+
+
+def test_a_language_model_target_reads_its_prompts_file(tmp_path):
+    (tmp_path / "prompts.txt").write_text("Turn on the seat heating.\n\nHow far to the next charger?\n")
+    data = {"name": "t", "lm": {"prompts_file": "prompts.txt"}, "variants": [{"format": "onnx", "precision": "w8"}]}
+    target = lm_target_from_dict(data, str(tmp_path / "t.toml"))
+    assert target.lm.prompts == ("Turn on the seat heating.", "How far to the next charger?")
+    with pytest.raises(TargetError, match="prompts_file .* cannot be read"):
+        lm_target_from_dict(data | {"lm": {"prompts_file": "missing.txt"}}, str(tmp_path / "t.toml"))
 
 
 def test_the_readme_example_target_is_valid():

@@ -37,7 +37,8 @@ def _default(precision: str):
 
 
 BUDGETS = [(f"default {p}", _default(p).budget) for p in dict.fromkeys(r.id for r in PRECISION_ROWS)] + [
-    (f"{t} {v.format}/{v.precision}", v.budget) for t in builtin_target_names() for v in load_target(t).variants]
+    (f"{t} {v.format}/{v.precision}", v.budget) for t in builtin_target_names() for v in load_target(t).variants
+    if not t.endswith("-llm")]  # language-model targets are judged token by token (tests/test_lm.py)
 
 
 @pytest.mark.parametrize("name,budget", BUDGETS, ids=[n for n, _ in BUDGETS])

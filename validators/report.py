@@ -151,6 +151,10 @@ def verdict_word(report: dict) -> str:
 
 def to_markdown(report: dict) -> str:
     verdict = verdict_word(report)
+    if report.get("kind") == "causal-lm":
+        from validators.lm import report as lm_report
+
+        return lm_report.to_markdown(report, verdict)
     out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
            f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
     out += [f"- {line}" for line in _data_lines(report) + _output_lines(report)]
@@ -203,6 +207,10 @@ th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}.pass{color:
 
 def to_html(report: dict) -> str:
     e = html.escape
+    if report.get("kind") == "causal-lm":
+        from validators.lm import report as lm_report
+
+        return lm_report.to_html(report, verdict_word(report), _STYLE)
     label = {"PASSED": "pass", "FAILED": "fail"}.get(verdict_word(report), "provisional")
     css = "warn" if label == "provisional" else label
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeport: {e(report['model']['name'])} "
@@ -224,11 +232,7 @@ def to_html(report: dict) -> str:
         status = "pass" if a["budget"]["passed"] else "fail"
         parts.append(f"<tr>{cells}<td class='{status}'>{e(row[-1])}</td></tr>")
     parts.append("</table><p>Latency is measured on the build host, not on a device.</p>")
-    problems = list(report.get("violations", [])) + [
-        f"{a['path']}: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
-    if problems:
-        parts.append("<h2>Budget violations</h2><ul>" + "".join(f"<li class='fail'>{e(p)}</li>" for p in problems)
-                     + "</ul>")
+    parts.append(violations_html(report))
     unjudged = [f"{a['path']}: {n}" for a in report["artifacts"] for n in a["budget"].get("unjudged", [])]
     if unjudged:
         parts.append("<h2>Not judged</h2><ul>" + "".join(f"<li class='warn'>{e(n)}</li>" for n in unjudged)
@@ -240,6 +244,15 @@ def to_html(report: dict) -> str:
             parts.append(_layer_chart(a))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def violations_html(report: dict) -> str:
+    problems = list(report.get("violations", [])) + [
+        f"{a['path']}: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
+    if not problems:
+        return ""
+    return ("<h2>Budget violations</h2><ul>" + "".join(f"<li class='fail'>{html.escape(p)}</li>" for p in problems)
+            + "</ul>")
 
 
 def _layer_chart(a: dict) -> str:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.artifact_dir import EXPORT_LOG, Reference, read_manifest
+from common.artifact_dir import EXPORT_LOG, Reference, read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import sha256_file, size_bytes
 from common.vela import VelaError, compile_with_vela
@@ -150,13 +150,7 @@ def _npu_section(directory: Path, artifact: Path, compiled: dict, target: Target
 
 
 def _load_reference(directory: Path, manifest: dict) -> tuple[Reference, list[str]]:
-    ref_entry = manifest["reference"]
-    ref_path = directory / ref_entry["path"]
-    if not ref_path.is_file():
-        raise ArtifactError(f"{ref_path} is missing; validation needs the stored reference outputs, re-export")
-    violations = []
-    if sha256_file(ref_path) != ref_entry["sha256"]:
-        violations.append(f"{ref_entry['path']} differs from the manifest's sha256: reference data was altered")
+    ref_path, violations = reference_file(directory, manifest)
     try:
         reference = Reference.load(ref_path)
     except (ValueError, OSError, KeyError) as exc:
@@ -187,6 +181,10 @@ def _export_log(directory: Path) -> dict | None:
 def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None,
                        allow_synthetic_eval: bool = False) -> dict:
     manifest = read_manifest(directory)
+    if manifest.get("kind") == "causal-lm":
+        from validators.lm.validate import validate_lm_directory
+
+        return validate_lm_directory(directory, progress)
     target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
     reference, run_violations = _load_reference(directory, manifest)
     output_kinds = {o["name"]: o.get("kind") for o in manifest["outputs"]}

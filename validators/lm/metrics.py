@@ -1,0 +1,68 @@
+"""Token-level parity metrics, with llama.cpp's perplexity tool's definitions (`perplexity --kl-divergence`):
+
+- perplexity: exp of the mean negative log-likelihood of each next token of the eval windows;
+- KL divergence: KL(P_reference || Q_artifact) of the next-token distributions, per position; mean and p99;
+- same top-1: share of positions where both give the same most likely next token.
+
+Free-running: both generate greedily from the same prompt; the first position where the tokens differ,
+the largest |logit difference| before it, and the share of repeated 3-grams (a model caught in a loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPEAT_N = 3
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def teacher_forced(reference_logprobs: np.ndarray, artifact_logits: np.ndarray, targets: np.ndarray,
+                   reference_target_logprobs: np.ndarray | None = None) -> dict:
+    """reference_logprobs, artifact_logits: [positions, vocab]; targets: [positions] (the true next tokens);
+    reference_target_logprobs: the reference's exact log-probability of each target (perplexity), when stored."""
+    p_log = reference_logprobs.astype(np.float64)
+    p_log = p_log - np.log(np.exp(p_log).sum(axis=-1, keepdims=True))  # stored as float16: renormalise
+    q_log = log_softmax(artifact_logits)
+    rows = np.arange(len(targets))
+    reference_nll = -(p_log[rows, targets] if reference_target_logprobs is None
+                      else reference_target_logprobs.astype(np.float64))
+    artifact_nll = -q_log[rows, targets]
+    kl = np.maximum((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), 0.0)
+    reference_ppl, artifact_ppl = float(np.exp(reference_nll.mean())), float(np.exp(artifact_nll.mean()))
+    return {
+        "positions": int(len(targets)),
+        "reference_ppl": reference_ppl, "artifact_ppl": artifact_ppl, "ppl_ratio": artifact_ppl / reference_ppl,
+        "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
+        "top1_agreement": float((p_log.argmax(-1) == q_log.argmax(-1)).mean()),
+    }
+
+
+def repeated_ngram_rate(tokens: list[int], n: int = REPEAT_N) -> float:
+    """Share of the n-grams of tokens that already occurred earlier in tokens."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    seen: set[tuple[int, ...]] = set()
+    repeats = 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams) if grams else 0.0
+
+
+def free_running(reference_tokens: list[int], reference_logits: np.ndarray, artifact_tokens: list[int],
+                 artifact_logits: np.ndarray) -> dict:
+    """Greedy generations from one prompt compared: logits are the ones each token was chosen from."""
+    count = min(len(reference_tokens), len(artifact_tokens))
+    diverged = next((i for i in range(count) if reference_tokens[i] != artifact_tokens[i]), count)
+    # up to and including the first differing position both were fed the same tokens, so their logits compare
+    compared = min(diverged + 1, count)
+    delta = np.abs(reference_logits[:compared].astype(np.float64) - artifact_logits[:compared]).max() if compared \
+        else 0.0
+    reference_rate, artifact_rate = repeated_ngram_rate(reference_tokens), repeated_ngram_rate(artifact_tokens)
+    return {"tokens": count, "matching_tokens": diverged, "first_divergence": None if diverged == count else diverged,
+            "max_abs_logit_delta": float(delta), "reference_repetition": reference_rate,
+            "artifact_repetition": artifact_rate, "repetition_increase": artifact_rate - reference_rate}

@@ -1,0 +1,154 @@
+"""The language-model section of report.md / report.html: the token-level metrics per artifact, speed
+beside eager PyTorch, blame, and each prompt's reference text beside each artifact's text."""
+
+from __future__ import annotations
+
+import html
+
+from validators.report import violations_html
+
+COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
+           "max |Δlogit|", "decode tok/s", "TTFT ms", "peak RSS", "verdict")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def summary_row(a: dict) -> list[str]:
+    tf, speed = a["lm"]["teacher_forced"], a["lm"]["speed"]
+    runs = a["lm"]["free_running"]
+    matched = sum(r["matching_tokens"] for r in runs)
+    total = sum(r["tokens"] for r in runs)
+    return [a["path"], "genai builder" if "genai" in a["built_by"] else "export", _size(a["bytes"]),
+            f"{tf['ppl_ratio']:.4f}", f"{tf['kl_mean']:.4f} / {tf['kl_p99']:.3f}", f"{100 * tf['top1_agreement']:.1f}%",
+            f"{matched}/{total}", f"{a['parity']['max_abs']:.3g}", f"{speed['decode_tokens_per_s']:.1f}",
+            f"{speed['ttft_ms']:.0f}", f"{speed['peak_rss_mb']:.0f} MB", "pass" if a["budget"]["passed"] else "FAIL"]
+
+
+def _lines(report: dict) -> list[str]:
+    data = report["data"]
+    lines = [f"eval text: {data['eval']['source']} — {data['eval']['windows']} windows of "
+             f"{data['eval']['window_length']} tokens ({data['eval']['positions']} next-token positions)",
+             f"free-running: {data['prompts']} prompts, {data['new_tokens']} greedy tokens each"]
+    if report["artifacts"]:
+        tf = report["artifacts"][0]["lm"]["teacher_forced"]
+        lines.append(f"reference (PyTorch) perplexity on the eval text: {tf['reference_ppl']:.3f}")
+    if report.get("eager"):
+        e = report["eager"]
+        lines.append(f"eager PyTorch, {e['threads']} thread(s): {e['decode_tokens_per_s']} decode tok/s, "
+                     f"TTFT {e['ttft_ms']:.0f} ms for {e['prompt_tokens']} prompt tokens (host figures)")
+    return lines
+
+
+def _speedup(a: dict, report: dict) -> str:
+    eager = report.get("eager")
+    if not eager:
+        return ""
+    return f" ({a['lm']['speed']['decode_tokens_per_s'] / eager['decode_tokens_per_s']:.2f}x eager)"
+
+
+def _artifact_lines(a: dict, report: dict) -> list[str]:
+    tf, speed, q = a["lm"]["teacher_forced"], a["lm"]["speed"], a.get("quantization") or {}
+    lines = [f"built by {a['built_by']}", f"perplexity {tf['artifact_ppl']:.3f} (reference {tf['reference_ppl']:.3f}),"
+             f" KL mean {tf['kl_mean']:.4g}, p99 {tf['kl_p99']:.4g}, max {tf['kl_max']:.4g}",
+             f"decode {speed['decode_tokens_per_s']} tok/s{_speedup(a, report)}, prefill "
+             f"{speed['prefill_tokens_per_s']} tok/s, TTFT {speed['ttft_ms']:.0f} ms, peak RSS "
+             f"{speed['peak_rss_mb']:.0f} MB, {speed['threads']} thread(s), onnxruntime (host)"]
+    if q.get("scheme", "").startswith("w"):
+        lines.append(f"weights: {q['scheme']} block {q.get('block_size')} ({q.get('method')}), head "
+                     f"{q.get('head_bits')} bits, embedding {q.get('embedding_bits')} bits"
+                     + (" (one table shared with the head)" if q.get("embedding_shares_head") else ""))
+    for run in a["lm"]["free_running"]:
+        divergence = run["first_divergence"]
+        where = "all equal" if divergence is None else f"first divergence at token {divergence}"
+        lines.append(f"prompt {run['prompt']}: {run['matching_tokens']}/{run['tokens']} greedy tokens equal "
+                     f"({where}), repeated 3-grams {run['artifact_repetition']:.0%} "
+                     f"(reference {run['reference_repetition']:.0%})")
+    auto = (a.get("diagnosis") or {}).get("auto_precision")
+    if auto:
+        lines.append(f"auto precision kept {len(auto['kept'])} decoder linear(s) at higher precision "
+                     f"({', '.join(list(auto['kept'])[:6])}{'…' if len(auto['kept']) > 6 else ''}): KL mean "
+                     f"{auto['kl_mean_before']:.4g} -> {auto['kl_mean_after']:.4g}, "
+                     f"{_size(auto['bytes_before'])} -> {_size(auto['bytes_after'])}"
+                     + ("" if auto["met_budget"] else "; the budget still fails at the limit of layers kept"))
+    return lines
+
+
+def to_markdown(report: dict, verdict: str) -> str:
+    out = [f"# edgeport report: {report['model']['name']} → {report['target']} (language model)", "",
+           f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
+    out += [f"- {line}" for line in _lines(report)]
+    if report.get("provisional"):
+        out.append(f"- **provisional**: {report['provisional']}")
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(summary_row(a)) + " |" for a in report["artifacts"]]
+    out += ["", "PPL, KL and same top-1 are llama.cpp's perplexity-tool definitions, teacher-forced on the eval "
+                "text; greedy match counts tokens equal to the reference's before the first divergence."]
+    problems = list(report.get("violations", [])) + [
+        f"`{a['path']}`: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
+    if problems:
+        out += ["", "## Budget violations", ""] + [f"- {p}" for p in problems]
+    out += ["", "## What the model now says", ""]
+    for row in report.get("texts", []):
+        out += [f"**Prompt:** `{_one_line(row['prompt'])}`", "", f"- reference (PyTorch): {_quote(row['reference'])}"]
+        out += [f"- `{path}`: {_quote(text)}" for path, text in row["artifacts"].items()]
+        out.append("")
+    out += ["## Artifacts", ""]
+    for a in report["artifacts"]:
+        out += [f"### {a['path']}", "", f"- sha256 `{a['sha256']}`"] + [f"- {x}" for x in _artifact_lines(a, report)]
+        blame = (a.get("diagnosis") or {}).get("blame")
+        if blame:
+            out += ["", f"Per-layer blame ({a['diagnosis']['method']}; worst {min(10, len(blame))} of "
+                        f"{a['diagnosis']['layers']}):", "", "| decoder linear | KL mean alone | PPL alone |",
+                    "|---|---|---|"]
+            out += [f"| {r['module']} | {r['kl_mean']:.4g} | {r['ppl']:.3f} |" for r in blame[:10]]
+        out.append("")
+    if report.get("notes"):
+        out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    return "\n".join(out)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "⏎").replace("`", "'")
+
+
+def _quote(text: str) -> str:
+    return "`" + _one_line(text) + "`"
+
+
+def to_html(report: dict, verdict: str, style: str) -> str:
+    e = html.escape
+    css = {"PASSED": "pass", "FAILED": "fail"}.get(verdict, "warn")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeport: {e(report['model']['name'])} → "
+             f"{e(report['target'])}</title><style>{style}\npre{{white-space:pre-wrap;margin:0}}</style></head><body>",
+             f"<h1>{e(report['model']['name'])} → {e(report['target'])} <span class='{css}'>{verdict}</span></h1>",
+             f"<p>language model <code>{e(report['model']['source'])}</code></p><ul>"]
+    parts += [f"<li>{e(line)}</li>" for line in _lines(report)]
+    if report.get("provisional"):
+        parts.append(f"<li class='warn'>provisional: {e(report['provisional'])}</li>")
+    parts.append("</ul><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
+    for a in report["artifacts"]:
+        row = summary_row(a)
+        status = "pass" if a["budget"]["passed"] else "fail"
+        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row[:-1])
+                     + f"<td class='{status}'>{e(row[-1])}</td></tr>")
+    parts.append("</table>")
+    parts.append(violations_html(report))
+    parts.append("<h2>What the model now says</h2>")
+    for row in report.get("texts", []):
+        cells = [("reference (PyTorch)", row["reference"])] + list(row["artifacts"].items())
+        parts.append(f"<p><b>Prompt:</b> <code>{e(_one_line(row['prompt']))}</code></p><table><tr>"
+                     + "".join(f"<th>{e(name)}</th>" for name, _ in cells) + "</tr><tr>"
+                     + "".join(f"<td style='text-align:left;vertical-align:top'><pre>{e(text)}</pre></td>"
+                               for _, text in cells) + "</tr></table>")
+    for a in report["artifacts"]:
+        parts.append(f"<h3>{e(a['path'])}</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in _artifact_lines(a, report))
+                     + "</ul>")
+        blame = (a.get("diagnosis") or {}).get("blame")
+        if blame:
+            parts.append("<table><tr><th>decoder linear (blame, worst first)</th><th>KL alone</th><th>PPL alone</th>"
+                         "</tr>" + "".join(f"<tr><td>{e(r['module'])}</td><td>{r['kl_mean']:.4g}</td>"
+                                           f"<td>{r['ppl']:.3f}</td></tr>" for r in blame[:10]) + "</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)

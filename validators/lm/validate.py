@@ -1,0 +1,177 @@
+"""The token-level verdict on a language-model artifact directory, from its files alone (manifest.json,
+reference.npz, the tokenizer folder): what `edgeport validate DIR` and the export's last stage run.
+
+Every artifact runs with onnxruntime and its own KV cache: teacher-forced on the eval windows (perplexity
+ratio, KL, same top-1) and free-running on the prompts (first divergence, |delta logit| before it,
+repetition); speed is measured in a fresh process so peak memory is the artifact's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from common.artifact_dir import EXPORT_LOG, read_manifest, reference_file
+from common.errors import ArtifactError
+from common.files import load_npz, sha256_file
+from validators.lm.metrics import free_running, teacher_forced
+
+REFERENCE = "reference.npz"
+TOKENIZER_DIR = "tokenizer"
+
+
+def load_lm_reference(directory: Path, manifest: dict) -> tuple[dict, list[str]]:
+    path, violations = reference_file(directory, manifest)
+    return load_npz(path), violations
+
+
+def prompts_of(reference: dict) -> list[str]:
+    return sorted({key.split("/")[1] for key in reference if key.startswith("gen/")}, key=int)
+
+
+def judge(lm, reference: dict, budget: dict, nbytes: int, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Run one opened artifact (validators.lm.runtime.OnnxLM) against the reference; metrics and violations."""
+    windows, logprobs = reference["tf/tokens"], reference["tf/logprobs"]
+    artifact_logits, targets, reference_rows = [], [], []
+    for window, window_logprobs in zip(windows, logprobs, strict=True):
+        lm.reset()
+        artifact_logits.append(lm.prefill([int(t) for t in window])[:-1])
+        targets.append(window[1:])
+        reference_rows.append(window_logprobs)
+    forced = teacher_forced(np.concatenate(reference_rows), np.concatenate(artifact_logits), np.concatenate(targets),
+                            reference["tf/target_logprobs"].reshape(-1))
+    runs = []
+    for key in prompts_of(reference):
+        expected = [int(t) for t in reference[f"gen/{key}/tokens"]]
+        tokens, logits = lm.greedy([int(t) for t in reference[f"gen/{key}/prompt"]], len(expected))
+        runs.append({"prompt": int(key), "generated": tokens,
+                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits)})
+    return {"teacher_forced": forced, "free_running": runs,
+            "violations": violations(budget, forced, runs, nbytes)}
+
+
+def violations(budget: dict, forced: dict, runs: list[dict], nbytes: int) -> list[str]:
+    found = []
+    limit = budget.get("max_abs")
+    if limit is not None and runs and (worst := max(r["max_abs_logit_delta"] for r in runs)) > limit:
+        found.append(f"max |logit delta| before the first divergence {worst:.3g} > {limit:g}")
+    limit = budget.get("min_greedy_tokens")
+    for run in runs if limit is not None else []:
+        if run["matching_tokens"] < min(limit, run["tokens"]):
+            found.append(f"prompt {run['prompt']}: greedy tokens differ from the reference at position "
+                         f"{run['first_divergence']} (needs {min(int(limit), run['tokens'])} equal)")
+    checks = (("max_ppl_ratio", "ppl_ratio", "perplexity ratio", 1), ("max_kl_mean", "kl_mean", "mean KL", 1),
+              ("max_kl_p99", "kl_p99", "p99 KL", 1), ("min_top1_agreement", "top1_agreement", "same top-1", -1))
+    for key, metric, label, sign in checks:
+        limit = budget.get(key)
+        if limit is not None and sign * (forced[metric] - limit) > 0:
+            found.append(f"{label} {forced[metric]:.4g} {'>' if sign > 0 else '<'} {limit:g} "
+                         f"(teacher-forced, {forced['positions']} positions)")
+    limit = budget.get("max_repetition_increase")
+    for run in runs if limit is not None else []:
+        if run["repetition_increase"] > limit:
+            found.append(f"prompt {run['prompt']} loops: {run['artifact_repetition']:.0%} of its 3-grams repeat "
+                         f"(reference {run['reference_repetition']:.0%}; limit +{limit:.0%})")
+    limit = budget.get("max_size_mb")
+    if limit is not None and nbytes / 1e6 > limit:
+        found.append(f"size {nbytes / 1e6:.1f} MB > {limit:g} MB")
+    return found
+
+
+def measure_speed(path: Path, cache: dict, prompt: list[int], new_tokens: int, threads: int) -> dict:
+    """Time to first token, prefill and decode tokens/s, and peak RSS, in a fresh process (validators.lm.speed)."""
+    request = json.dumps({"path": str(path), "cache": cache, "prompt": prompt, "new_tokens": new_tokens,
+                          "threads": threads})
+    done = subprocess.run([sys.executable, "-m", "validators.lm.speed"], input=request, capture_output=True,
+                          text=True, check=False, cwd=Path(__file__).resolve().parents[2])
+    if done.returncode != 0:
+        raise RuntimeError(f"the speed run of {path.name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def decode_texts(directory: Path, reference: dict, results: list[dict]) -> list[dict]:
+    """Per prompt: the prompt, the reference's text and each artifact's text, decoded by the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
+    rows = []
+    for key in prompts_of(reference):
+        row = {"prompt": tokenizer.decode([int(t) for t in reference[f"gen/{key}/prompt"]]),
+               "reference": tokenizer.decode([int(t) for t in reference[f"gen/{key}/tokens"]]), "artifacts": {}}
+        for result in results:
+            run = next(r for r in result["lm"]["free_running"] if r["prompt"] == int(key))
+            row["artifacts"][result["path"]] = tokenizer.decode(run["generated"])
+        rows.append(row)
+    return rows
+
+
+def reference_problem(reference: dict) -> str:
+    """Why the reference proves nothing ('' if it is usable): NaN, or a next-token distribution so flat that
+    any artifact agrees with it (an untrained model)."""
+    logprobs = reference["tf/logprobs"].astype(np.float32)
+    if not np.isfinite(logprobs).all():
+        return "the reference log-probabilities contain NaN or Inf"
+    vocab = logprobs.shape[-1]
+    targets = reference["tf/tokens"][:, 1:]
+    nll = -np.take_along_axis(logprobs, targets[..., None], axis=-1).mean()
+    if np.exp(nll) > 0.5 * vocab:
+        return (f"the reference model's perplexity on the eval text is {np.exp(nll):.0f} of a {vocab}-token "
+                "vocabulary: it predicts nearly nothing, so agreeing with it proves little")
+    return ""
+
+
+def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
+    from validators.lm.runtime import OnnxLM
+
+    manifest = read_manifest(directory)
+    lm_info = manifest["lm"]
+    threads = manifest["target"]["profile"]["runtime"]["threads"]
+    reference, run_violations = load_lm_reference(directory, manifest)
+    provisional = reference_problem(reference)
+    speed_prompt = [int(t) for t in reference["tf/tokens"][0][:lm_info["prefill_length"]]]
+    results = []
+    for entry in manifest["artifacts"]:
+        path = directory / entry["path"]
+        files_problem = [f"{f['path']} differs from the manifest's sha256" for f in entry["files"]
+                         if not (directory / f["path"]).is_file() or sha256_file(directory / f["path"]) != f["sha256"]]
+        if files_problem and not path.is_file():
+            raise ArtifactError(f"{path} is missing; re-export")
+        progress(f"validating {entry['path']} with onnxruntime (teacher-forced and free-running)")
+        judged = judge(OnnxLM(path, entry["cache"], threads), reference, entry["budget"], entry["bytes"])
+        progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
+        speed = measure_speed(path, entry["cache"], speed_prompt, lm_info["new_tokens"], threads)
+        problems = files_problem + judged["violations"]
+        results.append({
+            "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
+            "sha256": entry["sha256"], "built_by": entry["built_by"], "quantization": entry.get("quantization"),
+            "parity": {"max_abs": max((r["max_abs_logit_delta"] for r in judged["free_running"]), default=0.0),
+                       "top1_agreement": judged["teacher_forced"]["top1_agreement"],
+                       "samples": judged["teacher_forced"]["positions"]},
+            "latency_ms": {"median": 1000.0 / speed["decode_tokens_per_s"], "runs": speed["decode_tokens"],
+                           "threads": threads, "runtime": "onnxruntime (per decoded token)"},
+            "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
+            "diagnosis": entry.get("diagnosis"),
+            "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},
+        })
+    export_log = None
+    if (directory / EXPORT_LOG).is_file():
+        export_log = json.loads((directory / EXPORT_LOG).read_text(encoding="utf-8"))
+    return {
+        "kind": "causal-lm",
+        "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
+        "target": manifest["target"]["name"],
+        "passed": not provisional and not run_violations and all(r["budget"]["passed"] for r in results),
+        "provisional": provisional,
+        "violations": run_violations,
+        "data": {"eval": lm_info["eval"], "prompts": len(prompts_of(reference)), "new_tokens": lm_info["new_tokens"]},
+        "artifacts": results,
+        "texts": decode_texts(directory, reference, results),
+        "eager": (export_log or {}).get("eager"),
+        "notes": lm_info.get("notes", []),
+        "export": export_log,
+    }
