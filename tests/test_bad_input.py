@@ -43,7 +43,8 @@ def test_bad_model_specs(tmp_path, model, fragments):
 def test_unknown_target_and_malformed_target_file(tmp_path):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("export", "--target", "pixel9", "--out", out), out,
-                          "unknown target 'pixel9'; valid targets: android, android-executorch, android-llm, cockpit, cockpit-llm, ios, iot-npu")
+                          "unknown target 'pixel9'; valid targets: android, android-executorch, android-llm, cockpit, "
+                          "cockpit-llm, ios, iot-npu")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nthreads = 4\n[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
     _assert_clean_failure(run_cli("export", "--target", bad, "--out", out), out, "unknown key(s) threads")
