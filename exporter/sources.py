@@ -146,7 +146,7 @@ def _call_factory(factory: Any, spec: str) -> tuple[Any, tuple | None]:
                          "return an nn.Module or (module, example_inputs)")
 
 
-def _import_factory(target: str, attr: str, spec: str) -> Any:
+def import_factory(target: str, attr: str, spec: str) -> Any:
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
@@ -263,7 +263,7 @@ def load_model(spec: str, input_specs: list[TensorSpec], *, weights: Path | None
         loaded = _load_file(Path(spec), spec, input_specs, trust_pickle)
     elif ":" in spec:
         target, _, attr = spec.rpartition(":")
-        module, examples = _call_factory(_import_factory(target, attr, spec), spec)
+        module, examples = _call_factory(import_factory(target, attr, spec), spec)
         if weights is not None:
             _apply_weights(module, weights, spec)
         name = Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]

@@ -5,7 +5,6 @@ onnxruntime-genai's builder) -> blame and auto precision -> manifest -> token-le
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,11 +36,11 @@ def load_lm(options: Any, progress: Progress) -> CausalLM:
     if is_causal_lm_spec(spec):
         lm = load_causal_lm(spec, trust_pickle=options.trust_pickle)
     elif ":" in spec and not spec.startswith("demo:"):
-        from exporter.sources import _import_factory
+        from exporter.sources import import_factory
 
         target, _, attr = spec.rpartition(":")
         try:
-            result = _import_factory(target, attr, spec)()
+            result = import_factory(target, attr, spec)()
         except UserInputError:
             raise
         except Exception as exc:  # the user's code
@@ -168,7 +167,7 @@ def _eager_speed(model: Any, prompt: list[int], new_tokens: int, threads: int) -
             "decode_tokens_per_s": round((new_tokens - 1) / (end - first), 1), "runtime": "PyTorch eager"}
 
 
-def _files(out: Path, work: Path) -> list[dict]:
+def _files(out: Path) -> list[dict]:
     paths = [out] + ([data] if (data := out.with_name(out.name + ".data")).is_file() else [])
     return [{"path": p.name, "bytes": size_bytes(p), "sha256": sha256_file(p)} for p in paths]
 
@@ -212,7 +211,7 @@ class VariantBuilder:
             plan = WeightPlan(bits, settings.block_size, settings.method,
                               settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric)
             record = quantize_weights(self.fp32, out, plan)
-        files = _files(out, out.parent)
+        files = _files(out)
         return {"format": variant.format, "precision": variant.precision, "path": out.name, "files": files,
                 "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": cache,
                 "built_by": built_by, "why": why, "quantization": record, "budget": variant.budget.limits()}
@@ -235,7 +234,9 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
     if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
         return entry | {"diagnosis": {"note": f"no per-layer blame (diagnose = \"{settings.diagnose}\")"}}
     paths = [name for name, module in lm.model.named_modules()
-             if isinstance(module, torch.nn.Linear) and name != "lm_head" and name.startswith("model.")]
+             if isinstance(module, torch.nn.Linear) and name.startswith("model.")]
+    if variant.row.bits == 4 and settings.embedding_bits == 4:  # the head (and a tied table) is quantized too
+        paths.append("lm_head")
     windows = reference["tf/tokens"][:settings.blame_windows]
     logprobs = reference["tf/logprobs"][:settings.blame_windows]
     progress(f"{variant.precision}: blame: quantizing each of {len(paths)} decoder linears alone")
@@ -343,5 +344,4 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         from validators.report import write_reports
 
         write_reports(work, report)
-    shutil.rmtree(scratch, ignore_errors=True)
     return final, report

@@ -90,7 +90,7 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
     linears = linear_nodes(model)
     body = [p for p in linears if p != HEAD and p not in plan.kept]
     at_8 = [p for p in linears if p != HEAD and plan.kept.get(p, 0) == 8]
-    head_bits = plan.embedding_bits if HEAD in linears else None
+    head_bits = (plan.kept.get(HEAD) or 32 if HEAD in plan.kept else plan.embedding_bits) if HEAD in linears else None
     embedding = next((n for n in model.graph.node if n.op_type == "Gather" and module_path(n) == EMBEDDING), None)
     tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding)
     head_output = linears[HEAD].output[0] if HEAD in linears else None
@@ -101,18 +101,18 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
     for paths, bits, method in passes:
         model = _quantize(model, [linears[p].name for p in paths], bits, plan.block_size, method,
                           symmetric=plan.symmetric_4bit)
-    if tied and head_bits == 4:
+    shared = tied and head_bits == 4
+    embedding_bits = 4 if shared or plan.embedding_bits == 4 else 32  # onnxruntime quantizes a Gather to 4 bits only
+    if shared:
         _gather_from_head(model, embedding, head_output, plan.block_size)
-    elif embedding is not None and plan.embedding_bits == 4:  # onnxruntime quantizes a Gather to 4 bits only
-        model = _quantize(model, [embedding.name], plan.embedding_bits, plan.block_size, "rtn", ("Gather",),
+    elif embedding is not None and embedding_bits == 4:
+        model = _quantize(model, [embedding.name], 4, plan.block_size, "rtn", ("Gather",),
                           symmetric=plan.symmetric_4bit)
     save_onnx(model, out)
     return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
             "symmetric_4bit": plan.symmetric_4bit, "symmetric_8bit": False,
             "decoder_linears": len(body), "head_bits": head_bits,
-            "embedding_bits": (4 if (tied and head_bits == 4) or (not tied and plan.embedding_bits == 4) else 32)
-            if embedding is not None else None,
-            "embedding_shares_head": bool(tied and head_bits == 4),
+            "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": bool(shared),
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
 
 
