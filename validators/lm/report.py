@@ -8,7 +8,7 @@ import html
 from validators.report import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
-           "max |Δlogit|", "decode tok/s", "TTFT ms", "peak RSS", "verdict")
+           "max Δlogit", "decode tok/s", "TTFT ms", "peak RSS", "verdict")
 
 
 def _size(nbytes: int) -> str:
