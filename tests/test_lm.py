@@ -158,6 +158,15 @@ def test_a_skipped_cache_update_fails_the_verdict(exported, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_missing_weights_file_is_an_error_not_a_verdict(exported, tmp_path):
+    directory = tmp_path / "incomplete"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    (directory / "model.w8.onnx.data").unlink()
+    done = run_cli("validate", directory)
+    assert done.code == 2 and "model.w8.onnx.data is listed in the manifest but missing" in done.error_lines[0]
+
+
+@pytest.mark.slow
 def test_perturbed_layer_weights_fail_the_verdict(exported, tmp_path):
     import onnx
     from onnx import numpy_helper

@@ -6,7 +6,7 @@ GatherBlockQuantized), with an explicit policy per group of weights:
 - output head: `embedding_bits` (8 unless the target says otherwise), round-to-nearest; the embedding table
   of a tied model reads the head's 4-bit blocks (one tensor), and stays float beside an 8-bit head.
 
-Both work-arounds below were measured on SmolLM2-135M with onnxruntime 1.32 (each case: 0/32 greedy tokens
+Two work-arounds, each measured on SmolLM2-135M with onnxruntime 1.32 (each case: 0/32 greedy tokens
 equal to eager, where the fix gives 32/32): symmetric 8-bit MatMulNBits generates garbage, so 8-bit blocks
 are asymmetric; and an 8-bit GatherBlockQuantized lookup of the head's blocks is wrong with weight prepacking
 on (correct with session.disable_prepacking, at 1/25 the speed), shared or copied.
@@ -90,7 +90,9 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
     linears = linear_nodes(model)
     body = [p for p in linears if p != HEAD and p not in plan.kept]
     at_8 = [p for p in linears if p != HEAD and plan.kept.get(p, 0) == 8]
-    head_bits = (plan.kept.get(HEAD) or 32 if HEAD in plan.kept else plan.embedding_bits) if HEAD in linears else None
+    head_bits = None  # the output head: as auto precision kept it (8, or float: 32), else at embedding_bits
+    if HEAD in linears:
+        head_bits = (plan.kept[HEAD] or 32) if HEAD in plan.kept else plan.embedding_bits
     embedding = next((n for n in model.graph.node if n.op_type == "Gather" and module_path(n) == EMBEDDING), None)
     tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding)
     head_output = linears[HEAD].output[0] if HEAD in linears else None

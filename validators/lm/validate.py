@@ -137,10 +137,11 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
     results = []
     for entry in manifest["artifacts"]:
         path = directory / entry["path"]
-        files_problem = [f"{f['path']} differs from the manifest's sha256" for f in entry["files"]
-                         if not (directory / f["path"]).is_file() or sha256_file(directory / f["path"]) != f["sha256"]]
-        if files_problem and not path.is_file():
-            raise ArtifactError(f"{path} is missing; re-export")
+        missing = [f["path"] for f in entry["files"] if not (directory / f["path"]).is_file()]
+        if missing:
+            raise ArtifactError(f"{directory / missing[0]} is listed in the manifest but missing; re-export")
+        files_problem = [f"{f['path']} differs from the manifest's sha256: the artifact changed after export"
+                         for f in entry["files"] if sha256_file(directory / f["path"]) != f["sha256"]]
         progress(f"validating {entry['path']} with onnxruntime (teacher-forced and free-running)")
         judged = judge(OnnxLM(path, entry["cache"], threads), reference, entry["budget"], entry["bytes"])
         progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
