@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 export: $(STAMP)
 	$(BIN)/edgeport export $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --out $(OUT)
 
+# The preflight-agreement matrix exports every zoo model to every format in one process; it runs in a process
+# of its own since a full-suite run once crashed there (a segfault in torch's custom-op dispatch, not reproduced
+# alone or right after the language-model tests).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/test_preflight_agreement.py
+	$(BIN)/python -m pytest tests/test_preflight_agreement.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

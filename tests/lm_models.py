@@ -42,10 +42,23 @@ def train_briefly(model, tokenizer, steps: int = 120, seed: int = 0):
     return model.eval()
 
 
+def _no_progress_threads() -> None:
+    """save_pretrained's progress bars start tqdm's monitor thread, which then lives on in the test process
+    beside every later in-process torch.export (the full suite once crashed in a custom op's dispatch with it
+    running); these tests need no progress bars."""
+    import tqdm
+    from transformers.utils import logging as hf_logging
+
+    tqdm.tqdm.monitor_interval = 0
+    hf_logging.disable_progress_bar()
+
+
 def causal_lm_folder(family: str, folder: Path, steps: int = 120) -> Path:
     """A trained tiny decoder of the family, saved with save_pretrained (safetensors) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    _no_progress_threads()
 
     from exporter.lm.tinylm import byte_tokenizer
 
