@@ -19,11 +19,11 @@ from targets import Target
 LIBRARIES = ("torch", "numpy", "scikit-learn")  # besides each format's own (Backend.libraries)
 
 
-def library_versions(formats: tuple[str, ...]) -> dict[str, str]:
+def library_versions(formats: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict[str, str]:
     from exporter.formats import backend
 
     versions = {"python": platform.python_version()}
-    names = list(LIBRARIES) + [name for fmt in formats for name in backend(fmt).libraries]
+    names = list(LIBRARIES) + [name for fmt in formats for name in backend(fmt).libraries] + list(extra)
     for name in dict.fromkeys(names):
         try:
             versions[name] = metadata.version(name)

@@ -169,7 +169,7 @@ def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
             "(or --allow-synthetic-eval to accept it)")
 
 
-def _export_log(directory: Path) -> dict | None:
+def read_export_log(directory: Path) -> dict | None:
     """What the export measured on its host (export.json), shown beside this run's figures."""
     path = directory / EXPORT_LOG
     try:
@@ -198,7 +198,7 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
                  for name, kind in output_kinds.items()}
         classifier = parity.first_classifier(reference.outputs, kinds)
         ref_accuracy = parity.top1_accuracy(reference.outputs[classifier], reference.labels) if classifier else None
-    export_log = _export_log(directory)
+    export_log = read_export_log(directory)
     for result in results:  # auto precision's host latencies, measured by the export
         measured = ((export_log or {}).get("auto_precision_latency_ms") or {}).get(result["path"])
         if result.get("auto_precision") and measured:

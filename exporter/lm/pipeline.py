@@ -18,12 +18,13 @@ from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
+from exporter.manifest import library_versions
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
 from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, validate_lm_directory
 
 Progress = Callable[[str], None]
-LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "tokenizers", "gguf", "numpy")
+LIBRARIES = ("transformers", "onnxruntime-genai", "tokenizers", "gguf")  # beside the ONNX backend's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
 
 
@@ -275,19 +276,6 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
                    "kl_mean_after": judged["teacher_forced"]["kl_mean"]}
 
 
-def _library_versions() -> dict[str, str]:
-    import platform
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[Path, dict]:
     started = time.perf_counter()
     if options.calib is not None:
@@ -334,7 +322,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
                    "eval": eval_info, "tokenizer": TOKENIZER_DIR, "notes": lm.notes},
             "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
             "artifacts": entries,
-            "libraries": _library_versions(),
+            "libraries": library_versions(target.formats, LIBRARIES),
         })
         write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
                                        "trace_seconds": round(trace_seconds, 1), "artifact_seconds": seconds,

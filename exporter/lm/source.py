@@ -43,14 +43,9 @@ class CausalLM:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        if self.chat:
-            encoded = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                         add_generation_prompt=True, tokenize=True)
-            ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-            return [int(i) for i in ids]
-        ids = self.tokenizer(prompt)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None and (not ids or ids[0] != bos) else []) + [int(i) for i in ids]
+        from validators.lm.generate import encode_prompt  # the same encoding `edgeport generate` uses
+
+        return encode_prompt(self.tokenizer, prompt, self.chat)
 
     def save_folder(self, path: Path) -> Path:
         """Write the weights (safetensors), config and tokenizer as a Hugging Face folder."""

@@ -13,6 +13,17 @@ from common.errors import ArtifactError, EdgeportError
 from validators.lm.validate import TOKENIZER_DIR
 
 
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """A user's message as the model reads it: through its chat template when it has one, else after BOS."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                tokenize=True)
+        return [int(i) for i in (encoded["input_ids"] if hasattr(encoded, "keys") else encoded)]
+    ids = [int(i) for i in tokenizer(prompt)["input_ids"]]
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None and (not ids or ids[0] != bos) else []) + ids
+
+
 def _pick(manifest: dict, artifact: str | None) -> dict:
     entries = manifest["artifacts"]
     if artifact is None:
@@ -35,13 +46,7 @@ def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None =
         raise ArtifactError(f"{directory} holds no language model; generate runs artifacts of android-llm-like targets")
     entry = _pick(manifest, artifact)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
-    if manifest["lm"].get("chat_template") and tokenizer.chat_template:
-        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        ids = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-    else:
-        ids = tokenizer(prompt)["input_ids"]
-        if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
-            ids = [tokenizer.bos_token_id, *ids]
+    ids = encode_prompt(tokenizer, prompt, bool(manifest["lm"].get("chat_template")))
     lm = OnnxLM(directory / entry["path"], entry["cache"], threads)
     room = lm.cache_length - len(ids)
     if room < 1:

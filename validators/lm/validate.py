@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.artifact_dir import EXPORT_LOG, read_manifest, reference_file
+from common.artifact_dir import read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators.lm.metrics import free_running, teacher_forced
@@ -127,6 +127,7 @@ def reference_problem(reference: dict) -> str:
 
 def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
     from validators.lm.runtime import OnnxLM
+    from validators.validate import read_export_log
 
     manifest = read_manifest(directory)
     lm_info = manifest["lm"]
@@ -159,9 +160,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},
         })
-    export_log = None
-    if (directory / EXPORT_LOG).is_file():
-        export_log = json.loads((directory / EXPORT_LOG).read_text(encoding="utf-8"))
+    export_log = read_export_log(directory)
     return {
         "kind": "causal-lm",
         "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
