@@ -3,6 +3,7 @@ commands that need them, so `edgeport --help` and `edgeport targets` answer at o
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from collections.abc import Callable
@@ -12,7 +13,9 @@ from typing import Annotated
 import typer
 
 from common.errors import INTERNAL_ERROR_EXIT, PIP_PACKAGES, EdgeportError, MissingDependencyError, first_line
+from validators.diff import Thresholds
 
+DIFF = Thresholds()  # `edgeport diff`'s defaults
 app = typer.Typer(
     name="edgeport",
     help="Export a trained PyTorch model to the artifacts a device runs (ONNX, ...), validate each with its "
@@ -208,6 +211,92 @@ def generate(
         run(directory, prompt, max_tokens, artifact, lambda piece: print(piece, end="", flush=True))
         print()
         return 0
+
+    _guarded(debug, action)
+
+
+@app.command()
+def build(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The build file: models, and the targets each goes to "
+                                       "(see examples/edgeport.toml).")] = Path("edgeport.toml"),
+    out: Annotated[Path | None, typer.Option(help="Output root, over the build file's `out` (default: artifacts "
+                                             "beside the build file); pairs go to OUT/<model>/<target>/.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Pairs exported at once, one process each. "
+                                      "Above 1, reports say their latencies were measured beside other "
+                                      "exports.")] = 1,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every pair, even when nothing it is made "
+                                           "from changed.")] = False,
+    targets: Annotated[list[str] | None, typer.Option("--target", "-t", help="Only pairs going to this target "
+                                                      "(repeatable): one CI job per target.")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only this model (its name; "
+                                                     "repeatable).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML: one test case per (model, target, "
+                                               "artifact), a failure per budget violation.")] = None,
+    list_matrix: Annotated[bool, typer.Option("--list-matrix", help="Print the CI matrix as JSON, "
+                                              "{\"target\": [...]}, for GitHub Actions' strategy.matrix, "
+                                              "and build nothing.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Export every (model, target) pair of a build file, reusing pairs whose inputs did not change; exit with
+    the worst pair's code (0 all passed, 1 a budget missed, 2 bad input, 3 internal error)."""
+
+    def action() -> int:
+        import json
+
+        from exporter.builder.buildfile import load_build_file
+        from exporter.builder.runner import run_build, summary_lines, worst_exit_code, write_junit
+
+        build_file = load_build_file(file, out)
+        if list_matrix:
+            print(json.dumps(build_file.matrix()))
+            return 0
+        pairs = build_file.pairs(targets, models)
+        _progress(f"building {len(pairs)} pair(s) from {file} into {build_file.out} ({jobs} at a time"
+                  f"{'; cache off' if no_cache else ''})")
+        results = run_build(build_file, pairs, jobs, not no_cache, _progress)
+        for line in summary_lines(results):
+            print(line)
+        if junit is not None:
+            write_junit(results, junit)
+            print(f"wrote {junit}")
+        return worst_exit_code(results)
+
+    _guarded(debug, action)
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier release: an artifact directory, or a build output root.")],
+    new: Annotated[Path, typer.Argument(help="The later release, of the same kind.")],
+    output_format: Annotated[str, typer.Option("--format", help="text, md (a pull-request comment) or json.")]
+    = "text",
+    max_sqnr_drop: Annotated[float, typer.Option(help="A regression: SQNR down by more than this many dB (below "
+                                                 f"{DIFF.sqnr_noise_floor_db:g} dB; above it is rounding).")]
+    = DIFF.max_sqnr_drop_db,
+    max_accuracy_drop: Annotated[float, typer.Option(help="A regression: task accuracy (or top-1 agreement) "
+                                                     "down by more than this fraction.")] = DIFF.max_accuracy_drop,
+    max_latency_ratio: Annotated[float, typer.Option(help="A regression: median latency up by more than this "
+                                                     f"ratio and {DIFF.min_latency_delta_ms:g} ms (host figures are "
+                                                     "noisy). Latencies a --jobs build measured beside other "
+                                                     "exports are not compared.")] = DIFF.max_latency_ratio,
+    max_size_ratio: Annotated[float, typer.Option(help="A regression: bytes up by more than this ratio.")]
+    = DIFF.max_size_ratio,
+    debug: Debug = False,
+) -> None:
+    """What changed between two releases, per artifact: bytes, SQNR, cosine, accuracy, latency, per-layer
+    SQNR. Identical artifacts are left out; exit 1 when any change is a regression beyond the thresholds."""
+
+    def action() -> int:
+        from exporter.errors import UserInputError
+        from validators.diff import diff_releases, render
+
+        if output_format not in ("text", "md", "json"):
+            raise UserInputError(f"--format {output_format!r}: use text, md or json")
+        limits = dataclasses.replace(DIFF, max_sqnr_drop_db=max_sqnr_drop, max_accuracy_drop=max_accuracy_drop,
+                                     max_latency_ratio=max_latency_ratio, max_size_ratio=max_size_ratio)
+        result = diff_releases(old, new, limits)
+        print(render(result, output_format))
+        return 1 if result.regressions else 0
 
     _guarded(debug, action)
 

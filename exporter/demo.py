@@ -1,8 +1,8 @@
 """demo:digits, the embedded default model: a small CNN trained on scikit-learn's bundled digits.
 
-No download: load_digits ships inside scikit-learn. Training is deterministic (fixed seed, one
-thread) and takes a few seconds; the held-out split is the default eval data and the first part of
-the train split the default calibration data.
+No download: load_digits ships inside scikit-learn, the trained weights inside the repository
+(exporter/demo_weights.py: training is deterministic on one machine, but not across CPUs). The held-out
+split is the default eval data and the first part of the train split the default calibration data.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ def build_digits_cnn():
     return DigitsCNN()
 
 
+def load_digits_cnn():
+    """The shipped trained model (eval mode): the same weights on every machine."""
+    from exporter.demo_weights import load_into
+
+    return load_into(build_digits_cnn(), "digits")
+
+
 def train_digits_cnn():
     """Returns (trained model in eval mode, x_train, y_train, x_eval, y_eval)."""
     import torch
@@ -74,3 +81,9 @@ def train_digits_cnn():
     finally:
         torch.set_num_threads(threads)
     return model.eval(), x_train, y_train, x_eval, y_eval
+
+
+if __name__ == "__main__":  # retrain here and rewrite the shipped weights
+    from exporter.demo_weights import write
+
+    print("wrote", write(train_digits_cnn()[0], "digits"))

@@ -121,9 +121,10 @@ def _load_demo(spec: str) -> LoadedModel:
 
     if spec != "demo:digits":
         raise UserInputError(f"unknown demo model {spec!r}; the embedded demo is demo:digits")
-    from exporter.demo import CALIBRATION_SAMPLES, train_digits_cnn
+    from exporter.demo import CALIBRATION_SAMPLES, digits_splits, load_digits_cnn
 
-    model, x_train, _, x_eval, y_eval = train_digits_cnn()
+    model = load_digits_cnn()
+    x_train, _, x_eval, y_eval = digits_splits()
     loaded = _finish(model, (torch.from_numpy(x_eval[:1]),), [], spec, "module", "digits")
     loaded.default_eval = Dataset({"image": x_eval}, y_eval, "demo:digits held-out split")
     loaded.default_calib = Dataset({"image": x_train[:CALIBRATION_SAMPLES]}, None,
@@ -131,7 +132,7 @@ def _load_demo(spec: str) -> LoadedModel:
     return loaded
 
 
-def _call_factory(factory: Any, spec: str) -> tuple[Any, tuple | None]:
+def call_factory(factory: Any, spec: str) -> tuple[Any, tuple | None]:
     import torch
 
     try:
@@ -263,7 +264,7 @@ def load_model(spec: str, input_specs: list[TensorSpec], *, weights: Path | None
         loaded = _load_file(Path(spec), spec, input_specs, trust_pickle)
     elif ":" in spec:
         target, _, attr = spec.rpartition(":")
-        module, examples = _call_factory(import_factory(target, attr, spec), spec)
+        module, examples = call_factory(import_factory(target, attr, spec), spec)
         if weights is not None:
             _apply_weights(module, weights, spec)
         name = Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]

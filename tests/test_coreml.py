@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.artifact_dir import Reference
-from exporter.demo import train_digits_cnn
+from exporter.demo import load_digits_cnn
 from tests.conftest import ZOO, fast_target, read_json, run_cli, save_family_data
 from tests.independent import coreml_accumulated_sqnr
 from validators.mlprogram.reader import read_mlpackage
@@ -53,7 +53,7 @@ def _check_blame_tables(directory, by: dict) -> None:
     and its accumulated SQNR per layer agrees with PyTorch run on coremltools' own decompression of
     the artifact's weights (within 0.1 dB: the artifact computes in fp16, PyTorch in fp32)."""
     modules = ["features.3", "features.7", "classifier.1", "classifier.3"]  # in program order
-    model = train_digits_cnn()[0]
+    model = load_digits_cnn()
     inputs = Reference.load(directory / "reference.npz").inputs["image"][:64]
     for precision in ("w8", "palette6", "palette4"):
         rows = by[precision]["layers"]

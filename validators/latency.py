@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -9,6 +10,18 @@ import numpy as np
 
 from common.batching import iter_batches
 from targets import RuntimeSettings
+
+CONCURRENT_JOBS_ENV = "EDGEPORT_CONCURRENT_JOBS"  # set by `edgeport build --jobs N` (N > 1) for its exports
+
+
+def contention_note() -> str:
+    """Why this run's latencies are not comparable with a quiet machine's ('' when they are)."""
+    jobs = os.environ.get(CONCURRENT_JOBS_ENV, "")
+    if not jobs.isdigit() or int(jobs) <= 1:
+        return ""
+    return (f"latency was measured while up to {int(jobs) - 1} other export(s) of `edgeport build --jobs {jobs}` "
+            "ran on this machine: not comparable with a quiet machine's figures (build with --jobs 1, or run "
+            "`edgeport validate DIR` alone, for latency)")
 
 
 def measure(run_once: Callable[[], object], settings: RuntimeSettings, runtime: str) -> dict:

@@ -214,7 +214,8 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
         "outputs": [{k: o[k] for k in ("name", "kind", "kind_basis") if k in o} for o in manifest["outputs"]],
         "reference_accuracy": ref_accuracy,
         "artifacts": results,
-        "notes": manifest.get("trace", {}).get("notes", []),
+        "notes": manifest.get("trace", {}).get("notes", []) + list(filter(None, [latency.contention_note()])),
+        "latency_contended": bool(latency.contention_note()),
         "export": export_log,
     }
 

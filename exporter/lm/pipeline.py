@@ -17,6 +17,7 @@ from common.artifact_dir import EXPORT_LOG, MANIFEST, SCHEMA
 from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
+from exporter.formats.base import REPRODUCIBLE
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
 from exporter.staging import staged_directory
@@ -215,7 +216,9 @@ class VariantBuilder:
         files = _files(out)
         return {"format": variant.format, "precision": variant.precision, "path": out.name, "files": files,
                 "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": cache,
-                "built_by": built_by, "why": why, "quantization": record, "budget": variant.budget.limits()}
+                "built_by": built_by, "why": why, "quantization": record, "budget": variant.budget.limits(),
+                # measured: two exports of demo:tinylm (edgeport's graph and the genai builder's) gave the same bytes
+                "reproducible": REPRODUCIBLE}
 
 
 def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, reference: dict, work: Path) -> dict:

@@ -121,12 +121,12 @@ def _default_prompts(tokenizer: Any) -> tuple[str, ...]:
 
 def _demo() -> CausalLM:
     from exporter.lm.corpus import stdlib_text
-    from exporter.lm.tinylm import PROMPTS, train_tinylm
+    from exporter.lm.tinylm import PROMPTS, load_tinylm
 
-    model, tokenizer = train_tinylm()
+    model, tokenizer = load_tinylm()
     return CausalLM("tinylm", "demo:tinylm", "demo", model, tokenizer, _weights_sha256(model), PROMPTS,
                     stdlib_text("eval"),
-                    notes=["demo:tinylm: trained here on the standard library's docstrings; eval text is the "
+                    notes=["demo:tinylm: trained on the standard library's docstrings; eval text is the "
                            "held-out modules' docstrings"])
 
 

@@ -1,7 +1,8 @@
 """demo:tinylm, the embedded default language model: a small Llama-style decoder with a byte-level
 tokenizer, trained in well under a minute on the standard library's docstrings (exporter/lm/corpus.py).
 
-No download. Training is deterministic (fixed seed, one thread); grouped-query attention, rotary
+No download: the trained weights ship in the repository (exporter/demo_weights.py). Training is deterministic
+on one machine (fixed seed, one thread), not across CPUs; grouped-query attention, rotary
 embeddings and tied embeddings are all there, as in the small models phones run.
 """
 
@@ -40,6 +41,18 @@ def tinylm_config(vocab_size: int):
                        eos_token_id=vocab_size - 2, pad_token_id=vocab_size - 1)
 
 
+def load_tinylm():
+    """(the shipped trained model in eval mode, tokenizer): the same weights on every machine."""
+    from transformers import LlamaForCausalLM
+
+    from exporter.demo_weights import load_into
+
+    tokenizer = byte_tokenizer()
+    model = load_into(LlamaForCausalLM(tinylm_config(len(tokenizer))), "tinylm")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
 def train_tinylm():
     """(model in eval mode, tokenizer), bit-identical on any machine with this torch."""
     import torch
@@ -71,3 +84,9 @@ def train_tinylm():
         torch.set_num_threads(threads)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+if __name__ == "__main__":  # retrain here and rewrite the shipped weights
+    from exporter.demo_weights import write
+
+    print("wrote", write(train_tinylm()[0], "tinylm"))

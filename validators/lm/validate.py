@@ -19,6 +19,7 @@ import numpy as np
 from common.artifact_dir import read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
+from validators.latency import contention_note
 from validators.lm.metrics import free_running, teacher_forced
 
 REFERENCE = "reference.npz"
@@ -85,7 +86,7 @@ def violations(budget: dict, forced: dict, runs: list[dict], nbytes: int) -> lis
 
 def measure_speed(path: Path, cache: dict, prompt: list[int], new_tokens: int, threads: int) -> dict:
     """Time to first token, prefill and decode tokens/s, and peak RSS, in a fresh process (validators.lm.speed)."""
-    request = json.dumps({"path": str(path), "cache": cache, "prompt": prompt, "new_tokens": new_tokens,
+    request = json.dumps({"path": str(path.resolve()), "cache": cache, "prompt": prompt, "new_tokens": new_tokens,
                           "threads": threads})
     done = subprocess.run([sys.executable, "-m", "validators.lm.speed"], input=request, capture_output=True,
                           text=True, check=False, cwd=Path(__file__).resolve().parents[2])
@@ -172,6 +173,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         "artifacts": results,
         "texts": decode_texts(directory, reference, results),
         "eager": (export_log or {}).get("eager"),
-        "notes": lm_info.get("notes", []),
+        "notes": lm_info.get("notes", []) + list(filter(None, [contention_note()])),
+        "latency_contended": bool(contention_note()),
         "export": export_log,
     }

@@ -1,0 +1,63 @@
+"""The demos load shipped weights (the same on every machine), and the training code that made them still
+reproduces them: closely on any machine (kernels differ across CPUs), bit for bit on the machine that wrote them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.files import sha256_file
+from exporter.demo import load_digits_cnn, train_digits_cnn
+from exporter.demo_weights import weights_path
+from exporter.sources import load_model, state_dict_sha256
+
+DIGITS_SHA256 = "d4aa96a515ce899fed680d21ff8661dd5e2218afef90c94d48dc0395cfa11e1b"  # state dict, as manifests record it
+TINYLM_SHA256 = "1653735b376bcd0bb435ee58b98c0df1a063b3457abb0b4a720c4082c494ac4b"
+
+
+def test_demo_digits_loads_the_same_weights_everywhere():
+    assert load_model("demo:digits", []).sha256 == DIGITS_SHA256
+    assert sha256_file(weights_path("digits")) == "2be0dbedfb5d42165cf9e2073882d999a14511cd23c44865bce99a0de347afde"
+
+
+def test_demo_tinylm_loads_the_same_weights_everywhere():
+    from exporter.lm.source import load_causal_lm
+
+    assert load_causal_lm("demo:tinylm").sha256 == TINYLM_SHA256
+
+
+def _predictions(model, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(images)).argmax(1).numpy()
+
+
+def test_retraining_digits_reproduces_the_shipped_weights():
+    shipped = load_digits_cnn()
+    retrained, _, _, x_eval, y_eval = train_digits_cnn()
+    shipped_pred, retrained_pred = _predictions(shipped, x_eval), _predictions(retrained, x_eval)
+    agreement = float(np.mean(shipped_pred == retrained_pred))
+    accuracy_shipped = float(np.mean(shipped_pred == y_eval))
+    accuracy_retrained = float(np.mean(retrained_pred == y_eval))
+    print(f"retrained digits: agreement {agreement:.4f}, accuracy {accuracy_retrained:.4f} vs "
+          f"shipped {accuracy_shipped:.4f}, identical weights: {state_dict_sha256(retrained) == DIGITS_SHA256}")
+    assert agreement >= 0.97
+    assert abs(accuracy_retrained - accuracy_shipped) <= 0.015
+    assert accuracy_shipped >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.hf
+def test_retraining_tinylm_reproduces_the_shipped_weights():
+    from exporter.lm.corpus import stdlib_text
+    from exporter.lm.tinylm import load_tinylm, train_tinylm
+
+    shipped, tokenizer = load_tinylm()
+    retrained, _ = train_tinylm()
+    ids = torch.tensor(tokenizer(stdlib_text("eval"))["input_ids"][:8 * 96]).view(8, 96)
+    with torch.no_grad():
+        ppl = {name: float(torch.exp(m(input_ids=ids, labels=ids).loss)) for name, m in
+               (("shipped", shipped), ("retrained", retrained))}
+    print(f"tinylm eval perplexity: {ppl}, identical weights: {state_dict_sha256(retrained) == TINYLM_SHA256}")
+    assert abs(ppl["retrained"] / ppl["shipped"] - 1) <= 0.03
+    assert ppl["shipped"] < 12  # trained, not a random init (a uniform byte model is ~259)
