@@ -86,6 +86,9 @@ def _grouped_query_attention():
 
 
 FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+# Opset 23 has Attention, RMSNormalization and RotaryEmbedding: the exporter writes one node where opset 20 has
+# a dozen, and onnxruntime runs them as fused kernels (w8 decode of SmolLM2-135M: 49-51 -> 57-59 tokens/s).
+OPSET = 23
 
 
 def io_names(layers: int, io: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -110,7 +113,7 @@ def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: 
                                           dynamic_shapes=({1: seq}, {0: seq}, tuple(None for _ in past)))
             inputs, outputs = io_names(layers, STATIC_CACHE_IO)
             onnx_program = torch.onnx.export(program, (), input_names=inputs, output_names=outputs, dynamo=True,
-                                             optimize=True, verbose=False)
+                                             optimize=True, verbose=False, opset_version=OPSET)
     except Exception as exc:  # torch.export / the ONNX exporter on a model they cannot take
         from common.errors import first_line
 
