@@ -105,3 +105,12 @@ def read_manifest(directory: Path) -> dict:
         raise ArtifactError(f"{path} has manifest schema {manifest['schema']}, this edgeport reads {SCHEMA}; "
                             "re-export with this version")
     return manifest
+
+
+def read_export_log(directory: Path) -> dict | None:
+    """What the export measured on its host (export.json), shown beside this run's figures."""
+    path = directory / EXPORT_LOG
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # informational only: a damaged log changes no verdict

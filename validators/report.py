@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.errors import ArtifactError
 from common.files import write_atomic, write_json
+from validators.report_parts import violations_html
 
 JSON, MARKDOWN, HTML = "report.json", "report.md", "report.html"
 
@@ -244,15 +245,6 @@ def to_html(report: dict) -> str:
             parts.append(_layer_chart(a))
     parts.append("</body></html>\n")
     return "".join(parts)
-
-
-def violations_html(report: dict) -> str:
-    problems = list(report.get("violations", [])) + [
-        f"{a['path']}: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
-    if not problems:
-        return ""
-    return ("<h2>Budget violations</h2><ul>" + "".join(f"<li class='fail'>{html.escape(p)}</li>" for p in problems)
-            + "</ul>")
 
 
 def _layer_chart(a: dict) -> str:

@@ -5,12 +5,11 @@ Reads manifest.json, reference.npz and the artifacts only; it never imports the 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.artifact_dir import EXPORT_LOG, Reference, read_manifest, reference_file
+from common.artifact_dir import Reference, read_export_log, read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import sha256_file, size_bytes
 from common.vela import VelaError, compile_with_vela
@@ -167,15 +166,6 @@ def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
         return ""
     return ("parity ran on synthetic eval inputs only, so the verdict is provisional; pass --eval real data "
             "(or --allow-synthetic-eval to accept it)")
-
-
-def read_export_log(directory: Path) -> dict | None:
-    """What the export measured on its host (export.json), shown beside this run's figures."""
-    path = directory / EXPORT_LOG
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # informational only: a damaged log changes no verdict
 
 
 def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None,

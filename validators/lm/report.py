@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from validators.report import violations_html
+from validators.report_parts import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
            "max Δlogit", "decode tok/s", "TTFT ms", "peak RSS", "verdict")

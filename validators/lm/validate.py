@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.artifact_dir import read_manifest, reference_file
+from common.artifact_dir import read_export_log, read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators.latency import contention_note
@@ -128,8 +128,6 @@ def reference_problem(reference: dict) -> str:
 
 def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
     from validators.lm.runtime import OnnxLM
-    from validators.validate import read_export_log
-
     manifest = read_manifest(directory)
     lm_info = manifest["lm"]
     threads = manifest["target"]["profile"]["runtime"]["threads"]
