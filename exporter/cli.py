@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from common.errors import INTERNAL_ERROR_EXIT, PIP_PACKAGES, EdgeportError, MissingDependencyError, first_line
+from exporter.builder.buildfile import DEFAULT_FILE as BUILD_FILE
 from validators.diff import Thresholds
 
 DIFF = Thresholds()  # `edgeport diff`'s defaults
@@ -218,7 +219,7 @@ def generate(
 @app.command()
 def build(
     file: Annotated[Path, typer.Option("--file", "-f", help="The build file: models, and the targets each goes to "
-                                       "(see examples/edgeport.toml).")] = Path("edgeport.toml"),
+                                       "(see examples/edgeport.toml).")] = Path(BUILD_FILE),
     out: Annotated[Path | None, typer.Option(help="Output root, over the build file's `out` (default: artifacts "
                                              "beside the build file); pairs go to OUT/<model>/<target>/.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Pairs exported at once, one process each. "
