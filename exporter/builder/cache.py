@@ -9,6 +9,7 @@ edgeport's own code and version, and the installed libraries. A hit also needs t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -25,14 +26,15 @@ PACKAGES = ("common", "edgeport", "exporter", "targets", "validators")
 _SOURCE_SUFFIXES = (".py", ".toml", ".safetensors")
 
 
-def _tree_sha256(root: Path, suffixes: tuple[str, ...] | None = None) -> str:
+def _tree_sha256(root: Path, suffixes: tuple[str, ...]) -> str:
+    """Like sha256_file of a folder, over the files with these suffixes only (no bytecode caches)."""
     digest = hashlib.sha256()
-    for child in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                        and (suffixes is None or p.suffix in suffixes)):
+    for child in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes):
         digest.update(f"{child.relative_to(root).as_posix()}|{sha256_file(child)}|".encode())
     return digest.hexdigest()
 
 
+@functools.cache  # once per build, not per pair
 def edgeport_code_sha256() -> str:
     """edgeport's own code, targets and demo weights: a change rebuilds, whether or not the version moved."""
     root = Path(__file__).resolve().parents[2]
@@ -42,14 +44,11 @@ def edgeport_code_sha256() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
 def installed_libraries_sha256() -> str:
     """Every installed distribution and its version (any upgrade can change an artifact)."""
     found = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata['Name']})
     return hashlib.sha256(("\n".join(found) + f"\npython=={platform.python_version()}").encode()).hexdigest()
-
-
-def _path_sha256(path: Path) -> str:
-    return sha256_file(path) if path.is_file() else _tree_sha256(path)
 
 
 def source_fingerprint(spec: str, root: Path, weights: str | None) -> dict[str, str]:
@@ -64,7 +63,7 @@ def source_fingerprint(spec: str, root: Path, weights: str | None) -> dict[str, 
         return found  # the demo's code is part of edgeport's
     location = spec.removeprefix("hf:")
     if (root / location).exists():
-        found["model"] = _path_sha256(root / location)
+        found["model"] = sha256_file(root / location)
     elif ":" in location:
         where, _, _attr = location.rpartition(":")
         if where.endswith(".py") and (root / where).is_file():
@@ -97,7 +96,7 @@ def pair_material(pair: Pair, root: Path) -> dict[str, Any]:
 
     target = load_target(pair.target_spec(root))
     model = pair.model
-    data = {key: _path_sha256(root / value) for key, value in model.paths.items()
+    data = {key: sha256_file(root / value) for key, value in model.paths.items()
             if key == "eval" or (key == "calib" and target.needs_calibration)}
     return {
         "model": {"spec": model.spec, "name": model.name, **source_fingerprint(model.spec, root,
