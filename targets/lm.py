@@ -46,6 +46,7 @@ LM_W8_BUDGET = LmBudget(max_ppl_ratio=1.03, max_kl_mean=0.02, max_kl_p99=0.3, mi
 LM_W4_BUDGET = LmBudget(max_ppl_ratio=1.15, max_kl_mean=0.12, max_kl_p99=1.5, min_top1_agreement=0.80,
                         max_repetition_increase=0.15)
 
+LM_EXTENSIONS = {"onnx": "onnx", "executorch": "pte", "coreml": "mlpackage", "tflite": "tflite"}
 WEIGHT_METHODS = ("rtn", "k_quant", "hqq")  # hqq: onnxruntime's half-quadratic weight-only quantizer
 BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
 
@@ -57,6 +58,7 @@ class LmPrecision:
     description: str
     bits: int | None  # weight bits of the decoder linears; None: float
     budget: LmBudget
+    symmetric: bool | None = None  # the weight blocks' scheme; None: as the target's [lm] symmetric says (ONNX)
 
     @property
     def quantized(self) -> bool:
@@ -70,6 +72,24 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 8, LM_W8_BUDGET),
     LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits); embedding table and "
                 "output head at the target's embedding_bits (8 by default)", 4, LM_W4_BUDGET),
+    LmPrecision("executorch", "fp32", "float32 decode step with a fixed-length KV cache, XNNPACK", None,
+                LM_FP32_BUDGET),
+    LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
+                "qd8-f32-qc8w); head int8, embedding float", 8, LM_W8_BUDGET, symmetric=True),
+    LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
+                "8da4w, XNNPACK); head at embedding_bits, embedding float", 4, LM_W4_BUDGET, symmetric=True),
+    LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
+                None, LM_FP32_BUDGET),
+    LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "
+                "recipe, XNNPACK); embedding and head too", 8, LM_W8_BUDGET, symmetric=True),
+    LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (ai-edge-quantizer "
+                "dynamic recipe, XNNPACK); embedding and head too", 4, LM_W4_BUDGET, symmetric=True),
+    LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
+                LM_FP16_BUDGET),
+    LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights (every weight of 2048+ values)", 8,
+                LM_W8_BUDGET, symmetric=True),
+    LmPrecision("coreml", "w4", "stateful ML Program, int4 weights in blocks of block_size (every weight of 2048+ "
+                "values: decoder linears, embedding and head)", 4, LM_W4_BUDGET, symmetric=True),
 )
 LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
 for _row in LM_PRECISION_ROWS:
@@ -172,7 +192,9 @@ class LmVariant:
 
     @property
     def filename(self) -> str:
-        return "model.onnx" if self.precision == "fp32" else f"model.{self.precision}.onnx"
+        if self.format == "onnx" and self.precision == "fp32":
+            return "model.onnx"
+        return f"model.{self.precision}.{LM_EXTENSIONS[self.format]}"
 
 
 @dataclass(frozen=True)
@@ -229,7 +251,7 @@ def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
         fmt, precision_id = entry.get("format"), entry.get("precision")
         if fmt not in LM_PRECISIONS:
             raise TargetError(f"{origin}: {where}.format {fmt!r}: language models export to "
-                              f"{', '.join(LM_PRECISIONS)} (more formats follow)")
+                              f"{', '.join(LM_PRECISIONS)}")
         if precision_id not in LM_PRECISIONS[fmt]:
             raise TargetError(f"{origin}: {where}.precision {precision_id!r} is not a language-model precision for "
                               f"{fmt}; choose one of: {', '.join(LM_PRECISIONS[fmt])}")

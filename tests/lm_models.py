@@ -77,7 +77,8 @@ def lm_target(path: Path, variants: tuple[str, ...] = ("fp32", "w8", "w4"), auto
     settings = {"cache_length": 96, "prefill_length": 32, "new_tokens": 12, "eval_windows": 3, "window_length": 32,
                 "blame_windows": 1, "embedding_bits": 4} | lm
     body = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
-    variant_tables = "\n".join(f'[[variants]]\nformat = "onnx"\nprecision = "{p}"\n' for p in variants)
+    formats_and_precisions = [v.split("/") if "/" in v else ("onnx", v) for v in variants]  # "coreml/w4" or "w4"
+    variant_tables = "\n".join(f'[[variants]]\nformat = "{f}"\nprecision = "{p}"\n' for f, p in formats_and_precisions)
     budget_table = f"[budgets]\n{budgets}\n" if budgets else ""
     path.write_text(f'name = "test-llm"\nauto_precision = {str(auto_precision).lower()}\n[runtime]\nthreads = 1\n'
                     f'[lm]\n{body}\n{budget_table}{variant_tables}')

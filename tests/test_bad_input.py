@@ -44,7 +44,7 @@ def test_unknown_target_and_malformed_target_file(tmp_path):
     out = tmp_path / "out"
     _assert_clean_failure(run_cli("export", "--target", "pixel9", "--out", out), out,
                           "unknown target 'pixel9'; valid targets: android, android-executorch, android-llm, cockpit, "
-                          "cockpit-llm, ios, iot-npu")
+                          "cockpit-llm, ios, ios-llm, iot-npu")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nthreads = 4\n[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
     _assert_clean_failure(run_cli("export", "--target", bad, "--out", out), out, "unknown key(s) threads")

@@ -19,6 +19,7 @@ BUILTIN_TARGET_TESTS = {"android": ("test_cli_export", "test_demo_android_meets_
                         "cockpit-llm": ("test_lm", "test_cockpit_llm_on_a_trained_decoder"),
                         "cockpit": ("test_cli_export", "test_demo_cockpit_fp16_and_w8a16"),
                         "ios": ("test_coreml", "test_ios_demo_variants_pass_on_linux"),
+                        "ios-llm": ("test_lm_formats", "test_demo_tinylm_on_ios_llm"),
                         "iot-npu": ("test_tflite", "test_iot_npu_demo_is_full_int8_and_all_on_the_npu")}
 
 # Node counts the android passes must reach on each family: (BatchNorm nodes folded, final node count).

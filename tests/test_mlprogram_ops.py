@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import ArtifactError
 from validators.mlprogram.interpreter import Interpreter, UnsupportedMilOp
 from validators.mlprogram.ops import OPS, Args
 from validators.mlprogram.reader import FLOAT16, FLOAT32, Block, Op, Program, unpack_bits
@@ -262,6 +263,61 @@ def test_unpack_bits_signed_and_unsigned():
 
 def _program(ops, inputs, outputs):
     return Program(inputs, outputs, Block([n for n, _, _ in inputs], outputs, ops), "CoreML7")
+
+
+def test_slice_update_writes_the_slice_slice_by_index_reads():
+    x, update = randn(2, 3, 8, 4), randn(2, 1, 3, 4)
+    got = one("slice_update", x=x, update=update, begin=np.array([0, 1, 2, 0]), end=np.array([2, 2, 5, 4]),
+              begin_mask=np.array([True, False, False, True]), end_mask=np.array([True, False, False, True]))
+    want = x.copy()
+    want[:, 1:2, 2:5, :] = update
+    close(got, want)
+    assert not np.array_equal(x, got)  # the input is left as it was (it may be a state's value)
+    with pytest.raises(ArtifactError, match="update's shape"):
+        one("slice_update", x=x, update=randn(1, 1, 1, 4), begin=np.array([0, 1, 2, 0]),
+            end=np.array([2, 2, 5, 4]))
+
+
+def test_concat_of_scalars_is_a_vector():
+    assert one("concat", values=[np.int32(1), np.int32(7)], axis=np.int32(0)).tolist() == [1, 7]
+
+
+def _cache_program() -> Program:
+    """A one-state program as coremltools writes a KV-cache update: read the state, slice_update the row
+    given by `position`, write it back (coreml_update_state = write_state + read_state), output the state."""
+    ops = [
+        Op("read_state", {"input": ["cache"]}, [("old", FLOAT16)], {}),
+        Op("add", {"x": ["position"], "y": [np.int32(1)]}, [("end", None)], {}),
+        Op("concat", {"values": [np.int32(0), "position"], "axis": [np.int32(0)]}, [("begin_at", None)], {}),
+        Op("concat", {"values": [np.int32(1), "end"], "axis": [np.int32(0)]}, [("end_at", None)], {}),
+        Op("slice_update", {"x": ["old"], "update": ["row"], "begin": ["begin_at"], "end": ["end_at"]},
+           [("new", FLOAT16)], {}),
+        Op("write_state", {"input": ["cache"], "data": ["new"]}, [], {}),
+        Op("read_state", {"input": ["cache"]}, [("now", FLOAT16)], {}),
+    ]
+    program = _program(ops, [("row", FLOAT16, (1, 1)), ("position", 23, ())], ["now"])
+    program.states = [("cache", FLOAT16, (1, 4))]
+    return program
+
+
+def test_states_persist_across_runs_until_reset():
+    interpreter = Interpreter(_cache_program())
+    assert interpreter.states["cache"].tolist() == [[0, 0, 0, 0]]  # zero-filled, as make_state() gives it
+    for position, value in enumerate([3.0, 5.0]):
+        (now,) = interpreter.run({"row": np.array([[value]], np.float16), "position": np.int32(position)})
+    assert now.tolist() == [[3.0, 5.0, 0.0, 0.0]] and interpreter.states["cache"].dtype == np.float16
+    interpreter.reset_states()
+    (now,) = interpreter.run({"row": np.array([[7.0]], np.float16), "position": np.int32(3)})
+    assert now.tolist() == [[0.0, 0.0, 0.0, 7.0]]
+
+
+def test_a_program_that_never_writes_its_state_forgets():
+    program = _cache_program()
+    program.main.operations = [op for op in program.main.operations if op.type != "write_state"]
+    interpreter = Interpreter(program)
+    interpreter.run({"row": np.array([[3.0]], np.float16), "position": np.int32(0)})
+    (now,) = interpreter.run({"row": np.array([[5.0]], np.float16), "position": np.int32(1)})
+    assert now.tolist() == [[0.0, 0.0, 0.0, 0.0]]
 
 
 def test_while_loop_counts_and_accumulates():

@@ -17,7 +17,7 @@ from targets.profile import target_from_dict
 
 def test_builtin_targets_load_with_expected_variants():
     assert builtin_target_names() == ["android", "android-executorch", "android-llm", "cockpit", "cockpit-llm", "ios",
-                                      "iot-npu"]
+                                      "ios-llm", "iot-npu"]
     assert load_target("ios").coreml.minimum_deployment_target == "iOS17"
     android = load_target("android")
     assert [(v.format, v.precision) for v in android.variants] == [
@@ -92,7 +92,7 @@ def test_bad_profiles_say_what_is_valid(data, expected):
 
 
 def test_unknown_target_name_lists_builtins():
-    valid = "android, android-executorch, android-llm, cockpit, cockpit-llm, ios, iot-npu"
+    valid = "android, android-executorch, android-llm, cockpit, cockpit-llm, ios, ios-llm, iot-npu"
     with pytest.raises(TargetError, match=f"unknown target 'pixel'; valid targets: {valid}"):
         load_target("pixel")
 
@@ -139,7 +139,13 @@ def test_the_resolved_target_round_trips_through_the_manifest_profile():
 
 def test_language_model_targets_are_data_with_token_level_budgets():
     android = load_target("android-llm")
-    assert isinstance(android, LmTarget) and [v.precision for v in android.variants] == ["w4", "w8"]
+    assert isinstance(android, LmTarget) and [(v.format, v.precision) for v in android.variants] == [
+        ("onnx", "w4"), ("onnx", "w8"), ("executorch", "a8w4"), ("executorch", "a8w8"), ("tflite", "a8w4"),
+        ("tflite", "a8w8")]
+    assert [v.filename for v in android.variants[2:4]] == ["model.a8w4.pte", "model.a8w8.pte"]
+    ios = load_target("ios-llm")
+    assert [(v.format, v.precision, v.filename) for v in ios.variants] == [
+        ("coreml", "fp16", "model.fp16.mlpackage"), ("coreml", "w4", "model.w4.mlpackage")]
     assert android.lm.cache_length == 256 and android.lm.embedding_bits == 4 and not android.lm.symmetric
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
@@ -150,7 +156,10 @@ def test_language_model_targets_are_data_with_token_level_budgets():
                          ({"lm": {"block_size": 48}}, "block_size 48"),
                          ({"lm": {"new_tokens": 300}}, "new_tokens must be smaller than cache_length"),
                          ({"variants": [{"format": "onnx", "precision": "int8"}]}, "not a language-model precision"),
-                         ({"variants": [{"format": "tflite", "precision": "w4"}]}, "language models export to onnx"),
+                         ({"variants": [{"format": "tflite", "precision": "w4"}]}, "not a language-model precision "
+                          "for tflite; choose one of: fp32, a8w8, a8w4"),
+                         ({"variants": [{"format": "tvm", "precision": "w4"}]}, "language models export to onnx, "
+                          "executorch, tflite, coreml"),
                          ({"budgets": {"min_sqnr_db": 30}}, "unknown key 'min_sqnr_db' in [budgets]")]:
         data = {"name": "t", "lm": {}, "variants": [{"format": "onnx", "precision": "w4"}]} | bad
         with pytest.raises(TargetError, match=re.escape(message)):

@@ -18,6 +18,7 @@ from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
 from exporter.formats.base import REPRODUCIBLE
+from exporter.lm.backend import lm_backend
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
 from exporter.staging import staged_directory
@@ -25,7 +26,7 @@ from targets.lm import LmTarget, LmVariant
 from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, validate_lm_directory
 
 Progress = Callable[[str], None]
-LIBRARIES = ("transformers", "onnxruntime-genai", "tokenizers", "gguf")  # beside the ONNX backend's own
+LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao")  # beside each format backend's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
 
 
@@ -169,96 +170,75 @@ def _eager_speed(model: Any, prompt: list[int], new_tokens: int, threads: int) -
             "decode_tokens_per_s": round((new_tokens - 1) / (end - first), 1), "runtime": "PyTorch eager"}
 
 
-def _files(out: Path) -> list[dict]:
-    paths = [out] + ([data] if (data := out.with_name(out.name + ".data")).is_file() else [])
+def _files(paths: list[Path]) -> list[dict]:
     return [{"path": p.name, "bytes": size_bytes(p), "sha256": sha256_file(p)} for p in paths]
 
 
 class VariantBuilder:
-    """Emits one variant into the artifact directory; re-emits it with layers kept for auto precision."""
+    """Emits one variant into the artifact directory through its format's LmBackend (each format lowered once,
+    when its first variant needs it); re-emits a variant with layers kept for auto precision."""
 
-    def __init__(self, lm: CausalLM, target: LmTarget, fp32: Path, cache: dict, scratch: Path,
-                 progress: Progress) -> None:
-        self.lm, self.target, self.fp32, self.cache, self.scratch, self.progress = \
-            lm, target, fp32, cache, scratch, progress
+    def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress) -> None:
+        self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
+        self.lowered: dict[str, Any] = {}
+        self.trace_seconds = 0.0
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
-        from exporter.lm.decode_step import save_onnx
-        from exporter.lm.genai_builder import build, builder_choice
-        from exporter.lm.weights import WeightPlan, quantize_weights, to_fp16
-
-        settings = self.target.lm
-        model_type = getattr(self.lm.model.config, "model_type", "")
-        use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
-                                          settings.symmetric)
-        if kept:
-            use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
-        cache, built_by = self.cache, "edgeport export (torch.export -> ONNX, static KV cache)"
-        if variant.precision == "fp32":
-            import onnx
-
-            save_onnx(onnx.load(str(self.fp32)), out)
-            record = {"scheme": "fp32"}
-            why = "the traced program itself"
-        elif variant.precision == "fp16":
-            record = to_fp16(self.fp32, out)
-            why = "the traced program in float16"
-        elif use_builder:
-            folder = self.lm.save_folder(self.scratch / "hf")
-            cache, record = build(folder, out, settings.block_size, settings.method, settings.cache_length,
-                                  settings.prefill_length, self.lm.model.config, self.scratch)
-            built_by = "onnxruntime-genai model builder"
-        else:
-            bits = variant.row.bits
-            plan = WeightPlan(bits, settings.block_size, settings.method,
-                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric)
-            record = quantize_weights(self.fp32, out, plan)
-        files = _files(out)
+        backend = lm_backend(variant.format)
+        if variant.format not in self.lowered:
+            begun = time.perf_counter()
+            scratch = self.scratch / variant.format
+            scratch.mkdir()
+            self.lowered[variant.format] = backend.lower(self.lm, self.target.lm, scratch, self.progress)
+            self.trace_seconds += time.perf_counter() - begun
+        emitted = backend.emit(self.lowered[variant.format], variant, self.target.lm, out, kept, self.progress)
+        files = _files([out, *emitted.extra_files])
         return {"format": variant.format, "precision": variant.precision, "path": out.name, "files": files,
-                "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": cache,
-                "built_by": built_by, "why": why, "quantization": record, "budget": variant.budget.limits(),
-                # measured: two exports of demo:tinylm (edgeport's graph and the genai builder's) gave the same bytes
-                "reproducible": REPRODUCIBLE}
+                "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": emitted.cache,
+                "built_by": emitted.built_by, "why": emitted.why, "quantization": emitted.quantization,
+                "budget": variant.budget.limits(), "reproducible": REPRODUCIBLE}
 
 
 def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, reference: dict, work: Path) -> dict:
     """Judge the variant with its runtime; blame every decoder linear (as the target's diagnose says); with auto
     precision, keep the worst at higher precision until the budget holds. Returns the manifest entry."""
-    import torch
-
+    from exporter.lm.backend import linear_modules
     from exporter.lm.blame import blame_linears
-    from validators.lm.runtime import OnnxLM
+    from validators.lm.runtime import open_lm
 
     lm, target, progress = builder.lm, builder.target, builder.progress
     settings = target.lm
     start = time.perf_counter()
-    judged = judge(OnnxLM(work / entry["path"], entry["cache"], target.threads), reference, entry["budget"],
-                   entry["bytes"])
+    judged = judge(open_lm(work, entry, target.threads), reference, entry["budget"], entry["bytes"])
     failing = bool(judged["violations"])
     if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
         return entry | {"diagnosis": {"note": f"no per-layer blame (diagnose = \"{settings.diagnose}\")"}}
-    paths = [name for name, module in lm.model.named_modules()
-             if isinstance(module, torch.nn.Linear) and name.startswith("model.")]
+    paths = linear_modules(lm.model)
     if variant.row.bits == 4 and settings.embedding_bits == 4:  # the head (and a tied table) is quantized too
         paths.append("lm_head")
     windows = reference["tf/tokens"][:settings.blame_windows]
     logprobs = reference["tf/logprobs"][:settings.blame_windows]
     progress(f"{variant.precision}: blame: quantizing each of {len(paths)} decoder linears alone")
-    symmetric = settings.symmetric and variant.row.bits == 4
+    symmetric = variant.row.symmetric if variant.row.symmetric is not None else \
+        settings.symmetric and variant.row.bits == 4
     rows = blame_linears(lm.model, paths, variant.row.bits, settings.block_size, symmetric, windows, logprobs,
                          progress)
     diagnosis: dict[str, Any] = {"method": f"each decoder linear fake-quantized alone to {variant.row.bits} bits "
                                            f"(block {settings.block_size}) in PyTorch, KL on {len(windows)} eval "
                                            "window(s)", "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
     if failing and target.auto_precision:
-        entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged, work)
+        if reason := lm_backend(variant.format).keeps_layers:
+            diagnosis["auto_precision"] = {"not_offered": reason, "met_budget": False}
+        else:
+            entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged,
+                                                                 work)
     diagnosis["seconds"] = round(time.perf_counter() - start, 1)
     return entry | {"diagnosis": diagnosis}
 
 
 def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, rows: list[dict], reference: dict,
                     judged: dict, work: Path) -> tuple[dict, dict]:
-    from validators.lm.runtime import OnnxLM
+    from validators.lm.runtime import open_lm
 
     keep_as = 8 if variant.row.bits == 4 else None  # a 4-bit variant keeps layers at 8 bits, an 8-bit one in float
     before, first = entry["bytes"], judged
@@ -268,8 +248,7 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
         builder.progress(f"{variant.precision}: auto precision: keeping the {count} worst decoder linear(s) at "
                          f"{keep_as or 'float'} {'bits' if keep_as else ''}".rstrip())
         entry = builder.emit(variant, work / entry["path"], kept)
-        judged = judge(OnnxLM(work / entry["path"], entry["cache"], builder.target.threads), reference,
-                       entry["budget"], entry["bytes"])
+        judged = judge(open_lm(work, entry, builder.target.threads), reference, entry["budget"], entry["bytes"])
         if not judged["violations"] or count >= limit:
             break
         count = min(limit, count * 2)
@@ -295,15 +274,9 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
     final = options.out / lm.name / target.name
     with staged_directory(final) as work, tempfile.TemporaryDirectory(prefix="edgeport-lm-") as scratch_dir:
         scratch = Path(scratch_dir)
-        from exporter.lm.decode_step import export_decode_step
-
-        progress(f"[2/5] tracing {lm.name} ({lm.architecture}): one decode step, {settings.cache_length}-token "
-                 "KV cache, torch.export -> ONNX")
-        fp32 = scratch / "model.onnx"
-        traced_at = time.perf_counter()
-        cache = export_decode_step(lm.model, settings.cache_length, settings.prefill_length, fp32)
-        trace_seconds = time.perf_counter() - traced_at
-        builder = VariantBuilder(lm, target, fp32, cache, scratch, progress)
+        progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
+                 f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
+        builder = VariantBuilder(lm, target, scratch, progress)
         entries, seconds = [], {}
         for variant in target.variants:
             progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
@@ -325,12 +298,13 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
                    "eval": eval_info, "tokenizer": TOKENIZER_DIR, "notes": lm.notes},
             "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
             "artifacts": entries,
-            "libraries": library_versions(target.formats, LIBRARIES),
+            "libraries": library_versions(target.formats, LIBRARIES + tuple(
+                name for fmt in target.formats for name in lm_backend(fmt).libraries)),
         })
         write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
-                                       "trace_seconds": round(trace_seconds, 1), "artifact_seconds": seconds,
+                                       "trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
                                        "eager": eager})
-        progress(f"[5/5] validating {len(entries)} artifact(s) token by token with onnxruntime")
+        progress(f"[5/5] validating {len(entries)} artifact(s) token by token, each with its own runtime")
         report = validate_lm_directory(work, progress)
         from validators.report import write_reports
 

@@ -39,7 +39,7 @@ def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None =
     """Yield the text of each new token as the artifact generates it."""
     from transformers import AutoTokenizer
 
-    from validators.lm.runtime import OnnxLM
+    from validators.lm.runtime import open_lm
 
     manifest = read_manifest(directory)
     if manifest.get("kind") != "causal-lm":
@@ -47,7 +47,7 @@ def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None =
     entry = _pick(manifest, artifact)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
     ids = encode_prompt(tokenizer, prompt, bool(manifest["lm"].get("chat_template")))
-    lm = OnnxLM(directory / entry["path"], entry["cache"], threads)
+    lm = open_lm(directory, entry, threads)
     room = lm.cache_length - len(ids)
     if room < 1:
         raise EdgeportError(f"the prompt is {len(ids)} tokens; the artifact's KV cache holds {lm.cache_length}: "

@@ -66,7 +66,9 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
                      f"({where}), repeated 3-grams {run['artifact_repetition']:.0%} "
                      f"(reference {run['reference_repetition']:.0%})")
     auto = (a.get("diagnosis") or {}).get("auto_precision")
-    if auto:
+    if auto and "not_offered" in auto:
+        lines.append(f"auto precision: {auto['not_offered']}")
+    elif auto:
         lines.append(f"auto precision kept {len(auto['kept'])} decoder linear(s) at higher precision "
                      f"({', '.join(list(auto['kept'])[:6])}{'…' if len(auto['kept']) > 6 else ''}): KL mean "
                      f"{auto['kl_mean_before']:.4g} -> {auto['kl_mean_after']:.4g}, "

@@ -1,5 +1,5 @@
 """Speed of one language-model artifact, measured in a process of its own so peak memory is its own:
-reads {path, cache, prompt, new_tokens, threads} as JSON on stdin, prints the figures as JSON.
+reads {directory, entry, prompt, new_tokens, threads} as JSON on stdin, prints the figures as JSON.
 
 Time to first token covers the whole prompt's prefill; decode tokens/s covers the tokens after the first.
 """
@@ -26,10 +26,10 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
-    from validators.lm.runtime import OnnxLM
+    from validators.lm.runtime import open_lm
 
     started = time.perf_counter()
-    lm = OnnxLM(Path(request["path"]), request["cache"], request["threads"])
+    lm = open_lm(Path(request["directory"]), request["entry"], request["threads"])
     load_seconds = time.perf_counter() - started
     prompt, new_tokens = request["prompt"], request["new_tokens"]
     lm.greedy(prompt[:4], 2)  # warm-up: the first run allocates and prepacks
@@ -45,7 +45,7 @@ def main() -> None:
         "load_s": round(load_seconds, 3), "ttft_ms": round(1000 * (first - start), 2),
         "prefill_tokens_per_s": round(len(prompt) / (first - start), 1),
         "decode_tokens_per_s": round((new_tokens - 1) / (end - first), 1),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "runtime": lm.runtime,
     }))
 
 

@@ -1,9 +1,10 @@
 """The token-level verdict on a language-model artifact directory, from its files alone (manifest.json,
 reference.npz, the tokenizer folder): what `edgeport validate DIR` and the export's last stage run.
 
-Every artifact runs with onnxruntime and its own KV cache: teacher-forced on the eval windows (perplexity
-ratio, KL, same top-1) and free-running on the prompts (first divergence, |delta logit| before it,
-repetition); speed is measured in a fresh process so peak memory is the artifact's alone.
+Every artifact runs with its own runtime (onnxruntime, ExecuTorch, ai-edge-litert, the MIL interpreter) and
+KV cache: teacher-forced on the eval windows (perplexity ratio, KL, same top-1) and free-running on the prompts
+(first divergence, |delta logit| before it, repetition); speed is measured in a fresh process so peak memory
+is the artifact's alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def prompts_of(reference: dict) -> list[str]:
 
 
 def judge(lm, reference: dict, budget: dict, nbytes: int, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Run one opened artifact (validators.lm.runtime.OnnxLM) against the reference; metrics and violations."""
+    """Run one opened artifact (validators.lm.runtime.CachedLM) against the reference; metrics and violations."""
     windows, logprobs = reference["tf/tokens"], reference["tf/logprobs"]
     artifact_logits, targets, reference_rows = [], [], []
     for window, window_logprobs in zip(windows, logprobs, strict=True):
@@ -84,14 +85,14 @@ def violations(budget: dict, forced: dict, runs: list[dict], nbytes: int) -> lis
     return found
 
 
-def measure_speed(path: Path, cache: dict, prompt: list[int], new_tokens: int, threads: int) -> dict:
+def measure_speed(directory: Path, entry: dict, prompt: list[int], new_tokens: int, threads: int) -> dict:
     """Time to first token, prefill and decode tokens/s, and peak RSS, in a fresh process (validators.lm.speed)."""
-    request = json.dumps({"path": str(path.resolve()), "cache": cache, "prompt": prompt, "new_tokens": new_tokens,
-                          "threads": threads})
+    request = json.dumps({"directory": str(directory.resolve()), "entry": entry, "prompt": prompt,
+                          "new_tokens": new_tokens, "threads": threads})
     done = subprocess.run([sys.executable, "-m", "validators.lm.speed"], input=request, capture_output=True,
                           text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     if done.returncode != 0:
-        raise RuntimeError(f"the speed run of {path.name} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"the speed run of {entry['path']} failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -127,7 +128,8 @@ def reference_problem(reference: dict) -> str:
 
 
 def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
-    from validators.lm.runtime import OnnxLM
+    from validators.lm.runtime import open_lm
+
     manifest = read_manifest(directory)
     lm_info = manifest["lm"]
     threads = manifest["target"]["profile"]["runtime"]["threads"]
@@ -136,16 +138,16 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
     speed_prompt = [int(t) for t in reference["tf/tokens"][0][:lm_info["prefill_length"]]]
     results = []
     for entry in manifest["artifacts"]:
-        path = directory / entry["path"]
-        missing = [f["path"] for f in entry["files"] if not (directory / f["path"]).is_file()]
+        missing = [f["path"] for f in entry["files"] if not (directory / f["path"]).exists()]
         if missing:
             raise ArtifactError(f"{directory / missing[0]} is listed in the manifest but missing; re-export")
         files_problem = [f"{f['path']} differs from the manifest's sha256: the artifact changed after export"
                          for f in entry["files"] if sha256_file(directory / f["path"]) != f["sha256"]]
-        progress(f"validating {entry['path']} with onnxruntime (teacher-forced and free-running)")
-        judged = judge(OnnxLM(path, entry["cache"], threads), reference, entry["budget"], entry["bytes"])
+        lm = open_lm(directory, entry, threads)
+        progress(f"validating {entry['path']} with {lm.runtime} (teacher-forced and free-running)")
+        judged = judge(lm, reference, entry["budget"], entry["bytes"])
         progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
-        speed = measure_speed(path, entry["cache"], speed_prompt, lm_info["new_tokens"], threads)
+        speed = measure_speed(directory, entry, speed_prompt, lm_info["new_tokens"], threads)
         problems = files_problem + judged["violations"]
         results.append({
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
@@ -154,7 +156,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
                        "top1_agreement": judged["teacher_forced"]["top1_agreement"],
                        "samples": judged["teacher_forced"]["positions"]},
             "latency_ms": {"median": 1000.0 / speed["decode_tokens_per_s"], "runs": speed["decode_tokens"],
-                           "threads": threads, "runtime": "onnxruntime (per decoded token)"},
+                           "threads": threads, "runtime": f"{lm.runtime} (per decoded token)"},
             "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},

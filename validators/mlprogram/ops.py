@@ -422,6 +422,8 @@ def _squeeze(a):
 @op("concat")
 def _concat(a):
     values = [np.asarray(v) for v in a.list("values")]
+    if all(v.ndim == 0 for v in values):  # MIL concatenates scalars into a vector (shapes built from sizes)
+        values = [v.reshape(1) for v in values]
     axis = int(a["axis"])
     if a.get("interleave", False):
         stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)
@@ -449,7 +451,22 @@ def _split(a):
 @op("slice_by_index")
 def _slice_by_index(a):
     x = np.asarray(a["x"])
-    rank = x.ndim
+    return [x[_slice_index(a, x.ndim)]]
+
+
+@op("slice_update")
+def _slice_update(a):
+    """x with the slice slice_by_index would read replaced by update (a copy: x may be a state's value)."""
+    x = np.array(a["x"], copy=True)
+    index = _slice_index(a, x.ndim)
+    update = np.asarray(a["update"])
+    if x[index].shape != update.shape:
+        raise ArtifactError(f"slice_update: the update's shape {update.shape} is not the slice's {x[index].shape}")
+    x[index] = update
+    return [x]
+
+
+def _slice_index(a, rank: int) -> tuple:
     begin = [int(v) for v in np.atleast_1d(a["begin"])]
     end = [int(v) for v in np.atleast_1d(a["end"])]
     stride = [int(v) for v in np.atleast_1d(a.get("stride", [1] * rank))]
@@ -463,7 +480,7 @@ def _slice_by_index(a):
         start = None if masks["begin_mask"][i] else begin[i]
         stop = None if masks["end_mask"][i] else end[i]
         index.append(slice(start, stop, stride[i]))
-    return [x[tuple(index)]]
+    return tuple(index)
 
 
 @op("slice_by_size")

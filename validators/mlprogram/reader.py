@@ -50,6 +50,7 @@ class Program:
     outputs: list[str]
     main: Block
     opset: str
+    states: list[tuple[str, int, tuple[int, ...]]] = field(default_factory=list)  # iOS18 state inputs (KV caches)
 
 
 def unpack_bits(raw: bytes, bits: int, count: int, signed: bool) -> np.ndarray:
@@ -162,5 +163,11 @@ def read_mlpackage(path: Path) -> Program:
     function = spec.mlProgram.functions["main"]
     weights = _Weights(spec_path.parent)
     main = _block(function.block_specializations[function.opset], weights)
-    inputs = [(i.name, i.type.tensorType.dataType, _shape(i.type)) for i in function.inputs]
-    return Program(inputs, main.outputs, main, function.opset)
+    inputs, states = [], []
+    for value in function.inputs:
+        if value.type.WhichOneof("type") == "stateType":  # a tensor the program reads and writes across calls
+            wrapped = value.type.stateType.wrappedType
+            states.append((value.name, wrapped.tensorType.dataType, _shape(wrapped)))
+        else:
+            inputs.append((value.name, value.type.tensorType.dataType, _shape(value.type)))
+    return Program(inputs, main.outputs, main, function.opset, states)

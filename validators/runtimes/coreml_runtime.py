@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from validators.lm.runtime import CachedLM
 from validators.mlprogram.interpreter import Interpreter
 
 REFERENCE = "edgeport MIL reference interpreter (NumPy; fp16 tensors stored as fp16; host, not Core ML)"
@@ -59,3 +60,36 @@ def extra_sessions(path: Path, threads: int) -> list[CoreMLSession]:
 def open_session(path: Path, threads: int) -> ReferenceSession:
     # threads: the interpreter is NumPy; its BLAS threads follow the environment.
     return ReferenceSession(path)
+
+
+class CoremlLM(CachedLM):
+    """A stateful Core ML language model (exporter/formats/coreml/lm.py) in the MIL interpreter: the KV cache
+    stays in the interpreter's states between calls; each call passes the new tokens and a causal mask whose
+    width says how many tokens the cache holds."""
+
+    runtime = REFERENCE
+
+    def __init__(self, path: Path, cache: dict, threads: int = 1) -> None:
+        self._interpreter = Interpreter.load(path)
+        self.io = cache["io"]
+        self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
+        self.reset()
+
+    def reset(self) -> None:
+        self._interpreter.reset_states()
+        self.length = 0
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        count = len(tokens)
+        self.check_room(count)
+        end = self.length + count
+        queries = self.length + np.arange(count)[:, None]
+        mask = np.where(np.arange(end)[None, :] > queries, -np.inf, 0).astype(np.float16)[None, None]
+        (logits,) = self._interpreter.run({self.io["input_ids"]: np.asarray([tokens], np.int32),
+                                           self.io["mask"]: mask})
+        self.length = end
+        return logits[0].astype(np.float32)
+
+
+def open_lm(path: Path, cache: dict, threads: int) -> CoremlLM:
+    return CoremlLM(path, cache, threads)

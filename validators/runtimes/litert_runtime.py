@@ -14,6 +14,7 @@ from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
 from common.errors import ArtifactError, first_line
 from common.quiet import silenced
 from targets.profile import TFLITE_DELEGATES as DELEGATES
+from validators.lm.runtime import CachedLM
 
 
 def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
@@ -25,26 +26,37 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
+def _interpreter(path: Path, threads: int, delegate: str, keep_intermediates: bool = False):
+    """The loaded interpreter and the runtime's label."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with silenced():
+        from ai_edge_litert import interpreter as litert
+
+    resolver = (litert.OpResolverType.AUTO if delegate == "xnnpack"
+                else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    try:
+        with silenced():
+            interp = litert.Interpreter(str(path), num_threads=threads, experimental_op_resolver_type=resolver,
+                                        experimental_preserve_all_tensors=keep_intermediates)
+    except Exception as exc:  # corrupt flatbuffer, unknown custom op
+        raise ArtifactError(f"{path} cannot be loaded by ai-edge-litert ({first_line(exc)}); re-export it") from None
+    version = getattr(litert, "__version__", "") or _package_version()
+    return interp, f"ai-edge-litert {version} ({'XNNPACK' if delegate == 'xnnpack' else 'builtin kernels'}, host)"
+
+
+def _signature(interp, path: Path, name: str):
+    try:
+        return interp.get_signature_runner(name)
+    except Exception as exc:  # a .tflite without that signature
+        raise ArtifactError(f"{path} has no signature {name!r} ({first_line(exc)}); re-export it") from None
+
+
 class LiteRtSession:
     def __init__(self, path: Path, threads: int, delegate: str = "xnnpack", keep_intermediates: bool = False):
         """keep_intermediates keeps every tensor readable after a run (tensor()); use it with
         delegate "none": a delegate computes its partition internally and leaves no intermediates."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with silenced():
-            from ai_edge_litert import interpreter as litert
-
-        resolver = (litert.OpResolverType.AUTO if delegate == "xnnpack"
-                    else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        try:
-            with silenced():
-                interp = litert.Interpreter(str(path), num_threads=threads, experimental_op_resolver_type=resolver,
-                                            experimental_preserve_all_tensors=keep_intermediates)
-                self._runner = interp.get_signature_runner(SIGNATURE)
-        except Exception as exc:  # corrupt flatbuffer, missing signature, unknown custom op
-            raise ArtifactError(f"{path} cannot be loaded by ai-edge-litert ({first_line(exc)}); "
-                                "re-export it") from None
-        version = getattr(litert, "__version__", "") or _package_version()
-        self.runtime = f"ai-edge-litert {version} ({'XNNPACK' if delegate == 'xnnpack' else 'builtin kernels'}, host)"
+        interp, self.runtime = _interpreter(path, threads, delegate, keep_intermediates)
+        self._runner = _signature(interp, path, SIGNATURE)
         self._inputs = self._runner.get_input_details()
         self._outputs = self._runner.get_output_details()
         self.input_names = list(self._inputs)
@@ -89,6 +101,49 @@ def _package_version() -> str:
         return metadata.version("ai-edge-litert")
     except metadata.PackageNotFoundError:
         return "?"
+
+
+class LiteRtLM(CachedLM):
+    """A language model's prefill and decode signatures (exporter/formats/tflite/lm.py), the KV cache arrays
+    handed from one call's outputs to the next call's inputs; a prefill chunk shorter than the signature's
+    length is padded (its padding rows are overwritten by later tokens before any query can see them)."""
+
+    def __init__(self, path: Path, cache: dict, threads: int = 1) -> None:
+        interp, self.runtime = _interpreter(path, threads, "xnnpack")
+        io = cache["io"]
+        self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
+        self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
+        self.position = io["position"]
+        self.past_names = [io["past"].format(layer=i, kv=kv) for i in range(self.layers) for kv in ("key", "value")]
+        self.present_names = [io["present"].format(layer=i, kv=kv) for i in range(self.layers)
+                              for kv in ("key", "value")]
+        self.prefill_runner, self.decode_runner = (_signature(interp, path, name) for name in ("prefill", "decode"))
+        self.reset()
+
+    def reset(self) -> None:
+        shape = (1, self.kv_heads, self.cache_length, self.head_dim)
+        self.past = [np.zeros(shape, np.float32) for _ in range(2 * self.layers)]
+        self.length = 0
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        count = len(tokens)
+        self.check_room(count)
+        width = 1 if count == 1 else self.prefill_length
+        if count > width:
+            raise ValueError(f"{count} tokens in one call; the prefill signature takes {width}")
+        positions = self.length + np.arange(width, dtype=np.int32)
+        # padding writes cache rows past the real tokens; never past the cache's end
+        positions = np.minimum(positions, self.cache_length - 1)
+        feeds = {"input_ids": np.asarray([list(tokens) + [0] * (width - count)], np.int32),
+                 self.position: positions, **dict(zip(self.past_names, self.past, strict=True))}
+        results = (self.decode_runner if width == 1 else self.prefill_runner)(**feeds)
+        self.past = [results[name] for name in self.present_names]
+        self.length += count
+        return results["logits"][0, :count]
+
+
+def open_lm(path: Path, cache: dict, threads: int) -> LiteRtLM:
+    return LiteRtLM(path, cache, threads)
 
 
 def open_session(path: Path, threads: int, delegate: str = "xnnpack") -> LiteRtSession:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ArtifactError, first_line
+from validators.lm.runtime import CachedLM
 
 QDQ_ARITHMETIC = ("QDQ arithmetic as written: this host's AVX2 uint8 x int8 kernels saturate where ARM "
                   "and VNNI CPUs do not; timed with the integer kernels")
@@ -77,3 +78,68 @@ class OnnxRuntimeSession:
 
 def open_session(path: Path, threads: int) -> OnnxRuntimeSession:
     return OnnxRuntimeSession(path, threads, qdq_arithmetic=saturating_host() and _has_uint8_qdq(path))
+
+
+class OnnxLM(CachedLM):
+    """A language model's decode step in onnxruntime, the KV cache fed back through I/O binding (no copies).
+
+    The manifest's `cache` entry says how the artifact is fed (exporter/lm/decode_step.py):
+      position "cache_position": the positions of the tokens in this call (edgeport's own export);
+      position "attention_mask": ones over every position so far (onnxruntime-genai's builder; its
+      GroupQueryAttention writes into the past buffer in place when past and present share it).
+    """
+
+    def __init__(self, path: Path, cache: dict, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.runtime = f"onnxruntime {ort.__version__} (CPUExecutionProvider, {threads} thread(s))"
+        self.io = cache["io"]
+        self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
+        self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
+        self.names = [self.io[side].format(layer=i, kv=kv) for side in ("past", "present")
+                      for i in range(self.layers) for kv in ("key", "value")]
+        self.shared_buffer = self.io["position"] == "attention_mask"
+        self.reset()
+
+    def reset(self) -> None:
+        import onnxruntime as ort
+
+        shape = (1, self.kv_heads, self.cache_length, self.head_dim)
+        self.past = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2 * self.layers)]
+        self.length = 0
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        import onnxruntime as ort
+
+        count = len(tokens)
+        self.check_room(count)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
+        if self.shared_buffer:
+            binding.bind_cpu_input("attention_mask", np.ones((1, self.length + count), dtype=np.int64))
+        else:
+            binding.bind_cpu_input("cache_position", np.arange(self.length, self.length + count, dtype=np.int64))
+        half = 2 * self.layers
+        for name, value in zip(self.names[:half], self.past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name, value in zip(self.names[half:], self.past, strict=True):
+            if self.shared_buffer:  # present is the past buffer, written in place
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        if not self.shared_buffer:
+            self.past = [ort.OrtValue(v) if not isinstance(v, ort.OrtValue) else v for v in outputs[1:]]
+        self.length += count
+        return outputs[0].numpy()[0]
+
+
+def open_lm(path: Path, cache: dict, threads: int) -> OnnxLM:
+    return OnnxLM(path, cache, threads)

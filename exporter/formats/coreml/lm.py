@@ -1,0 +1,161 @@
+"""Language models as stateful Core ML programs (iOS18): the KV cache lives in two Core ML states, written
+in place by slice_update, so a device passes only the new tokens and a causal mask per call.
+
+    inputs   input_ids [1, S] int32; causal_mask [1, 1, S, P+S] float16 (0 where a query may attend, -inf
+             where not; P tokens are already in the cache, so the mask's shape tells the program where to write)
+    states   key_cache, value_cache [layers, 1, kv_heads, cache_length, head_dim] float16
+    outputs  logits [1, S, vocab] float32
+
+transformers' StaticCache writes with index_copy_, which coremltools cannot convert; here each layer's update
+is a slice assignment into the registered buffers (-> slice_update + coreml_update_state). The program is
+traced with torch.jit.trace (coremltools converts states from TorchScript) and converted once in float16;
+w8 and w4 compress that program's weights (coremltools.optimize.coreml). Validated on any OS by edgeport's
+MIL interpreter, which keeps the states between calls (validators/mlprogram).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+from exporter.errors import ConversionError
+from exporter.lm.backend import Kept, LmEmitted, Progress
+from exporter.lm.source import CausalLM
+from targets.lm import LmSettings, LmVariant
+
+IO = {"input_ids": "input_ids", "mask": "causal_mask", "states": ["key_cache", "value_cache"], "logits": "logits"}
+DEPLOYMENT = "iOS18"  # the first Core ML with states
+
+
+def _stateful_step(model: Any, cache_length: int) -> Any:
+    import torch
+    from transformers import StaticCache
+
+    from exporter.lm.decode_step import cache_shape
+
+    layers, kv_heads, head_dim = cache_shape(model.config)
+
+    class StatefulStep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            shape = (layers, 1, kv_heads, cache_length, head_dim)
+            self.register_buffer("key_cache", torch.zeros(shape))
+            self.register_buffer("value_cache", torch.zeros(shape))
+
+        def forward(self, input_ids, causal_mask):
+            end = causal_mask.shape[-1]
+            start = end - input_ids.shape[-1]
+            cache = StaticCache(config=self.model.config, max_cache_len=cache_length)
+            for i, layer in enumerate(cache.layers):
+                layer.is_initialized = True
+                layer.update = functools.partial(self.write, i, start, end)
+            positions = torch.arange(input_ids.shape[-1]).unsqueeze(0) + start
+            return self.model(input_ids=input_ids, attention_mask=causal_mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True).logits
+
+        def write(self, layer: int, start, end, keys, values, *args, **kwargs):
+            self.key_cache[layer, :, :, start:end] = keys
+            self.value_cache[layer, :, :, start:end] = values
+            return self.key_cache[layer, :, :, :end], self.value_cache[layer, :, :, :end]
+
+    return StatefulStep().eval(), (layers, kv_heads, head_dim)
+
+
+class CoremlLmLowered:
+    def __init__(self, model: Any, cache: dict) -> None:
+        self.model, self.cache = model, cache  # the float16 MLModel every variant compresses
+
+
+class CoremlLmBackend:
+    format: ClassVar[str] = "coreml"
+    libraries: ClassVar[tuple[str, ...]] = ("coremltools",)
+    keeps_layers: ClassVar[str] = ""
+
+    def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> CoremlLmLowered:
+        import coremltools as ct
+        import numpy as np
+        import torch
+
+        from exporter.formats.coreml.backend import _quiet
+
+        progress(f"coreml: tracing {lm.name} with its KV cache as Core ML states ({settings.cache_length} tokens), "
+                 f"converting to a float16 ML Program ({DEPLOYMENT})")
+        step, (layers, kv_heads, head_dim) = _stateful_step(lm.model, settings.cache_length)
+        length = min(4, settings.prefill_length)
+        example = (torch.zeros((1, length), dtype=torch.long), torch.zeros((1, 1, length, length + 1)))
+        state_shape = (layers, 1, kv_heads, settings.cache_length, head_dim)
+        query = ct.RangeDim(1, settings.prefill_length, default=length)
+        keys = ct.RangeDim(1, settings.cache_length, default=length + 1)
+        try:
+            with torch.no_grad(), _quiet():
+                traced = torch.jit.trace(step, example, check_trace=False)
+                model = ct.convert(
+                    traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
+                    compute_precision=ct.precision.FLOAT16, skip_model_load=True,
+                    inputs=[ct.TensorType(IO["input_ids"], shape=(1, query), dtype=np.int32),
+                            ct.TensorType(IO["mask"], shape=(1, 1, query, keys), dtype=np.float16)],
+                    outputs=[ct.TensorType(IO["logits"], dtype=np.float32)],
+                    states=[ct.StateType(ct.TensorType(shape=state_shape, dtype=np.float16), name=name)
+                            for name in IO["states"]])
+        except Exception as exc:  # the tracer or coremltools on a model they cannot take
+            from common.errors import first_line
+
+            raise ConversionError(f"{type(lm.model).__name__} does not convert to a stateful Core ML program "
+                                  f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug") from exc
+        return CoremlLmLowered(model, {"io": IO, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
+                                       "cache_length": settings.cache_length,
+                                       "prefill_length": settings.prefill_length, "deployment_target": DEPLOYMENT})
+
+    def emit(self, lowered: CoremlLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
+             progress: Progress) -> LmEmitted:
+        from exporter.formats.coreml.backend import _quiet, _save
+
+        model, record = lowered.model, {"scheme": "fp16"}
+        if variant.row.quantized:
+            progress(f"coreml {variant.precision}: compressing the float16 program's weights")
+            with _quiet():
+                model, record = _compressed(model, variant, settings, kept or {})
+        _save(model, out)
+        why = ("the traced program in float16" if not variant.row.quantized else
+               "coremltools.optimize.coreml.linear_quantize_weights on the float16 program")
+        return LmEmitted(lowered.cache, record, "edgeport export (torch.jit.trace -> coremltools, Core ML states "
+                         "for the KV cache)", why)
+
+
+def weight_constant(module: str) -> str:
+    """The float16 weight constant coremltools names after a traced module path."""
+    return f"model_{module.replace('.', '_')}_weight_to_fp16"
+
+
+def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> tuple[Any, dict]:
+    import coremltools.optimize.coreml as cto
+
+    from exporter.formats.coreml.backend import _nonfinite_constants
+
+    def config(bits: int) -> Any:
+        if bits == 4:
+            return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                               block_size=settings.block_size)
+        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+
+    constants = {op.name for op in model._mil_program.functions["main"].operations if op.op_type == "const"}
+    per_layer = {}
+    for module, bits in kept.items():
+        name = weight_constant(module)
+        if name not in constants and module == "lm_head":  # a tied head reads the embedding's constant
+            name = weight_constant("model.embed_tokens")
+        if name not in constants:
+            raise ConversionError(f"auto precision: no weight constant {name} for {module} in the Core ML program")
+        per_layer[name] = config(bits) if bits else None
+    per_layer |= {name: None for name in _nonfinite_constants(model)}
+    plan = cto.OptimizationConfig(global_config=config(variant.row.bits), op_name_configs=per_layer)
+    record = {"scheme": f"coremltools linear_symmetric int{variant.row.bits}", "weight_bits": variant.row.bits,
+              "granularity": f"per_block {settings.block_size}" if variant.row.bits == 4 else "per_channel",
+              "symmetric": True, "weights": "every weight of 2048+ values (coremltools' default threshold)",
+              "kept": {module: (bits or "float") for module, bits in kept.items()}}
+    return cto.linear_quantize_weights(model, plan), record
+
+
+LM_BACKEND = CoremlLmBackend()

@@ -1,0 +1,69 @@
+"""Language models as ONNX: one decode step with a static KV cache (torch.export -> ONNX opset 23),
+block-wise weights through MatMulNBits, or onnxruntime-genai's model builder where it builds the variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from exporter.lm.backend import Kept, LmEmitted, Progress
+from exporter.lm.source import CausalLM
+from targets.lm import LmSettings, LmVariant
+
+TRACED = "edgeport export (torch.export -> ONNX, static KV cache)"
+
+
+class OnnxLmLowered:
+    def __init__(self, lm: CausalLM, fp32: Path, cache: dict, scratch: Path) -> None:
+        self.lm, self.fp32, self.cache, self.scratch = lm, fp32, cache, scratch
+
+
+class OnnxLmBackend:
+    format: ClassVar[str] = "onnx"
+    libraries: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime", "onnxscript", "onnxruntime-genai")
+    keeps_layers: ClassVar[str] = ""
+
+    def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> OnnxLmLowered:
+        from exporter.lm.decode_step import export_decode_step
+
+        progress(f"onnx: tracing {lm.name}: one decode step, {settings.cache_length}-token KV cache, "
+                 "torch.export -> ONNX")
+        fp32 = scratch / "model.onnx"
+        cache = export_decode_step(lm.model, settings.cache_length, settings.prefill_length, fp32)
+        return OnnxLmLowered(lm, fp32, cache, scratch)
+
+    def emit(self, lowered: OnnxLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
+             progress: Progress) -> LmEmitted:
+        from exporter.lm.decode_step import save_onnx
+        from exporter.lm.genai_builder import build, builder_choice
+        from exporter.lm.weights import WeightPlan, quantize_weights, to_fp16
+
+        lm = lowered.lm
+        model_type = getattr(lm.model.config, "model_type", "")
+        use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
+                                          settings.symmetric)
+        if kept:
+            use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
+        cache, built_by = lowered.cache, TRACED
+        if variant.precision == "fp32":
+            import onnx
+
+            save_onnx(onnx.load(str(lowered.fp32)), out)
+            record, why = {"scheme": "fp32"}, "the traced program itself"
+        elif variant.precision == "fp16":
+            record, why = to_fp16(lowered.fp32, out), "the traced program in float16"
+        elif use_builder:
+            folder = lm.save_folder(lowered.scratch / "hf")
+            cache, record = build(folder, out, settings.block_size, settings.method, settings.cache_length,
+                                  settings.prefill_length, lm.model.config, lowered.scratch)
+            built_by = "onnxruntime-genai model builder"
+        else:
+            bits = variant.row.bits
+            plan = WeightPlan(bits, settings.block_size, settings.method,
+                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric)
+            record = quantize_weights(lowered.fp32, out, plan)
+        data = out.with_name(out.name + ".data")
+        return LmEmitted(cache, record, built_by, why, [data] if data.is_file() else [])
+
+
+LM_BACKEND = OnnxLmBackend()

@@ -1,0 +1,61 @@
+"""The contract every format implements for language models, beside the classic Backend
+(exporter/formats/base.py). The LM pipeline owns the reference, blame, auto precision, manifest and
+verdict; a format only says how to lower the model once and emit one precision:
+
+    lower(lm, settings, scratch, progress)             -> whatever its variants share (a traced program)
+    emit(lowered, variant, settings, out, kept, ...)   -> LmEmitted: one variant written to `out`
+
+`kept` maps decoder-linear module paths (model.layers.3.mlp.down_proj) to the weight bits auto precision
+keeps them at (None: float). The artifact's runtime for the verdict and the speed figures is
+validators/lm/runtime.open_lm, chosen by the manifest entry's format.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from exporter.lm.source import CausalLM
+from targets.lm import LmSettings, LmVariant
+
+Progress = Callable[[str], None]
+Kept = dict[str, int | None]
+
+
+@dataclass
+class LmEmitted:
+    cache: dict  # how a runtime feeds the artifact: its I/O names, cache geometry (the manifest's `cache`)
+    quantization: dict  # the scheme and its settings ({"scheme": "fp32"} for the traced program itself)
+    built_by: str
+    why: str  # why this path was taken for the variant
+    extra_files: list[Path] = field(default_factory=list)  # beside `out` (an ONNX graph's .data)
+
+
+class LmBackend(Protocol):
+    format: ClassVar[str]
+    libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
+    keeps_layers: ClassVar[str]  # "" when emit takes `kept` (auto precision); else why it cannot
+
+    def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> Any: ...
+
+    def emit(self, lowered: Any, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
+             progress: Progress) -> LmEmitted: ...
+
+
+LM_BACKENDS = {"onnx": "exporter.formats.onnx.lm", "executorch": "exporter.formats.executorch.lm",
+               "coreml": "exporter.formats.coreml.lm", "tflite": "exporter.formats.tflite.lm"}
+
+
+def lm_backend(fmt: str) -> LmBackend:
+    return importlib.import_module(LM_BACKENDS[fmt]).LM_BACKEND
+
+
+def linear_modules(model: Any) -> list[str]:
+    """Module paths of the decoder's linears: what weight quantization and per-layer blame act on."""
+    import torch
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.startswith("model.")]

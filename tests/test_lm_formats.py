@@ -1,0 +1,159 @@
+"""Language models on ExecuTorch, LiteRT and Core ML: the same decode step, verdict, blame and report as ONNX,
+each artifact run by its own runtime (the Core ML program by edgeport's MIL interpreter, states included), on
+both test families; a Core ML program whose KV cache is never written fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.lm_models import FAMILIES, causal_lm_folder, lm_target
+from tests.test_lm import _restamp
+
+pytestmark = [pytest.mark.hf, pytest.mark.slow]
+
+VARIANTS = ("executorch/fp32", "executorch/a8w4", "tflite/fp32", "tflite/a8w8", "coreml/fp16", "coreml/w4")
+FLOAT = {"model.fp32.pte", "model.fp32.tflite", "model.fp16.mlpackage"}
+RUNTIMES = {"executorch": "executorch", "tflite": "ai-edge-litert", "coreml": "MIL reference interpreter"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[int, Path, dict]]:
+    """Each family exported once to every format with the real CLI."""
+    root = tmp_path_factory.mktemp("lm-formats")
+    target = lm_target(root / "formats-llm.toml", VARIANTS)
+    results = {}
+    for family in FAMILIES:
+        folder = causal_lm_folder(family, root / "models" / family)
+        done = run_cli("export", "--model", folder, "--target", target, "--out", root / "out", "--name", family)
+        directory = root / "out" / family / "test-llm"
+        assert done.code in (0, 1), done.stderr[-2000:]
+        results[family] = (done.code, directory, json.loads((directory / "report.json").read_text()))
+    return results
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float_variants_generate_what_pytorch_generates(exported, family):
+    code, directory, report = exported[family]
+    by = {a["path"]: a for a in report["artifacts"]}
+    assert set(by) == {"model.fp32.pte", "model.a8w4.pte", "model.fp32.tflite", "model.a8w8.tflite",
+                       "model.fp16.mlpackage", "model.w4.mlpackage"}
+    assert not report["provisional"]
+    for path in FLOAT:
+        artifact = by[path]
+        for run in artifact["lm"]["free_running"]:
+            assert run["matching_tokens"] == run["tokens"] == 12, (path, run)
+        forced = artifact["lm"]["teacher_forced"]
+        if path.endswith(".mlpackage"):  # float16 storage: the fp16 budget, and still every greedy token
+            assert forced["kl_mean"] < 1e-3 and forced["top1_agreement"] >= 0.99, forced
+        else:
+            assert artifact["parity"]["max_abs"] < 1e-3 and forced["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+        assert artifact["budget"]["passed"], (path, artifact["budget"]["violations"])
+    for artifact in report["artifacts"]:  # every figure names the runtime that produced it
+        assert RUNTIMES[artifact["format"]] in artifact["latency_ms"]["runtime"]
+        assert RUNTIMES[artifact["format"]] in artifact["lm"]["speed"]["runtime"]
+        assert artifact["lm"]["speed"]["decode_tokens_per_s"] > 0
+    assert code == (0 if report["passed"] else 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
+    code, directory, report = exported[family]
+    by = {a["path"]: a for a in report["artifacts"]}
+    for quantized, float_path, ratio in (("model.a8w4.pte", "model.fp32.pte", 0.5),
+                                         ("model.a8w8.tflite", "model.fp32.tflite", 0.65),
+                                         ("model.w4.mlpackage", "model.fp16.mlpackage", 0.6)):
+        artifact = by[quantized]
+        assert artifact["bytes"] < ratio * by[float_path]["bytes"], (quantized, artifact["bytes"])
+        forced = artifact["lm"]["teacher_forced"]
+        assert 0 < forced["kl_mean"] < 0.12 and forced["ppl_ratio"] < 1.15, (quantized, forced)
+        blame = artifact["diagnosis"]["blame"]
+        assert blame and blame[0]["kl_mean"] >= blame[-1]["kl_mean"]
+        assert all(row["module"].startswith("model.layers.") or row["module"] == "lm_head" for row in blame)
+        # passed, or failed with the reasons the verdict names
+        assert artifact["budget"]["passed"] == (not artifact["budget"]["violations"])
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entries = {e["path"]: e for e in manifest["artifacts"]}
+    assert entries["model.a8w4.pte"]["quantization"]["group_size"] == 32
+    assert entries["model.a8w4.pte"]["quantization"]["delegation"]["delegated_operators"] > 0
+    assert entries["model.w4.mlpackage"]["cache"]["io"]["states"] == ["key_cache", "value_cache"]
+    assert entries["model.a8w8.tflite"]["cache"]["io"]["signatures"] == {"prefill": "prefill_length", "decode": 1}
+    for library in ("executorch", "torchao", "coremltools", "litert-torch", "ai-edge-quantizer"):
+        assert library in manifest["libraries"]
+
+
+def test_report_puts_every_format_side_by_side(exported):
+    directory = exported["qwen2_untied"][1]
+    report = json.loads((directory / "report.json").read_text())
+    assert set(report["texts"][0]["artifacts"]) == {a["path"] for a in report["artifacts"]}
+    text = (directory / "report.md").read_text()
+    assert "model.w4.mlpackage" in text and "model.a8w4.pte" in text and "model.a8w8.tflite" in text
+
+
+def _drop_state_writes(package: Path) -> int:
+    """A broken Core ML program: every write_state removed, so the KV cache is never written (each layer's
+    read of the cache after its update then sees the old state)."""
+    from coremltools.proto import Model_pb2
+
+    from exporter.formats.coreml.backend import _spec_path
+
+    spec_path = _spec_path(package)
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    function = spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+    kept = [op for op in block.operations if op.type != "write_state"]
+    dropped = len(block.operations) - len(kept)
+    del block.operations[:]
+    block.operations.extend(kept)
+    spec_path.write_bytes(spec.SerializeToString())
+    return dropped
+
+
+def test_a_core_ml_program_that_never_writes_its_cache_fails(exported, tmp_path):
+    directory = tmp_path / "broken"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    assert _drop_state_writes(directory / "model.fp16.mlpackage") == 2 * 2  # key and value, per layer
+    _restamp(directory)
+    done = run_cli("validate", directory)
+    assert done.code == 1, done.stderr[-1500:]
+    report = json.loads((directory / "report.json").read_text())
+    fp16 = next(a for a in report["artifacts"] if a["path"] == "model.fp16.mlpackage")
+    violations = fp16["budget"]["violations"]
+    assert any("greedy tokens differ" in v for v in violations) or any("perplexity ratio" in v for v in violations)
+    assert fp16["lm"]["teacher_forced"]["top1_agreement"] < 0.9, fp16["lm"]["teacher_forced"]
+    untouched = next(a for a in report["artifacts"] if a["path"] == "model.fp32.pte")
+    assert untouched["budget"]["passed"]
+
+
+def test_auto_precision_keeps_layers_on_executorch_and_core_ml(tmp_path):
+    folder = causal_lm_folder("llama_gqa_tied", tmp_path / "model")
+    target = lm_target(tmp_path / "auto.toml", ("executorch/a8w4", "coreml/w4", "tflite/a8w4"), auto_precision=True,
+                       budgets="max_kl_mean = 0.001")
+    done = run_cli("export", "--model", folder, "--target", target, "--out", tmp_path / "out")
+    assert done.code == 1, done.stderr[-1500:]  # a budget this tight fails at the limit of layers kept
+    manifest = json.loads((tmp_path / "out" / "model" / "test-llm" / "manifest.json").read_text())
+    entries = {e["path"]: e for e in manifest["artifacts"]}
+    for path in ("model.a8w4.pte", "model.w4.mlpackage"):
+        auto = entries[path]["diagnosis"]["auto_precision"]
+        worst = [row["module"] for row in entries[path]["diagnosis"]["blame"]]
+        assert list(auto["kept"]) == worst[:len(auto["kept"])] and set(auto["kept"].values()) == {8}, path
+        assert entries[path]["quantization"]["kept"] == auto["kept"]
+        assert auto["kl_mean_after"] < auto["kl_mean_before"] and auto["bytes_after"] > auto["bytes_before"], path
+    assert "not offered" in entries["model.a8w4.tflite"]["diagnosis"]["auto_precision"]["not_offered"]
+
+
+def test_demo_tinylm_on_ios_llm(tmp_path):
+    """What `make export TARGET=ios-llm` runs: a stateful Core ML program, validated on Linux."""
+    done = run_cli("export", "--target", "ios-llm", "--out", tmp_path)
+    assert done.code == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "tinylm" / "ios-llm" / "report.json").read_text())
+    by = {a["precision"]: a for a in report["artifacts"]}
+    assert set(by) == {"fp16", "w4"}
+    for run in by["fp16"]["lm"]["free_running"]:
+        assert run["matching_tokens"] == run["tokens"] == 32
+    assert by["w4"]["bytes"] < 0.45 * by["fp16"]["bytes"] and by["w4"]["budget"]["passed"]
