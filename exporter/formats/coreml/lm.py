@@ -8,7 +8,8 @@ in place by slice_update, so a device passes only the new tokens and a causal ma
 
 transformers' StaticCache writes with index_copy_, which coremltools cannot convert; here each layer's update
 is a slice assignment into the registered buffers (-> slice_update + coreml_update_state). The program is
-traced with torch.jit.trace (coremltools converts states from TorchScript) and converted once in float16;
+traced with torch.jit.trace (coremltools converts states from TorchScript) and converted once in float16
+(RMSNorm's statistics in float32);
 w8 and w4 compress that program's weights (coremltools.optimize.coreml). Validated on any OS by edgeport's
 MIL interpreter, which keeps the states between calls (validators/mlprogram).
 """
@@ -63,6 +64,20 @@ def _stateful_step(model: Any, cache_length: int) -> Any:
     return StatefulStep().eval(), (layers, kv_heads, head_dim)
 
 
+# RMSNorm's square, mean and rsqrt stay float32: a decoder's residual stream can carry activations far past
+# what float16 squares (SmolLM2-135M: |x| up to 22,552 from layer 12 on; x*x overflows float16's 65,504, and the
+# float16 program's perplexity ratio was 1350). Everything else computes in float16, as on the device.
+FLOAT32_OPS = ("pow", "reduce_mean", "rsqrt")
+
+
+def _in_float16(op: Any) -> bool:
+    if op.op_type in FLOAT32_OPS:
+        return False
+    # the epsilon added to the mean square: the mean itself is past float16 (SmolLM2: 895,572)
+    producers = {getattr(getattr(value, "op", None), "op_type", None) for value in op.inputs.values()}
+    return not (op.op_type == "add" and "reduce_mean" in producers)
+
+
 class CoremlLmLowered:
     def __init__(self, model: Any, cache: dict) -> None:
         self.model, self.cache = model, cache  # the float16 MLModel every variant compresses
@@ -93,7 +108,8 @@ class CoremlLmBackend:
                 traced = torch.jit.trace(step, example, check_trace=False)
                 model = ct.convert(
                     traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
-                    compute_precision=ct.precision.FLOAT16, skip_model_load=True,
+                    compute_precision=ct.transform.FP16ComputePrecision(op_selector=_in_float16),
+                    skip_model_load=True,
                     inputs=[ct.TensorType(IO["input_ids"], shape=(1, query), dtype=np.int32),
                             ct.TensorType(IO["mask"], shape=(1, 1, query, keys), dtype=np.float16)],
                     outputs=[ct.TensorType(IO["logits"], dtype=np.float32)],
