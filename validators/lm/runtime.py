@@ -6,12 +6,13 @@ what they share: chunked prefill and greedy decoding from an empty cache."""
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
 
-class CachedLM:
+class CachedLM(ABC):
     """A runtime subclass sets cache_length, prefill_length and runtime, and implements reset and forward."""
 
     cache_length: int
@@ -19,13 +20,13 @@ class CachedLM:
     runtime: str  # e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
     length = 0  # tokens in the cache
 
+    @abstractmethod
     def reset(self) -> None:
         """An empty cache."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, tokens: list[int]) -> np.ndarray:
         """Logits [len(tokens), vocab] (float32) for tokens written at the next positions of the cache."""
-        raise NotImplementedError
 
     def check_room(self, count: int) -> None:
         if self.length + count > self.cache_length:

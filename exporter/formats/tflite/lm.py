@@ -50,7 +50,7 @@ class TfliteLmBackend:
                  f"[{settings.prefill_length} tokens] and decode [1 token], {settings.cache_length}-token KV cache)")
         step, layers, kv_heads, head_dim = _decode_step(lm.model, settings.cache_length, copy_single_kv_head=True)
         inputs, outputs = io_names(layers, IO)
-        named = _Named(step, inputs[2:], outputs).eval()
+        named = _named(step, inputs[2:], outputs).eval()
         past = {name: torch.zeros(1, kv_heads, settings.cache_length, head_dim) for name in inputs[2:]}
 
         def sample(length: int) -> dict:
@@ -90,22 +90,20 @@ class TfliteLmBackend:
                          "static KV cache)", why)
 
 
-class _Named:
+def _named(step: Any, past_names: list[str], output_names: list[str]) -> Any:
     """The decode step with named inputs and outputs (litert-torch names a signature's tensors after them)."""
+    import torch
 
-    def __new__(cls, step: Any, past_names: list[str], output_names: list[str]) -> Any:
-        import torch
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = step
 
-        class Named(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.step = step
+        def forward(self, input_ids, cache_position, **past):
+            results = self.step(input_ids, cache_position, tuple(past[name] for name in past_names))
+            return dict(zip(output_names, results, strict=True))
 
-            def forward(self, input_ids, cache_position, **past):
-                results = self.step(input_ids, cache_position, tuple(past[name] for name in past_names))
-                return dict(zip(output_names, results, strict=True))
-
-        return Named()
+    return Named()
 
 
 def _quantize(fp32: Path, out: Path, bits: int, block_size: int) -> dict:
