@@ -20,6 +20,8 @@ from common.errors import ArtifactError
 from common.files import load_npz, save_npz
 
 MANIFEST = "manifest.json"
+# what the manifest promises about an artifact's bytes, for formats whose converters are deterministic
+REPRODUCIBLE = "byte-identical for the same model, data and library versions"
 SCHEMA = 2  # 2: the resolved target and each artifact's budget are stored, not re-derived
 REFERENCE = "reference.npz"
 EXPORT_LOG = "export.json"

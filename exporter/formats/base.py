@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from common.artifact_dir import REPRODUCIBLE  # noqa: F401  (the formats' promise, beside their contract)
 from exporter.errors import UnsupportedOp
 from exporter.trace import TracedModel
 from targets import Target, Variant
@@ -102,8 +103,6 @@ class LayerQuantizer(Protocol):
         """The variant's quantization record once `kept` stayed float."""
 
 
-# what the manifest promises about an artifact's bytes, for formats whose converters are deterministic
-REPRODUCIBLE = "byte-identical for the same model, data and library versions"
 
 
 class Backend(Protocol):

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from common.artifact_dir import EXPORT_LOG, MANIFEST, SCHEMA
+from common.artifact_dir import EXPORT_LOG, MANIFEST, REPRODUCIBLE, SCHEMA
 from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
-from exporter.formats.base import REPRODUCIBLE
 from exporter.lm.backend import lm_backend
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
