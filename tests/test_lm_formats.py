@@ -79,11 +79,36 @@ def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
     manifest = json.loads((directory / "manifest.json").read_text())
     entries = {e["path"]: e for e in manifest["artifacts"]}
     assert entries["model.a8w4.pte"]["quantization"]["group_size"] == 32
-    assert entries["model.a8w4.pte"]["quantization"]["delegation"]["delegated_operators"] > 0
+    delegation = entries["model.a8w4.pte"]["quantization"]["delegation"]
+    assert delegation["delegated_op_coverage"] > 0.8, delegation  # static shapes: every view and slice delegated
+    assert delegation["portable_ops"]["custom_sdpa"] == 2  # ExecuTorch's attention kernel, one per layer
+    assert entries["model.a8w4.pte"]["cache"]["io"]["methods"] == {"prefill": "prefill_length", "decode": 1}
     assert entries["model.w4.mlpackage"]["cache"]["io"]["states"] == ["key_cache", "value_cache"]
     assert entries["model.a8w8.tflite"]["cache"]["io"]["signatures"] == {"prefill": "prefill_length", "decode": 1}
     for library in ("executorch", "torchao", "coremltools", "litert-torch", "ai-edge-quantizer"):
         assert library in manifest["libraries"]
+
+
+def test_executorch_prefill_pads_short_chunks_and_decodes_past_the_last_full_chunk(exported):
+    """The .pte's two static methods share one cache: a short chunk padded to prefill_length, and tokens too
+    close to the cache's end fed one at a time, give the logits of the same tokens fed in full chunks."""
+    import numpy as np
+
+    from validators.lm.runtime import open_lm
+
+    directory = exported["llama_gqa_tied"][1]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = next(e for e in manifest["artifacts"] if e["path"] == "model.fp32.pte")
+    lm = open_lm(directory, entry)
+    assert (lm.cache_length, lm.prefill_length) == (96, 32)
+    tokens = [int(t) for t in np.random.default_rng(0).integers(0, 200, 90)]
+    whole = lm.prefill(tokens)  # chunks of 32, 32 and a padded 26
+    lm.reset()
+    parts = np.concatenate([lm.prefill(tokens[:70]), lm.prefill(tokens[70:])])  # 70 + 32 > 96: decode steps
+    assert lm.length == 90 and whole.shape == parts.shape == (90, whole.shape[1])
+    assert np.abs(whole - parts).max() < 1e-4
+    with pytest.raises(ValueError, match="do not fit"):
+        lm.forward(tokens[:7])
 
 
 def test_report_puts_every_format_side_by_side(exported):

@@ -33,17 +33,13 @@ def cache_shape(config: Any) -> tuple[int, int, int]:
     return text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim
 
 
-def _decode_step(model: Any, cache_length: int, copy_single_kv_head: bool = False):
-    """copy_single_kv_head: attention reads a one-head key/value cache copied once per query head (the cache
-    itself keeps one head). litert-torch 0.10 computes attention wrong when it reads one key/value head
-    broadcast by expand or repeat (max |delta| 0.93 on a 4-head toy SDPA, 0.0 with 2 heads); a concatenation
-    converts right."""
+def decode_step(model: Any, cache_length: int):
+    """(the model behind a cache_length-token KV cache passed in and out, layers, kv heads, head dim): the
+    program ONNX and LiteRT convert."""
     import torch
     from transformers import StaticCache
 
     layers, kv_heads, head_dim = cache_shape(model.config)
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    copies = text.num_attention_heads if copy_single_kv_head and kv_heads == 1 else 1
 
     class DecodeStep(torch.nn.Module):
         """model + a StaticCache built from the past inputs; returns the logits and the updated cache."""
@@ -58,7 +54,7 @@ def _decode_step(model: Any, cache_length: int, copy_single_kv_head: bool = Fals
             for i, layer in enumerate(cache.layers):
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
                 layer.cumulative_length = cache_position[0].clone()
-                layer.update = functools.partial(_write_at, layer, cache_position, copies)
+                layer.update = functools.partial(_write_at, layer, cache_position)
             out = self.model(input_ids=input_ids, position_ids=cache_position.unsqueeze(0), past_key_values=cache,
                              use_cache=True)
             return (out.logits,) + tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
@@ -66,18 +62,13 @@ def _decode_step(model: Any, cache_length: int, copy_single_kv_head: bool = Fals
     return DecodeStep().eval(), layers, kv_heads, head_dim
 
 
-def _write_at(layer: Any, positions: Any, copies: int, keys: Any, values: Any, *args: Any,
-              **kwargs: Any) -> tuple[Any, Any]:
+def _write_at(layer: Any, positions: Any, keys: Any, values: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """The cache update as one ScatterElements along the sequence axis. StaticLayer's index_copy_ exports as
     Transpose -> ScatterND -> Transpose of the whole cache per layer and step (12% of w8 decode time measured
     on SmolLM2-135M); scatter writes the new rows into a copy, and the outputs are new tensors, not the inputs."""
-    import torch
-
     index = positions.view(1, 1, -1, 1).expand_as(keys)
     layer.keys = layer.keys.scatter(2, index, keys)
     layer.values = layer.values.scatter(2, index, values)
-    if copies > 1:
-        return torch.cat([layer.keys] * copies, dim=1), torch.cat([layer.values] * copies, dim=1)
     return layer.keys, layer.values
 
 
@@ -113,7 +104,7 @@ def trace_decode_step(model: Any, cache_length: int, prefill_length: int) -> tup
     description the manifest records: how a runtime feeds it."""
     import torch
 
-    step, layers, kv_heads, head_dim = _decode_step(model, cache_length)
+    step, layers, kv_heads, head_dim = decode_step(model, cache_length)
     example_length = min(4, prefill_length)
     ids = torch.zeros((1, example_length), dtype=torch.long)
     positions = torch.arange(example_length)
@@ -124,12 +115,12 @@ def trace_decode_step(model: Any, cache_length: int, prefill_length: int) -> tup
             program = torch.export.export(step, (ids, positions, past), strict=False,
                                           dynamic_shapes=({1: seq}, {0: seq}, tuple(None for _ in past)))
     except Exception as exc:  # torch.export on a model it cannot take
-        raise _not_exported(model, exc) from exc
+        raise not_exported(model, exc) from exc
     return program, {"io": STATIC_CACHE_IO, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                      "cache_length": cache_length, "prefill_length": prefill_length}
 
 
-def _not_exported(model: Any, exc: Exception) -> ConversionError:
+def not_exported(model: Any, exc: Exception) -> ConversionError:
     from common.errors import first_line
 
     return ConversionError(f"{type(model).__name__} does not export with a static KV cache "
@@ -147,7 +138,7 @@ def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: 
             onnx_program = torch.onnx.export(program, (), input_names=inputs, output_names=outputs, dynamo=True,
                                              optimize=True, verbose=False, opset_version=OPSET)
     except Exception as exc:  # the ONNX exporter on a program it cannot take
-        raise _not_exported(model, exc) from exc
+        raise not_exported(model, exc) from exc
     onnx_program.save(str(out), external_data=True)
     _fold_transposed_weights(out)
     return cache

@@ -13,8 +13,9 @@ from common.quiet import silenced
 from validators.lm.runtime import CachedLM
 
 
-def _load(path: Path, threads: int) -> tuple[object, str]:
-    """The program's forward method, and the runtime's label."""
+def _load(path: Path, threads: int, methods: tuple[str, ...] = ("forward",)) -> tuple[list, str]:
+    """The program's methods (loaded from one program: they share its mutable state), and the runtime's
+    label."""
     with silenced():  # the runtime logs its CPU probing and thread pool to the console
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
@@ -22,17 +23,18 @@ def _load(path: Path, threads: int) -> tuple[object, str]:
 
         portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's threads; one pool per process
         try:
-            method = Runtime.get().load_program(path).load_method("forward")
+            program = Runtime.get().load_program(path)
+            loaded = [program.load_method(name) for name in methods]
         except Exception as exc:  # the runtime raises RuntimeError for a corrupt or foreign file
             raise ArtifactError(f"{path} cannot be loaded by the ExecuTorch runtime ({first_line(exc)}); "
                                 "re-export it") from None
-    return method, (f"executorch {__version__} runtime (XNNPACK delegate + portable kernels, "
+    return loaded, (f"executorch {__version__} runtime (XNNPACK delegate + portable kernels, "
                     f"{portable_lib._threadpool_get_thread_count()} thread(s), host)")
 
 
 class ExecutorchSession:
     def __init__(self, path: Path, threads: int):
-        self._method, self.runtime = _load(path, threads)
+        (self._method,), self.runtime = _load(path, threads)
         self.input_names = [f"input_{i}" for i in range(self._method.metadata.num_inputs())]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -46,28 +48,34 @@ def open_session(path: Path, threads: int) -> ExecutorchSession:
 
 
 class ExecutorchLM(CachedLM):
-    """A language model's decode step (exporter/lm/decode_step.py: static KV cache as inputs and outputs),
-    the cache tensors handed from one call's outputs to the next call's inputs."""
+    """A language model's .pte (exporter/formats/executorch/lm.py): the KV cache is the program's mutable
+    state, shared by its prefill and decode methods; a call passes the new tokens and their start position.
+    A chunk shorter than prefill_length is padded (the padding's cache rows are overwritten before anything
+    reads them); one that would write past the cache goes through decode a token at a time."""
 
     def __init__(self, path: Path, cache: dict, threads: int = 1) -> None:
-        self._method, self.runtime = _load(path, threads)
-        self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
+        with silenced():
+            from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  update_cache, custom_sdpa
+        (self._prefill, self._decode), self.runtime = _load(path, threads, ("prefill", "decode"))
         self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
         self.reset()
 
     def reset(self) -> None:
-        shape = (1, self.kv_heads, self.cache_length, self.head_dim)
-        self.past = [torch.zeros(shape) for _ in range(2 * self.layers)]
-        self.length = 0
+        self.length = 0  # custom_sdpa reads only positions before the start: stale rows are never seen
 
     def forward(self, tokens: list[int]) -> np.ndarray:
         count = len(tokens)
         self.check_room(count)
-        outputs = self._method.execute([torch.tensor([tokens], dtype=torch.long),
-                                        torch.arange(self.length, self.length + count), *self.past])
-        self.past = list(outputs[1:])
+        if count == 1 or self.length + self.prefill_length > self.cache_length:
+            return np.concatenate([self._run(self._decode, [token], 1) for token in tokens], axis=0)
+        padded = tokens + [tokens[-1]] * (self.prefill_length - count)
+        return self._run(self._prefill, padded, count)
+
+    def _run(self, method: object, tokens: list[int], count: int) -> np.ndarray:
+        """Logits of the first count tokens, which the cache now holds."""
+        (logits,) = method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([self.length])])
         self.length += count
-        return outputs[0][0].numpy()
+        return logits[0, :count].numpy()
 
 
 def open_lm(path: Path, cache: dict, threads: int) -> ExecutorchLM:

@@ -108,13 +108,23 @@ def _lowering(precision: str):
 def lower_program(program, out: Path) -> dict:
     """to_edge_transform_and_lower with the XNNPACK partitioner, then to_executorch, written to `out`;
     the delegation coverage of what was written."""
+    return lower_methods({"forward": program}, out)["forward"]
+
+
+def lower_methods(programs: dict, out: Path, shared_state: bool = False) -> dict[str, dict]:
+    """Several methods lowered into one .pte (method name -> exported program); shared_state: every method
+    reads and writes one copy of the mutable buffers (a language model's KV cache between its prefill and
+    decode methods). The delegation coverage of each method."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
 
     with partitioner_reasons() as reasons:
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    delegation = coverage(edge.exported_program(), reasons)
-    out.write_bytes(edge.to_executorch().buffer)
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    delegation = {name: coverage(edge.exported_program(name), reasons) for name in programs}
+    config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+                                     emit_mutable_buffer_names=True) if shared_state else None
+    out.write_bytes(edge.to_executorch(config).buffer)
     return delegation
 
 

@@ -1,7 +1,18 @@
-"""Language models as ExecuTorch programs: the same decode step as ONNX (static KV cache as inputs and
-outputs, exporter/lm/decode_step.py), its linears quantized by torchao, lowered to XNNPACK.
+"""Language models as ExecuTorch programs, built the way ExecuTorch's own LLM export builds them: the KV cache
+is the program's state (mutable buffers), written in place by ExecuTorch's `llama::update_cache` kernel and
+read by its `llama::custom_sdpa` (causal from the start position, grouped-query heads as they are), so a call
+passes only the new tokens and their start position.
 
-Precisions (each XNNPACK runs natively):
+    methods  prefill: input_ids [1, prefill_length], input_pos [1] -> logits [1, prefill_length, vocab]
+             decode:  input_ids [1, 1],              input_pos [1] -> logits [1, 1, vocab]
+    state    k_cache_<i> / v_cache_<i> [1, cache_length, kv_heads, head_dim] float32, shared by both methods
+
+Both methods have static shapes: XNNPACK then takes every view, slice and RoPE unsqueeze (with a dynamic
+sequence length it rejected them, and every rejected operator split a delegate: lowering SmolLM2-135M took
+25 min). A shorter prompt chunk is padded to prefill_length: the padding's cache rows lie past the last real
+token, so nothing reads them before a later call overwrites them.
+
+Precisions (each XNNPACK runs natively), by torchao on a copy of the model:
   fp32  the traced program;
   a8w8  int8 per-channel weights, activations quantized to int8 per token at run time (qd8-f32-qc8w);
   a8w4  int4 weights in groups of the target's block_size, int8 dynamic activations (ExecuTorch's 8da4w).
@@ -12,7 +23,6 @@ model on demo:tinylm, while both a8 schemes matched their eager model within 0.0
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +32,9 @@ from exporter.lm.source import CausalLM
 from targets.lm import LmSettings, LmVariant
 
 HEAD = "lm_head"
+ATTENTION = "edgeport_executorch_sdpa"  # the transformers attention implementation registered below
+METHODS = {"prefill": "prefill_length", "decode": 1}  # method -> tokens per call (recorded in the manifest)
+IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cache_{layer}, v_cache_{layer}"}
 
 
 class ExecutorchLmBackend:
@@ -34,24 +47,128 @@ class ExecutorchLmBackend:
 
     def emit(self, lowered: CausalLM, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
              progress: Progress) -> LmEmitted:
-        from exporter.formats.executorch.backend import _lowering, lower_program
-        from exporter.lm.decode_step import trace_decode_step
+        from exporter.formats.executorch.backend import _lowering, lower_methods
+        from exporter.lm.attention import with_attention
 
-        model, record = lowered.model, {"scheme": "fp32"}
         with _lowering(variant.precision):
+            model, record = with_attention(lowered.model, ATTENTION, _attention, causal_mask=None), {"scheme": "fp32"}
             if variant.row.quantized:
-                model, record = _quantized(lowered.model, variant, settings, kept or {})
-            progress(f"executorch {variant.precision}: torch.export of the decode step, lowering to XNNPACK")
-            program, cache = trace_decode_step(model, settings.cache_length, settings.prefill_length)
-            delegation = lower_program(program, out)
-        portable = Counter(row["op"] for row in delegation["portable_fallback"])
+                record = _quantize(model, variant, settings, kept or {})
+            progress(f"executorch {variant.precision}: torch.export of the prefill and decode methods, lowering "
+                     "to XNNPACK")
+            programs, cache = _trace_methods(model, settings)
+            delegation = lower_methods(programs, out, shared_state=True)["decode"]
         record["delegation"] = {key: delegation[key] for key in ("delegate", "delegated_operators",
                                                                  "portable_operators", "delegated_op_coverage")}
-        record["delegation"]["portable_ops"] = dict(portable.most_common())
+        record["delegation"]["portable_ops"] = dict(Counter(row["op"] for row in delegation["portable_fallback"])
+                                                    .most_common())
         why = ("the traced program itself" if not variant.row.quantized else
                "torchao quantize_ on the decoder linears, then the traced program lowered to XNNPACK")
-        return LmEmitted(cache, record, "edgeport export (torchao -> torch.export -> ExecuTorch XNNPACK, static KV "
-                         "cache)", why)
+        return LmEmitted(cache, record, "edgeport export (torchao -> torch.export -> ExecuTorch XNNPACK, KV cache "
+                         "as mutable buffers with ExecuTorch's update_cache and custom_sdpa kernels)", why)
+
+
+def _trace_methods(model: Any, settings: LmSettings) -> tuple[dict, dict]:
+    """{method: exported program} at each method's static length, and the cache description the manifest
+    records."""
+    import torch
+
+    from exporter.lm.decode_step import cache_shape, not_exported
+
+    layers, kv_heads, head_dim = cache_shape(model.config)
+    step = _custom_op_step(model, settings.cache_length, layers, kv_heads, head_dim)
+    lengths = {"prefill": settings.prefill_length, "decode": 1}
+    programs = {}
+    for method, length in lengths.items():
+        example = (torch.zeros((1, length), dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        try:
+            with torch.no_grad():
+                program = torch.export.export(step, example, strict=False)
+        except Exception as exc:  # torch.export on a model it cannot take
+            raise not_exported(model, exc) from exc
+        programs[method] = program.run_decompositions(_xnnpack_shapes())
+    return programs, {"io": IO, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
+                      "cache_length": settings.cache_length, "prefill_length": settings.prefill_length}
+
+
+def _custom_op_step(model: Any, cache_length: int, layers: int, kv_heads: int, head_dim: int) -> Any:
+    """The model (its attention set to _attention) behind the KV cache buffers."""
+    import torch
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  registers the llama:: operators
+
+    class CustomOpStep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            for i in range(layers):
+                for kv in "kv":
+                    self.register_buffer(f"{kv}_cache_{i}", torch.zeros(1, cache_length, kv_heads, head_dim),
+                                         persistent=False)
+
+        def forward(self, input_ids, input_pos):
+            start, count = input_pos[0].item(), input_ids.shape[1]
+            torch._check_is_size(start)
+            torch._check(start + count <= cache_length)
+            positions = (input_pos[0] + torch.arange(count)).unsqueeze(0)
+            cache = _BufferCache(self, start)
+            return self.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
+                              start_pos=start).logits
+
+    return CustomOpStep().eval()
+
+
+class _BufferCache:
+    """What a transformers attention layer calls to store its keys and values: writes them into the step's
+    buffers at start_pos and hands the attention the whole buffers (custom_sdpa reads only what is causal)."""
+
+    is_compileable = True
+
+    def __init__(self, step: Any, start: Any) -> None:
+        self.step, self.start = step, start
+
+    def update(self, keys: Any, values: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        import torch
+
+        key_cache = getattr(self.step, f"k_cache_{layer_idx}")
+        value_cache = getattr(self.step, f"v_cache_{layer_idx}")
+        torch.ops.llama.update_cache(keys.transpose(1, 2), key_cache, self.start)
+        torch.ops.llama.update_cache(values.transpose(1, 2), value_cache, self.start)
+        return key_cache, value_cache
+
+    def get_seq_length(self, layer_idx: int = 0) -> Any:
+        return self.start
+
+
+def _attention(module: Any, query: Any, key_cache: Any, value_cache: Any, attention_mask: Any,
+               scaling: float | None = None, dropout: float = 0.0, start_pos: Any = 0, **kwargs: Any):
+    """transformers' attention interface: query [1, heads, S, head_dim], the caches as _BufferCache returns
+    them; output [1, S, heads, head_dim] as transformers expects."""
+    import torch
+
+    return torch.ops.llama.custom_sdpa(query.transpose(1, 2), key_cache, value_cache, start_pos, None, 0.0, True,
+                                       scaling), None
+
+
+def _xnnpack_shapes() -> dict:
+    """Rewrites with the same values that XNNPACK delegates (it rejected each of these, splitting a delegate
+    every time): a mean over the last dimension of a 3-D tensor (RMSNorm) as a 4-D mean over the last two, an
+    unsqueeze before the last dimension (RoPE's cos and sin) as a view."""
+    import torch
+
+    aten = torch.ops.aten
+
+    def mean(x, dims, keepdim=False, dtype=None):
+        if x.dim() != 3 or [d % 3 for d in dims] != [2] or dtype is not None:
+            return NotImplemented
+        reduced = aten.mean.dim(aten.view.default(x, [*x.shape, 1]), [-2, -1], True)
+        return aten.view.default(reduced, [*x.shape[:2], 1] if keepdim else list(x.shape[:2]))
+
+    def unsqueeze(x, dim):
+        shape = list(x.shape)
+        shape.insert(dim % (len(shape) + 1), 1)
+        return aten.view.default(x, shape)
+
+    return {aten.mean.dim: mean, aten.unsqueeze.default: unsqueeze}
 
 
 def _config(bits: int, block_size: int | None) -> Any:
@@ -64,13 +181,12 @@ def _config(bits: int, block_size: int | None) -> Any:
         weight_granularity=PerGroup(block_size) if bits == 4 else PerAxis(0))
 
 
-def _quantized(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> tuple[Any, dict]:
-    """A copy of the model with its decoder linears (and the head at embedding_bits) quantized; kept layers
-    at 8 bits or float. The embedding table stays float (XNNPACK has no quantized lookup)."""
+def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> dict:
+    """Quantize the model's decoder linears in place (and the head at embedding_bits); kept layers at 8 bits
+    or float. The embedding table stays float (XNNPACK has no quantized lookup)."""
     from torchao.quantization import quantize_
 
     bits, block = variant.row.bits, settings.block_size
-    quantized = copy.deepcopy(model)
     plan = {path: kept.get(path, bits) for path in linear_modules(model)}
     head_bits = settings.embedding_bits if bits == 4 else 8
     if head_bits != 32 and HEAD not in kept:
@@ -78,13 +194,12 @@ def _quantized(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept)
     for layer_bits in (4, 8):
         chosen = {path for path, b in plan.items() if b == layer_bits}
         if chosen:
-            quantize_(quantized, _config(layer_bits, block), filter_fn=lambda _m, fqn, c=chosen: fqn in c)
-    record = {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
-                        f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
-              "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
-              "head_bits": plan.get(HEAD, 32), "embedding": "float",
-              "kept": {path: (b or "float") for path, b in kept.items()}}
-    return quantized, record
+            quantize_(model, _config(layer_bits, block), filter_fn=lambda _m, fqn, c=chosen: fqn in c)
+    return {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
+                      f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
+            "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
+            "head_bits": plan.get(HEAD, 32), "embedding": "float",
+            "kept": {path: (b or "float") for path, b in kept.items()}}
 
 
 LM_BACKEND = ExecutorchLmBackend()

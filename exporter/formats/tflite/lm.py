@@ -8,8 +8,10 @@ named inputs and outputs) converted by litert-torch with two signatures over sha
     both     past_<i>_key / past_<i>_value [1, kv_heads, cache_length, head_dim] in, logits and
              present_<i>_key / present_<i>_value out (names Python keywords can carry)
 
-Weights are quantized by ai-edge-quantizer's dynamic recipes (int8 channel-wise or int4 block-wise weights;
-XNNPACK quantizes activations per call): a8w8 and a8w4, as ExecuTorch names the same schemes.
+Attention regroups the query heads per key/value head instead of repeating the cache (exporter/lm/attention.py:
+LiteRT's BROADCAST_TO made SmolLM2-135M decode 6x slower). Weights are quantized by ai-edge-quantizer's dynamic
+recipes (int8 channel-wise or int4 block-wise weights; activations quantized per call): a8w8 and a8w4, as
+ExecuTorch names the same schemes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from targets.lm import LmSettings, LmVariant
 # gate_proj's name), so a decoder linear cannot yet be picked out of the program by scope
 NO_AUTO_PRECISION = ("not offered for LiteRT language-model variants: their ops cannot yet be mapped to decoder "
                      "linears; the variant is judged as quantized")
+ATTENTION = "edgeport_grouped_query_attention"  # exporter/lm/attention.py: no BROADCAST_TO of the cache
 IO = {"position": "cache_position", "past": "past_{layer}_{kv}", "present": "present_{layer}_{kv}",
       "signatures": {"prefill": "prefill_length", "decode": 1}}
 
@@ -44,11 +47,13 @@ class TfliteLmBackend:
         import torch
 
         from exporter.formats.tflite.quantize import quiet
-        from exporter.lm.decode_step import _decode_step, _grouped_query_attention, io_names
+        from exporter.lm.attention import grouped_query_attention, with_attention
+        from exporter.lm.decode_step import decode_step, io_names
 
         progress(f"tflite: converting {lm.name}'s decode step with litert-torch (signatures prefill "
                  f"[{settings.prefill_length} tokens] and decode [1 token], {settings.cache_length}-token KV cache)")
-        step, layers, kv_heads, head_dim = _decode_step(lm.model, settings.cache_length, copy_single_kv_head=True)
+        model = with_attention(lm.model, ATTENTION, grouped_query_attention, causal_mask="eager")
+        step, layers, kv_heads, head_dim = decode_step(model, settings.cache_length)
         inputs, outputs = io_names(layers, IO)
         named = _named(step, inputs[2:], outputs).eval()
         past = {name: torch.zeros(1, kv_heads, settings.cache_length, head_dim) for name in inputs[2:]}
@@ -61,7 +66,7 @@ class TfliteLmBackend:
         try:
             import litert_torch
 
-            with torch.no_grad(), _grouped_query_attention(), quiet():
+            with torch.no_grad(), quiet():
                 converted = litert_torch.signature("prefill", named, (), sample(settings.prefill_length)) \
                     .signature("decode", named, (), sample(1)).convert()
                 converted.export(str(fp32))
