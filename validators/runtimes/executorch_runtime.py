@@ -61,7 +61,7 @@ class ExecutorchLM(CachedLM):
         self.reset()
 
     def reset(self) -> None:
-        self.length = 0  # custom_sdpa reads only positions before the start: stale rows are never seen
+        self.length = 0  # each call writes its rows before custom_sdpa reads them: old rows are never seen
 
     def forward(self, tokens: list[int]) -> np.ndarray:
         count = len(tokens)
