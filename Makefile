@@ -28,12 +28,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 export: $(STAMP)
 	$(BIN)/edgeport export $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --out $(OUT)
 
-# The preflight-agreement matrix exports every zoo model to every format in one process; it runs in a process
-# of its own since a full-suite run once crashed there (a segfault in torch's custom-op dispatch, not reproduced
-# alone or right after the language-model tests).
+# One pytest worker per core (conversions are single-threaded Python; tests/conftest.py keeps each worker's
+# torch to one thread so the workers do not spin against each other). The preflight-agreement matrix runs in
+# processes of its own since a full-suite run once crashed there (a segfault in torch's custom-op dispatch, not
+# reproduced alone or right after the language-model tests).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/test_preflight_agreement.py
-	$(BIN)/python -m pytest tests/test_preflight_agreement.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --ignore=tests/test_preflight_agreement.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests/test_preflight_agreement.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,12 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Under pytest-xdist every core runs a worker: one thread per worker (and per CLI subprocess it starts), or the
+# workers' thread pools spin against each other and every conversion slows down. Latency runs still use the
+# thread count their target names.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 ZOO = REPO / "tests" / "zoo.py"
 
 
