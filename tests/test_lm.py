@@ -193,7 +193,7 @@ def test_perturbed_layer_weights_fail_the_verdict(exported, tmp_path):
 
 @pytest.mark.slow
 def test_auto_precision_keeps_the_worst_linears_until_the_budget_holds(folders, tmp_path):
-    target = lm_target(tmp_path / "auto.toml", ("w4",), auto_precision=True, budgets="max_kl_mean = 0.002",
+    target = lm_target(tmp_path / "auto.toml", ("w4",), auto_precision=True, budgets="max_kl_mean = 0.0005",
                        builder="export")
     done = run_cli("export", "--model", folders["llama_gqa_tied"], "--target", target, "--out", tmp_path / "out")
     directory = tmp_path / "out" / "llama_gqa_tied" / "test-llm"

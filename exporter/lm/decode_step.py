@@ -1,5 +1,6 @@
 """One traced program for prefill and decode: a transformers decoder with a fixed-length KV cache as
-explicit inputs and outputs, through torch.export, then ONNX.
+explicit inputs and outputs, through torch.export; ONNX exports it and LiteRT converts it (with named
+inputs and outputs, the dots replaced).
 
     inputs   input_ids [1, S] int64, cache_position [S] int64 (positions of these tokens),
              past.<i>.key / past.<i>.value [1, kv_heads, cache_length, head_dim] float32
