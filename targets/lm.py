@@ -75,9 +75,11 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("executorch", "fp32", "float32 decode step with a fixed-length KV cache, XNNPACK", None,
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
-                "qd8-f32-qc8w); head int8, embedding float", 8, LM_W8_BUDGET, symmetric=True),
+                "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
+                symmetric=True),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
-                "8da4w, XNNPACK); head at embedding_bits, embedding float", 4, LM_W4_BUDGET, symmetric=True),
+                "8da4w, XNNPACK); embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET,
+                symmetric=True),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "

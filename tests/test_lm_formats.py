@@ -79,14 +79,37 @@ def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
     manifest = json.loads((directory / "manifest.json").read_text())
     entries = {e["path"]: e for e in manifest["artifacts"]}
     assert entries["model.a8w4.pte"]["quantization"]["group_size"] == 32
+    assert entries["model.a8w4.pte"]["quantization"]["embedding"]["bits"] == 4  # the target's embedding_bits
     delegation = entries["model.a8w4.pte"]["quantization"]["delegation"]
     assert delegation["delegated_op_coverage"] > 0.8, delegation  # static shapes: every view and slice delegated
     assert delegation["portable_ops"]["custom_sdpa"] == 2  # ExecuTorch's attention kernel, one per layer
+    assert delegation["portable_ops"]["update_cache"] == 4  # its cache write, keys and values of each layer
+    assert delegation["portable_ops"]["embedding_4bit"] == 1  # its quantized lookup
     assert entries["model.a8w4.pte"]["cache"]["io"]["methods"] == {"prefill": "prefill_length", "decode": 1}
     assert entries["model.w4.mlpackage"]["cache"]["io"]["states"] == ["key_cache", "value_cache"]
     assert entries["model.a8w8.tflite"]["cache"]["io"]["signatures"] == {"prefill": "prefill_length", "decode": 1}
     for library in ("executorch", "torchao", "coremltools", "litert-torch", "ai-edge-quantizer"):
         assert library in manifest["libraries"]
+
+
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (8, 96)])
+def test_executorch_quantized_embedding_is_the_table_within_half_a_step(bits, group):
+    """The packed codes and float16 scales, read back by ExecuTorch's lookup operator, give the table within
+    half a quantization step of each group, plus the float16 rounding of the scale (2^-11 of it) times the
+    largest code."""
+    import torch
+
+    from exporter.formats.executorch.embedding import QuantizedEmbedding
+
+    table = torch.randn(300, 96, generator=torch.Generator().manual_seed(0))
+    lookup = QuantizedEmbedding(table, bits, group)
+    indices = torch.tensor([[0, 7, 299, 150, 7]])
+    step = table.reshape(300, -1, group).abs().amax(-1) / (2 ** bits - 1) * 2  # largest magnitude / 7.5 or 127.5
+    error = (lookup(indices)[0] - table[indices[0]]).reshape(5, -1, group).abs().amax(-1)
+    bound = step[indices[0]] * (0.5 + 2 ** (bits - 1) * 2 ** -11)
+    assert torch.all(error <= bound), (error / step[indices[0]]).max()
+    assert lookup.weight.dtype == (torch.uint8 if bits == 4 else torch.int8)
+    assert lookup.weight.numel() == table.numel() * bits // 8
 
 
 def test_executorch_prefill_pads_short_chunks_and_decodes_past_the_last_full_chunk(exported):

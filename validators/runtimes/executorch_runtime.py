@@ -55,6 +55,7 @@ class ExecutorchLM(CachedLM):
 
     def __init__(self, path: Path, cache: dict, threads: int = 1) -> None:
         with silenced():
+            import executorch.kernels.quantized  # noqa: F401  the quantized embedding lookups
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  update_cache, custom_sdpa
         (self._prefill, self._decode), self.runtime = _load(path, threads, ("prefill", "decode"))
         self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]

@@ -9,12 +9,20 @@ from collections.abc import Iterator
 from typing import Any
 
 # Graph plumbing that is not an operator of the model: never counted
-_PLUMBING = {"getitem", "executorch_call_delegate", "alloc", "to_copy"}
+_PLUMBING = {"getitem", "executorch_call_delegate", "alloc", "to_copy",
+             "_assert_scalar"}  # a runtime check of a symbolic size (the cache's bounds), no computation
 
 
 def _op_name(node: Any) -> str:
-    """aten.convolution.default -> convolution; dim_order_ops._to_dim_order_copy.default -> _to_dim_order_copy."""
-    parts = str(getattr(node.target, "__name__", node.target)).replace("::", ".").split(".")
+    """aten.convolution.default -> convolution; dim_order_ops._to_dim_order_copy.default -> _to_dim_order_copy;
+    an operator that mutates its input (wrapped in auto_functionalized) by the operator's own name."""
+    target = node.target
+    if "auto_functionalized" in str(getattr(target, "__name__", "")) and node.args:
+        target = node.args[0]
+    schema = getattr(target, "_schema", None)  # an operator overload: its schema names it without the overload
+    if schema is not None:
+        return schema.name.split("::")[-1]
+    parts = str(getattr(target, "__name__", target)).replace("::", ".").split(".")
     return parts[1] if len(parts) > 2 else parts[-1] if len(parts) == 2 else parts[0]
 
 

@@ -16,6 +16,8 @@ Precisions (each XNNPACK runs natively), by torchao on a copy of the model:
   fp32  the traced program;
   a8w8  int8 per-channel weights, activations quantized to int8 per token at run time (qd8-f32-qc8w);
   a8w4  int4 weights in groups of the target's block_size, int8 dynamic activations (ExecuTorch's 8da4w).
+Both put the embedding and the head at embedding_bits (int8 for a8w8), the embedding as ExecuTorch's quantized
+lookup (embedding.py).
 Not offered: int8 weight-only (torchao's IntxWeightOnlyConfig): with executorch 1.5.1 and torchao 0.18 its
 .pte stored float weights (the same bytes as fp32) and computed logits 5.5 away from the quantized eager
 model on demo:tinylm, while both a8 schemes matched their eager model within 0.03.
@@ -63,7 +65,8 @@ class ExecutorchLmBackend:
         record["delegation"]["portable_ops"] = dict(Counter(row["op"] for row in delegation["portable_fallback"])
                                                     .most_common())
         why = ("the traced program itself" if not variant.row.quantized else
-               "torchao quantize_ on the decoder linears, then the traced program lowered to XNNPACK")
+               "torchao quantize_ on the decoder linears, the embedding as ExecuTorch's quantized lookup, then "
+               "the traced program lowered to XNNPACK")
         return LmEmitted(cache, record, "edgeport export (torchao -> torch.export -> ExecuTorch XNNPACK, KV cache "
                          "as mutable buffers with ExecuTorch's update_cache and custom_sdpa kernels)", why)
 
@@ -182,13 +185,16 @@ def _config(bits: int, block_size: int | None) -> Any:
 
 
 def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> dict:
-    """Quantize the model's decoder linears in place (and the head at embedding_bits); kept layers at 8 bits
-    or float. The embedding table stays float (XNNPACK has no quantized lookup)."""
+    """Quantize the model's decoder linears in place, and its embedding and head at embedding_bits (8 for
+    a8w8); kept layers at 8 bits or float. The embedding becomes ExecuTorch's quantized lookup (embedding.py)."""
     from torchao.quantization import quantize_
+
+    from exporter.formats.executorch.embedding import quantize_embedding
 
     bits, block = variant.row.bits, settings.block_size
     plan = {path: kept.get(path, bits) for path in linear_modules(model)}
     head_bits = settings.embedding_bits if bits == 4 else 8
+    embedding = quantize_embedding(model, head_bits, block) if head_bits != 32 else "float"
     if head_bits != 32 and HEAD not in kept:
         plan[HEAD] = head_bits
     for layer_bits in (4, 8):
@@ -198,7 +204,7 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) 
     return {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
                       f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
             "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
-            "head_bits": plan.get(HEAD, 32), "embedding": "float",
+            "head_bits": plan.get(HEAD, 32), "embedding": embedding,
             "kept": {path: (b or "float") for path, b in kept.items()}}
 
 
