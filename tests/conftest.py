@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+ZOO = REPO / "tests" / "zoo.py"
 
 # Under pytest-xdist every core runs a worker: one thread per worker (and per CLI subprocess it starts), or the
 # workers' thread pools spin against each other and every conversion slows down. Latency runs still use the
 # thread count their target names.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ["OMP_NUM_THREADS"] = "1"
-ZOO = REPO / "tests" / "zoo.py"
 
 
 @dataclass
