@@ -26,7 +26,7 @@ from exporter.formats.base import (
     calibration_batches,
     model_io,
 )
-from exporter.formats.executorch.delegation import coverage, partitioner_reasons
+from exporter.formats.executorch.delegation import RUNTIME_ASSERTIONS, coverage, partitioner_reasons
 from exporter.formats.executorch.quantize import RECIPES, quantized_module
 from exporter.trace import TracedModel, not_exported, unsupported_ops
 from targets import Target, Variant
@@ -132,18 +132,13 @@ def provenance_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + PROVENANCE_SUFFIX)
 
 
-# Runtime assertions torch.export inserts and to_edge strips: no kernel needed
-_STRIPPED = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
-             "sym_constrain_range_for_size"}
-
-
 def _lowerable(target) -> bool:
     """What to_edge's verifier accepts after ExecuTorch's decompositions: core ATen (and its view_copy
     forms); a custom operator has no ExecuTorch kernel."""
     if not isinstance(target, torch._ops.OpOverload):
         return True  # getitem and higher-order ops are handled by the lowering itself
     return target.namespace == "aten" and (torch.Tag.core in target.tags or torch.Tag.view_copy in target.tags
-                                           or target.__name__.split(".")[0] in _STRIPPED)
+                                           or target.__name__.split(".")[0] in RUNTIME_ASSERTIONS)
 
 
 def preflight(traced: TracedModel) -> list[UnsupportedOp]:

@@ -8,9 +8,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+# Runtime assertions torch.export inserts (a symbolic size's bounds, a tensor's metadata): no computation, and
+# to_edge strips most of them
+RUNTIME_ASSERTIONS = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
+                      "sym_constrain_range_for_size"}
 # Graph plumbing that is not an operator of the model: never counted
-_PLUMBING = {"getitem", "executorch_call_delegate", "alloc", "to_copy",
-             "_assert_scalar"}  # a runtime check of a symbolic size (the cache's bounds), no computation
+_PLUMBING = {"getitem", "executorch_call_delegate", "alloc", "to_copy"} | RUNTIME_ASSERTIONS
 
 
 def _op_name(node: Any) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import executorch.exir.passes  # noqa: F401  defines the quantized_decomposed lookups for PyTorch
 import torch
 
+LOOKUPS = {4: "embedding_4bit", 8: "embedding_byte"}  # bits -> quantized_decomposed operator
+
 
 class QuantizedEmbedding(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int) -> None:
@@ -27,8 +29,7 @@ class QuantizedEmbedding(torch.nn.Module):
         self.register_buffer("scales", scales.squeeze(-1) if scales.shape[-1] == 1 else scales)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        lookup = (torch.ops.quantized_decomposed.embedding_4bit if self.bits == 4 else
-                  torch.ops.quantized_decomposed.embedding_byte)
+        lookup = getattr(torch.ops.quantized_decomposed, LOOKUPS[self.bits])
         return lookup.dtype(self.weight, self.scales, None, self.low, self.high, indices, dtype=torch.float32)
 
 
@@ -40,4 +41,4 @@ def quantize_embedding(model: torch.nn.Module, bits: int, block_size: int) -> di
     group = block_size if table.shape[1] % block_size == 0 and bits == 4 else table.shape[1]
     model.set_input_embeddings(QuantizedEmbedding(table, bits, group))
     return {"bits": bits, "group_size": group, "symmetric": True, "scales": "float16",
-            "kernel": f"quantized_decomposed::{'embedding_4bit' if bits == 4 else 'embedding_byte'}"}
+            "kernel": f"quantized_decomposed::{LOOKUPS[bits]}"}
