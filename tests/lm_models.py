@@ -9,17 +9,50 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("llama_gqa_tied", "qwen2_untied")
+# Gemma 3: the embedding scaled by sqrt(hidden) after the lookup, (1 + w) RMSNorms, query/key norms, local and
+# global rotary bases; its sliding window (512) is longer than the tests' caches, so every format takes it
+SCALED_EMBEDDING = "gemma3_scaled_embedding"
 
 
 def _config(family: str, vocab: int):
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=512, bos_token_id=vocab - 3, eos_token_id=vocab - 2,
                   pad_token_id=vocab - 1)
     if family == "llama_gqa_tied":
         return LlamaConfig(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    if family == SCALED_EMBEDDING:
+        return Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16, sliding_window=512,
+                                layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
     return Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=False)
+
+
+# Tiny random-weight decoders of the families the decode step is checked on against transformers' generate():
+# every attention kind it takes (full, sliding window on every layer, mixed local/global layer types), a window
+# shorter than the test's prompt plus new tokens so that the window matters
+GENERATION_WINDOW = 6
+
+
+def generation_config(family: str):
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=None,
+                  pad_token_id=0)
+    window = GENERATION_WINDOW
+    mixed = ["sliding_attention", "full_attention"]
+    return {
+        "llama": lambda: LlamaConfig(**common, head_dim=16),
+        "qwen2": lambda: Qwen2Config(**common, use_sliding_window=True, sliding_window=window, max_window_layers=1),
+        "gemma2": lambda: Gemma2Config(**common, head_dim=16, sliding_window=window, layer_types=mixed),
+        "gemma3": lambda: Gemma3TextConfig(**common, head_dim=16, sliding_window=window, layer_types=mixed),
+        "phi3": lambda: Phi3Config(**common, sliding_window=window),
+        "mistral": lambda: MistralConfig(**common, head_dim=16, sliding_window=window),
+    }[family]()
+
+
+GENERATION_FAMILIES = ("llama", "qwen2", "gemma2", "gemma3", "phi3", "mistral")
 
 
 def train_briefly(model, tokenizer, steps: int = 120, seed: int = 0):

@@ -143,19 +143,42 @@ def _restamp(directory: Path) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.slow
-def test_a_skipped_cache_update_fails_the_verdict(exported, tmp_path):
-    """Teacher-forced windows fit one prefill call and never read the cache; free-running decode does."""
+def _validate_with_a_cache_never_written(exported, tmp_path, artifact: str) -> dict:
+    """A copy of the llama family's directory whose artifact never writes its cache, validated (exit 1)."""
     directory = tmp_path / "broken"
     shutil.copytree(exported["llama_gqa_tied"][1], directory)
-    _rewire_cache_outputs(directory / "model.onnx")
+    _rewire_cache_outputs(directory / artifact)
     _restamp(directory)
     done = run_cli("validate", directory)
     assert done.code == 1
-    report = json.loads((directory / "report.json").read_text())
+    return json.loads((directory / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_skipped_cache_update_fails_the_verdict(exported, tmp_path):
+    """Teacher-forced windows fit one prefill call and never read the cache; free-running decode does."""
+    report = _validate_with_a_cache_never_written(exported, tmp_path, "model.onnx")
     fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
     assert fp32["lm"]["teacher_forced"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)  # looks perfect here
     assert any("greedy tokens differ" in v for v in fp32["budget"]["violations"])
+
+
+@pytest.mark.slow
+def test_text_wrong_from_the_second_token_fails_though_teacher_forcing_passes(exported, tmp_path):
+    """The 8-bit artifact's decode never writes its cache (every later token sees only the prompt): teacher-forced
+    windows never read the cache and pass the w8 budget; fed the reference's own text one decode call at a time,
+    the artifact predicts little of it, and the verdict names each prompt."""
+    report = _validate_with_a_cache_never_written(exported, tmp_path, "model.w8.onnx")
+    w8 = next(a for a in report["artifacts"] if a["precision"] == "w8")
+    forced, limits, runs = w8["lm"]["teacher_forced"], w8["budget"]["limits"], w8["lm"]["free_running"]
+    assert forced["ppl_ratio"] <= limits["max_ppl_ratio"] and forced["kl_mean"] <= limits["max_kl_mean"]
+    assert forced["top1_agreement"] >= limits["min_top1_agreement"] and forced["kl_p99"] <= limits["max_kl_p99"]
+    decoding = [v for v in w8["budget"]["violations"] if "fed the reference's greedy text" in v]
+    assert {int(v.split()[1].rstrip(":")) for v in decoding} == {r["prompt"] for r in runs}  # every prompt named
+    assert all(r["decode_top1_agreement"] < limits["min_decode_top1_agreement"] for r in runs)
+    assert all(r["first_divergence"] is not None and r["first_divergence"] <= 2 for r in runs), runs
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")  # the untouched artifact
+    assert fp32["budget"]["passed"] and all(r["decode_top1_agreement"] == 1.0 for r in fp32["lm"]["free_running"])
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ inputs and outputs, the dots replaced).
     outputs  logits [1, S, vocab], present.<i>.key / present.<i>.value (the cache with these tokens written)
 
 S is dynamic (1 for decode, up to prefill_length for prefill). Positions past the last written one are
-masked by causality, so the cache needs no separate mask or length input.
+masked by causality, so the cache needs no separate mask or length input. Every layer keeps the whole
+cache_length, sliding-window layers too: their window is applied by the model's own sliding-window mask over
+absolute positions, so no layer has a rolling buffer whose fill level a traced program would have to carry.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def decode_step(model: Any, cache_length: int):
 
         def forward(self, input_ids, cache_position, past):
             cache = StaticCache(config=self.model.config, max_cache_len=cache_length)
+            cache.layers = cache_layers(self.model.config, cache_length)
             cache.early_initialization(1, kv_heads, head_dim, torch.float32, torch.device("cpu"))
             for i, layer in enumerate(cache.layers):
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
@@ -61,6 +64,17 @@ def decode_step(model: Any, cache_length: int):
             return (out.logits,) + tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
 
     return DecodeStep().eval(), layers, kv_heads, head_dim
+
+
+def cache_layers(config: Any, cache_length: int) -> list:
+    """One full-length static layer per decoder layer. transformers' sliding-window layers keep their fill level in
+    a Python integer (StaticSlidingWindowLayer.cumulative_length_int) that a traced step would freeze at its
+    example's value: every decoded token then saw a wrong window. A full layer with the position-based sliding
+    mask computes the same attention, from the positions the step is given."""
+    from transformers.cache_utils import StaticLayer
+
+    layers, _, _ = cache_shape(config)
+    return [StaticLayer(max_cache_len=cache_length) for _ in range(layers)]
 
 
 def _write_at(layer: Any, positions: Any, keys: Any, values: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:

@@ -70,5 +70,19 @@ def build(folder: Path, out: Path, block_size: int, method: str, cache_length: i
              "cache_length": cache_length, "prefill_length": prefill_length}
     record = {"scheme": "w4", "block_size": block_size, "method": "k_quant" if method == "k_quant" else "rtn",
               "head_bits": 4, "embedding_bits": 4 if tied else 32, "embedding_shares_head": tied, "kept": {},
-              "builder_options": options}
+              "activations": _activation_compute(out), "builder_options": options}
     return cache, record
+
+
+def _activation_compute(path: Path) -> str:
+    """What the builder's MatMulNBits nodes compute their activations in, read from the graph it wrote."""
+    import onnx
+
+    from exporter.lm.weights import ACCURACY_LEVELS
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    levels = sorted({next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "accuracy_level"),
+                          0) for node in graph.node if node.op_type == "MatMulNBits"})
+    names = {level: name for name, level in ACCURACY_LEVELS.items()}
+    return ", ".join(f"{names.get(level, 'level ' + str(level))} (MatMulNBits accuracy_level {level})"
+                     for level in levels)

@@ -85,16 +85,28 @@ def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tup
         text = lm.eval_text
         described = {"source": "held-out docstrings of Python's standard library (exporter/lm/corpus.py)",
                      "synthetic": False}
-    ids = lm.tokenizer(text)["input_ids"]
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = _bos_of_text(lm.tokenizer)
     length, wanted = settings.window_length, settings.eval_windows
-    count = min(wanted, len(ids) // length)
+    body = length - len(bos)  # text tokens per window
+    count = min(wanted, len(ids) // body)
     if count == 0:
         raise UserInputError(f"the eval text has {len(ids)} tokens, fewer than one {length}-token window; "
                              "pass a longer --eval text")
-    windows = np.array([ids[i * length:(i + 1) * length] for i in range(count)], dtype=np.int64)
+    windows = np.array([bos + ids[i * body:(i + 1) * body] for i in range(count)], dtype=np.int64)
+    rule = (f"every window starts with BOS (token {bos[0]}), as the tokenizer encodes text" if bos else
+            "no BOS: the tokenizer adds none to text")
     described |= {"sha256": _text_sha(text), "windows": count, "window_length": length,
-                  "positions": count * (length - 1)}
+                  "positions": count * (length - 1), "bos": rule}
     return windows, described
+
+
+def _bos_of_text(tokenizer: Any) -> list[int]:
+    """[BOS] where the tokenizer starts every text with it (Llama, Gemma: the model always reads one first, and
+    a window without it is scored as no real input is), else []: llama.cpp's perplexity tool follows the same
+    rule (the vocabulary's add-BOS flag)."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
 def _text_sha(text: str) -> str:

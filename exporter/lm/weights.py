@@ -23,7 +23,9 @@ from typing import Any
 from exporter.lm.decode_step import module_path, save_onnx
 
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
-ACCURACY_LEVEL = 4  # int8 compute of the activations inside MatMulNBits on CPU: the fast kernels
+# MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
+# run time (level 4, the fast CPU kernels); float (level 0: unset) computes in float32
+ACCURACY_LEVELS = {"int8": 4, "float": 0}
 
 
 @dataclass
@@ -34,6 +36,7 @@ class WeightPlan:
     embedding_bits: int = 8  # 32: float
     kept: dict[str, int | None] = field(default_factory=dict)  # module path -> 8, or None for float
     symmetric_4bit: bool = False  # zero points cost 1/8 bit per weight; they fit asymmetric weights (GGUF's Q4_1)
+    activations: str = "int8"  # ACCURACY_LEVELS
 
 
 def linear_nodes(model: Any) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def decoder_linears(model: Any) -> list[str]:
     return [path for path in linear_nodes(model) if path != HEAD]
 
 
-def _algorithm(method: str, bits: int, block_size: int, symmetric: bool) -> Any:
+def _algorithm(method: str, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> Any:
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     if method == "hqq":
@@ -58,22 +61,22 @@ def _algorithm(method: str, bits: int, block_size: int, symmetric: bool) -> Any:
     if method == "k_quant":
         return nbits.KQuantWeightOnlyQuantConfig()
     return nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
-                                              accuracy_level=ACCURACY_LEVEL)
+                                              accuracy_level=accuracy_level)
 
 
 def _quantize(model: Any, names: list[str], bits: int, block_size: int, method: str, op_types=("MatMul",),
-              symmetric: bool = False) -> Any:
+              symmetric: bool = False, accuracy_level: int = 0) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if not names:
         return model
     symmetric = symmetric and bits == 4  # 8-bit blocks are always asymmetric (see above)
-    algorithm = _algorithm(method, bits, block_size, symmetric)
+    algorithm = _algorithm(method, bits, block_size, symmetric, accuracy_level)
     algorithm.op_types_to_quantize = set(op_types)
     # nodes_to_include adds to the op types rather than narrowing them: exclude every other candidate
     others = [n.name for n in model.graph.node if n.op_type in op_types and n.name not in set(names)]
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=others, algo_config=algorithm)
+                                     accuracy_level=accuracy_level, nodes_to_exclude=others, algo_config=algorithm)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level, logger.level = logger.level, logging.WARNING  # it logs every node it looks at
     try:
@@ -103,17 +106,18 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
               ([HEAD] if head_bits in (4, 8) else [], head_bits, "rtn")]
     for paths, bits, method in passes:
         model = _quantize(model, [linears[p].name for p in paths], bits, plan.block_size, method,
-                          symmetric=plan.symmetric_4bit)
+                          symmetric=plan.symmetric_4bit, accuracy_level=ACCURACY_LEVELS[plan.activations])
     shared = tied and head_bits == 4
     embedding_bits = 4 if shared or plan.embedding_bits == 4 else 32  # onnxruntime quantizes a Gather to 4 bits only
     if shared:
         _gather_from_head(model, embedding, head_output, plan.block_size)
     elif embedding is not None and embedding_bits == 4:
         model = _quantize(model, [embedding.name], 4, plan.block_size, "rtn", ("Gather",),
-                          symmetric=plan.symmetric_4bit)
+                          symmetric=plan.symmetric_4bit, accuracy_level=ACCURACY_LEVELS[plan.activations])
     save_onnx(model, out)
     return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
             "symmetric_4bit": plan.symmetric_4bit, "symmetric_8bit": False,
+            "activations": f"{plan.activations} (MatMulNBits accuracy_level {ACCURACY_LEVELS[plan.activations]})",
             "decoder_linears": len(body), "head_bits": head_bits,
             "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": bool(shared),
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}

@@ -6,6 +6,10 @@
 
 Free-running: both generate greedily from the same prompt; the first position where the tokens differ,
 the largest |logit difference| before it, and the share of repeated 3-grams (a model caught in a loop).
+Forced decoding: the reference's greedy text fed to the artifact one token per decode call; the share of its
+positions where the artifact's next token is the reference's, and the mean KL there. One near-tie lets two
+greedy texts part for good; this still counts each later position, so text that is wrong from some point on
+(a broken decode path, a cache read at the wrong positions) is told from text that parted at one close call.
 """
 
 from __future__ import annotations
@@ -66,3 +70,13 @@ def free_running(reference_tokens: list[int], reference_logits: np.ndarray, arti
     return {"tokens": count, "matching_tokens": diverged, "first_divergence": None if diverged == count else diverged,
             "max_abs_logit_delta": float(delta), "reference_repetition": reference_rate,
             "artifact_repetition": artifact_rate, "repetition_increase": artifact_rate - reference_rate}
+
+
+def forced_decoding(reference_tokens: list[int], reference_logits: np.ndarray, artifact_logits: np.ndarray) -> dict:
+    """artifact_logits [tokens, vocab]: the artifact's logits before each reference token, fed the reference's
+    text (CachedLM.forced); reference_logits: the reference's at the same positions."""
+    p_log, q_log = log_softmax(reference_logits), log_softmax(artifact_logits)
+    kl = np.maximum((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), 0.0)
+    agree = q_log.argmax(-1) == np.asarray(reference_tokens)
+    return {"decode_top1_agreement": float(agree.mean()), "decode_kl_mean": float(kl.mean()),
+            "decode_first_miss": None if agree.all() else int(np.argmin(agree))}

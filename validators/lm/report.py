@@ -8,11 +8,17 @@ import html
 from validators.report_parts import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
-           "max Δlogit", "decode tok/s", "TTFT ms", "peak RSS", "verdict")
+           "decode agreement", "max Δlogit", "decode tok/s", "TTFT ms", "peak RSS", "verdict")
 
 
 def _size(nbytes: int) -> str:
     return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def _decode_agreement(runs: list[dict]) -> str:
+    """The worst prompt's share of the reference's greedy tokens the artifact predicts when fed that text."""
+    shares = [r["decode_top1_agreement"] for r in runs if "decode_top1_agreement" in r]
+    return f"{min(shares):.0%} (worst prompt)" if shares else "-"
 
 
 def summary_row(a: dict) -> list[str]:
@@ -22,7 +28,8 @@ def summary_row(a: dict) -> list[str]:
     total = sum(r["tokens"] for r in runs)
     return [a["path"], "genai builder" if "genai" in a["built_by"] else "export", _size(a["bytes"]),
             f"{tf['ppl_ratio']:.4f}", f"{tf['kl_mean']:.4f} / {tf['kl_p99']:.3f}", f"{100 * tf['top1_agreement']:.1f}%",
-            f"{matched}/{total}", f"{a['parity']['max_abs']:.3g}", f"{speed['decode_tokens_per_s']:.1f}",
+            f"{matched}/{total}", _decode_agreement(runs), f"{a['parity']['max_abs']:.3g}",
+            f"{speed['decode_tokens_per_s']:.1f}",
             f"{speed['ttft_ms']:.0f}", f"{speed['peak_rss_mb']:.0f} MB", "pass" if a["budget"]["passed"] else "FAIL"]
 
 
@@ -31,6 +38,8 @@ def _lines(report: dict) -> list[str]:
     lines = [f"eval text: {data['eval']['source']} — {data['eval']['windows']} windows of "
              f"{data['eval']['window_length']} tokens ({data['eval']['positions']} next-token positions)",
              f"free-running: {data['prompts']} prompts, {data['new_tokens']} greedy tokens each"]
+    if data["eval"].get("bos"):
+        lines.append(f"eval windows: {data['eval']['bos']}")
     if report["artifacts"]:
         tf = report["artifacts"][0]["lm"]["teacher_forced"]
         lines.append(f"reference (PyTorch) perplexity on the eval text: {tf['reference_ppl']:.3f}")
@@ -62,9 +71,11 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
     for run in a["lm"]["free_running"]:
         divergence = run["first_divergence"]
         where = "all equal" if divergence is None else f"first divergence at token {divergence}"
+        forced = (f"; fed the reference's text, predicts {run['decode_top1_agreement']:.0%} of its tokens (KL mean "
+                  f"{run['decode_kl_mean']:.3g})" if "decode_top1_agreement" in run else "")
         lines.append(f"prompt {run['prompt']}: {run['matching_tokens']}/{run['tokens']} greedy tokens equal "
                      f"({where}), repeated 3-grams {run['artifact_repetition']:.0%} "
-                     f"(reference {run['reference_repetition']:.0%})")
+                     f"(reference {run['reference_repetition']:.0%}){forced}")
     auto = (a.get("diagnosis") or {}).get("auto_precision")
     if auto and "not_offered" in auto:
         lines.append(f"auto precision: {auto['not_offered']}")
@@ -86,7 +97,9 @@ def to_markdown(report: dict, verdict: str) -> str:
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(summary_row(a)) + " |" for a in report["artifacts"]]
     out += ["", "PPL, KL and same top-1 are llama.cpp's perplexity-tool definitions, teacher-forced on the eval "
-                "text; greedy match counts tokens equal to the reference's before the first divergence."]
+                "text; greedy match counts tokens equal to the reference's before the first divergence; decode "
+                "agreement is the share of the reference's greedy tokens the artifact predicts when fed that text "
+                "one decode call at a time."]
     problems = list(report.get("violations", [])) + [
         f"`{a['path']}`: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
     if problems:

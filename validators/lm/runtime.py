@@ -51,6 +51,16 @@ class CachedLM(ABC):
         return tokens, np.stack(chosen_from)
 
 
+    def forced(self, prompt: list[int], tokens: list[int]) -> np.ndarray:
+        """Logits [len(tokens), vocab] of the position before each of tokens, the prompt prefilled and then
+        tokens fed one per decode call from an empty cache: another model's greedy text through this artifact's
+        decode path."""
+        self.reset()
+        rows = [self.prefill(prompt)[-1]]
+        rows += [self.forward([token])[-1] for token in tokens[:-1]]
+        return np.stack(rows)
+
+
 def open_lm(directory: Path, entry: dict, threads: int = 1) -> CachedLM:
     """The manifest entry's artifact, opened by its format's runtime."""
     from validators.runtimes import RUNTIMES

@@ -21,7 +21,7 @@ from common.artifact_dir import read_export_log, read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators.latency import contention_note
-from validators.lm.metrics import free_running, teacher_forced
+from validators.lm.metrics import forced_decoding, free_running, teacher_forced
 
 REFERENCE = "reference.npz"
 TOKENIZER_DIR = "tokenizer"
@@ -50,9 +50,13 @@ def judge(lm, reference: dict, budget: dict, nbytes: int, progress: Callable[[st
     runs = []
     for key in prompts_of(reference):
         expected = [int(t) for t in reference[f"gen/{key}/tokens"]]
-        tokens, logits = lm.greedy([int(t) for t in reference[f"gen/{key}/prompt"]], len(expected))
+        prompt = [int(t) for t in reference[f"gen/{key}/prompt"]]
+        tokens, logits = lm.greedy(prompt, len(expected))
+        # until the texts part, the greedy run was fed the reference's tokens: its logits are the forced ones
+        fed = logits if tokens == expected else lm.forced(prompt, expected)
         runs.append({"prompt": int(key), "generated": tokens,
-                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits)})
+                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
+                     **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
     return {"teacher_forced": forced, "free_running": runs,
             "violations": violations(budget, forced, runs, nbytes)}
 
@@ -74,6 +78,13 @@ def violations(budget: dict, forced: dict, runs: list[dict], nbytes: int) -> lis
         if limit is not None and sign * (forced[metric] - limit) > 0:
             found.append(f"{label} {forced[metric]:.4g} {'>' if sign > 0 else '<'} {limit:g} "
                          f"(teacher-forced, {forced['positions']} positions)")
+    limit = budget.get("min_decode_top1_agreement")
+    for run in runs if limit is not None else []:
+        if run["decode_top1_agreement"] < limit:
+            found.append(f"prompt {run['prompt']}: fed the reference's greedy text, the artifact predicts its next "
+                         f"token at {run['decode_top1_agreement']:.0%} of {run['tokens']} positions (needs "
+                         f"{limit:.0%}; first miss at position {run['decode_first_miss']}): its own text is not "
+                         "the reference's answer")
     limit = budget.get("max_repetition_increase")
     for run in runs if limit is not None else []:
         if run["repetition_increase"] > limit:

@@ -94,7 +94,10 @@ class CoremlLmBackend:
         import torch
 
         from exporter.formats.coreml.backend import _quiet
+        from exporter.lm.attention import refuse_unsupported_attention
 
+        # the runtime passes one causal mask that every layer reads: no layer can have a window of its own
+        refuse_unsupported_attention(lm.model, self.format, settings.cache_length, windows=False, softcap=True)
         progress(f"coreml: tracing {lm.name} with its KV cache as Core ML states ({settings.cache_length} tokens), "
                  f"converting to a float16 ML Program ({DEPLOYMENT})")
         step, (layers, kv_heads, head_dim) = _stateful_step(lm.model, settings.cache_length)

@@ -60,7 +60,8 @@ class OnnxLmBackend:
         else:
             bits = variant.row.bits
             plan = WeightPlan(bits, settings.block_size, settings.method,
-                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric)
+                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric,
+                              variant.row.activations)
             record = quantize_weights(lowered.fp32, out, plan)
         data = out.with_name(out.name + ".data")
         return LmEmitted(cache, record, built_by, why, [data] if data.is_file() else [])
