@@ -40,6 +40,6 @@ def silenced() -> Iterator[None]:
 def quiet(*loggers: str) -> contextlib.AbstractContextManager:
     """silenced(), with these Python loggers (and TensorFlow's C++ log) turned down to errors first."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in loggers:
+    for name in loggers if not SHOW_LIBRARY_OUTPUT else ():
         logging.getLogger(name).setLevel(logging.ERROR)
     return silenced()

@@ -55,7 +55,12 @@ class Report:
     provisional: str = ""  # why the verdict cannot pass: parity on synthetic inputs only
 
     def artifact(self, fmt: str, precision: str) -> ArtifactResult:
-        return next(a for a in self.artifacts if (a.format, a.precision) == (fmt, precision))
+        """The (format, precision) artifact; KeyError naming the ones the report has."""
+        for artifact in self.artifacts:
+            if (artifact.format, artifact.precision) == (fmt, precision):
+                return artifact
+        have = ", ".join(f"{a.format}/{a.precision}" for a in self.artifacts) or "none"
+        raise KeyError(f"no {fmt}/{precision} artifact in this report; it has {have}")
 
 
 def _parity(data: dict) -> Parity:
@@ -81,6 +86,7 @@ def _stderr(message: str) -> None:
 def export(model: Any, example_inputs: Any = None, *, target: str = "android", eval: Any = None,
            calib: Any = None, out: str | Path = "artifacts", name: str | None = None, dynamic_batch: bool = False,
            auto_precision: bool | None = None, allow_synthetic_eval: bool = False,
+           output_kinds: dict[str, str] | None = None,
            progress: Callable[[str], None] | None = _stderr) -> Report:
     """Export `model` (an nn.Module with example_inputs, or a SPEC string as the CLI takes) to a target,
     validate every artifact and return the report. eval / calib: a path (.npz or .npy folder) or a
@@ -89,12 +95,23 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     given or bundled: `provisional` says so) unless allow_synthetic_eval; bad input raises EdgeportError
     (exit 2). A causal language model goes with a language-model target: export(model, tokenizer,
     target="android-llm"), or a SPEC (demo:tinylm, a Hugging Face folder, a .gguf file); its report.json
-    holds the token-level verdict (Report.json["artifacts"][i]["lm"])."""
+    holds the token-level verdict (Report.json["artifacts"][i]["lm"]). output_kinds: {output name: kind}, as
+    --output-kind NAME:KIND says how an output is judged (classification, embedding, regression, tensor)."""
+    from exporter.errors import UserInputError
     from exporter.pipeline import ExportOptions, run_export
 
+    if model is None:
+        raise UserInputError("export() got no model: pass an nn.Module (with example_inputs) or a SPEC string such "
+                             "as 'demo:digits'")
+    for role, given in (("eval", eval), ("calib", calib)):
+        if given is not None and not isinstance(given, str | Path | dict):
+            raise UserInputError(f"{role}= takes a path (.npz, a folder of .npy, or a text file for a language "
+                                 f"model) or a dict of arrays keyed by input name, not a {type(given).__name__}; "
+                                 f"wrap a lone array as {{'input_name': array}}")
     options = ExportOptions(model=model, target=target, out=Path(out), calib=calib, eval=eval,
                             example_inputs=example_inputs, dynamic_batch=dynamic_batch, name=name,
-                            auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval)
+                            auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval,
+                            output_kinds=dict(output_kinds or {}))
     directory, report = run_export(options, progress or (lambda _: None))
     return _report(directory, report)
 

@@ -49,6 +49,12 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
     for module in ("torch", "onnxruntime", "onnxscript", "onnx_ir", "copyreg"):
         warnings.filterwarnings("ignore", module=module)
+    import logging
+
+    # torchao logs its CUDA-only kernels failing to load on every CPU import, and torch's pytree a deprecation of
+    # torchao's enums: neither is the user's to act on (--debug shows them)
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Terminated(BaseException):

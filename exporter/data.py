@@ -7,6 +7,7 @@ dataset carries a content hash and its sample count for the manifest.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
                 raise UserInputError(f"--{role} {path} is a single .npy array; put it in an .npz keyed by "
                                      "input name, or in a folder of .npy files")
             return {k: archive[k] for k in archive.files}
-    except (ValueError, OSError) as exc:
-        raise UserInputError(f"--{role} {path} cannot be read as .npz/.npy ({exc}); "
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # empty, truncated or not numpy at all
+        raise UserInputError(f"--{role} {path} cannot be read as .npz/.npy ({type(exc).__name__}: {exc}); "
                              "save it with numpy.savez(path, name=array, labels=...)") from None
 
 
@@ -129,8 +130,17 @@ def dataset_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec],
     counts = {len(a) for a in mapped.values()} | ({len(labels)} if labels is not None else set())
     if len(counts) != 1:
         raise UserInputError(f"--{role} {source}: arrays disagree on the number of samples ({sorted(counts)})")
-    if labels is not None and labels.ndim != 1:
-        raise UserInputError(f"--{role} {source}: labels must be a 1-D array of class indices")
+    if counts == {0}:
+        raise UserInputError(f"--{role} {source} holds no samples (its arrays are empty along the first axis); "
+                             "pass at least one sample")
+    if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "iuf"
+                               or (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)))):
+        raise UserInputError(f"--{role} {source}: labels must be a 1-D array of whole-number class indices")
+    for name, array in mapped.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            sample = int(np.argmin(np.isfinite(array).reshape(len(array), -1).all(axis=1)))
+            raise UserInputError(f"--{role} {source}: array {name!r} holds NaN or Inf at sample {sample}; pass "
+                                 "finite inputs")
     return Dataset(mapped, labels, source, notes=notes)
 
 

@@ -21,11 +21,11 @@ from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
-from exporter.lm.source import is_causal_lm_spec
+from exporter.lm.source import encoder_folder_error, hf_encoder, is_causal_lm_spec
 from exporter.manifest import build_manifest
 from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
-from exporter.staging import staged_directory
+from exporter.staging import check_output_place, staged_directory
 from exporter.trace import TracedModel, trace
 from targets import Target, Variant, load_target
 from targets.lm import LmTarget
@@ -125,6 +125,20 @@ def _judge_outputs_as(traced: TracedModel, reference: Reference, options: Export
     traced.outputs = judged
 
 
+def _check_labels(traced: TracedModel, reference: Reference) -> None:
+    """Labels must name classes the classification output scores: one past its width is no class at all."""
+    from validators.parity import first_classifier
+
+    name = first_classifier(reference.outputs, {spec.name: spec.kind for spec in traced.outputs})
+    if reference.labels is None or name is None or not len(reference.labels):
+        return
+    classes = reference.outputs[name].shape[1]
+    low, high = int(reference.labels.min()), int(reference.labels.max())
+    if low < 0 or high >= classes:
+        raise UserInputError(f"--eval labels run {low}..{high}, but output {name!r} scores {classes} classes "
+                             f"(0..{classes - 1}); pass labels of the model's classes")
+
+
 def _load(options: ExportOptions, progress: Progress) -> TracedModel:
     if isinstance(options.model, str):
         progress(f"[1/5] loading {options.model}")
@@ -150,6 +164,7 @@ def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     started = time.perf_counter()
     target = load_target(options.target)  # fail on a bad target before any heavy work
+    check_output_place(options.out)
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
     if options.model is None:  # the embedded default of the target's kind
@@ -158,6 +173,8 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         from exporter.lm.pipeline import run_lm_export
 
         return run_lm_export(options, target, progress)
+    if isinstance(options.model, str) and (encoder := hf_encoder(Path(options.model.removeprefix("hf:")))):
+        raise encoder_folder_error(options.model, encoder)
     if isinstance(options.model, str) and is_causal_lm_spec(options.model):
         raise UserInputError(f"{options.model} is a causal language model source; export it with a language-model "
                              "target (android-llm, cockpit-llm), or pass an image/text model here")
@@ -167,6 +184,7 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     _preflight(traced, target, progress)
     reference = _reference(traced, eval_data)
     _judge_outputs_as(traced, reference, options, progress)
+    _check_labels(traced, reference)
     final = options.out / traced.loaded.name / target.name
     with staged_directory(final) as work:
         reference_path = reference.save(work)

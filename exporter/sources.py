@@ -209,11 +209,15 @@ def _load_file(path: Path, spec: str, input_specs: list[TensorSpec], trust_pickl
                              "a TorchScript file from torch.jit.save, or file.py:factory")
     if any(n.endswith("/serialized_exported_program.json") or "/models/" in n and n.endswith(".json")
            for n in names) or path.suffix == ".pt2":
+        from common.errors import first_line
+        from common.quiet import quiet
+
         try:
-            program = torch.export.load(str(path))
+            with quiet("torch.export"):  # it logs its own traceback of a damaged archive before raising
+                program = torch.export.load(str(path))
         except Exception as exc:
-            raise UserInputError(f"{path}: torch.export.load failed ({type(exc).__name__}: {exc}); "
-                                 "re-save it with torch.export.save") from None
+            raise UserInputError(f"{path}: torch.export.load failed ({type(exc).__name__}: {first_line(exc)}); "
+                                 "re-save it with torch.export.save (--debug shows torch's own log)") from None
         module = program.module()
         examples = getattr(program, "example_inputs", None)
         examples = examples[0] if examples else _examples_from_program(program)

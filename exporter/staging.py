@@ -56,3 +56,28 @@ def staged_directory(final: Path) -> Iterator[Path]:
         os.replace(final, previous)
     os.replace(work, final)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+MIN_FREE_BYTES = 256 << 20  # below this an export's artifacts, reference and reports do not fit (a small model's)
+
+
+def check_output_place(out: Path) -> None:
+    """--out must be, or be creatable as, a writable folder with room: checked before any long step, so a typo
+    or a full disk fails in a second, not after the conversions."""
+    from exporter.errors import UserInputError
+
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "--out" if existing == out else f"--out's parent {existing}"
+        raise UserInputError(f"{what} {existing} is a file, not a folder; pass a folder for the artifacts")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {out}: {existing} is not writable (read-only file system or no permission); "
+                             "pass a folder you can write to")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise UserInputError(f"--out {out}: only {free >> 20} MiB free on {existing}'s file system, an export needs "
+                             f"at least {MIN_FREE_BYTES >> 20} MiB; free space or pass another folder")

@@ -100,8 +100,14 @@ def _dtype_name(dtype: Any) -> str:
 def _output_specs(loaded: LoadedModel, batch_symbolic: bool) -> list[TensorSpec]:
     import torch
 
-    with torch.no_grad():
-        outputs = flatten_outputs(loaded.module(*loaded.example_inputs))
+    try:
+        with torch.no_grad():
+            outputs = flatten_outputs(loaded.module(*loaded.example_inputs))
+    except Exception as exc:  # the user's module on the inputs it was given
+        shapes = ", ".join(f"{name} {'x'.join(map(str, t.shape))} {_dtype_name(t.dtype)}"
+                           for name, t in zip(loaded.input_names, loaded.example_inputs, strict=True))
+        raise UserInputError(f"{loaded.source} cannot run on its example inputs ({shapes}): {type(exc).__name__}: "
+                             f"{first_line(exc)}; pass --input with the shapes and dtypes forward takes") from exc
     if not outputs:
         raise UserInputError(f"{loaded.source}: forward returned no tensors; return a tensor or a tuple of tensors")
     names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
@@ -147,6 +153,7 @@ def trace(loaded: LoadedModel, dynamic_batch: bool) -> TracedModel:
         return TracedModel(loaded, None, TORCHSCRIPT, _input_specs(loaded, dynamic_batch),
                            _output_specs(loaded, dynamic_batch), dynamic_batch, notes)
 
+    outputs = _output_specs(loaded, dynamic_batch)  # runs the module once: a wrong --input fails here, quickly
     examples = loaded.example_inputs
     dynamic_shapes = None
     if dynamic_batch:
@@ -162,5 +169,4 @@ def trace(loaded: LoadedModel, dynamic_batch: bool) -> TracedModel:
     except Exception as exc:  # torch.export cannot capture every Python construct
         notes.append(f"torch.export failed ({type(exc).__name__}: {first_line(exc)}); converters trace TorchScript")
         program, method = None, TORCHSCRIPT
-    return TracedModel(loaded, program, method, _input_specs(loaded, dynamic_batch),
-                       _output_specs(loaded, dynamic_batch), dynamic_batch, notes)
+    return TracedModel(loaded, program, method, _input_specs(loaded, dynamic_batch), outputs, dynamic_batch, notes)

@@ -175,6 +175,8 @@ def _runtime(table: Any, origin: str) -> RuntimeSettings:
     for f in fields(RuntimeSettings):
         if f.name in table and f.name != "tflite_delegates":
             number = _number(table[f.name], f.name, "runtime", origin)
+            if f.type != "float" and number != int(number):
+                raise TargetError(f"{origin}: runtime.{f.name} must be a whole number, got {number!r}")
             values[f.name] = number if f.type == "float" else int(number)
     settings = RuntimeSettings(**values)
     if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:

@@ -102,3 +102,53 @@ def test_torchscript_source_on_a_tflite_target_is_refused_before_converting(tmp_
     _assert_clean_failure(run_cli("export", "--model", path, "--input", "sequence:1x15x10", "--target", "iot-npu",
                                   "--out", out), out, "tflite cannot take", "litert-torch converts torch.export "
                           "programs only")
+
+
+def test_diff_reads_what_is_on_disk(tmp_path, demo_android):
+    """A release whose artifact changed after export, or lost one, is a regression even though its manifest and
+    report are those of the good release."""
+    import shutil
+
+    _, good = demo_android
+    old, tampered, gone = tmp_path / "old", tmp_path / "tampered", tmp_path / "gone"
+    for copy in (old, tampered, gone):
+        shutil.copytree(good, copy)
+    same = run_cli("diff", old, tampered)
+    assert same.code == 0 and "no regression" in same.stdout
+    with open(tampered / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    (gone / "model.int8.tflite").unlink()
+    changed = run_cli("diff", old, tampered)
+    assert changed.code == 1, changed.stdout
+    assert "new release: model.onnx differs from its manifest's sha256 (changed after export)" in changed.stdout
+    deleted = run_cli("diff", old, gone)
+    assert deleted.code == 1 and "new release: model.int8.tflite is missing on disk" in deleted.stdout
+    backwards = run_cli("diff", gone, old)  # the old side is checked too
+    assert backwards.code == 1 and "old release: model.int8.tflite is missing on disk" in backwards.stdout
+
+
+def test_two_language_model_exports_write_byte_identical_manifests(tmp_path):
+    """Blame and export timings live in export.json: the manifest is the same bytes for the same inputs."""
+    from tests.lm_models import lm_target
+
+    target = lm_target(tmp_path / "t.toml", ("w8", "executorch/a8w8"))
+    manifests = []
+    for run in ("first", "second"):
+        done = run_cli("export", "--model", "demo:tinylm", "--target", target, "--out", tmp_path / run)
+        assert done.code in (0, 1), done.stderr[-2000:]
+        manifests.append((tmp_path / run / "tinylm" / "test-llm" / "manifest.json").read_bytes())
+    assert manifests[0] == manifests[1]
+    assert b'"seconds"' not in manifests[0]
+
+
+def test_generate_checks_the_directory_before_loading_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pathlib import Path\nfrom validators.lm.generate import stream\n"
+            "from common.errors import EdgeportError\ntry:\n    next(stream(Path('/no/such/dir'), 'hi', 4))\n"
+            "except EdgeportError as exc:\n    print(exc)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["/no/such/dir is not a directory; pass an artifact directory such as "
+                                        "artifacts/digits/android", "[]"]

@@ -84,6 +84,24 @@ def _identities(manifest: dict) -> dict[str, tuple[str, ...]]:
             for entry in manifest.get("artifacts", [])}
 
 
+def _on_disk(directory: Path | None, manifest: dict) -> dict[str, str]:
+    """artifact path -> what is wrong with its files on disk (missing, or bytes that are not the manifest's):
+    a release is what its files are, not what its manifest says they were."""
+    from common.files import sha256_file
+
+    problems: dict[str, str] = {}
+    for entry in manifest.get("artifacts", []) if directory is not None else []:
+        for file in entry.get("files") or [entry]:
+            path = directory / file["path"]
+            if not path.exists():
+                problems[entry["path"]] = f"{file['path']} is missing on disk"
+            elif sha256_file(path) != file["sha256"]:
+                problems[entry["path"]] = f"{file['path']} differs from its manifest's sha256 (changed after export)"
+            if entry["path"] in problems:
+                break
+    return problems
+
+
 def _figures(artifact: dict) -> dict[str, float | None]:
     parity, accuracy = artifact.get("parity") or {}, artifact.get("accuracy") or {}
     lm = (artifact.get("lm") or {}).get("teacher_forced") or {}
@@ -134,13 +152,16 @@ def diff_releases(old_root: Path, new_root: Path, limits: Thresholds) -> DiffRes
         old_manifest, old_report = _read(old_pairs[pair]) if pair in old_pairs else ({}, {"artifacts": []})
         new_manifest, new_report = _read(new_pairs[pair]) if pair in new_pairs else ({}, {"artifacts": []})
         old_bytes, new_bytes = _identities(old_manifest), _identities(new_manifest)
+        damaged = {"old": _on_disk(old_pairs.get(pair), old_manifest),
+                   "new": _on_disk(new_pairs.get(pair), new_manifest)}
         # latencies measured beside other exports (`edgeport build --jobs N`) are not compared
         contended = bool(old_report.get("latency_contended") or new_report.get("latency_contended"))
         olds = {a["path"]: a for a in old_report["artifacts"]}
         news = {a["path"]: a for a in new_report["artifacts"]}
         for path in list(dict.fromkeys([*olds, *news])):
             before, after = olds.get(path), news.get(path)
-            if before and after and old_bytes.get(path) == new_bytes.get(path) is not None:
+            problems = [f"{side} release: {damaged[side][path]}" for side in ("old", "new") if path in damaged[side]]
+            if before and after and old_bytes.get(path) == new_bytes.get(path) is not None and not problems:
                 identical += 1
                 continue
             status = "changed" if before and after else ("added" if after else "removed")
@@ -152,7 +173,7 @@ def diff_releases(old_root: Path, new_root: Path, limits: Thresholds) -> DiffRes
             old_layers, new_layers = _layers(before or {}), _layers(after or {})
             change.layers = [(m, old_layers[m], new_layers[m]) for m in old_layers
                              if m in new_layers and abs(old_layers[m] - new_layers[m]) >= 0.1]
-            change.regressions = _regressions(old_figures, new_figures, limits, contended)
+            change.regressions = problems + _regressions(old_figures, new_figures, limits, contended)
             if status == "removed":
                 change.regressions.append("the artifact is gone from the new release")
             if change.verdict == (True, False):

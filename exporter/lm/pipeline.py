@@ -18,7 +18,14 @@ from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
 from exporter.lm.backend import lm_backend
-from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
+from exporter.lm.source import (
+    CausalLM,
+    causal_lm_from_module,
+    encoder_folder_error,
+    hf_encoder,
+    is_causal_lm_spec,
+    load_causal_lm,
+)
 from exporter.manifest import library_versions
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
@@ -34,6 +41,8 @@ def load_lm(options: Any, progress: Progress) -> CausalLM:
     if not isinstance(spec, str):
         return causal_lm_from_module(spec, options.example_inputs, f"python:{type(spec).__name__}",
                                      options.name or type(spec).__name__.lower())
+    if (encoder := hf_encoder(Path(spec.removeprefix("hf:")))) is not None:
+        raise encoder_folder_error(spec, encoder)
     progress(f"[1/5] loading {spec} (a causal language model)")
     if is_causal_lm_spec(spec):
         lm = load_causal_lm(spec, trust_pickle=options.trust_pickle)
@@ -219,7 +228,6 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
 
     lm, target, progress = builder.lm, builder.target, builder.progress
     settings = target.lm
-    start = time.perf_counter()
     judged = judge(open_lm(work, entry, target.threads), reference, entry["budget"], entry["bytes"])
     failing = bool(judged["violations"])
     if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
@@ -243,7 +251,6 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
         else:
             entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged,
                                                                  work)
-    diagnosis["seconds"] = round(time.perf_counter() - start, 1)
     return entry | {"diagnosis": diagnosis}
 
 
@@ -288,13 +295,15 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
                  f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
         builder = VariantBuilder(lm, target, scratch, progress)
-        entries, seconds = [], {}
+        entries, seconds, diagnosis_seconds = [], {}, {}
         for variant in target.variants:
             progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
             begun = time.perf_counter()
             entry = builder.emit(variant, work / variant.filename)
             if variant.row.quantized:
+                diagnosed = time.perf_counter()
                 entry = _diagnose(builder, variant, entry, reference, work)
+                diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
             entries.append(entry)
             seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
         lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
@@ -314,6 +323,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         })
         write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
                                        "trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
+                                       "diagnosis_seconds": diagnosis_seconds,
                                        "eager": eager})
         progress(f"[5/5] validating {len(entries)} artifact(s) token by token, each with its own runtime")
         report = validate_lm_directory(work, progress)

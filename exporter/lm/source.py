@@ -65,9 +65,34 @@ class CausalLM:
 
 
 def is_causal_lm_spec(spec: str) -> bool:
-    """Whether a SPEC names a language-model source by its form alone (a factory is told by what it returns)."""
+    """Whether a SPEC names a language-model source by its form alone (a factory is told by what it returns); a
+    Hugging Face folder of an encoder (BertModel, ...) is not one."""
     path = Path(spec.removeprefix("hf:"))
-    return spec == "demo:tinylm" or spec.startswith("hf:") or spec.endswith(".gguf") or path.is_dir()
+    if spec.startswith("hf:") or path.is_dir():
+        return hf_encoder(path) is None
+    return spec == "demo:tinylm" or spec.endswith(".gguf")
+
+
+def hf_encoder(folder: Path) -> str | None:
+    """The architecture of a Hugging Face folder that holds something other than a causal LM (an encoder such
+    as BertModel), read from its config.json; None for a causal LM or a folder that cannot tell."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = config.get("architectures") or []
+    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return str(architectures[0])
+    return None
+
+
+def encoder_folder_error(folder: str, architecture: str) -> UserInputError:
+    """An encoder folder is a classic source, exported through a factory that wraps it (the README's encoder
+    example): say so instead of sending the user between target kinds."""
+    return UserInputError(f"{folder} holds a {architecture} (an encoder, not a causal language model): export it "
+                          "with an image/text target such as android, through a factory file.py:build that returns "
+                          "(a module wrapping AutoModel.from_pretrained(folder), example_inputs), as the README's "
+                          "encoder example does")
 
 
 def load_causal_lm(spec: str, *, trust_pickle: bool = False) -> CausalLM:
@@ -143,8 +168,7 @@ def _architecture(config: dict, where: str) -> str:
         raise UserInputError(f"{where}: model_type {model_type!r} is not a causal language model transformers knows; "
                              "language-model targets take decoder-only models (Llama, Qwen2, Phi3, Gemma, ...)")
     if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise UserInputError(f"{where}: the architecture {architectures[0]} is not a causal language model "
-                             "(…ForCausalLM); use an image/text target such as android for encoders")
+        raise encoder_folder_error(where, architectures[0])
     return known
 
 
@@ -167,6 +191,8 @@ def _hf_folder(folder: Path, spec: str, trust_pickle: bool) -> CausalLM:
     if not safetensors and not trust_pickle:
         raise UserInputError(f"{folder} has only pickled weights ({pickled[0].name}), which run code when loaded; "
                              "convert them to safetensors, or pass --trust-pickle if you trust the file")
+    for weights in safetensors:
+        _check_safetensors(weights)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -185,6 +211,19 @@ def _hf_folder(folder: Path, spec: str, trust_pickle: bool) -> CausalLM:
     name = folder.resolve().name or "model"
     return CausalLM(name, spec, "hf-folder", _float_eval(model), tokenizer, _weights_sha256(model),
                     _default_prompts(tokenizer), stdlib_text("eval"), folder=folder if safetensors else None)
+
+
+def _check_safetensors(path: Path) -> None:
+    """A weights file whose header or tensors do not fit in it (cut short, overwritten) is named, not loaded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as weights:
+            for key in weights.keys():  # noqa: SIM118  safe_open is not a mapping
+                weights.get_slice(key)
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        raise UserInputError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {_first(exc)}); "
+                             "re-save the model with save_pretrained") from None
 
 
 def _gguf(path: Path, spec: str) -> CausalLM:

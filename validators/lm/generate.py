@@ -37,14 +37,14 @@ def _pick(manifest: dict, artifact: str | None) -> dict:
 def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None = None,
            threads: int = 1) -> Iterator[str]:
     """Yield the text of each new token as the artifact generates it."""
+    manifest = read_manifest(directory)  # a wrong directory fails before the heavy imports
+    if manifest.get("kind") != "causal-lm":
+        raise ArtifactError(f"{directory} holds no language model; generate runs artifacts of android-llm-like targets")
+    entry = _pick(manifest, artifact)
     from transformers import AutoTokenizer
 
     from validators.lm.runtime import open_lm
 
-    manifest = read_manifest(directory)
-    if manifest.get("kind") != "causal-lm":
-        raise ArtifactError(f"{directory} holds no language model; generate runs artifacts of android-llm-like targets")
-    entry = _pick(manifest, artifact)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
     ids = encode_prompt(tokenizer, prompt, bool(manifest["lm"].get("chat_template")))
     lm = open_lm(directory, entry, threads)
