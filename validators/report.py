@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from common.errors import ArtifactError
@@ -150,6 +151,17 @@ def verdict_word(report: dict) -> str:
     return "PASSED" if report["passed"] else "FAILED" if missed or not report.get("provisional") else "PROVISIONAL"
 
 
+def _artifact_facts(a: dict) -> list[str]:
+    """What identifies an artifact and how it was judged: its hash, the runtime that ran it, the limits."""
+    latency, limits = a["latency_ms"], (a.get("budget") or {}).get("limits") or {}
+    facts = [f"sha256 {a['sha256']}",
+             f"runtime: {latency['runtime']}, {latency['threads']} thread(s), {latency['runs']} timed runs"]
+    if limits:
+        facts.append("judged by: " + ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}"
+                                                for k, v in sorted(limits.items())))
+    return facts
+
+
 def to_markdown(report: dict) -> str:
     verdict = verdict_word(report)
     if report.get("kind") == "causal-lm":
@@ -176,10 +188,8 @@ def to_markdown(report: dict) -> str:
         out += [f"- {n}" for n in unjudged]
     out += ["", TOP1_RULE, "", "## Artifacts", ""]
     for a in report["artifacts"]:
-        out += [f"### {a['path']}", "", f"- sha256 `{a['sha256']}`",
-                f"- runtime: {a['latency_ms']['runtime']}, {a['latency_ms']['threads']} thread(s), "
-                f"{a['latency_ms']['runs']} timed runs"]
-        out += [f"- {line}" for line in _pass_lines(a)]
+        out += [f"### {a['path']}", ""]
+        out += [f"- {line}" for line in [*_artifact_facts(a), *_pass_lines(a)]]
         out.append("")
     for a in report["artifacts"]:
         if not a.get("layers"):
@@ -240,7 +250,8 @@ def to_html(report: dict) -> str:
                      + "</ul>")
     parts.append(f"<p>{e(TOP1_RULE)}</p>")
     for a in report["artifacts"]:
-        parts.append(f"<h3>{e(a['path'])}</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in _pass_lines(a)) + "</ul>")
+        parts.append(f"<h3>{e(a['path'])}</h3><ul>"
+                     + "".join(f"<li>{e(x)}</li>" for x in [*_artifact_facts(a), *_pass_lines(a)]) + "</ul>")
         if a.get("layers"):
             parts.append(_layer_chart(a))
     parts.append("</body></html>\n")
@@ -248,30 +259,49 @@ def to_html(report: dict) -> str:
 
 
 def _layer_chart(a: dict) -> str:
-    """Per-layer SQNR as horizontal bars (inline SVG), worst layer first, plus the table."""
+    """Per-layer SQNR as horizontal bars (inline SVG), worst layer first, plus the table. Each module name has a
+    line of its own above its bars (real names are longer than any fixed column); the axis starts a little
+    below the worst layer, not at 0 dB, so the layers that matter stand apart; the variant's min_sqnr_db is a
+    dashed line."""
     e = html.escape
     rows = a["layers"]
-    scale = max(60.0, max(max(r["sqnr_db_alone_at_output"], r["sqnr_db_accumulated"]) for r in rows))
-    bar_h, label_w, width = 16, 160, 420
-    height = len(rows) * (2 * bar_h + 8) + 20
-    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + width + 80}' height='{height}' "
+    keys = (("sqnr_db_alone_at_output", "#cf222e"), ("sqnr_db_accumulated", "#0969da"))
+    values = [row[key] for row in rows for key, _ in keys]
+    budget = (a.get("budget") or {}).get("limits", {}).get("min_sqnr_db")
+    low = 5 * math.floor((min([*values, *([budget] if budget is not None else [])]) - 5) / 5)
+    high = max(low + 10.0, max(values) + 2, budget + 2 if budget is not None else low)
+    bar_h, label_h, left, width = 14, 16, 24, 560
+
+    def x(db: float) -> float:
+        return left + width * (min(max(db, low), high) - low) / (high - low)
+
+    step = label_h + 2 * bar_h + 10
+    height = 24 + len(rows) * step
+    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{left + width + 70}' height='{height}' "
            "role='img' aria-label='per-layer SQNR'>"]
+    for tick in range(int(low), int(high) + 1, 5 if high - low <= 60 else 10):
+        svg.append(f"<line x1='{x(tick):.1f}' y1='14' x2='{x(tick):.1f}' y2='{height}' stroke='#eaeef2'/>"
+                   f"<text x='{x(tick):.1f}' y='10' font-size='10' text-anchor='middle'>{tick} dB</text>")
     for i, row in enumerate(rows):
-        y = 10 + i * (2 * bar_h + 8)
-        svg.append(f"<text x='0' y='{y + bar_h}' font-size='12'>{e(row['module'] or row['node'])}</text>")
-        for j, (key, color) in enumerate((("sqnr_db_alone_at_output", "#cf222e"), ("sqnr_db_accumulated", "#0969da"))):
-            value = max(row[key], 0.0)
-            w = width * value / scale
-            svg.append(f"<rect x='{label_w}' y='{y + j * bar_h}' width='{w:.1f}' height='{bar_h - 2}' "
-                       f"fill='{color}'><title>{e(key)}: {row[key]:.1f} dB</title></rect>")
-            svg.append(f"<text x='{label_w + w + 4:.1f}' y='{y + j * bar_h + bar_h - 4}' font-size='11'>"
-                       f"{row[key]:.1f} dB</text>")
+        y = 20 + i * step
+        svg.append(f"<text x='{left}' y='{y + 12}' font-size='12'>{e(row['module'] or row['node'])}</text>")
+        for j, (key, color) in enumerate(keys):
+            top = y + label_h + j * bar_h
+            end = x(row[key])
+            svg.append(f"<rect x='{left}' y='{top}' width='{end - left:.1f}' height='{bar_h - 2}' fill='{color}'>"
+                       f"<title>{e(key)}: {row[key]:.1f} dB</title></rect>"
+                       f"<text x='{end + 4:.1f}' y='{top + bar_h - 3}' font-size='11'>{row[key]:.1f} dB</text>")
+    if budget is not None:
+        svg.append(f"<line x1='{x(budget):.1f}' y1='14' x2='{x(budget):.1f}' y2='{height}' stroke='#1b1f24' "
+                   f"stroke-dasharray='4 3'><title>min_sqnr_db {budget:g}</title></line>")
     svg.append("</svg>")
     table = ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in LAYER_COLUMNS) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _layer_cells(r)) + "</tr>" for r in rows)
              + "</table>")
     legend = ("<p><span style='color:#cf222e'>■</span> SQNR at the model output with only this layer quantized "
-              "&nbsp; <span style='color:#0969da'>■</span> SQNR at this layer, everything quantized</p>")
+              "&nbsp; <span style='color:#0969da'>■</span> SQNR at this layer, everything quantized"
+              + (f" &nbsp; ┆ the variant's min_sqnr_db ({budget:g} dB)" if budget is not None else "")
+              + f"; the axis starts at {low:g} dB</p>")
     extra = f"<p>{e(_auto_precision_line(a))}</p>" if a.get("auto_precision") else ""
     return f"<h4>Per-layer blame (worst first)</h4>{legend}{''.join(svg)}{table}{extra}"
 
