@@ -276,9 +276,30 @@ def bench_lm_formats(out: Path) -> dict:
     return figures
 
 
-# `python bench/run.py recurrent executorch lm lm_formats` re-runs those sections only
+def bench_report_html(out: Path) -> dict:
+    """demo:digits to android, its report.html rendered by headless Chromium to bench/report_html.png, so a
+    person can look at what the report shows (the per-layer chart included); skipped without Chromium."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return {"skipped": "no chromium on this machine (apt-get install chromium)"}
+    directory, report = run_export(ExportOptions(model="demo:digits", target="android", out=out), lambda _: None)
+    picture = REPO / "bench" / "report_html.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={out / 'chromium'}", "--window-size=1100,2400", f"--screenshot={picture}"]
+    subprocess.run([browser, *flags, (directory / "report.html").as_uri()], check=True, capture_output=True,
+                   timeout=120)
+    version = subprocess.run([browser, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    charted = [a["path"] for a in report["artifacts"] if a.get("layers")]
+    return {"browser": version, "screenshot": str(picture.relative_to(REPO)), "bytes": picture.stat().st_size,
+            "charts": charted, "passed": report["passed"]}
+
+
+# `python bench/run.py recurrent executorch lm lm_formats report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
-            "lm_formats": bench_lm_formats}
+            "lm_formats": bench_lm_formats, "report_html": bench_report_html}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -317,6 +338,7 @@ def main() -> None:
         results["executorch"] = bench_executorch(Path(tmp))
         results["lm"] = bench_lm(Path(tmp))
         results["lm_formats"] = bench_lm_formats(Path(tmp))
+        results["report_html"] = bench_report_html(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

@@ -188,3 +188,24 @@ def test_the_catalog_covers_every_command():
     commands = {args[0] for _, args, _, _ in CASES} | {"targets"}
     assert commands >= {"export", "validate", "diff", "report", "build", "generate", "targets"}
     assert len(CASES) + 1 + len(API_CASES) + 1 >= 40
+
+
+@pytest.mark.parametrize(("patch", "fragment"), [
+    ("disk_usage", "only 10 MiB free"), ("access", r"is not writable \(read-only file system or no permission\)")])
+def test_an_output_place_without_room_or_write_access_is_refused_first(tmp_path, monkeypatch, patch, fragment):
+    """A full disk or a read-only file system fails before loading the model, naming the folder."""
+    from collections import namedtuple
+
+    import edgeport
+    from exporter import staging
+
+    if patch == "disk_usage":
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(staging.shutil, "disk_usage", lambda _: usage(1 << 40, 1 << 40, 10 << 20))
+    else:
+        monkeypatch.setattr(staging.os, "access", lambda *_: False)
+    loaded = []
+    monkeypatch.setattr("exporter.pipeline._load", lambda *a: loaded.append(a))
+    with pytest.raises(edgeport.EdgeportError, match=fragment):
+        edgeport.export("demo:digits", out=tmp_path / "out", progress=None)
+    assert not loaded and not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fast_target, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +50,22 @@ def test_the_readme_demo_table_matches_a_fresh_demo_export(demo_android):
         if artifact["precision"] != "fp32":
             assert float(cells[5]) == pytest.approx(artifact["parity"]["sqnr_db"], abs=0.05), path
             assert float(cells[6]) == pytest.approx(artifact["parity"]["cosine"], abs=1e-6), path
+
+
+def test_the_readme_ios_and_iot_npu_figures_match_fresh_exports(tmp_path):
+    """The Core ML figures and vela's estimates the README quotes are what the demo's exports report."""
+    readme = (REPO / "README.md").read_text()
+    for target in ("ios", "iot-npu"):
+        done = run_cli("export", "--target", fast_target(tmp_path, target), "--out", tmp_path)
+        assert done.code == 0, done.stderr[-2000:]
+    ios = {a["precision"]: a for a in json.loads((tmp_path / "digits" / "ios" / "report.json").read_text())
+           ["artifacts"]}
+    line = re.search(r"fp32 max_abs ([\d.e-]+); fp16 SQNR ([\d.]+) dB; w8 ([\d.]+) dB; palette6 ([\d.]+) dB; "
+                     r"palette4 ([\d.]+) dB", readme).groups()
+    assert 0.5 < float(line[0]) / ios["fp32"]["parity"]["max_abs"] < 2  # float noise: its order of magnitude
+    for precision, quoted in zip(("fp16", "w8", "palette6", "palette4"), line[1:], strict=True):
+        assert float(quoted) == pytest.approx(ios[precision]["parity"]["sqnr_db"], abs=0.05), precision
+    npu_line = next(ln for ln in (tmp_path / "digits" / "iot-npu" / "report.md").read_text().splitlines()
+                    if "operators on the NPU" in ln)
+    quoted = re.search(r"`(8 operators on the NPU[^`]+)`", readme).group(1)
+    assert quoted in npu_line
