@@ -4,10 +4,9 @@ against 77 for edgeport's own 4-bit export and 16-19 for eager PyTorch).
 
 Where it is not used, and why (each measured with onnxruntime-genai 0.18 / onnxruntime 1.32 on SmolLM2-135M):
 int8 (w8 comes from edgeport's own opset-23 export, which decodes at 3x eager; the builder's int8 graph agrees
-with float32 on 94.6% of next tokens, max |delta logit| 2.4, and could become a second w8 path: an earlier note
-called it garbage from greedy tokens on a near-tie prompt); an 8-bit head beside a 4-bit body, and an
-asymmetric int4 build, write invalid models. Its symmetric 4-bit build shares one 4-bit table between the
-embedding and a tied head.
+with float32 on 94.6% of next tokens, max |delta logit| 2.4, and could become a second w8 path); an 8-bit
+head beside a 4-bit body, and an asymmetric int4 build, write invalid models. Its symmetric 4-bit build shares
+one 4-bit table between the embedding and a tied head.
 The artifact it writes is validated exactly like edgeport's own export.
 """
 

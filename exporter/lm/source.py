@@ -117,7 +117,7 @@ def causal_lm_from_module(module: Any, tokenizer: Any, spec: str, name: str) -> 
     from exporter.lm.corpus import stdlib_text
 
     return CausalLM(name, spec, "factory", _float_eval(module), tokenizer, _weights_sha256(module),
-                    _default_prompts(tokenizer), stdlib_text("eval"))
+                    DEFAULT_CHAT_PROMPTS, stdlib_text("eval"))
 
 
 def _is_causal_lm(module: Any) -> bool:
@@ -138,10 +138,6 @@ def _weights_sha256(model: Any) -> str:
     from exporter.sources import state_dict_sha256
 
     return state_dict_sha256(model)
-
-
-def _default_prompts(tokenizer: Any) -> tuple[str, ...]:
-    return DEFAULT_CHAT_PROMPTS
 
 
 def _demo() -> CausalLM:
@@ -210,7 +206,7 @@ def _hf_folder(folder: Path, spec: str, trust_pickle: bool) -> CausalLM:
 
     name = folder.resolve().name or "model"
     return CausalLM(name, spec, "hf-folder", _float_eval(model), tokenizer, _weights_sha256(model),
-                    _default_prompts(tokenizer), stdlib_text("eval"), folder=folder if safetensors else None)
+                    DEFAULT_CHAT_PROMPTS, stdlib_text("eval"), folder=folder if safetensors else None)
 
 
 def _check_safetensors(path: Path) -> None:
@@ -248,7 +244,7 @@ def _gguf(path: Path, spec: str) -> CausalLM:
     from exporter.lm.corpus import stdlib_text
 
     return CausalLM(path.stem, spec, "gguf", _float_eval(model), tokenizer, _weights_sha256(model),
-                    _default_prompts(tokenizer), stdlib_text("eval"),
+                    DEFAULT_CHAT_PROMPTS, stdlib_text("eval"),
                     notes=[f"the float reference is {path.name} dequantized to float32 by transformers' GGUF loader: "
                            "its quantization error is part of the reference, not of the artifacts"])
 

@@ -8,9 +8,9 @@ GatherBlockQuantized), with an explicit policy per group of weights:
 
 8-bit blocks are asymmetric: on SmolLM2-135M their logits stay closer to float32 than symmetric ones (max
 |delta| 1.66 against 2.80 over a 37-token prompt, top-1 agreement 95-97% either way). An 8-bit head keeps the
-embedding table float: the lookup reads the head's blocks only at 4 bits. (An earlier note here called symmetric
-8-bit blocks and 8-bit weight prepacking broken in onnxruntime 1.32: that came from greedy tokens on a prompt
-whose first token is a near tie, 25.33 against 25.24; logit comparisons show no such bug.)
+embedding table float: the lookup reads the head's blocks only at 4 bits. Symmetric 8-bit blocks and 8-bit
+weight prepacking compute correctly in onnxruntime: judge them by logits, not by greedy tokens on a prompt whose
+first token is a near tie (25.33 against 25.24).
 """
 
 from __future__ import annotations
@@ -47,10 +47,6 @@ def linear_nodes(model: Any) -> dict[str, Any]:
         if node.op_type == "MatMul" and node.input[1] in constants and (path := module_path(node)):
             found[path] = node
     return found
-
-
-def decoder_linears(model: Any) -> list[str]:
-    return [path for path in linear_nodes(model) if path != HEAD]
 
 
 def _algorithm(method: str, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> Any:

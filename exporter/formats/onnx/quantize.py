@@ -1,6 +1,6 @@
 """ONNX precision variants as small classes with typed configs: fp16, dynamic int8, static QDQ.
 
-Static int8 choices, measured on demo:digits (see issue 2's closing note): BatchNorm is folded
+Static int8 choices, measured on demo:digits: BatchNorm is folded
 before quantizing (the target's passes run first), weights are quantized per output channel
 (BN folding gives each channel its own range, which one per-tensor scale serves badly), and
 activation ranges are calibrated on the user's --calib data, sample by sample at the traced batch.
@@ -156,7 +156,7 @@ class StaticQuantVariant:
 
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 # Measured on resemblyzer's LSTM speaker encoder without the fold_constants pass: cosine 0.65 with those
-# nodes quantized, 0.9998 without (issue 14's closing note).
+# nodes quantized, 0.9998 without.
 RECURRENT_WEIGHTS_REASON = ("nodes that compute an LSTM/GRU/RNN's weights from constants stay float: quantized as "
                             "activations (one per-tensor uint8 scale) they wreck the recurrence; onnxruntime runs "
                             "the recurrent op itself in float")

@@ -4,7 +4,7 @@ and litert-torch's PT2E path as the second full-integer candidate.
 Static int8 calibrates with a global min/max per tensor. ai-edge-quantizer's default
 (a moving average of per-sample min/max) clips rare large activations: on demo:digits fed sample by
 sample it clipped the logits (max diff 7.56 against fp32, SQNR 18 dB); the global range gives
-max diff 1.07, SQNR 40 dB, and the same top-1 accuracy. See issue 3's closing note."""
+max diff 1.07, SQNR 40 dB, and the same top-1 accuracy."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def quiet():
 
 # Recurrent layers get int8 weights computed in float, whatever the int8 precision. Measured on
 # resemblyzer's 3-layer LSTM speaker encoder (160 steps) on speech-like audio: static int8 cosine 0.54,
-# dynamic-range int8 0.947, int8 weights computed in float 0.961 (issue 14's closing note).
+# dynamic-range int8 0.947, int8 weights computed in float 0.961.
 RECURRENT_RECIPE = "int8 weights (per channel), computed in float"
 RECURRENT_REASON = ("the converter unrolls a recurrence into one op chain per time step, and quantizing its "
                     "activations at every step compounds the error over the sequence")
