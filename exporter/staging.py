@@ -38,7 +38,7 @@ def remove_stale(final: Path) -> list[Path]:
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Yield an empty work directory; on success it replaces `final`, on any failure it vanishes."""
-    created_parent = not final.parent.exists()
+    created = [p for p in final.parents if not p.exists()]  # what a failure removes again, innermost first
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
@@ -47,9 +47,9 @@ def staged_directory(final: Path) -> Iterator[Path]:
         yield work
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if created_parent:
-            with contextlib.suppress(OSError):
-                final.parent.rmdir()
+        for folder in created:
+            with contextlib.suppress(OSError):  # another export may have put something there meanwhile
+                folder.rmdir()
         raise
     previous = final.with_name(f".{final.name}.previous-{os.getpid()}")
     if final.exists():

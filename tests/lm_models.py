@@ -12,10 +12,11 @@ FAMILIES = ("llama_gqa_tied", "qwen2_untied")
 # Gemma 3: the embedding scaled by sqrt(hidden) after the lookup, (1 + w) RMSNorms, query/key norms, local and
 # global rotary bases; its sliding window (512) is longer than the tests' caches, so every format takes it
 SCALED_EMBEDDING = "gemma3_scaled_embedding"
+SLIDING_WINDOW = "mistral_window_8"  # every layer attends through an 8-token window, shorter than the tests' caches
 
 
 def _config(family: str, vocab: int):
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=512, bos_token_id=vocab - 3, eos_token_id=vocab - 2,
@@ -25,6 +26,8 @@ def _config(family: str, vocab: int):
     if family == SCALED_EMBEDDING:
         return Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16, sliding_window=512,
                                 layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
+    if family == SLIDING_WINDOW:
+        return MistralConfig(**common, num_key_value_heads=2, head_dim=16, sliding_window=8)
     return Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=False)
 
 

@@ -14,6 +14,7 @@ from tests.lm_models import (
     GENERATION_FAMILIES,
     GENERATION_WINDOW,
     SCALED_EMBEDDING,
+    SLIDING_WINDOW,
     causal_lm_folder,
     generation_config,
     lm_target,
@@ -212,3 +213,24 @@ def test_every_eval_window_starts_as_the_tokenizer_starts_a_text(adds_bos):
     body = 31 if adds_bos else 32
     assert windows[1, 1 if adds_bos else 0:].tolist() == text[body:2 * body]  # consecutive text, nothing skipped
     assert ("starts with BOS" in described["bos"]) == adds_bos
+
+
+@pytest.mark.slow
+def test_a_sliding_window_model_through_onnx_and_litert_and_refused_by_executorch(tmp_path):
+    """A trained tiny Mistral whose 8-token window is far shorter than the cache: ONNX and LiteRT write PyTorch's
+    text token for token; ExecuTorch, whose attention has no window, refuses it by name and writes nothing."""
+    folder = causal_lm_folder(SLIDING_WINDOW, tmp_path / "mistral")
+    target = lm_target(tmp_path / "window-llm.toml", ("onnx/fp32", "tflite/fp32"))
+    done = run_cli("export", "--model", folder, "--target", target, "--out", tmp_path / "out", "--name", "mistral")
+    assert done.code == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "mistral" / "test-llm" / "report.json").read_text())
+    assert not report["provisional"]
+    for artifact in report["artifacts"]:
+        runs = artifact["lm"]["free_running"]
+        assert all(r["matching_tokens"] == r["tokens"] == 12 for r in runs), (artifact["path"], runs)
+        assert artifact["parity"]["max_abs"] < 1e-3
+        assert len(runs) == 3
+    refused = lm_target(tmp_path / "window-et.toml", ("executorch/fp32",))
+    done = run_cli("export", "--model", folder, "--target", refused, "--out", tmp_path / "et")
+    assert done.code == 2 and "8-token sliding window" in done.error_lines[0]
+    assert not (tmp_path / "et").exists()
