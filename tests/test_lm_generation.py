@@ -93,11 +93,17 @@ def test_a_sliding_layer_whose_fill_level_the_trace_freezes_fails(family, monkey
 def test_formats_without_windows_refuse_a_window_shorter_than_the_cache(fmt, family, reason):
     from exporter.errors import ConversionError
     from exporter.lm.attention import refuse_unsupported_attention
+    from exporter.lm.backend import lm_backend
 
     model = _model(family)
+    backend = lm_backend(fmt)
     with pytest.raises(ConversionError, match=reason):
-        refuse_unsupported_attention(model, fmt, CACHE, windows=False, softcap=fmt != "executorch")
+        refuse_unsupported_attention(model, fmt, CACHE, windows=backend.computes_windows,
+                                     softcap=backend.computes_softcap)
     refuse_unsupported_attention(model, fmt, GENERATION_WINDOW, windows=False, softcap=True)  # the window holds all
+    for computes in ("onnx", "tflite"):  # these take the model as it is
+        refuse_unsupported_attention(model, computes, CACHE, windows=lm_backend(computes).computes_windows,
+                                     softcap=lm_backend(computes).computes_softcap)
 
 
 def test_executorch_refuses_soft_capped_attention_and_litert_computes_it():
@@ -107,10 +113,13 @@ def test_executorch_refuses_soft_capped_attention_and_litert_computes_it():
 
     from exporter.errors import ConversionError
     from exporter.lm.attention import grouped_query_attention, refuse_unsupported_attention
+    from exporter.lm.backend import lm_backend
 
     model = _model("gemma2", sliding_window=CACHE)
+    executorch = lm_backend("executorch")
     with pytest.raises(ConversionError, match="soft-caps its attention scores"):
-        refuse_unsupported_attention(model, "executorch", CACHE, windows=False, softcap=False)
+        refuse_unsupported_attention(model, "executorch", CACHE, windows=executorch.computes_windows,
+                                     softcap=executorch.computes_softcap)
     from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
 
     attention = model.model.layers[0].self_attn
@@ -230,7 +239,9 @@ def test_a_sliding_window_model_through_onnx_and_litert_and_refused_by_executorc
         assert all(r["matching_tokens"] == r["tokens"] == 12 for r in runs), (artifact["path"], runs)
         assert artifact["parity"]["max_abs"] < 1e-3
         assert len(runs) == 3
-    refused = lm_target(tmp_path / "window-et.toml", ("executorch/fp32",))
+    refused = lm_target(tmp_path / "window-et.toml", ("onnx/fp32", "executorch/fp32"))
     done = run_cli("export", "--model", folder, "--target", refused, "--out", tmp_path / "et")
     assert done.code == 2 and "8-token sliding window" in done.error_lines[0]
+    assert "executorch language-model export" in done.error_lines[0]
+    assert "reference:" not in done.stderr and "onnx: tracing" not in done.stderr  # refused before any long step
     assert not (tmp_path / "et").exists()

@@ -38,6 +38,10 @@ class LmBackend(Protocol):
     format: ClassVar[str]
     libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
     keeps_layers: ClassVar[str]  # "" when emit takes `kept` (auto precision); else why it cannot
+    # what its attention computes beyond causal attention over the cache: a sliding window per layer, and
+    # soft-capped scores (exporter/lm/attention.py refuses a model that needs what the format lacks)
+    computes_windows: ClassVar[bool]
+    computes_softcap: ClassVar[bool]
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> Any: ...
 

@@ -67,6 +67,16 @@ def load_lm(options: Any, progress: Progress) -> CausalLM:
     return lm
 
 
+def _refuse_unsupported_attention(lm: CausalLM, target: LmTarget) -> None:
+    """Every format's attention checked against the model's before anything is converted."""
+    from exporter.lm.attention import refuse_unsupported_attention
+
+    for fmt in target.formats:
+        backend = lm_backend(fmt)
+        refuse_unsupported_attention(lm.model, fmt, target.lm.cache_length, windows=backend.computes_windows,
+                                     softcap=backend.computes_softcap)
+
+
 def _prompts(lm: CausalLM, target: LmTarget) -> list[list[int]]:
     settings = target.lm
     encoded = []
@@ -283,6 +293,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
                              "(pass the eval text with --eval)")
     lm = load_lm(options, progress)
     settings = target.lm
+    _refuse_unsupported_attention(lm, target)
     prompts = _prompts(lm, target)
     windows, eval_info = _eval_windows(lm, target, options.eval)
     reference = _reference(lm, windows, prompts, settings.new_tokens, progress)

@@ -87,6 +87,8 @@ class CoremlLmBackend:
     format: ClassVar[str] = "coreml"
     libraries: ClassVar[tuple[str, ...]] = ("coremltools",)
     keeps_layers: ClassVar[str] = ""
+    computes_windows: ClassVar[bool] = False  # the runtime passes one causal mask that every layer reads
+    computes_softcap: ClassVar[bool] = True  # the model's own (eager) attention
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> CoremlLmLowered:
         import coremltools as ct
@@ -94,10 +96,7 @@ class CoremlLmBackend:
         import torch
 
         from exporter.formats.coreml.backend import _quiet
-        from exporter.lm.attention import refuse_unsupported_attention
 
-        # the runtime passes one causal mask that every layer reads: no layer can have a window of its own
-        refuse_unsupported_attention(lm.model, self.format, settings.cache_length, windows=False, softcap=True)
         progress(f"coreml: tracing {lm.name} with its KV cache as Core ML states ({settings.cache_length} tokens), "
                  f"converting to a float16 ML Program ({DEPLOYMENT})")
         step, (layers, kv_heads, head_dim) = _stateful_step(lm.model, settings.cache_length)

@@ -43,12 +43,10 @@ class ExecutorchLmBackend:
     format: ClassVar[str] = "executorch"
     libraries: ClassVar[tuple[str, ...]] = ("executorch", "torchao")
     keeps_layers: ClassVar[str] = ""
+    computes_windows: ClassVar[bool] = False  # custom_sdpa is causal over the whole cache, with no window
+    computes_softcap: ClassVar[bool] = False  # and no score cap
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> CausalLM:
-        from exporter.lm.attention import refuse_unsupported_attention
-
-        # custom_sdpa is causal over the whole cache, with no window and no score cap
-        refuse_unsupported_attention(lm.model, self.format, settings.cache_length, windows=False, softcap=False)
         return lm  # each variant quantizes a copy of the model before torch.export: nothing to share
 
     def emit(self, lowered: CausalLM, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,

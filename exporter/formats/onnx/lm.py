@@ -22,6 +22,8 @@ class OnnxLmBackend:
     format: ClassVar[str] = "onnx"
     libraries: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime", "onnxscript", "onnxruntime-genai")
     keeps_layers: ClassVar[str] = ""
+    computes_windows: ClassVar[bool] = True  # the model's own attention and masks, traced
+    computes_softcap: ClassVar[bool] = True
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> OnnxLmLowered:
         from exporter.lm.decode_step import export_decode_step

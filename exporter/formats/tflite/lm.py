@@ -42,6 +42,8 @@ class TfliteLmBackend:
     format: ClassVar[str] = "tflite"
     libraries: ClassVar[tuple[str, ...]] = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
     keeps_layers: ClassVar[str] = NO_AUTO_PRECISION
+    computes_windows: ClassVar[bool] = True  # the model's masks; grouped_query_attention applies the soft cap
+    computes_softcap: ClassVar[bool] = True
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> TfliteLmLowered:
         import torch
