@@ -48,9 +48,9 @@ def output_scale(embedding: torch.nn.Module) -> float:
         computed = embedding(ids).float()
     if not torch.allclose(computed, expected, rtol=1e-5, atol=1e-6):
         raise ConversionError(f"the input embedding ({type(embedding).__name__}) computes more than a scaled table "
-                              "lookup, which ExecuTorch's quantized lookup would drop: for a8w4 set embedding_bits = 32 "
-                              "in the target's [lm] table to keep it float (a8w8 always quantizes it), or export to "
-                              "onnx or tflite")
+                              "lookup, which ExecuTorch's quantized lookup would drop: for a8w4 set embedding_bits "
+                              "= 32 in the target's [lm] table to keep it float (a8w8 always quantizes it), or export "
+                              "to onnx or tflite")
     return scale
 
 
