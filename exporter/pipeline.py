@@ -21,7 +21,7 @@ from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
-from exporter.lm.source import encoder_folder_error, hf_encoder, is_causal_lm_spec
+from exporter.lm.source import is_causal_lm_spec, refuse_encoder_folder
 from exporter.manifest import build_manifest
 from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
@@ -167,14 +167,13 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     check_output_place(options.out)
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
+    refuse_encoder_folder(options.model)  # a classic source either target kind would send elsewhere
     if options.model is None:  # the embedded default of the target's kind
         options.model = "demo:tinylm" if isinstance(target, LmTarget) else "demo:digits"
     if isinstance(target, LmTarget):
         from exporter.lm.pipeline import run_lm_export
 
         return run_lm_export(options, target, progress)
-    if isinstance(options.model, str) and (encoder := hf_encoder(Path(options.model.removeprefix("hf:")))):
-        raise encoder_folder_error(options.model, encoder)
     if isinstance(options.model, str) and is_causal_lm_spec(options.model):
         raise UserInputError(f"{options.model} is a causal language model source; export it with a language-model "
                              "target (android-llm, cockpit-llm), or pass an image/text model here")

@@ -53,7 +53,9 @@ def grouped_query_attention(module: Any, query: Any, keys: Any, values: Any, att
 
 def sliding_window(config: Any) -> int | None:
     """The window of the model's sliding-window layers; None where every layer attends to the whole past."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    from exporter.lm.decode_step import text_config
+
+    text = text_config(config)
     window = getattr(text, "sliding_window", None)
     types = getattr(text, "layer_types", None)
     if not window or (types is not None and "sliding_attention" not in types):
@@ -65,15 +67,15 @@ def refuse_unsupported_attention(model: Any, fmt: str, cache_length: int, *, win
     """A ConversionError naming what the format's attention cannot compute: a sliding window shorter than the
     cache (the format would attend to the whole cache), or soft-capped attention scores."""
     from exporter.errors import ConversionError
+    from exporter.lm.decode_step import text_config
 
-    text = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     window = sliding_window(model.config)
     if not windows and window is not None and window < cache_length:
         raise ConversionError(f"{type(model).__name__} attends through a {window}-token sliding window on some "
                               f"layers, which the {fmt} language-model export does not compute (it would attend to "
                               f"the whole {cache_length}-token cache): set cache_length <= {window} in the target's "
                               "[lm] table, or export to onnx or tflite")
-    cap = getattr(text, "attn_logit_softcapping", None)
+    cap = getattr(text_config(model.config), "attn_logit_softcapping", None)
     if not softcap and cap:
         raise ConversionError(f"{type(model).__name__} soft-caps its attention scores (attn_logit_softcapping = "
                               f"{cap:g}), which the {fmt} language-model attention kernel does not do: export to onnx "

@@ -28,9 +28,14 @@ GQA_BUFFER_IO = {"position": "attention_mask", "past": "past_key_values.{layer}.
                  "present": "present.{layer}.{kv}"}
 
 
+def text_config(config: Any) -> Any:
+    """The decoder's own config (a multimodal config holds it inside)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def cache_shape(config: Any) -> tuple[int, int, int]:
     """(layers, kv heads, head dim) of a transformers decoder config."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim

@@ -18,14 +18,7 @@ from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
 from exporter.errors import UserInputError
 from exporter.lm.backend import lm_backend
-from exporter.lm.source import (
-    CausalLM,
-    causal_lm_from_module,
-    encoder_folder_error,
-    hf_encoder,
-    is_causal_lm_spec,
-    load_causal_lm,
-)
+from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
@@ -41,8 +34,6 @@ def load_lm(options: Any, progress: Progress) -> CausalLM:
     if not isinstance(spec, str):
         return causal_lm_from_module(spec, options.example_inputs, f"python:{type(spec).__name__}",
                                      options.name or type(spec).__name__.lower())
-    if (encoder := hf_encoder(Path(spec.removeprefix("hf:")))) is not None:
-        raise encoder_folder_error(spec, encoder)
     progress(f"[1/5] loading {spec} (a causal language model)")
     if is_causal_lm_spec(spec):
         lm = load_causal_lm(spec, trust_pickle=options.trust_pickle)

@@ -80,10 +80,21 @@ def hf_encoder(folder: Path) -> str | None:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return _encoder_architecture(config) if isinstance(config, dict) else None
+
+
+def _encoder_architecture(config: dict) -> str | None:
+    """The first of a config's architectures when none of them is a causal LM head."""
     architectures = config.get("architectures") or []
     if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return str(architectures[0])
     return None
+
+
+def refuse_encoder_folder(spec: Any) -> None:
+    """A SPEC naming a Hugging Face encoder folder, refused for either target kind with the route that exports it."""
+    if isinstance(spec, str) and (encoder := hf_encoder(Path(spec.removeprefix("hf:")))) is not None:
+        raise encoder_folder_error(spec, encoder)
 
 
 def encoder_folder_error(folder: str, architecture: str) -> UserInputError:
@@ -154,8 +165,9 @@ def _demo() -> CausalLM:
 def _architecture(config: dict, where: str) -> str:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    if (encoder := _encoder_architecture(config)) is not None:
+        raise encoder_folder_error(where, encoder)
     model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
     known = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) if model_type else None
     if known is None:
         if config.get("auto_map"):
@@ -163,8 +175,6 @@ def _architecture(config: dict, where: str) -> str:
                                  "edgeport never runs a model repository's code: use a model transformers knows")
         raise UserInputError(f"{where}: model_type {model_type!r} is not a causal language model transformers knows; "
                              "language-model targets take decoder-only models (Llama, Qwen2, Phi3, Gemma, ...)")
-    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise encoder_folder_error(where, architectures[0])
     return known
 
 
