@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter import __version__
 from exporter.diagnosis.stage import Diagnosis
 from exporter.formats.base import Conversion
 from targets import Variant
@@ -24,3 +25,9 @@ class ArtifactRecord:
     @property
     def path(self) -> str:  # relative to the artifact directory
         return self.variant.filename
+
+
+def provenance(model: str, model_sha256: str, target: str, precision: str) -> dict[str, str]:
+    """Where an artifact came from, written into the artifact itself by its format's stamp."""
+    return {"edgeport.version": __version__, "edgeport.model": model, "edgeport.model_sha256": model_sha256,
+            "edgeport.target": target, "edgeport.precision": precision}

@@ -14,8 +14,7 @@ from typing import Any
 
 from common.artifact_dir import EXPORT_LOG, MANIFEST, Reference
 from common.files import write_json
-from exporter import __version__
-from exporter.artifacts import ArtifactRecord
+from exporter.artifacts import ArtifactRecord, provenance
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
 from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
@@ -224,7 +223,7 @@ def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, cali
     candidate = Candidate(variant.format, reference, io, variant.budget, target.runtime)
     if wanted(target, variant, candidate, out):
         _diagnose(fmt_backend, lowered, emitted, record, candidate, reference, out, progress)
-    fmt_backend.stamp(out, _provenance(traced, target, variant))
+    fmt_backend.stamp(out, provenance(traced.loaded.name, traced.loaded.sha256, target.name, variant.precision))
     finished = fmt_backend.finish(lowered, variant, out, work, progress)
     record.inputs, record.outputs, record.companions = finished.inputs, finished.outputs, finished.companions
     record.seconds = round(time.perf_counter() - start + shared_seconds, 3)
@@ -253,13 +252,6 @@ def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactR
     if record.diagnosis.auto_precision is not None:
         record.quantization = quantizer.record_kept(record.quantization, record.diagnosis.auto_precision.kept_float)
     record.diagnosis.seconds = round(time.perf_counter() - start, 3)
-
-
-def _provenance(traced: TracedModel, target: Target, variant: Variant) -> dict[str, str]:
-    """Where an artifact came from, written into the artifact itself by its format."""
-    return {"edgeport.version": __version__, "edgeport.model": traced.loaded.name,
-            "edgeport.model_sha256": traced.loaded.sha256, "edgeport.target": target.name,
-            "edgeport.precision": variant.precision}
 
 
 def _export_log(records: list[ArtifactRecord], total_seconds: float) -> dict:

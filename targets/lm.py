@@ -54,6 +54,20 @@ LM_W4_BUDGET = LmBudget(max_ppl_ratio=1.15, max_kl_mean=0.12, max_kl_p99=1.5, mi
 LM_EXTENSIONS = {"onnx": "onnx", "executorch": "pte", "coreml": "mlpackage", "tflite": "tflite"}
 WEIGHT_METHODS = ("rtn", "k_quant", "hqq")  # hqq: onnxruntime's half-quadratic weight-only quantizer
 BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+EMBEDDING_BITS = (4, 8, 32)  # 32: float
+# What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
+WEIGHT_SETTINGS = {
+    "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
+    "method": ("how weights are rounded: rtn (round to nearest), k_quant, hqq", WEIGHT_METHODS),
+    "embedding_bits": ("bits of the embedding table and output head of a 4-bit variant", EMBEDDING_BITS),
+    "symmetric": ("4-bit blocks without zero points", (True, False)),
+    "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
+                BUILDERS),
+}
+RTN = {"method": ("rtn",)}  # each quantizer outside onnxruntime rounds to nearest
+# torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
+BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,8 @@ class LmPrecision:
     budget: LmBudget
     symmetric: bool | None = None  # the weight blocks' scheme; None: as the target's [lm] symmetric says (ONNX)
     activations: str = "float"  # what the quantized matmuls compute in: "float", or "int8" (quantized at run time)
+    # the WEIGHT_SETTINGS the export reads, each with the values the format can do; any other is refused at load
+    reads: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
     @property
     def quantized(self) -> bool:
@@ -75,31 +91,37 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("onnx", "fp32", "float32 decode step with a fixed-length KV cache", None, LM_FP32_BUDGET),
     LmPrecision("onnx", "fp16", "float16 weights and compute, float32 logits and cache I/O", None, LM_FP16_BUDGET),
     LmPrecision("onnx", "w8", "8-bit block-wise weights of every decoder linear (MatMulNBits), activations "
-                "quantized to int8 per block at run time (accuracy level 4)", 8, LM_W8_BUDGET, activations="int8"),
+                "quantized to int8 per block at run time (accuracy level 4)", 8, LM_W8_BUDGET, activations="int8",
+                # onnxruntime's k_quant writes 4-bit blocks whatever the bits asked
+                reads={"block_size": BLOCK_SIZES, "method": ("rtn",)}),
     LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits, int8 activation "
                 "compute: accuracy level 4); embedding table and output head at the target's embedding_bits (8 by "
-                "default)", 4, LM_W4_BUDGET, activations="int8"),
+                "default)", 4, LM_W4_BUDGET, activations="int8",
+                reads={k: values for k, (_, values) in WEIGHT_SETTINGS.items()}),
     LmPrecision("executorch", "fp32", "float32 decode step with a fixed-length KV cache, XNNPACK", None,
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
                 "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
-                symmetric=True, activations="int8"),
+                symmetric=True, activations="int8", reads=RTN),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK); embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET,
-                symmetric=True, activations="int8"),
+                symmetric=True, activations="int8",
+                reads=RTN | BLOCKS_OF_32 | {"embedding_bits": EMBEDDING_BITS, "symmetric": (True,)}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "
-                "recipe, XNNPACK); embedding and head too", 8, LM_W8_BUDGET, symmetric=True, activations="int8"),
+                "recipe, XNNPACK); embedding and head too", 8, LM_W8_BUDGET, symmetric=True, activations="int8",
+                reads=RTN),
     LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (ai-edge-quantizer "
                 "dynamic recipe, XNNPACK); embedding and head too", 4, LM_W4_BUDGET, symmetric=True,
-                activations="int8"),
+                activations="int8", reads=RTN | BLOCKS_OF_32 | {"embedding_bits": (4,), "symmetric": (True,)}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
     LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights (every weight of 2048+ values)", 8,
-                LM_W8_BUDGET, symmetric=True),
+                LM_W8_BUDGET, symmetric=True, reads=RTN),
     LmPrecision("coreml", "w4", "stateful ML Program, int4 weights in blocks of block_size (every weight of 2048+ "
-                "values: decoder linears, embedding and head)", 4, LM_W4_BUDGET, symmetric=True),
+                "values: decoder linears, embedding and head)", 4, LM_W4_BUDGET, symmetric=True,
+                reads=RTN | {"block_size": BLOCK_SIZES, "embedding_bits": (4,), "symmetric": (True,)}),
 )
 LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
 for _row in LM_PRECISION_ROWS:
@@ -195,6 +217,7 @@ class LmVariant:
     format: str
     precision: str
     budget: LmBudget
+    settings: LmSettings = LmSettings()  # the target's [lm] with this variant's weight settings resolved
 
     @property
     def row(self) -> LmPrecision:
@@ -226,9 +249,11 @@ class LmTarget:
     def to_profile(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,
                 "runtime": {"threads": self.threads},
-                "lm": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.lm).items()},
-                "variants": [{"format": v.format, "precision": v.precision, "budget": v.budget.limits()}
-                             for v in self.variants]}
+                # the weight settings as each variant resolved them, not as the [lm] table gave them
+                "lm": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.lm).items()
+                       if k not in WEIGHT_SETTINGS},
+                "variants": [{"format": v.format, "precision": v.precision, "budget": v.budget.limits()} |
+                             {k: getattr(v.settings, k) for k in v.row.reads} for v in self.variants]}
 
 
 def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
@@ -253,11 +278,14 @@ def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
     table = data.get("variants")
     if not isinstance(table, list) or not table:
         raise TargetError(f"{origin}: the target needs at least one [[variants]] table with format and precision")
+    lm_table = data.get("lm", {})
+    settings = lm_settings(lm_table, origin)
     variants = []
     for index, entry in enumerate(table):
         where = f"variants[{index}]"
-        if not isinstance(entry, dict) or set(entry) - {"format", "precision", "budget"}:
-            raise TargetError(f"{origin}: {where} takes format, precision and budget")
+        if not isinstance(entry, dict) or set(entry) - {"format", "precision", "budget", *WEIGHT_SETTINGS}:
+            raise TargetError(f"{origin}: {where} takes format, precision, budget and the weight settings it reads "
+                              f"({', '.join(WEIGHT_SETTINGS)})")
         fmt, precision_id = entry.get("format"), entry.get("precision")
         if fmt not in LM_PRECISIONS:
             raise TargetError(f"{origin}: {where}.format {fmt!r}: language models export to "
@@ -269,7 +297,52 @@ def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
         budget = row.budget.merged(common | budget_overrides(entry.get("budget", {}), f"{where}.budget", origin))
         if any(v.precision == precision_id and v.format == fmt for v in variants):
             raise TargetError(f"{origin}: variant {fmt}/{precision_id} is listed twice")
-        variants.append(LmVariant(fmt, precision_id, budget))
+        resolved = _weight_settings(row, entry, lm_table, settings, f"{origin}: {where} ({fmt} {precision_id})")
+        unread = {k: getattr(LmSettings, k) for k in WEIGHT_SETTINGS}  # defaults, so equal variants compare equal
+        variants.append(LmVariant(fmt, precision_id, budget, dataclasses.replace(settings, **unread | resolved)))
+    _refuse_unread_settings(lm_table, variants, origin)
     return LmTarget(name=name, description=str(data.get("description", "")), variants=tuple(variants),
-                    lm=lm_settings(data.get("lm", {}), origin), threads=threads, auto_precision=auto_precision,
-                    origin=origin)
+                    lm=settings, threads=threads, auto_precision=auto_precision, origin=origin)
+
+
+def _accepts(values: tuple, value: Any) -> bool:
+    return any(type(value) is type(v) and value == v for v in values)  # true is not 1
+
+
+def _shown(values: tuple) -> str:
+    return ", ".join(str(v).lower() if isinstance(v, bool) else repr(v) for v in values)
+
+
+def _weight_settings(row: LmPrecision, entry: dict, lm_table: dict, settings: LmSettings, where: str) -> dict:
+    """The weight settings this variant reads: its own entry's, else the [lm] table's, else the default (or the
+    one value the format can do). A value the format cannot do, or a setting it does not read, is refused."""
+    resolved = {}
+    for key in WEIGHT_SETTINGS:
+        accepted = row.reads.get(key)
+        if key in entry and accepted is None:
+            reads = ", ".join(row.reads) or "none of them"
+            raise TargetError(f"{where}: this variant does not read {key} ({WEIGHT_SETTINGS[key][0]}); drop it (it "
+                              f"reads: {reads})")
+        if accepted is None:
+            continue
+        if key in entry:
+            value, said = entry[key], f"{key} = {_shown((entry[key],))}"
+        elif key in lm_table:
+            value, said = lm_table[key], f"[lm] {key} = {_shown((lm_table[key],))}"
+        else:
+            default = getattr(settings, key)
+            resolved[key] = default if _accepts(accepted, default) else accepted[0]
+            continue
+        if not _accepts(accepted, value):
+            fix = "change it" if key in entry else "move it from [lm] to the [[variants]] entries that can do it"
+            raise TargetError(f"{where} cannot do {said}; it takes {_shown(accepted)}: {fix}")
+        resolved[key] = value
+    return resolved
+
+
+def _refuse_unread_settings(lm_table: dict, variants: list[LmVariant], origin: str) -> None:
+    for key in WEIGHT_SETTINGS:
+        if key in lm_table and not any(key in v.row.reads for v in variants):
+            readers = [f"{r.format} {r.id}" for r in LM_PRECISION_ROWS if key in r.reads]
+            raise TargetError(f"{origin}: [lm] {key} ({WEIGHT_SETTINGS[key][0]}) is read by none of this target's "
+                              f"variants; drop it (the variants that read it: {', '.join(readers)})")

@@ -12,6 +12,7 @@ subprocess tests; format behaviour is tested here."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 from collections import Counter
@@ -124,3 +125,27 @@ class Staged:
         variant = next(v for v in self.lowered.target.variants if v.filename == self.out.name)
         io = ModelIO([s.name for s in self.traced.inputs], [s.name for s in self.traced.outputs], self.traced.batch)
         return evaluate(open_session(fmt, self.out, 1).run, self.reference(), io, variant.budget)
+
+
+def provenance_in(fmt: str, path) -> dict:
+    """Read the provenance back with each format's own library."""
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props if p.key.startswith("edgeport.")}
+    if fmt == "tflite":
+        from ai_edge_litert.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.read_model(str(path))
+        (entry,) = [m for m in model.metadata if m.name.decode() == "edgeport"]
+        return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    if fmt == "executorch":
+        from exporter.formats.executorch.backend import provenance_path
+
+        return json.loads(provenance_path(path).read_text())
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(next(path.glob("Data/com.apple.CoreML/model.mlmodel")).read_bytes())
+    return {k: v for k, v in spec.description.metadata.userDefined.items() if k.startswith("edgeport.")}

@@ -110,10 +110,15 @@ def causal_lm_folder(family: str, folder: Path, steps: int = 120) -> Path:
 def lm_target(path: Path, variants: tuple[str, ...] = ("fp32", "w8", "w4"), auto_precision: bool = False,
               budgets: str = "", **lm: object) -> Path:
     """A small language-model target file: short cache and windows, so a test runs in seconds."""
-    settings = {"cache_length": 96, "prefill_length": 32, "new_tokens": 12, "eval_windows": 3, "window_length": 32,
-                "blame_windows": 1, "embedding_bits": 4} | lm
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
+    from targets.lm import LM_PRECISIONS
+
     formats_and_precisions = [v.split("/") if "/" in v else ("onnx", v) for v in variants]  # "coreml/w4" or "w4"
+    # one 4-bit table where a variant reads embedding_bits (a target refuses a setting none of its variants reads)
+    tables = {"embedding_bits": 4} if any("embedding_bits" in LM_PRECISIONS[f][p].reads
+                                          for f, p in formats_and_precisions) else {}
+    settings = {"cache_length": 96, "prefill_length": 32, "new_tokens": 12, "eval_windows": 3, "window_length": 32,
+                "blame_windows": 1} | tables | lm
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in settings.items())
     variant_tables = "\n".join(f'[[variants]]\nformat = "{f}"\nprecision = "{p}"\n' for f, p in formats_and_precisions)
     budget_table = f"[budgets]\n{budgets}\n" if budgets else ""
     path.write_text(f'name = "test-llm"\nauto_precision = {str(auto_precision).lower()}\n[runtime]\nthreads = 1\n'
@@ -149,3 +154,22 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def check_provenance(directory: Path) -> None:
+    """Every artifact of an LM export carries the provenance a classic one does, read back with its format's
+    own library, and the manifest hashes the stamped files (ExecuTorch's sidecar included)."""
+    import json
+
+    from common.files import sha256_file
+    from tests.harness import provenance_in
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        assert provenance_in(entry["format"], directory / entry["path"]) == {
+            "edgeport.version": manifest["edgeport"], "edgeport.model": manifest["model"]["name"],
+            "edgeport.model_sha256": manifest["model"]["sha256"], "edgeport.target": manifest["target"]["name"],
+            "edgeport.precision": entry["precision"]}, entry["path"]
+        assert all(sha256_file(directory / f["path"]) == f["sha256"] for f in entry["files"]), entry["path"]
+        if entry["format"] == "executorch":
+            assert entry["files"][-1]["path"] == entry["path"] + ".edgeport.json"

@@ -114,6 +114,10 @@ CASES = [
      "is not UTF-8 text"),
     ("lm-calib-given", [*EXPORT, "--target", "android-llm", "--calib", "{input}"], _bytes("c.txt", b"text"),
      "calibrate nothing"),
+    *[(f"lm-{flag[2:]}-given", [*EXPORT, "--target", "android-llm", flag, *value], None,
+       f"{flag} (build-file key {flag[2:].replace('-', '_')}) does nothing for the language-model target")
+      for flag, value in [("--weights", ["{tmp}/w.pt"]), ("--input", ["x:1x8:float32"]), ("--dynamic-batch", []),
+                          ("--output-kind", ["logits:classification"]), ("--allow-synthetic-eval", [])]],
     ("validate-missing", ["validate", "{tmp}/absent"], None, "is not a directory"),
     ("validate-a-file", ["validate", "{input}"], _bytes("f", b"x"), "is not a directory"),
     ("validate-no-manifest", ["validate", "{input}"], _folder({"notes.txt": "x"}), "has no manifest.json"),

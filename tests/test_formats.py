@@ -5,14 +5,12 @@ narrowable with EDGEPORT_TEST_FAMILIES / EDGEPORT_TEST_FORMATS / EDGEPORT_TEST_P
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from exporter.formats import backend
 from targets.catalog import FLOAT, PRECISIONS, precision
 from tests import zoo
-from tests.harness import Staged, matrix, narrowed
+from tests.harness import Staged, matrix, narrowed, provenance_in
 from validators.runtimes.onnxruntime_runtime import saturating_host
 
 # the transformer's attention goes through every format; keep its matrix to the float and static rows
@@ -50,29 +48,6 @@ def test_onnx_passes_fold_batchnorm_in_the_lowered_program():
     Staged(zoo.cnn, "cnn").trace().lower("onnx").check_count({"BatchNormalization": 0, "Conv": 3})
 
 
-def _provenance_in(fmt: str, path) -> dict:
-    """Read the provenance back with each format's own library."""
-    if fmt == "onnx":
-        import onnx
-
-        return {p.key: p.value for p in onnx.load(str(path)).metadata_props if p.key.startswith("edgeport.")}
-    if fmt == "tflite":
-        from ai_edge_litert.tools import flatbuffer_utils
-
-        model = flatbuffer_utils.read_model(str(path))
-        (entry,) = [m for m in model.metadata if m.name.decode() == "edgeport"]
-        return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    if fmt == "executorch":
-        from exporter.formats.executorch.backend import provenance_path
-
-        return json.loads(provenance_path(path).read_text())
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    spec.ParseFromString(next(path.glob("Data/com.apple.CoreML/model.mlmodel")).read_bytes())
-    return {k: v for k, v in spec.description.metadata.userDefined.items() if k.startswith("edgeport.")}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", narrowed("EDGEPORT_TEST_FORMATS", list(PRECISIONS)))
 def test_every_format_stamps_provenance_into_its_artifact(fmt):
@@ -80,5 +55,5 @@ def test_every_format_stamps_provenance_into_its_artifact(fmt):
     provenance = {"edgeport.model": "mlp", "edgeport.precision": "fp32", "edgeport.target": "harness"}
     backend(fmt).stamp(staged.out, provenance)
     backend(fmt).stamp(staged.out, provenance)  # stamping again replaces, never duplicates
-    assert _provenance_in(fmt, staged.out) == provenance
+    assert provenance_in(fmt, staged.out) == provenance
     assert not staged.compare().violations  # the stamped artifact still runs and matches

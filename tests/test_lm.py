@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.lm_models import FAMILIES, causal_lm_folder, lm_target
+from tests.lm_models import FAMILIES, causal_lm_folder, check_provenance, lm_target
 from validators.lm.metrics import free_running, repeated_ngram_rate, teacher_forced
 from validators.lm.validate import violations
 
@@ -81,6 +81,7 @@ def test_builder_and_export_paths_are_recorded(exported):
     assert manifest["lm"]["eval"]["positions"] == 3 * 31
     for entry in manifest["artifacts"]:
         assert [f["path"] for f in entry["files"]] == [entry["path"], entry["path"] + ".data"]
+    check_provenance(exported["llama_gqa_tied"][1])  # the builder's graph and edgeport's, external data kept
 
 
 @pytest.mark.slow

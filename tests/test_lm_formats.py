@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.lm_models import FAMILIES, causal_lm_folder, lm_target
+from tests.lm_models import FAMILIES, causal_lm_folder, check_provenance, lm_target
 from tests.test_lm import _restamp
 
 pytestmark = [pytest.mark.hf, pytest.mark.slow]
@@ -132,6 +132,10 @@ def test_executorch_prefill_pads_short_chunks_and_decodes_past_the_last_full_chu
     assert np.abs(whole - parts).max() < 1e-4
     with pytest.raises(ValueError, match="do not fit"):
         lm.forward(tokens[:7])
+
+
+def test_every_artifact_carries_its_provenance(exported):
+    check_provenance(exported["qwen2_untied"][1])
 
 
 def test_report_puts_every_format_side_by_side(exported):

@@ -175,7 +175,7 @@ def test_a_scaled_embedding_model_through_every_format(tmp_path):
     folder = causal_lm_folder(SCALED_EMBEDDING, tmp_path / "gemma3")
     variants = ("onnx/fp32", "onnx/w8", "executorch/fp32", "executorch/a8w8", "tflite/fp32", "tflite/a8w8",
                 "coreml/fp16", "coreml/w8")
-    target = lm_target(tmp_path / "scaled-llm.toml", variants, embedding_bits=8)
+    target = lm_target(tmp_path / "scaled-llm.toml", variants)
     done = run_cli("export", "--model", folder, "--target", target, "--out", tmp_path / "out", "--name", "gemma3")
     assert done.code == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gemma3" / "test-llm" / "report.json").read_text())

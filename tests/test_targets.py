@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -130,8 +129,8 @@ def test_the_resolved_target_round_trips_through_the_manifest_profile():
     for name in builtin_target_names():
         target = load_target(name)
         if isinstance(target, LmTarget):
-            assert lm_target_from_dict(target.to_profile(), "manifest.json") == dataclasses.replace(
-                target, origin="manifest.json")
+            again = lm_target_from_dict(target.to_profile(), "manifest.json")
+            assert again.variants == target.variants and again.to_profile() == target.to_profile()
             continue
         again = target_from_dict(target.to_profile(), "manifest.json")
         assert again.variants == target.variants and again.runtime == target.runtime and again.npu == target.npu
@@ -146,7 +145,9 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     ios = load_target("ios-llm")
     assert [(v.format, v.precision, v.filename) for v in ios.variants] == [
         ("coreml", "fp16", "model.fp16.mlpackage"), ("coreml", "w4", "model.w4.mlpackage")]
-    assert android.lm.cache_length == 256 and android.lm.embedding_bits == 4 and not android.lm.symmetric
+    assert android.lm.cache_length == 256
+    assert [(v.settings.embedding_bits, v.settings.symmetric) for v in android.variants if v.row.bits == 4] == [
+        (4, False), (4, True), (4, True)]  # ONNX w4 with zero points; ExecuTorch and LiteRT blocks have none
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")
@@ -181,3 +182,44 @@ def test_the_readme_example_target_is_valid():
     example = example[: example.index("```")]
     target = target_from_dict(tomllib.loads(example), "README.md")
     assert target.name == "my-phone" and target.variants[0].precision == "int8"
+
+
+def _weight_setting_cases() -> list[tuple[str, str, str, object]]:
+    from targets.lm import LM_PRECISION_ROWS, WEIGHT_SETTINGS
+
+    return [(row.format, row.id, key, value) for row in LM_PRECISION_ROWS for key, (_, values) in
+            WEIGHT_SETTINGS.items() for value in values]
+
+
+@pytest.mark.parametrize(("fmt", "precision_id", "key", "value"), _weight_setting_cases(),
+                         ids=[f"{f}-{p}-{k}-{v}" for f, p, k, v in _weight_setting_cases()])
+def test_every_weight_setting_is_read_as_given_or_refused_at_load(fmt, precision_id, key, value):
+    """Every (LM precision row, weight setting, valid value), given in [lm] and on the variant's own entry:
+    a row that reads the setting and can do the value exports with it; any other is one TargetError."""
+    from targets.lm import LM_PRECISIONS
+
+    accepted = LM_PRECISIONS[fmt][precision_id].reads.get(key)
+    variant = {"format": fmt, "precision": precision_id}
+    for data in ({"name": "t", "lm": {key: value}, "variants": [variant]},
+                 {"name": "t", "lm": {}, "variants": [variant | {key: value}]}):
+        if accepted is not None and any(type(a) is type(value) and a == value for a in accepted):
+            assert getattr(lm_target_from_dict(data, "t.toml").variants[0].settings, key) == value
+            continue
+        refusal = ("is read by none of this target's variants" if key in data["lm"] else "does not read") \
+            if accepted is None else "cannot do"
+        with pytest.raises(TargetError, match=re.escape(refusal)) as info:
+            lm_target_from_dict(data, "t.toml")
+        assert "\n" not in str(info.value) and key in str(info.value)
+
+
+def test_a_target_wide_weight_setting_applies_to_the_variants_that_read_it():
+    """[lm] method reaches ONNX w4 and is refused for LiteRT (rtn only) unless set on the variant's own entry."""
+    both = [{"format": "onnx", "precision": "w4"}, {"format": "tflite", "precision": "a8w4"}]
+    with pytest.raises(TargetError, match=re.escape("variants[1] (tflite a8w4) cannot do [lm] method = 'hqq'; it "
+                                                    "takes 'rtn': move it from [lm] to the [[variants]] entries")):
+        lm_target_from_dict({"name": "t", "lm": {"method": "hqq"}, "variants": both}, "t.toml")
+    target = lm_target_from_dict({"name": "t", "lm": {"block_size": 64}, "variants": [
+        both[0] | {"method": "hqq"}, both[1]]}, "t.toml")
+    assert [(v.settings.method, v.settings.block_size) for v in target.variants] == [("hqq", 64), ("rtn", 64)]
+    # a row with one possible value resolves to it when nothing is said: LiteRT quantizes its table at 4 bits
+    assert target.variants[1].settings.embedding_bits == 4 and target.variants[0].settings.embedding_bits == 8

@@ -8,7 +8,7 @@ ArtifactRecord); a format only says how to check, lower and emit:
     emit(lowered, variant, calib, out)    -> Emitted: one precision variant written to `out`
     layer_quantizer(lowered, variant, emitted, scratch) -> LayerQuantizer | None, for the diagnosis stage
     finish(lowered, variant, out, ...)    -> Finished: the artifact's own I/O, companion files (after diagnosis)
-    stamp(path, provenance)               -> provenance written into the artifact itself
+    stamp(path, provenance)               -> provenance written into the artifact (or files beside it)
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Backend(Protocol):
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished: ...
 
-    def stamp(self, path: Path, provenance: dict[str, str]) -> None: ...
+    def stamp(self, path: Path, provenance: dict[str, str]) -> list[Path]: ...  # the files written beside `path`
 
 
 def calibration_batches(variant: Variant, calibration: dict[str, np.ndarray] | None,

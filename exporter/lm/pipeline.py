@@ -16,7 +16,9 @@ import numpy as np
 from common.artifact_dir import EXPORT_LOG, MANIFEST, REPRODUCIBLE, SCHEMA
 from common.files import save_npz, sha256_file, size_bytes, write_json
 from exporter import __version__
+from exporter.artifacts import provenance
 from exporter.errors import UserInputError
+from exporter.formats import backend as format_backend
 from exporter.lm.backend import lm_backend
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
@@ -212,8 +214,10 @@ class VariantBuilder:
             scratch.mkdir()
             self.lowered[variant.format] = backend.lower(self.lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
-        emitted = backend.emit(self.lowered[variant.format], variant, self.target.lm, out, kept, self.progress)
-        files = _files([out, *emitted.extra_files])
+        emitted = backend.emit(self.lowered[variant.format], variant, variant.settings, out, kept, self.progress)
+        stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
+                                                                       self.target.name, variant.precision))
+        files = _files([out, *emitted.extra_files, *stamped])
         return {"format": variant.format, "precision": variant.precision, "path": out.name, "files": files,
                 "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": emitted.cache,
                 "built_by": emitted.built_by, "why": emitted.why, "quantization": emitted.quantization,
@@ -228,7 +232,7 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
     from validators.lm.runtime import open_lm
 
     lm, target, progress = builder.lm, builder.target, builder.progress
-    settings = target.lm
+    settings = variant.settings
     judged = judge(open_lm(work, entry, target.threads), reference, entry["budget"], entry["bytes"])
     failing = bool(judged["violations"])
     if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
@@ -277,11 +281,29 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
                    "kl_mean_after": judged["teacher_forced"]["kl_mean"]}
 
 
+# export options a language-model target does not read: option -> (flag and build-file key, why)
+UNREAD_OPTIONS = {
+    "calib": ("--calib", "its variants quantize weights only and calibrate nothing (pass the eval text with --eval)"),
+    "weights": ("--weights", "its weights come with its source (a Hugging Face folder, a .gguf file or a factory)"),
+    "inputs": ("--input", "its inputs are token ids, shaped by the target's [lm] table (cache_length, "
+                          "prefill_length)"),
+    "dynamic_batch": ("--dynamic-batch", "it decodes one sequence; the [lm] table fixes the shapes"),
+    "output_kinds": ("--output-kind", "it is judged on its next-token distributions and generated tokens"),
+    "allow_synthetic_eval": ("--allow-synthetic-eval", "its eval is always real text (--eval, or the bundled "
+                                                      "corpus)"),
+}
+
+
+def _refuse_unread_options(options: Any, target: LmTarget) -> None:
+    for name, (flag, why) in UNREAD_OPTIONS.items():
+        if getattr(options, name, None):
+            raise UserInputError(f"{flag} (build-file key {flag[2:].replace('-', '_')}) does nothing for the "
+                                 f"language-model target {target.name}: {why}; drop it")
+
+
 def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[Path, dict]:
     started = time.perf_counter()
-    if options.calib is not None:
-        raise UserInputError("language-model variants quantize weights only and calibrate nothing: drop --calib "
-                             "(pass the eval text with --eval)")
+    _refuse_unread_options(options, target)
     lm = load_lm(options, progress)
     settings = target.lm
     _refuse_unsupported_attention(lm, target)

@@ -267,8 +267,9 @@ class CoremlBackend:
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         return model_io(lowered.traced)
 
-    def stamp(self, path: Path, provenance: dict[str, str]) -> None:
+    def stamp(self, path: Path, provenance: dict[str, str]) -> list[Path]:
         _edit_metadata(path, lambda metadata: metadata.update(provenance))
+        return []
 
 
 BACKEND = CoremlBackend()

@@ -82,9 +82,11 @@ class ExecutorchBackend:
             finished.companions["provenance"] = {"path": sidecar.name, "sha256": sha256_file(sidecar)}
         return finished
 
-    def stamp(self, path: Path, provenance: dict[str, str]) -> None:
+    def stamp(self, path: Path, provenance: dict[str, str]) -> list[Path]:
         """Beside the artifact: the .pte flatbuffer has no field for free metadata."""
-        provenance_path(path).write_text(json.dumps(provenance, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        sidecar = provenance_path(path)
+        sidecar.write_text(json.dumps(provenance, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        return [sidecar]
 
 
 class _ExecutorchState:

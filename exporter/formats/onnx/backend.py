@@ -83,15 +83,17 @@ class OnnxBackend:
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         return model_io(lowered.traced)
 
-    def stamp(self, path: Path, provenance: dict[str, str]) -> None:
-        """Provenance in the file itself (ONNX metadata_props)."""
-        model = onnx.load(str(path))
+    def stamp(self, path: Path, provenance: dict[str, str]) -> list[Path]:
+        """Provenance in the graph file itself (ONNX metadata_props); a language model's external weights
+        (.data) stay as they are."""
+        model = onnx.load(str(path), load_external_data=False)
         kept = [p for p in model.metadata_props if not p.key.startswith("edgeport.")]
         del model.metadata_props[:]
         model.metadata_props.extend(kept)
         for key, value in provenance.items():
             model.metadata_props.add(key=key, value=value)
         onnx.save(model, str(path))
+        return []
 
 
 BACKEND = OnnxBackend()

@@ -80,7 +80,7 @@ class TfliteBackend:
             finished.companions["npu_compiled"] = _compile_for_npu(out, workdir, lowered.target)
         return finished
 
-    def stamp(self, path: Path, provenance: dict[str, str]) -> None:
+    def stamp(self, path: Path, provenance: dict[str, str]) -> list[Path]:
         """Provenance as a flatbuffer metadata entry named "edgeport" (JSON), beside litert's own."""
         from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
@@ -94,6 +94,7 @@ class TfliteBackend:
         entry.name, entry.buffer = "edgeport", len(model.buffers) - 1
         model.metadata = [*kept, entry]
         path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+        return []
 
 
 class _TfliteState:
