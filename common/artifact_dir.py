@@ -88,6 +88,13 @@ def reference_file(directory: Path, manifest: dict) -> tuple[Path, list[str]]:
     return path, [f"{entry['path']} differs from the manifest's sha256: reference data was altered"] if altered else []
 
 
+def require_keys(manifest: dict, keys: tuple[str, ...], path: Path) -> None:
+    """Every manifest's keys here; each model kind's judge names its own."""
+    missing = [k for k in keys if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeport, re-export")
+
+
 def read_manifest(directory: Path) -> dict:
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; pass an artifact directory such as "
@@ -99,10 +106,7 @@ def read_manifest(directory: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-export the model") from None
-    needed = ("lm",) if manifest.get("kind") == "causal-lm" else ("inputs", "outputs")  # a language model: tokens
-    missing = [k for k in ("schema", "model", "target", "artifacts", "reference", *needed) if k not in manifest]
-    if missing:
-        raise ArtifactError(f"{path} lacks {', '.join(missing)}; it was not written by this edgeport, re-export")
+    require_keys(manifest, ("schema", "model", "target", "artifacts", "reference"), path)
     if manifest["schema"] != SCHEMA:
         raise ArtifactError(f"{path} has manifest schema {manifest['schema']}, this edgeport reads {SCHEMA}; "
                             "re-export with this version")

@@ -105,14 +105,13 @@ def _fail(debug: bool, exc: BaseException, kind: str, code: int) -> None:
 
 
 def _print_summary(directory: Path, report: dict) -> None:
-    from validators.report import COLUMNS, artifact_row, verdict_word
+    from validators.judges import judge_for
+    from validators.report import verdict_word
     from validators.validate import all_unjudged, all_violations
 
-    if report.get("kind") == "causal-lm":
-        from validators.lm.report import COLUMNS
-        from validators.lm.report import summary_row as artifact_row
-    rows = [list(COLUMNS)] + [artifact_row(a) for a in report["artifacts"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    judge = judge_for(report)
+    rows = [list(judge.columns)] + [judge.summary_row(a) for a in report["artifacts"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(judge.columns))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for line in all_violations(report):
@@ -314,25 +313,14 @@ def list_targets(debug: Debug = False) -> None:
     """List the built-in targets with their formats, precisions and budgets."""
 
     def action() -> int:
+        from exporter.kinds import model_kind
         from targets import builtin_target_names, load_target
-        from targets.lm import LmTarget
 
         for target_name in builtin_target_names():
             t = load_target(target_name)
             print(f"{t.name}: {t.description}")
-            if isinstance(t, LmTarget):
-                lm = t.lm
-                print(f"  language model: {lm.cache_length}-token KV cache, prefill {lm.prefill_length}, "
-                      f"{lm.new_tokens} greedy tokens per prompt, block {lm.block_size}; {t.threads} thread(s)")
-                for v in t.variants:
-                    limits = ", ".join(f"{k}={val:g}" for k, val in v.budget.limits().items())
-                    print(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
-                continue
-            print(f"  runtime: {t.runtime.threads} thread(s); passes: "
-                  + "; ".join(f"{f}: {', '.join(p)}" for f, p in t.passes.items()))
-            for v in t.variants:
-                limits = ", ".join(f"{k}={val:g}" for k, val in vars(v.budget).items() if val is not None)
-                print(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
+            for line in model_kind(t.kind).describe(t):
+                print(line)
         print("\nYour own target: copy targets/android.toml, edit it, pass --target ./my.toml")
         return 0
 

@@ -54,6 +54,7 @@ def build_manifest(traced: TracedModel, target: Target, eval_data: Dataset, cali
     loaded = traced.loaded
     return {
         "schema": SCHEMA,
+        "kind": target.kind,
         "edgeport": __version__,
         "model": {"name": loaded.name, "source": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256},
         "trace": {"method": traced.method, "dynamic_batch": traced.dynamic_batch, "batch": traced.batch,

@@ -20,14 +20,13 @@ from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
-from exporter.lm.source import is_causal_lm_spec, refuse_encoder_folder
+from exporter.lm.source import refuse_encoder_folder
 from exporter.manifest import build_manifest
 from exporter.sources import load_model, load_module
 from exporter.specs import TensorSpec
 from exporter.staging import check_output_place, staged_directory
 from exporter.trace import TracedModel, trace
 from targets import Target, Variant, load_target
-from targets.lm import LmTarget
 from validators.candidate import Candidate, ModelIO
 from validators.report import write_reports
 from validators.validate import validate_directory
@@ -161,21 +160,23 @@ def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
 
 
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
-    started = time.perf_counter()
+    """The one entry for every model kind: the target names its kind, the kind's plug-in does the export."""
+    from exporter.kinds import kind_of_source, model_kind
+
     target = load_target(options.target)  # fail on a bad target before any heavy work
     check_output_place(options.out)
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
-    refuse_encoder_folder(options.model)  # a classic source either target kind would send elsewhere
-    if options.model is None:  # the embedded default of the target's kind
-        options.model = "demo:tinylm" if isinstance(target, LmTarget) else "demo:digits"
-    if isinstance(target, LmTarget):
-        from exporter.lm.pipeline import run_lm_export
+    refuse_encoder_folder(options.model)  # a source no kind exports
+    kind = model_kind(target.kind)
+    if options.model is None:
+        options.model = kind.default_model
+    return kind_of_source(options.model, kind).export(options, target, progress)
 
-        return run_lm_export(options, target, progress)
-    if isinstance(options.model, str) and is_causal_lm_spec(options.model):
-        raise UserInputError(f"{options.model} is a causal language model source; export it with a language-model "
-                             "target (android-llm, cockpit-llm), or pass an image/text model here")
+
+def export_tensors(options: ExportOptions, target: Target, progress: Progress) -> tuple[Path, dict]:
+    """The tensor kind's export: trace once, then every format's variants, diagnosis, manifest, validation."""
+    started = time.perf_counter()
     traced = _load(options, progress)
     eval_data = _eval_data(options, traced, progress)
     calibration = _calibration_data(options, traced, target.needs_calibration, progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from common.errors import TargetError
 
@@ -234,6 +234,7 @@ class LmVariant:
 class LmTarget:
     """A language-model target: what to emit, how to export it, and how each artifact is judged."""
 
+    kind: ClassVar[str] = "causal-lm"  # the model-kind plug-in that exports it (exporter/kinds/)
     name: str
     description: str
     variants: tuple[LmVariant, ...]

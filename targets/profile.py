@@ -11,7 +11,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from common.errors import TargetError
 from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
@@ -88,6 +88,7 @@ class NpuSettings:
 
 @dataclass(frozen=True)
 class Target:
+    kind: ClassVar[str] = "tensor"  # the model-kind plug-in that exports it (exporter/kinds/)
     name: str
     description: str
     variants: tuple[Variant, ...]

@@ -203,7 +203,7 @@ def test_every_eval_window_starts_as_the_tokenizer_starts_a_text(adds_bos):
 
     from tokenizers import processors
 
-    from exporter.lm.pipeline import _eval_windows
+    from exporter.kinds.causal_lm.export import _eval_windows
     from exporter.lm.tinylm import byte_tokenizer
     from targets.lm import LmSettings
 

@@ -163,11 +163,12 @@ def _artifact_facts(a: dict) -> list[str]:
 
 
 def to_markdown(report: dict) -> str:
-    verdict = verdict_word(report)
-    if report.get("kind") == "causal-lm":
-        from validators.lm import report as lm_report
+    from validators.judges import judge_for
 
-        return lm_report.to_markdown(report, verdict)
+    return judge_for(report).to_markdown(report, verdict_word(report))
+
+
+def tensor_markdown(report: dict, verdict: str) -> str:
     out = [f"# edgeport report: {report['model']['name']} → {report['target']}", "",
            f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
     out += [f"- {line}" for line in _data_lines(report) + _output_lines(report)]
@@ -210,22 +211,24 @@ def to_markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-_STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1b1f24}
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1b1f24}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
 th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}.pass{color:#1a7f37;font-weight:600}
 .fail{color:#cf222e;font-weight:600}.warn{color:#9a6700}code{background:#f6f8fa;padding:1px 4px}"""
 
 
 def to_html(report: dict) -> str:
-    e = html.escape
-    if report.get("kind") == "causal-lm":
-        from validators.lm import report as lm_report
+    from validators.judges import judge_for
 
-        return lm_report.to_html(report, verdict_word(report), _STYLE)
-    label = {"PASSED": "pass", "FAILED": "fail"}.get(verdict_word(report), "provisional")
+    return judge_for(report).to_html(report, verdict_word(report), STYLE)
+
+
+def tensor_html(report: dict, verdict: str, style: str) -> str:
+    e = html.escape
+    label = {"PASSED": "pass", "FAILED": "fail"}.get(verdict, "provisional")
     css = "warn" if label == "provisional" else label
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeport: {e(report['model']['name'])} "
-             f"→ {e(report['target'])}</title><style>{_STYLE}</style></head><body>",
+             f"→ {e(report['target'])}</title><style>{style}</style></head><body>",
              f"<h1>{e(report['model']['name'])} → {e(report['target'])} "
              f"<span class='{css}'>{label.upper()}</span></h1>",
              f"<p>model <code>{e(report['model']['source'])}</code>, sha256 "

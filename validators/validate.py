@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.artifact_dir import Reference, read_export_log, read_manifest, reference_file
+from common.artifact_dir import MANIFEST, Reference, read_export_log, read_manifest, reference_file, require_keys
 from common.errors import ArtifactError
 from common.files import sha256_file, size_bytes
 from common.vela import VelaError, compile_with_vela
@@ -170,11 +170,17 @@ def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
 
 def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None,
                        allow_synthetic_eval: bool = False) -> dict:
-    manifest = read_manifest(directory)
-    if manifest.get("kind") == "causal-lm":
-        from validators.lm.validate import validate_lm_directory
+    """Every model kind's export directory, judged by its kind's judge (validators/judges/)."""
+    from validators.judges import judge_for
 
-        return validate_lm_directory(directory, progress)
+    manifest = read_manifest(directory)
+    judge = judge_for(manifest)
+    require_keys(manifest, judge.manifest_keys, directory / MANIFEST)
+    return judge.validate(directory, progress, allow_synthetic_eval)
+
+
+def validate_tensor_directory(directory: Path, progress: Callable[[str], None], allow_synthetic_eval: bool) -> dict:
+    manifest = read_manifest(directory)
     target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
     reference, run_violations = _load_reference(directory, manifest)
     output_kinds = {o["name"]: o.get("kind") for o in manifest["outputs"]}
@@ -195,6 +201,7 @@ def validate_directory(directory: Path, progress: Callable[[str], None] = lambda
             result["auto_precision"] = {**result["auto_precision"], **measured}
     provisional = provisional_reason(manifest.get("data", {}), allow_synthetic_eval)
     return {
+        "kind": manifest.get("kind", target.kind),
         "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
         "target": target.name,
         "passed": not provisional and not run_violations and all(r["budget"]["passed"] for r in results),

@@ -38,7 +38,7 @@ def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None =
            threads: int = 1) -> Iterator[str]:
     """Yield the text of each new token as the artifact generates it."""
     manifest = read_manifest(directory)  # a wrong directory fails before the heavy imports
-    if manifest.get("kind") != "causal-lm":
+    if "lm" not in manifest:  # the prompts, tokenizer and cache geometry a language-model export records
         raise ArtifactError(f"{directory} holds no language model; generate runs artifacts of android-llm-like targets")
     entry = _pick(manifest, artifact)
     from transformers import AutoTokenizer

@@ -174,7 +174,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         })
     export_log = read_export_log(directory)
     return {
-        "kind": "causal-lm",
+        "kind": manifest["kind"],
         "model": {k: manifest["model"][k] for k in ("name", "source", "sha256")},
         "target": manifest["target"]["name"],
         "passed": not provisional and not run_violations and all(r["budget"]["passed"] for r in results),

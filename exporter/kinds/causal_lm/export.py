@@ -1,6 +1,7 @@
-"""The language-model path: source -> reference (PyTorch, teacher-forced and free-running) -> one traced
-decode step with a fixed-length KV cache -> a variant per precision (edgeport's export, or
-onnxruntime-genai's builder) -> blame and auto precision -> manifest -> token-level validation -> report.
+"""The causal-LM kind's export: source -> reference (PyTorch, teacher-forced and free-running) -> one traced decode
+step with a fixed-length KV cache -> a variant per precision (edgeport's export, or onnxruntime-genai's
+builder) -> blame and auto precision -> manifest -> token-level validation (validators/judges/causal_lm.py)
+-> report.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
         save_npz(work / REFERENCE, reference)
         write_json(work / MANIFEST, {
-            "schema": SCHEMA, "kind": "causal-lm", "edgeport": __version__,
+            "schema": SCHEMA, "kind": target.kind, "edgeport": __version__,
             "model": {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
                       "architecture": lm.architecture},
             "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},

@@ -1,0 +1,33 @@
+"""The tensor kind: a model of tensors in, tensors out (image, audio and text encoders, classifiers), traced
+once and judged by output parity and task accuracy (validators/judges/tensor.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class TensorKind:
+    name = "tensor"
+    default_model = "demo:digits"
+    sources = "an image, audio or text model"
+
+    def claims(self, spec: Any) -> bool:
+        return False  # every source no other kind claims
+
+    def describe(self, target: Any) -> list[str]:
+        lines = [f"  runtime: {target.runtime.threads} thread(s); passes: "
+                 + "; ".join(f"{f}: {', '.join(p)}" for f, p in target.passes.items())]
+        for v in target.variants:
+            limits = ", ".join(f"{k}={val:g}" for k, val in vars(v.budget).items() if val is not None)
+            lines.append(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
+        return lines
+
+    def export(self, options: Any, target: Any, progress: Callable[[str], None]) -> tuple[Path, dict]:
+        from exporter.pipeline import export_tensors
+
+        return export_tensors(options, target, progress)
+
+
+KIND = TensorKind()

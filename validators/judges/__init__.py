@@ -1,0 +1,43 @@
+"""One judge per model kind: it validates what the kind's export wrote and renders the result. validate,
+the report, the CLI's summary and the API ask this registry with the manifest or report in hand (its "kind"),
+never a kind's name. A judge is one module exposing JUDGE (the Judge below), plus one line here, or
+`register` from outside."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from common.errors import ArtifactError
+
+JUDGES = {"tensor": "validators.judges.tensor", "causal-lm": "validators.judges.causal_lm"}
+
+
+class Judge(Protocol):
+    name: str
+    manifest_keys: tuple[str, ...]  # beside the keys every manifest has (common/artifact_dir.py)
+    columns: tuple[str, ...]  # the CLI's summary table
+
+    def summary_row(self, artifact: dict) -> list[str]: ...
+
+    def validate(self, directory: Path, progress: Callable[[str], None], allow_synthetic_eval: bool) -> dict:
+        """Run every artifact of the directory with its runtime against the reference; the report."""
+
+    def to_markdown(self, report: dict, verdict: str) -> str: ...
+
+    def to_html(self, report: dict, verdict: str, style: str) -> str: ...
+
+
+def register(name: str, module: str) -> None:
+    JUDGES[name] = module
+
+
+def judge_for(document: dict) -> Judge:
+    """The judge of a manifest or report; one written before kinds were recorded is a tensor model's."""
+    name = document.get("kind", "tensor")
+    if name not in JUDGES:
+        raise ArtifactError(f"this edgeport has no judge for model kind {name!r} (it knows {', '.join(JUDGES)}); "
+                            "validate it with the edgeport that exported it")
+    return importlib.import_module(JUDGES[name]).JUDGE
