@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from common.errors import TargetError
 from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
-from targets.lm import LmTarget, lm_target_from_dict
+from targets.lm import lm_target_from_dict
 
 TARGETS_DIR = Path(__file__).resolve().parent
 
@@ -370,10 +371,21 @@ def read_target_file(path: Path) -> dict[str, Any]:
         raise TargetError(f"{path}: not valid TOML ({exc}); fix the file or start from targets/android.toml") from None
 
 
-def load_target(name_or_path: str) -> Target | LmTarget:
-    """A Target, or an LmTarget when the file has an [lm] table (a language-model target)."""
+# model kind -> its target reader (data, origin) -> target; a kind from outside adds its own (register_target_kind)
+TARGET_READERS: dict[str, Callable[[dict, str], Any]] = {"tensor": target_from_dict, "causal-lm": lm_target_from_dict}
+
+
+def register_target_kind(kind: str, reader: Callable[[dict, str], Any]) -> None:
+    TARGET_READERS[kind] = reader
+
+
+def load_target(name_or_path: str) -> Any:
+    """The target of the file's model kind: its `kind` key, else causal-lm where it has an [lm] table, else
+    tensor."""
     path = resolve_target_file(name_or_path)
-    data = read_target_file(path)
-    if "lm" in data:
-        return lm_target_from_dict(data, str(path))
-    return target_from_dict(data, str(path))
+    data = dict(read_target_file(path))
+    kind = data.pop("kind", "causal-lm" if "lm" in data else "tensor")
+    if kind not in TARGET_READERS:
+        raise TargetError(f"{path}: kind {kind!r} is not a model kind this edgeport knows; choose one of: "
+                          f"{', '.join(TARGET_READERS)}")
+    return TARGET_READERS[kind](data, str(path))

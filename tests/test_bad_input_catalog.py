@@ -209,7 +209,7 @@ def test_an_output_place_without_room_or_write_access_is_refused_first(tmp_path,
     else:
         monkeypatch.setattr(staging.os, "access", lambda *_: False)
     loaded = []
-    monkeypatch.setattr("exporter.pipeline._load", lambda *a: loaded.append(a))
+    monkeypatch.setattr("exporter.kinds.tensor.export._load", lambda *a: loaded.append(a))
     with pytest.raises(edgeport.EdgeportError, match=fragment):
         edgeport.export("demo:digits", out=tmp_path / "out", progress=None)
     assert not loaded and not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ class ModelKind(Protocol):
     name: str  # as targets and manifests name it
     default_model: str  # the embedded demo `edgeport export` uses without --model
     sources: str  # what it exports, for messages: "a causal language model"
+    targets: str  # what its targets are called, for messages: "a language-model target"
 
     def claims(self, spec: Any) -> bool:
         """Whether this model source is of this kind whatever the target (a source no kind claims is tensor's)."""
@@ -50,6 +51,6 @@ def kind_of_source(spec: Any, target_kind: ModelKind) -> ModelKind:
             from targets import builtin_target_names, load_target
 
             takers = [t for t in builtin_target_names() if load_target(t).kind == other.name]
-            raise UserInputError(f"{spec} is {other.sources} source; export it with one of its targets "
-                                 f"({', '.join(takers)}), or pass {target_kind.sources} here")
+            raise UserInputError(f"{spec} is {other.sources} source, which needs {other.targets} "
+                                 f"({', '.join(takers)}); pass one as --target, or pass {target_kind.sources} here")
     return target_kind

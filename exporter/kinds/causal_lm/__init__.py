@@ -15,6 +15,7 @@ class CausalLmKind:
     name = LmTarget.kind
     default_model = "demo:tinylm"
     sources = "a causal language model"
+    targets = "a language-model target"
 
     def claims(self, spec: Any) -> bool:
         from exporter.lm.source import is_causal_lm_spec

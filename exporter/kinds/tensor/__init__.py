@@ -1,5 +1,6 @@
 """The tensor kind: a model of tensors in, tensors out (image, audio and text encoders, classifiers), traced
-once and judged by output parity and task accuracy (validators/judges/tensor.py)."""
+once by export.py and judged by output parity and task accuracy (validators/judges/tensor.py). This module
+stays light: `edgeport targets` imports it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ class TensorKind:
     name = "tensor"
     default_model = "demo:digits"
     sources = "an image, audio or text model"
+    targets = "an image, audio or text target"
 
     def claims(self, spec: Any) -> bool:
         return False  # every source no other kind claims
@@ -25,7 +27,7 @@ class TensorKind:
         return lines
 
     def export(self, options: Any, target: Any, progress: Callable[[str], None]) -> tuple[Path, dict]:
-        from exporter.pipeline import export_tensors
+        from exporter.kinds.tensor.export import export_tensors
 
         return export_tensors(options, target, progress)
 

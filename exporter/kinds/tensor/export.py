@@ -1,0 +1,230 @@
+"""The tensor kind's export, one straight data path: source -> trace -> preflight -> lower (+passes) -> emit
+variants -> diagnose -> manifest -> validate -> report. Formats plug in behind exporter.formats.base.Backend;
+this module owns the loop every format shares (scratch directories, timing, provenance, records)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.artifact_dir import EXPORT_LOG, MANIFEST, Reference
+from common.files import write_json
+from exporter.artifacts import ArtifactRecord, provenance
+from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
+from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
+from exporter.errors import UnsupportedOpsError, UserInputError
+from exporter.formats import backend
+from exporter.formats.base import Backend, Lowered
+from exporter.manifest import build_manifest
+from exporter.sources import load_model, load_module
+from exporter.staging import staged_directory
+from exporter.trace import TracedModel, trace
+from targets import Target, Variant
+from validators.candidate import Candidate, ModelIO
+from validators.report import write_reports
+from validators.validate import validate_directory
+
+Progress = Callable[[str], None]
+
+
+def _given_data(given: Path | dict, traced: TracedModel, role: str, progress: Progress) -> Dataset:
+    if isinstance(given, dict):
+        data = dataset_from_arrays(given, traced.inputs, role, f"{role} arrays given in Python")
+    else:
+        data = load_dataset(Path(given), traced.inputs, role)
+    for note in data.notes:
+        progress(f"note: {note}")
+    return data
+
+
+def _eval_data(options: Any, traced: TracedModel, progress: Progress) -> Dataset:
+    if options.eval is not None:
+        return _given_data(options.eval, traced, "eval", progress)
+    if traced.loaded.default_eval is not None:
+        return traced.loaded.default_eval
+    verdict = "allowed to pass (--allow-synthetic-eval)" if options.allow_synthetic_eval else \
+        "the verdict is provisional (exit 1) until you pass --eval real data or --allow-synthetic-eval"
+    progress(f"warning: no --eval data: parity runs on synthetic inputs and proves little; {verdict}")
+    return synthetic_dataset(traced.inputs, _examples(traced))
+
+
+def _calibration_data(options: Any, traced: TracedModel, needed: bool, progress: Progress) -> Dataset | None:
+    if options.calib is not None:
+        return _given_data(options.calib, traced, "calib", progress)
+    if traced.loaded.default_calib is not None or not needed:
+        return traced.loaded.default_calib
+    progress("warning: no --calib data: static int8 variants calibrate on synthetic inputs; "
+             "real data calibrates better (pass --calib)")
+    return synthetic_dataset(traced.inputs, _examples(traced), seed=1, samples=128)
+def _examples(traced: TracedModel) -> dict:
+    return {name: t.numpy() for name, t in zip(traced.loaded.input_names, traced.example_inputs, strict=True)}
+
+
+def _reference(traced: TracedModel, data: Dataset) -> Reference:
+    try:
+        outputs = traced.reference_outputs(data.inputs)
+    except Exception as exc:  # the user's model on the user's data
+        raise UserInputError(f"the PyTorch model failed on the eval data ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); check --eval matches the model's inputs") from exc
+    reference = Reference(dict(data.inputs), {s.name: o for s, o in zip(traced.outputs, outputs, strict=True)},
+                          data.labels)
+    if problem := reference.degenerate():
+        raise UserInputError(problem)
+    return reference
+
+
+MODULE_OUTPUT_KINDS = "edgeport_output_kinds"  # a model may declare {output name: kind} as this attribute
+
+
+def _judge_outputs_as(traced: TracedModel, reference: Reference, options: Any, progress: Progress) -> None:
+    """Fix how each output is judged: as declared (the model's attribute, then --output-kind), else as
+    inferred from the reference outputs. Recorded in the manifest, so validation judges the same way."""
+    from validators.parity import OUTPUT_KINDS, infer_output_kind
+
+    declared = dict(getattr(traced.loaded.module, MODULE_OUTPUT_KINDS, None) or {}) | options.output_kinds
+    names = [spec.name for spec in traced.outputs]
+    for name, kind in declared.items():
+        if name not in names:
+            raise UserInputError(f"--output-kind (or the model's {MODULE_OUTPUT_KINDS}) names output {name!r}, "
+                                 f"but the model's outputs are {', '.join(names)}")
+        if kind not in OUTPUT_KINDS:
+            raise UserInputError(f"output {name!r} is declared as {kind!r}; a kind is one of {', '.join(OUTPUT_KINDS)}")
+    judged = []
+    for spec in traced.outputs:
+        kind, basis = (declared[spec.name], "declared") if spec.name in declared \
+            else infer_output_kind(reference.outputs[spec.name])
+        judged.append(dataclasses.replace(spec, kind=kind, kind_basis=basis))
+        progress(f"output {spec.name} is judged as {kind} ({basis})")
+    traced.outputs = judged
+
+
+def _check_labels(traced: TracedModel, reference: Reference) -> None:
+    """Labels must name classes the classification output scores: one past its width is no class at all."""
+    from validators.parity import first_classifier
+
+    name = first_classifier(reference.outputs, {spec.name: spec.kind for spec in traced.outputs})
+    if reference.labels is None or name is None or not len(reference.labels):
+        return
+    classes = reference.outputs[name].shape[1]
+    low, high = int(reference.labels.min()), int(reference.labels.max())
+    if low < 0 or high >= classes:
+        raise UserInputError(f"--eval labels run {low}..{high}, but output {name!r} scores {classes} classes "
+                             f"(0..{classes - 1}); pass labels of the model's classes")
+
+
+def _load(options: Any, progress: Progress) -> TracedModel:
+    if isinstance(options.model, str):
+        progress(f"[1/5] loading {options.model}")
+        loaded = load_model(options.model, options.inputs, weights=options.weights, trust_pickle=options.trust_pickle)
+    else:
+        progress(f"[1/5] taking the {type(options.model).__name__} given in Python")
+        loaded = load_module(options.model, options.example_inputs, options.inputs)
+    if options.name:
+        loaded.name = options.name
+    progress(f"[2/5] tracing {loaded.name} ({loaded.kind})")
+    return trace(loaded, options.dynamic_batch)
+
+
+def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
+    """Every operator every requested format cannot take, gathered before any long conversion."""
+    progress(f"[3/5] checking operator support for {', '.join(target.formats)}")
+    unsupported = {fmt: (ops, backend(fmt).preflight_hint) for fmt in target.formats
+                   if (ops := backend(fmt).preflight(traced))}
+    if unsupported:
+        raise UnsupportedOpsError(unsupported)
+
+
+def export_tensors(options: Any, target: Target, progress: Progress) -> tuple[Path, dict]:
+    """The tensor kind's export: trace once, then every format's variants, diagnosis, manifest, validation."""
+    started = time.perf_counter()
+    traced = _load(options, progress)
+    eval_data = _eval_data(options, traced, progress)
+    calibration = _calibration_data(options, traced, target.needs_calibration, progress)
+    _preflight(traced, target, progress)
+    reference = _reference(traced, eval_data)
+    _judge_outputs_as(traced, reference, options, progress)
+    _check_labels(traced, reference)
+    final = options.out / traced.loaded.name / target.name
+    with staged_directory(final) as work:
+        reference_path = reference.save(work)
+        calib_inputs = calibration.inputs if calibration is not None else None
+        records: list[ArtifactRecord] = []
+        for fmt in target.formats:
+            progress(f"[4/5] converting to {fmt}")
+            records += _emit_format(backend(fmt), traced, target, calib_inputs, reference, work, progress)
+        write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path, records,
+                                                   work, options.allow_synthetic_eval))
+        write_json(work / EXPORT_LOG, _export_log(records, time.perf_counter() - started))
+        progress(f"[5/5] validating {len(records)} artifact(s) on {eval_data.samples} eval samples")
+        report = validate_directory(work, progress)
+        write_reports(work, report)
+    return final, report
+
+
+def _emit_format(fmt_backend: Backend, traced: TracedModel, target: Target, calibration: dict | None,
+                 reference: Reference, work: Path, progress: Progress) -> list[ArtifactRecord]:
+    """Lower once, then emit, diagnose, stamp and finish every variant of the format."""
+    with tempfile.TemporaryDirectory(prefix=f"edgeport-{fmt_backend.format}-") as scratch:
+        start = time.perf_counter()
+        lowered = fmt_backend.lower(traced, target, Path(scratch), progress)
+        shared_seconds = time.perf_counter() - start  # export and passes, which every variant needs
+        return [_emit_variant(fmt_backend, lowered, variant, calibration, reference, work, progress, shared_seconds)
+                for variant in target.variants_of(fmt_backend.format)]
+
+
+def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, calibration: dict | None,
+                  reference: Reference, work: Path, progress: Progress, shared_seconds: float) -> ArtifactRecord:
+    start = time.perf_counter()
+    traced, target, out = lowered.traced, lowered.target, work / variant.filename
+    emitted = fmt_backend.emit(lowered, variant, calibration, out, progress)
+    record = ArtifactRecord(variant, emitted.conversion or lowered.conversion, emitted.quantization, [], [],
+                            fmt_backend.reproducible)
+    io = ModelIO([s.name for s in traced.inputs], [s.name for s in traced.outputs], traced.batch,
+                 {s.name: s.kind for s in traced.outputs})
+    candidate = Candidate(variant.format, reference, io, variant.budget, target.runtime)
+    if wanted(target, variant, candidate, out):
+        _diagnose(fmt_backend, lowered, emitted, record, candidate, reference, out, progress)
+    fmt_backend.stamp(out, provenance(traced.loaded.name, traced.loaded.sha256, target.name, variant.precision))
+    finished = fmt_backend.finish(lowered, variant, out, work, progress)
+    record.inputs, record.outputs, record.companions = finished.inputs, finished.outputs, finished.companions
+    record.seconds = round(time.perf_counter() - start + shared_seconds, 3)
+    return record
+
+
+INTEGER_ONLY_NOTE = ("auto precision does not apply to a full-integer variant: a layer kept in float would be a "
+                     "float island; the blame table names the layers to fix, or use int8 for mixed precision")
+
+
+def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactRecord, candidate: Candidate,
+              reference: Reference, out: Path, progress: Progress) -> None:
+    """The diagnosis stage for one variant: blame, and auto precision when the target allows it."""
+    start = time.perf_counter()
+    variant = record.variant
+    quantizer = fmt_backend.layer_quantizer(lowered, variant, emitted, progress)
+    if quantizer is None:  # said, so a missing table is never mistaken for a clean one
+        record.diagnosis = Diagnosis([], note=f"no per-layer blame: the {variant.format} backend does not offer "
+                                              "it yet")
+        return
+    label = f"{variant.format}: {variant.precision}: "
+    auto = lowered.target.auto_precision and not variant.row.integer_only
+    record.diagnosis = diagnose(quantizer, out, reference, candidate, auto, lambda message: progress(label + message))
+    if lowered.target.auto_precision and not auto:
+        record.diagnosis.note = " ".join(filter(None, [record.diagnosis.note, INTEGER_ONLY_NOTE]))
+    if record.diagnosis.auto_precision is not None:
+        record.quantization = quantizer.record_kept(record.quantization, record.diagnosis.auto_precision.kept_float)
+    record.diagnosis.seconds = round(time.perf_counter() - start, 3)
+
+
+def _export_log(records: list[ArtifactRecord], total_seconds: float) -> dict:
+    """What this export measured on the host: timings and auto precision's latencies (not reproducible)."""
+    return {
+        "export_seconds": round(total_seconds, 3),  # from start to the manifest; validation not included
+        "artifact_seconds": {r.path: r.seconds for r in records},
+        "diagnosis_seconds": {r.path: r.diagnosis.seconds for r in records if r.diagnosis and r.diagnosis.seconds},
+        "auto_precision_latency_ms": {r.path: r.diagnosis.host_latency_ms for r in records
+                                      if r.diagnosis and r.diagnosis.host_latency_ms},
+    }
