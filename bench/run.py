@@ -210,7 +210,7 @@ def _lm_rows(report: dict, fp32_bytes: int | None = None) -> dict:
             "top1_agreement": round(tf["top1_agreement"], 4),
             "greedy_tokens_equal_per_prompt": [r["matching_tokens"] for r in runs],
             "greedy_tokens_per_prompt": [r["tokens"] for r in runs],
-            "max_abs_logit_delta": a["parity"]["max_abs"], "repetition_increase_max":
+            "max_abs_logit_delta": a["metrics"]["max_abs"], "repetition_increase_max":
                 round(max(r["repetition_increase"] for r in runs), 3),
             "decode_tokens_per_s_1thread": speed["decode_tokens_per_s"],
             "eager_decode_tokens_per_s_same_export": eager["decode_tokens_per_s"],

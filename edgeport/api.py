@@ -30,16 +30,22 @@ class Parity:
 
 @dataclass(frozen=True)
 class ArtifactResult:
+    """One artifact's verdict. `metrics` is the same shape for every model kind (report.json's block, named in
+    validators/metrics.py); `parity`, `latency_ms`, `accuracy` and `layers` are a tensor model's detail, None
+    or empty for a kind that does not measure them (a language model's detail: Report.json["artifacts"][i]["lm"])."""
+
     format: str
     precision: str
     path: Path
     bytes: int
     sha256: str
-    parity: Parity
+    runtime: str
+    metrics: dict[str, float]
     passed: bool
     violations: list[str]
     unjudged: list[str]
-    latency_ms: dict
+    parity: Parity | None = None
+    latency_ms: dict | None = None
     accuracy: dict | None = None
     layers: list[dict] = field(default_factory=list)  # per-layer blame, worst first
 
@@ -64,16 +70,16 @@ class Report:
 
 
 def _parity(data: dict) -> Parity:
-    """A language model's parity has max_abs, top1_agreement and samples only: the rest is None."""
     return Parity(**{f.name: data.get(f.name, f.default if f.default is not MISSING else None) for f in fields(Parity)})
 
 
 def _report(directory: Path, data: dict) -> Report:
     artifacts = [ArtifactResult(
         format=a["format"], precision=a["precision"], path=directory / a["path"], bytes=a["bytes"],
-        sha256=a["sha256"], parity=_parity(a["parity"]), passed=a["budget"]["passed"],
+        sha256=a["sha256"], runtime=a["runtime"], metrics=dict(a["metrics"]), passed=a["budget"]["passed"],
         violations=list(a["budget"]["violations"]), unjudged=list(a["budget"].get("unjudged", [])),
-        latency_ms=a["latency_ms"], accuracy=a.get("accuracy"), layers=a.get("layers", []))
+        parity=_parity(a["parity"]) if "parity" in a else None, latency_ms=a.get("latency_ms"),
+        accuracy=a.get("accuracy"), layers=a.get("layers", []))
         for a in data["artifacts"]]
     return Report(directory, data["passed"], data["target"], data["model"], artifacts, data,
                   data.get("provisional", ""))
@@ -94,9 +100,10 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     with passed=False (the CLI's exit 1), as is a verdict resting on synthetic eval inputs only (no eval
     given or bundled: `provisional` says so) unless allow_synthetic_eval; bad input raises EdgeportError
     (exit 2). A causal language model goes with a language-model target: export(model, tokenizer,
-    target="android-llm"), or a SPEC (demo:tinylm, a Hugging Face folder, a .gguf file); its report.json
-    holds the token-level verdict (Report.json["artifacts"][i]["lm"]). output_kinds: {output name: kind}, as
-    --output-kind NAME:KIND says how an output is judged (classification, embedding, regression, tensor)."""
+    target="android-llm"), or a SPEC (demo:tinylm, a Hugging Face folder, a .gguf file); its artifacts'
+    metrics are token-level (ppl_ratio, kl_mean, ...; the detail in Report.json["artifacts"][i]["lm"]).
+    output_kinds: {output name: kind}, as --output-kind NAME:KIND says how an output is judged
+    (classification, embedding, regression, tensor)."""
     from exporter.errors import UserInputError
     from exporter.pipeline import ExportOptions, run_export
 

@@ -235,13 +235,14 @@ class Seq2SeqJudge:
     columns = ("artifact", "methods", "size", "max Δlogit", "same tokens", "step ms", "verdict")
 
     def summary_row(self, a: dict) -> list[str]:
-        return [a["path"], ", ".join(a["methods"]), f"{a['bytes']} B", f"{a['parity']['max_abs']:.2e}",
-                f"{a['parity']['top1_agreement']:.0%}", f"{a['latency_ms']['median']:.3f}",
+        return [a["path"], ", ".join(a["methods"]), f"{a['bytes']} B", f"{a['metrics']['max_abs']:.2e}",
+                f"{a['metrics']['top1_agreement']:.0%}", f"{a['metrics']['latency_ms']:.3f}",
                 "pass" if a["budget"]["passed"] else "FAIL"]
 
     def validate(self, directory: Path, progress: Callable[[str], None], allow_synthetic_eval: bool) -> dict:
         from common.artifact_dir import read_manifest
         from common.files import load_npz, sha256_file
+        from validators.metrics import metrics_block
 
         manifest = read_manifest(directory)
         reference = load_npz(directory / manifest["reference"]["path"])
@@ -266,10 +267,10 @@ class Seq2SeqJudge:
                 problems.append(f"greedy tokens {agreement:.0%} equal to PyTorch's, not all")
             results.append({"format": entry["format"], "precision": entry["precision"], "path": entry["path"],
                             "methods": entry["methods"], "bytes": entry["bytes"], "sha256": entry["sha256"],
-                            "parity": {"max_abs": max_abs, "top1_agreement": agreement,
-                                       "samples": int(reference["tokens"].size)},
-                            "latency_ms": {"median": float(np.median(steps)), "runs": len(steps), "threads": 1,
-                                           "runtime": f"{runtime} (per decode step)"},
+                            "runtime": runtime,
+                            "metrics": metrics_block(bytes=entry["bytes"], max_abs=max_abs, top1_agreement=agreement,
+                                                     latency_ms=float(np.median(steps))),
+                            "seq2seq": {"tokens": int(reference["tokens"].size), "latency": "per decode step"},
                             "budget": {"passed": not problems, "violations": problems,
                                        "limits": entry["budget"]}})
         return {"kind": manifest["kind"], "model": manifest["model"], "target": manifest["target"]["name"],

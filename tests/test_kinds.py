@@ -38,8 +38,8 @@ def test_a_kind_from_outside_exports_validates_and_reports_through_the_one_pipel
     by = {a["format"]: a for a in report["artifacts"]}
     assert set(by) == {"onnx", "executorch"}
     for artifact in by.values():
-        assert artifact["parity"]["max_abs"] < 1e-4 and artifact["parity"]["top1_agreement"] == 1.0
-        assert artifact["parity"]["samples"] == 3 * seq2seq_kind.STEPS
+        assert artifact["metrics"]["max_abs"] < 1e-4 and artifact["metrics"]["top1_agreement"] == 1.0
+        assert artifact["seq2seq"]["tokens"] == 3 * seq2seq_kind.STEPS
     assert by["onnx"]["methods"] == {"encode": "model.fp32.encode.onnx", "decode_step": "model.fp32.decode_step.onnx"}
     assert "| model.fp32.pte | encode, decode_step |" in (directory / "report.md").read_text()
     assert (directory / "report.html").read_text().startswith("<!doctype html>")
@@ -66,7 +66,7 @@ def test_validate_and_the_api_judge_it_and_a_wrong_reference_fails(exported, tmp
     report = json.loads((copy / "report.json").read_text())
     assert not report["passed"]
     for artifact in report["artifacts"]:
-        assert artifact["parity"]["max_abs"] > 0.05
+        assert artifact["metrics"]["max_abs"] > 0.05
         assert any("max |Δlogit|" in v for v in artifact["budget"]["violations"])
 
 

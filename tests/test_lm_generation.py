@@ -186,7 +186,7 @@ def test_a_scaled_embedding_model_through_every_format(tmp_path):
         forced = artifact["lm"]["teacher_forced"]
         assert artifact["budget"]["passed"], (path, artifact["budget"]["violations"])
         if path in ("model.onnx", "model.fp32.pte", "model.fp32.tflite"):
-            assert artifact["parity"]["max_abs"] < 1e-3 and forced["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+            assert artifact["metrics"]["max_abs"] < 1e-3 and forced["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
         else:  # float16 and 8-bit weights: within the budgets the unscaled families meet
             assert forced["kl_mean"] < 0.02 and abs(forced["ppl_ratio"] - 1) < 0.03, (path, forced)
         assert all(r["decode_top1_agreement"] >= 0.85 for r in artifact["lm"]["free_running"]), path
@@ -237,7 +237,7 @@ def test_a_sliding_window_model_through_onnx_and_litert_and_refused_by_executorc
     for artifact in report["artifacts"]:
         runs = artifact["lm"]["free_running"]
         assert all(r["matching_tokens"] == r["tokens"] == 12 for r in runs), (artifact["path"], runs)
-        assert artifact["parity"]["max_abs"] < 1e-3
+        assert artifact["metrics"]["max_abs"] < 1e-3
         assert len(runs) == 3
     refused = lm_target(tmp_path / "window-et.toml", ("onnx/fp32", "executorch/fp32"))
     done = run_cli("export", "--model", folder, "--target", refused, "--out", tmp_path / "et")

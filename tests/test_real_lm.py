@@ -25,7 +25,7 @@ def test_smollm2_gguf_fp32_generates_what_pytorch_generates(tmp_path):
     manifest = json.loads((directory / "manifest.json").read_text())
     fp32 = report["artifacts"][0]
     assert [r["matching_tokens"] for r in fp32["lm"]["free_running"]] == [32, 32, 32]
-    assert fp32["parity"]["max_abs"] < 1e-3
+    assert fp32["metrics"]["max_abs"] < 1e-3
     assert 1.5 < fp32["lm"]["teacher_forced"]["reference_ppl"] < 60  # a model that predicts the text
     assert manifest["model"]["kind"] == "gguf" and "dequantized" in manifest["lm"]["notes"][0]
     assert "Paris" in report["texts"][0]["reference"]  # the chat template was applied: it answers

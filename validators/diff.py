@@ -2,9 +2,10 @@
 
 OLD and NEW are artifact directories (manifest.json + report.json) or build output roots holding
 <model>/<target>/ directories; artifacts are matched by model, target and file name. An artifact whose bytes
-are the same in both (sha256) is left out. For the rest: bytes, the parity figures (SQNR, cosine, top-1
-agreement), task accuracy, median latency, per-layer SQNR and, for a language model, perplexity ratio and
-decode speed. A change past a threshold is a regression (exit 1). Host latency is noisy: its threshold is a ratio.
+are the same in both (sha256) is left out. For the rest: the metrics both reports have (report.json's
+kind-neutral block: bytes, SQNR, cosine, top-1 agreement, task accuracy, median latency, perplexity ratio, KL,
+decode speed) and per-layer SQNR. A change past a threshold is a regression (exit 1). Host latency is noisy:
+its threshold is a ratio.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def _read(directory: Path) -> tuple[dict, dict]:
                             "pass directories `edgeport export` or `edgeport build` wrote") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{directory}: a damaged manifest.json or report.json ({exc}); re-export it") from None
+    if any("metrics" not in a for a in report.get("artifacts", [])):
+        raise ArtifactError(f"{directory}/report.json predates the metrics block this diff compares; run "
+                            f"`edgeport validate {directory}` to rewrite it, then diff again")
     return manifest, report
 
 
@@ -102,19 +106,18 @@ def _on_disk(directory: Path | None, manifest: dict) -> dict[str, str]:
     return problems
 
 
-def _figures(artifact: dict) -> dict[str, float | None]:
-    parity, accuracy = artifact.get("parity") or {}, artifact.get("accuracy") or {}
-    lm = (artifact.get("lm") or {}).get("teacher_forced") or {}
-    speed = (artifact.get("lm") or {}).get("speed") or {}
-    figures = {"bytes": artifact.get("bytes"), "sqnr_db": parity.get("sqnr_db"), "cosine": parity.get("cosine"),
-               "top1_agreement": parity.get("top1_agreement"), "accuracy": accuracy.get("artifact"),
-               "latency_median_ms": (artifact.get("latency_ms") or {}).get("median"),
-               "ppl_ratio": lm.get("ppl_ratio"), "decode_tokens_per_s": speed.get("decode_tokens_per_s")}
-    return {k: float(v) for k, v in figures.items() if v is not None}
+# the metrics (report.json's kind-neutral block, validators/metrics.py) a release is compared on
+COMPARED = ("bytes", "sqnr_db", "cosine", "top1_agreement", "accuracy", "latency_ms", "ppl_ratio", "kl_mean",
+            "decode_tokens_per_s")
+
+
+def _figures(artifact: dict) -> dict[str, float]:
+    metrics = artifact.get("metrics") or {}
+    return {name: float(metrics[name]) for name in COMPARED if metrics.get(name) is not None}
 
 
 def _layers(artifact: dict) -> dict[str, float]:
-    rows = artifact.get("layers") or ((artifact.get("diagnosis") or {}).get("layers")) or []
+    rows = artifact.get("layers") or []  # per-layer SQNR rows; a language model's blame is KL, not compared here
     return {r["module"]: float(r["sqnr_db_accumulated"]) for r in rows
             if r.get("module") and r.get("sqnr_db_accumulated") is not None}
 
@@ -137,7 +140,7 @@ def _regressions(old: dict[str, float], new: dict[str, float], limits: Threshold
                          f"{pair[0] - pair[1]:.4f} > {limits.max_accuracy_drop})")
     if (pair := both("ppl_ratio")) and pair[1] - pair[0] > limits.max_ppl_ratio_increase:
         found.append(f"perplexity ratio {pair[0]:.4f} -> {pair[1]:.4f}")
-    if not contended and (pair := both("latency_median_ms")) and pair[0] > 0 \
+    if not contended and (pair := both("latency_ms")) and pair[0] > 0 \
             and pair[1] / pair[0] > limits.max_latency_ratio and pair[1] - pair[0] > limits.min_latency_delta_ms:
         found.append(f"median latency {pair[0]:.4g} -> {pair[1]:.4g} ms (x{pair[1] / pair[0]:.2f} > "
                      f"x{limits.max_latency_ratio})")

@@ -17,6 +17,7 @@ from targets import Budget, Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
 from validators.candidate import CandidateResult, ModelIO, evaluate
+from validators.metrics import metrics_block
 from validators.runtimes import extra_sessions, open_session
 
 
@@ -94,13 +95,21 @@ def _float_island(entry: dict) -> list[str]:
 
 def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, by_runtime: dict,
                      by_delegate: dict, npu: dict | None, budget: Budget, violations: list[str]) -> dict:
+    parity, host_latency = judged.overall, next(iter(by_delegate.values()))
     result = {"format": entry["format"], "precision": entry["precision"], "path": entry["path"],
-              "bytes": nbytes, "sha256": sha, "parity": judged.overall, "parity_runtime": runtime}
+              "bytes": nbytes, "sha256": sha, "runtime": runtime,
+              "metrics": metrics_block(bytes=nbytes, max_abs=parity["max_abs"], mean_abs=parity["mean_abs"],
+                                       cosine=parity["cosine"], sqnr_db=parity["sqnr_db"],
+                                       top1_agreement=parity["top1_agreement"],
+                                       accuracy=(judged.accuracy or {}).get("artifact"),
+                                       accuracy_drop=(judged.accuracy or {}).get("drop"),
+                                       latency_ms=host_latency["median"]),
+              "parity": parity, "parity_runtime": runtime}
     if judged.accuracy is not None:
         result["accuracy"] = judged.accuracy
     io_quantization = _io_quantization(entry)
     result |= {
-        "latency_ms": next(iter(by_delegate.values())),
+        "latency_ms": host_latency,
         **({"latency_ms_by_delegate": by_delegate} if len(by_delegate) > 1 else {}),
         **({"parity_by_runtime": {k: v.overall for k, v in by_runtime.items()}} if len(by_runtime) > 1 else {}),
         **({"npu": npu} if npu is not None else {}),
@@ -171,12 +180,12 @@ def provisional_reason(data: dict, allow_synthetic_eval: bool) -> str:
 def validate_directory(directory: Path, progress: Callable[[str], None] = lambda _: None,
                        allow_synthetic_eval: bool = False) -> dict:
     """Every model kind's export directory, judged by its kind's judge (validators/judges/)."""
-    from validators.judges import judge_for
+    from validators.judges import check_report, judge_for
 
     manifest = read_manifest(directory)
     judge = judge_for(manifest)
     require_keys(manifest, judge.manifest_keys, directory / MANIFEST)
-    return judge.validate(directory, progress, allow_synthetic_eval)
+    return check_report(judge.validate(directory, progress, allow_synthetic_eval))
 
 
 def validate_tensor_directory(directory: Path, progress: Callable[[str], None], allow_synthetic_eval: bool) -> dict:

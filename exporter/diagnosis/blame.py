@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.batching import sample_count
-from exporter.formats.base import Layer
+from exporter.diagnosis.contract import Layer
 from validators.parity import SQNR_CAP_DB, output_parity
 
 BLAME_SAMPLES = 64  # eval samples the diagnosis runs on (the first ones, so it is deterministic)

@@ -11,7 +11,7 @@ from pathlib import Path
 from common.artifact_dir import Reference
 from common.files import size_bytes
 from exporter.diagnosis.blame import BlameRow, blame_feeds
-from exporter.formats.base import LayerQuantizer, Progress
+from exporter.diagnosis.contract import LayerQuantizer, Progress
 from targets import Target, Variant
 from validators.candidate import Candidate
 

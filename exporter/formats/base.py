@@ -13,7 +13,6 @@ ArtifactRecord); a format only says how to check, lower and emit:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -21,11 +20,10 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from common.artifact_dir import REPRODUCIBLE  # noqa: F401  (the formats' promise, beside their contract)
+from exporter.diagnosis.contract import LayerQuantizer, Progress  # noqa: F401  (Progress: what backends take)
 from exporter.errors import UnsupportedOp
 from exporter.trace import TracedModel
 from targets import Target, Variant
-
-Progress = Callable[[str], None]
 
 # An activation whose calibrated range reaches past this is a fill value (an attention mask's
 # finfo.min), not a signal: one int8 scale over it would flatten every real value to zero. Every
@@ -71,38 +69,6 @@ class Finished:
     inputs: list[dict]  # the artifact's own I/O specs (int8-I/O variants differ from the model's)
     outputs: list[dict]
     companions: dict = field(default_factory=dict)  # manifest key -> record, e.g. npu_compiled
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A weighted layer of an artifact's graph, the unit per-layer blame ranks and auto precision
-    keeps in float. One type for every format; the format fills what its graph has."""
-
-    node: str  # the graph node (ONNX node, TFLite operator output, MIL op)
-    op: str
-    module: str  # the PyTorch module path it came from ('' when unknown)
-    tensor: str  # the tensor whose value measures the layer (its output)
-    quantized_tensor: str = ""  # that tensor's name in the quantized graph, when it differs
-    weight: str = ""  # the weight constant's name, where the format compresses by name
-    operators: tuple[int, ...] = ()  # TFLite: the operator indices this layer covers
-    scopes: tuple[str, ...] = ()  # TFLite: ai-edge-quantizer's regex scopes selecting it
-
-
-class LayerQuantizer(Protocol):
-    """What the diagnosis stage needs from a format: the blame table of a quantized variant, and a way
-    to rewrite it with some layers kept in float."""
-
-    weighted_layers: int
-
-    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[dict]: ...
-
-    def keep_float(self, rows: list[dict], out: Path) -> list[str]:
-        """Rewrite `out` with these layers in float; the graph nodes kept out of the quantized scheme."""
-
-    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
-        """The variant's quantization record once `kept` stayed float."""
-
-
 
 
 class Backend(Protocol):

@@ -14,6 +14,11 @@ from common.errors import ArtifactError
 
 JUDGES = {"tensor": "validators.judges.tensor", "causal-lm": "validators.judges.causal_lm"}
 
+# What every kind's report.json holds (the README's "report.json" section); beside these, a kind's own detail.
+REPORT_KEYS = ("kind", "model", "target", "passed", "provisional", "violations", "artifacts")
+ARTIFACT_KEYS = ("format", "precision", "path", "bytes", "sha256", "runtime", "metrics", "budget")
+BUDGET_KEYS = ("passed", "violations", "limits")
+
 
 class Judge(Protocol):
     name: str
@@ -41,3 +46,19 @@ def judge_for(document: dict) -> Judge:
         raise ArtifactError(f"this edgeport has no judge for model kind {name!r} (it knows {', '.join(JUDGES)}); "
                             "validate it with the edgeport that exported it")
     return importlib.import_module(JUDGES[name]).JUDGE
+
+
+def check_report(report: dict) -> dict:
+    """The report, once it holds every shared key and only named metrics: a judge that leaves one out is a
+    bug in that judge, raised here rather than found later by `edgeport diff` or the API."""
+    from validators.metrics import METRICS
+
+    missing = [k for k in REPORT_KEYS if k not in report]
+    for i, artifact in enumerate(report.get("artifacts", [])):
+        missing += [f"artifacts[{i}].{k}" for k in ARTIFACT_KEYS if k not in artifact]
+        missing += [f"artifacts[{i}].budget.{k}" for k in BUDGET_KEYS if k not in artifact.get("budget", {})]
+        missing += [f"artifacts[{i}].metrics.{k} (not in validators.metrics.METRICS)"
+                    for k in artifact.get("metrics", {}) if k not in METRICS]
+    if missing:
+        raise RuntimeError(f"the {report.get('kind')!r} judge wrote a report without {', '.join(missing)}")
+    return report

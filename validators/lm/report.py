@@ -28,7 +28,7 @@ def summary_row(a: dict) -> list[str]:
     total = sum(r["tokens"] for r in runs)
     return [a["path"], "genai builder" if "genai" in a["built_by"] else "export", _size(a["bytes"]),
             f"{tf['ppl_ratio']:.4f}", f"{tf['kl_mean']:.4f} / {tf['kl_p99']:.3f}", f"{100 * tf['top1_agreement']:.1f}%",
-            f"{matched}/{total}", _decode_agreement(runs), f"{a['parity']['max_abs']:.3g}",
+            f"{matched}/{total}", _decode_agreement(runs), f"{a['metrics']['max_abs']:.3g}",
             f"{speed['decode_tokens_per_s']:.1f}",
             f"{speed['ttft_ms']:.0f}", f"{speed['peak_rss_mb']:.0f} MB", "pass" if a["budget"]["passed"] else "FAIL"]
 

@@ -22,6 +22,7 @@ from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators.latency import contention_note
 from validators.lm.metrics import forced_decoding, free_running, teacher_forced
+from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
 TOKENIZER_DIR = "tokenizer"
@@ -138,6 +139,19 @@ def reference_problem(reference: dict) -> str:
     return ""
 
 
+def lm_metrics(judged: dict, speed: dict, nbytes: int) -> dict[str, float]:
+    forced, runs = judged["teacher_forced"], judged["free_running"]
+    return metrics_block(
+        bytes=nbytes, max_abs=max((r["max_abs_logit_delta"] for r in runs), default=0.0),
+        top1_agreement=forced["top1_agreement"], ppl_ratio=forced["ppl_ratio"], kl_mean=forced["kl_mean"],
+        kl_p99=forced["kl_p99"], greedy_tokens=min((r["matching_tokens"] for r in runs), default=None),
+        decode_top1_agreement=min((r["decode_top1_agreement"] for r in runs if "decode_top1_agreement" in r),
+                                  default=None),
+        repetition_increase=max((r["repetition_increase"] for r in runs), default=None),
+        decode_tokens_per_s=speed["decode_tokens_per_s"], prefill_tokens_per_s=speed["prefill_tokens_per_s"],
+        ttft_ms=speed["ttft_ms"], peak_rss_mb=speed["peak_rss_mb"])
+
+
 def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
     from validators.lm.runtime import open_lm
 
@@ -162,12 +176,8 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         problems = files_problem + judged["violations"]
         results.append({
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
-            "sha256": entry["sha256"], "built_by": entry["built_by"], "quantization": entry.get("quantization"),
-            "parity": {"max_abs": max((r["max_abs_logit_delta"] for r in judged["free_running"]), default=0.0),
-                       "top1_agreement": judged["teacher_forced"]["top1_agreement"],
-                       "samples": judged["teacher_forced"]["positions"]},
-            "latency_ms": {"median": 1000.0 / speed["decode_tokens_per_s"], "runs": speed["decode_tokens"],
-                           "threads": threads, "runtime": f"{lm.runtime} (per decoded token)"},
+            "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
+            "quantization": entry.get("quantization"), "metrics": lm_metrics(judged, speed, entry["bytes"]),
             "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},

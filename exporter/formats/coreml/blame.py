@@ -18,7 +18,7 @@ import numpy as np
 from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
-from exporter.formats.base import Layer, Progress
+from exporter.diagnosis.contract import Layer, Progress
 from exporter.formats.coreml.rewrites import decomposed
 
 WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}

@@ -17,7 +17,7 @@ import torch
 from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
-from exporter.formats.base import Layer, Progress
+from exporter.diagnosis.contract import Layer, Progress
 from exporter.formats.executorch.quantize import quantized_module
 from exporter.trace import TracedModel
 

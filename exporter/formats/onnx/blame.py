@@ -17,7 +17,7 @@ import onnx
 from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
-from exporter.formats.base import Layer, Progress
+from exporter.diagnosis.contract import Layer, Progress
 from exporter.formats.onnx.layers import float_island
 from exporter.formats.onnx.quantize import KeepFloat, NodeSelection, Only
 

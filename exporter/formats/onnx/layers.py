@@ -7,7 +7,7 @@ import ast
 
 import onnx
 
-from exporter.formats.base import Layer
+from exporter.diagnosis.contract import Layer
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -15,7 +15,7 @@ import numpy as np
 from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
-from exporter.formats.base import Layer, Progress
+from exporter.diagnosis.contract import Layer, Progress
 from exporter.formats.tflite.layers import Operator, float_island, is_weighted, read_operators, weighted_layers
 from exporter.formats.tflite.quantize import AiEdgeQuantizer, quiet
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.formats.base import Layer
+from exporter.diagnosis.contract import Layer
 
 # Operators whose second input is a weight when it is a constant. TRANSPOSE_CONV takes
 # (output shape, weights, input); the rest take (input, weights, ...).

@@ -25,7 +25,8 @@ from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spe
 from exporter.manifest import library_versions
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
-from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, validate_lm_directory
+from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
+from validators.validate import validate_directory
 
 Progress = Callable[[str], None]
 LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao")  # beside each format backend's own
@@ -351,7 +352,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
                                        "diagnosis_seconds": diagnosis_seconds,
                                        "eager": eager})
         progress(f"[5/5] validating {len(entries)} artifact(s) token by token, each with its own runtime")
-        report = validate_lm_directory(work, progress)
+        report = validate_directory(work, progress)
         from validators.report import write_reports
 
         write_reports(work, report)

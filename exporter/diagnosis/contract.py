@@ -1,0 +1,44 @@
+"""What the diagnosis stage asks of a format: its weighted layers (Layer) and a LayerQuantizer that blames
+them and rewrites a variant with some kept in float. It lives here, below the formats, so a format
+implements it and the diagnosis stage never imports a format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A weighted layer of an artifact's graph, the unit per-layer blame ranks and auto precision
+    keeps in float. One type for every format; the format fills what its graph has."""
+
+    node: str  # the graph node (ONNX node, TFLite operator output, MIL op)
+    op: str
+    module: str  # the PyTorch module path it came from ('' when unknown)
+    tensor: str  # the tensor whose value measures the layer (its output)
+    quantized_tensor: str = ""  # that tensor's name in the quantized graph, when it differs
+    weight: str = ""  # the weight constant's name, where the format compresses by name
+    operators: tuple[int, ...] = ()  # TFLite: the operator indices this layer covers
+    scopes: tuple[str, ...] = ()  # TFLite: ai-edge-quantizer's regex scopes selecting it
+
+
+class LayerQuantizer(Protocol):
+    """What the diagnosis stage needs from a format: the blame table of a quantized variant, and a way
+    to rewrite it with some layers kept in float."""
+
+    weighted_layers: int
+
+    def blame(self, out: Path, feeds: dict[str, np.ndarray], progress: Progress) -> list[dict]: ...
+
+    def keep_float(self, rows: list[dict], out: Path) -> list[str]:
+        """Rewrite `out` with these layers in float; the graph nodes kept out of the quantized scheme."""
+
+    def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
+        """The variant's quantization record once `kept` stayed float."""

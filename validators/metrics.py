@@ -1,0 +1,42 @@
+"""The kind-neutral figures of report.json: each artifact's `metrics` is {name: number}, whatever the model
+kind, so `edgeport diff`, `edgeport build`, the CLI and the API read one shape. The kind's own detail (a tensor
+model's per-output parity, a language model's per-prompt runs) sits beside it under the kind's own key. Every
+name a judge reports is listed here with its meaning, so the README's table and a report cannot drift apart."""
+
+from __future__ import annotations
+
+import math
+
+METRICS = {
+    # every kind
+    "bytes": "the artifact's size on disk (every file it is)",
+    "max_abs": "largest |output - reference| (a language model's logits before the greedy runs diverge)",
+    "top1_agreement": "share of samples (eval positions, for a language model) with the reference's top-1",
+    # tensor models: outputs against PyTorch's on the eval data, worst output
+    "mean_abs": "mean |output - reference|",
+    "cosine": "cosine similarity to the reference outputs",
+    "sqnr_db": "signal-to-quantization-noise ratio against the reference, dB",
+    "accuracy": "task accuracy on the labelled eval samples",
+    "accuracy_drop": "the reference's task accuracy minus the artifact's",
+    "latency_ms": "median host latency of one inference, ms",
+    # causal language models: teacher-forced on the eval text, greedy on the prompts, speed in its own process
+    "ppl_ratio": "artifact perplexity / reference perplexity on the eval text",
+    "kl_mean": "mean KL(reference || artifact) of the next-token distributions",
+    "kl_p99": "99th percentile of that KL",
+    "greedy_tokens": "fewest greedy tokens equal to the reference's before a divergence, over the prompts",
+    "decode_top1_agreement": "worst prompt's share of the reference's greedy tokens the artifact predicts, fed them",
+    "repetition_increase": "worst prompt's repeated 3-gram rate minus the reference's",
+    "decode_tokens_per_s": "host decode speed, tokens/s",
+    "prefill_tokens_per_s": "host prefill speed, tokens/s",
+    "ttft_ms": "host time to first token, ms",
+    "peak_rss_mb": "peak resident memory of the process running the artifact, MB",
+}
+
+
+def metrics_block(**figures: float | None) -> dict[str, float]:
+    """The named figures that were measured (None: not measured for this artifact), as plain floats."""
+    unknown = sorted(set(figures) - set(METRICS))
+    if unknown:
+        raise ValueError(f"metric(s) {', '.join(unknown)} are not in validators.metrics.METRICS; name them there")
+    return {name: float(value) for name, value in figures.items()
+            if value is not None and not math.isnan(float(value))}
