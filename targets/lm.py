@@ -52,20 +52,26 @@ LM_W4_BUDGET = LmBudget(max_ppl_ratio=1.15, max_kl_mean=0.12, max_kl_p99=1.5, mi
                         min_decode_top1_agreement=0.7, max_repetition_increase=0.15)
 
 LM_EXTENSIONS = {"onnx": "onnx", "executorch": "pte", "coreml": "mlpackage", "tflite": "tflite"}
-WEIGHT_METHODS = ("rtn", "k_quant", "hqq")  # hqq: onnxruntime's half-quadratic weight-only quantizer
+# rtn and gptq: computed in PyTorch (exporter/quant/plan.py); k_quant and hqq: onnxruntime's own quantizers
+WEIGHT_METHODS = ("rtn", "gptq", "k_quant", "hqq")
+ZERO_POINTS = ("integer", "float")
 BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 EMBEDDING_BITS = (4, 8, 32)  # 32: float
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
-    "method": ("how weights are rounded: rtn (round to nearest), k_quant, hqq", WEIGHT_METHODS),
+    "method": ("how weights are rounded: rtn (round to nearest), gptq (calibrated: rounding error pushed onto the "
+               "weights not yet rounded), k_quant, hqq", WEIGHT_METHODS),
+    "zero_points": ("asymmetric 4-bit blocks' zero points: whole codes (integer) or exact offsets (float: GGUF "
+                    "Q4_1's scale and minimum, which re-finds a Q4_1 source's grid)", ZERO_POINTS),
     "embedding_bits": ("bits of the embedding table and output head of a 4-bit variant", EMBEDDING_BITS),
     "symmetric": ("4-bit blocks without zero points", (True, False)),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
-RTN = {"method": ("rtn",)}  # each quantizer outside onnxruntime rounds to nearest
+RTN = {"method": ("rtn",)}  # LiteRT's and Core ML's quantizers round to nearest
+PLANNED = {"method": ("rtn", "gptq")}  # the export writes the PyTorch weight plan's codes (exporter/quant/plan.py)
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
 BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
@@ -93,7 +99,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("onnx", "w8", "8-bit block-wise weights of every decoder linear (MatMulNBits), activations "
                 "quantized to int8 per block at run time (accuracy level 4)", 8, LM_W8_BUDGET, activations="int8",
                 # onnxruntime's k_quant writes 4-bit blocks whatever the bits asked
-                reads={"block_size": BLOCK_SIZES, "method": ("rtn",)}),
+                reads={"block_size": BLOCK_SIZES} | PLANNED),
     LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits, int8 activation "
                 "compute: accuracy level 4); embedding table and output head at the target's embedding_bits (8 by "
                 "default)", 4, LM_W4_BUDGET, activations="int8",
@@ -102,11 +108,11 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
                 "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
-                symmetric=True, activations="int8", reads=RTN),
+                symmetric=True, activations="int8", reads=PLANNED),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK); embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET,
                 symmetric=True, activations="int8",
-                reads=RTN | BLOCKS_OF_32 | {"embedding_bits": EMBEDDING_BITS, "symmetric": (True,)}),
+                reads=PLANNED | BLOCKS_OF_32 | {"embedding_bits": EMBEDDING_BITS, "symmetric": (True,)}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "
@@ -140,6 +146,8 @@ class LmSettings:
     window_length: int = 64
     block_size: int = 32  # block-wise weight quantization
     method: str = "rtn"  # WEIGHT_METHODS
+    zero_points: str = "integer"  # ZERO_POINTS
+    calibration_windows: int = 64  # windows of window_length calibration tokens GPTQ gathers its Hessians on
     builder: str = "auto"  # BUILDERS
     embedding_bits: int = 8  # the embedding table and the output head (tied or not) of 4-bit variants
     symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
@@ -151,7 +159,7 @@ class LmSettings:
             raise TargetError(f"{origin}: [lm] {message}")
 
         for key in ("cache_length", "prefill_length", "new_tokens", "eval_windows", "window_length", "block_size",
-                    "blame_windows"):
+                    "blame_windows", "calibration_windows"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(f"{key} must be a whole number >= 1, got {value!r}")
@@ -159,6 +167,8 @@ class LmSettings:
             fail(f"block_size {self.block_size}; choose one of 16, 32, 64, 128, 256")
         if self.method not in WEIGHT_METHODS:
             fail(f"method {self.method!r}; choose one of: {', '.join(WEIGHT_METHODS)}")
+        if self.zero_points not in ZERO_POINTS:
+            fail(f"zero_points {self.zero_points!r}; choose one of: {', '.join(ZERO_POINTS)}")
         if self.builder not in BUILDERS:
             fail(f"builder {self.builder!r}; choose one of: {', '.join(BUILDERS)}")
         if not isinstance(self.symmetric, bool):
@@ -246,6 +256,11 @@ class LmTarget:
     @property
     def formats(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(v.format for v in self.variants))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """A variant computes its weights from calibration text (method = "gptq")."""
+        return any(v.settings.method == "gptq" for v in self.variants)
 
     def to_profile(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,

@@ -112,7 +112,7 @@ CASES = [
     ("lm-eval-missing", [*EXPORT, "--target", "android-llm", "--eval", "{tmp}/absent.txt"], None, "does not exist"),
     ("lm-eval-not-text", [*EXPORT, "--target", "android-llm", "--eval", "{input}"], _bytes("e.txt", b"\xff\xfe\x00"),
      "is not UTF-8 text"),
-    ("lm-calib-given", [*EXPORT, "--target", "android-llm", "--calib", "{input}"], _bytes("c.txt", b"text"),
+    ("lm-calib-given", [*EXPORT, "--target", "cockpit-llm", "--calib", "{input}"], _bytes("c.txt", b"text"),
      "calibrate nothing"),
     *[(f"lm-{flag[2:]}-given", [*EXPORT, "--target", "android-llm", flag, *value], None,
        f"{flag} (build-file key {flag[2:].replace('-', '_')}) does nothing for the language-model target")

@@ -29,3 +29,21 @@ def test_smollm2_gguf_fp32_generates_what_pytorch_generates(tmp_path):
     assert 1.5 < fp32["lm"]["teacher_forced"]["reference_ppl"] < 60  # a model that predicts the text
     assert manifest["model"]["kind"] == "gguf" and "dequantized" in manifest["lm"]["notes"][0]
     assert "Paris" in report["texts"][0]["reference"]  # the chat template was applied: it answers
+
+
+def test_smollm2_onnx_w4_passes_with_gptq_where_round_to_nearest_fails(tmp_path):
+    """android-llm's ONNX w4 (GPTQ, one 8-bit table for the tied embedding and head): the 4-bit artifact of a
+    real model passes its default budget (round to nearest with a 4-bit table: PPL ratio 1.53, KL 0.47)."""
+    target = lm_target(tmp_path / "w4.toml", ("w4",), method="gptq", embedding_bits=8, builder="export",
+                       diagnose="off", cache_length=128, prefill_length=64, new_tokens=32, eval_windows=8,
+                       window_length=64)
+    done = run_cli("export", "--model", smollm2_gguf(), "--target", target, "--out", tmp_path / "out")
+    assert done.code == 0, done.stderr[-2000:]
+    report = json.loads(next((tmp_path / "out").rglob("report.json")).read_text())
+    w4 = report["artifacts"][0]
+    assert w4["budget"]["passed"], w4["budget"]["violations"]
+    assert w4["metrics"]["kl_mean"] < 0.12 and w4["metrics"]["ppl_ratio"] < 1.15
+    manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
+    quantization = manifest["artifacts"][0]["quantization"]
+    assert quantization["method"] == "gptq" and quantization["embedding_shares_head"] and \
+        quantization["head_bits"] == 8

@@ -3,11 +3,13 @@
 verdict; a format only says how to lower the model once and emit one precision:
 
     lower(lm, settings, scratch, progress)             -> whatever its variants share (a traced program)
-    emit(lowered, variant, settings, out, kept, ...)   -> LmEmitted: one variant written to `out`
+    emit(lowered, variant, settings, out, kept, plan, ...) -> LmEmitted: one variant written to `out`
 
 `kept` maps decoder-linear module paths (model.layers.3.mlp.down_proj) to the weight bits auto precision
-keeps them at (None: float). The artifact's runtime for the verdict and the speed figures is
-validators/lm/runtime.open_lm, chosen by the manifest entry's format.
+keeps them at (None: float). `plan` gives each linear's codes, scales and zero points for a scheme and method,
+computed once per export in PyTorch (exporter/quant/plan.py): ONNX writes them as they are; ExecuTorch, LiteRT
+and Core ML still round to nearest with their own quantizers. The artifact's runtime for the verdict and the
+speed figures is validators/lm/runtime.open_lm, chosen by the manifest entry's format.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from exporter.lm.source import CausalLM
+from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
 Progress = Callable[[str], None]
@@ -46,7 +49,7 @@ class LmBackend(Protocol):
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> Any: ...
 
     def emit(self, lowered: Any, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
-             progress: Progress) -> LmEmitted: ...
+             plan: Planner, progress: Progress) -> LmEmitted: ...
 
 
 LM_BACKENDS = {"onnx": "exporter.formats.onnx.lm", "executorch": "exporter.formats.executorch.lm",

@@ -1,8 +1,8 @@
 """Per-layer blame for weight quantization: the KL (and perplexity) cost of quantizing each decoder linear
 alone, worst first, by module path. Measured in PyTorch by fake-quantizing one nn.Linear's weight at a
-time with the artifact's block-wise scheme, on the first eval windows; the artifact's own verdict still
-comes from its runtime. Auto precision keeps the worst layers at 8 bits (4-bit variants) or float
-(8-bit variants) until the budget holds.
+time with the artifact's block-wise scheme (the weight plan's round-to-nearest), on the first eval windows;
+the artifact's own verdict still comes from its runtime. Auto precision keeps the worst layers at 8 bits
+(4-bit variants) or float (8-bit variants) until the budget holds.
 """
 
 from __future__ import annotations
@@ -11,25 +11,7 @@ from typing import Any
 
 import numpy as np
 
-
-def fake_quantize(weight: Any, bits: int, block_size: int, symmetric: bool = False) -> Any:
-    """Round-to-nearest block-wise along the input dimension, as MatMulNBits stores it (with zero points
-    unless symmetric)."""
-    import torch
-
-    rows, columns = weight.shape
-    padded = -columns % block_size
-    w = torch.nn.functional.pad(weight, (0, padded)).reshape(rows, -1, block_size)
-    top = 2 ** bits - 1
-    if symmetric:
-        scale = (w.abs().amax(-1, keepdim=True) / (top + 1) * 2).clamp_min(1e-12)
-        q = torch.round(w / scale).clamp(-(top + 1) // 2, top // 2) * scale
-    else:
-        low, high = w.amin(-1, keepdim=True).clamp_max(0), w.amax(-1, keepdim=True).clamp_min(0)
-        scale = ((high - low) / top).clamp_min(1e-12)
-        zero = torch.round(-low / scale)
-        q = (torch.round(w / scale) + zero).clamp(0, top).sub(zero) * scale
-    return q.reshape(rows, -1)[:, :columns]
+from exporter.quant.plan import Scheme, round_to_nearest
 
 
 def _kl_and_ppl(model: Any, windows: np.ndarray, reference_logprobs: np.ndarray) -> tuple[float, float]:
@@ -57,7 +39,7 @@ def blame_linears(model: Any, paths: list[str], bits: int, block_size: int, symm
         linear = modules[path]
         original = linear.weight.data.clone()
         with torch.no_grad():
-            linear.weight.data = fake_quantize(original, bits, block_size, symmetric)
+            linear.weight.data = round_to_nearest(original, Scheme(bits, block_size, symmetric)).dequantize()
         try:
             kl, ppl = _kl_and_ppl(model, windows, reference_logprobs)
         finally:

@@ -26,10 +26,12 @@ KNOWN = {"llama", "mistral", "qwen2", "qwen3", "phi3", "phi", "gemma", "gemma2",
 
 
 def builder_choice(model_type: str, precision: str, embedding_bits: int, builder: str,
-                   symmetric: bool) -> tuple[bool, str]:
+                   symmetric: bool, method: str = "rtn") -> tuple[bool, str]:
     """(use the builder, the reason the manifest records)."""
     if builder == "export":
         return False, "the target asks for edgeport's own export (builder = \"export\")"
+    if method == "gptq":
+        return False, "gptq codes are computed in PyTorch and written by edgeport's own export"
     if precision != "w4":
         return False, ("onnxruntime-genai's builder is used for w4 only: w8, fp32 and fp16 come from the traced "
                        "program (edgeport's opset-23 export)")

@@ -1,16 +1,17 @@
 """Block-wise weight-only quantization of an exported decode step (onnxruntime's MatMulNBits and
 GatherBlockQuantized), with an explicit policy per group of weights:
 
-- decoder linears: the variant's bits (8 or 4), by round-to-nearest, k-quant or HQQ for 4 bits;
+- decoder linears: the variant's bits (8 or 4), by round-to-nearest or GPTQ, whose codes come from the PyTorch
+  plan (exporter/quant/plan.py) and are written as they are, or by onnxruntime's k-quant or HQQ;
 - layers auto precision keeps: 8 bits inside a 4-bit variant, float inside an 8-bit one;
-- output head: `embedding_bits` (8 unless the target says otherwise), round-to-nearest; the embedding table
-  of a tied model reads the head's 4-bit blocks (one tensor), and stays float beside an 8-bit head.
+- output head: `embedding_bits` (8 for 8-bit variants), uint8 zero points; the embedding table of a tied model
+  reads the head's blocks (one tensor, 4 or 8 bits: GatherBlockQuantized takes both in onnxruntime 1.32), and
+  an untied table gets its own blocks at embedding_bits.
 
 8-bit blocks are asymmetric: on SmolLM2-135M their logits stay closer to float32 than symmetric ones (max
-|delta| 1.66 against 2.80 over a 37-token prompt, top-1 agreement 95-97% either way). An 8-bit head keeps the
-embedding table float: the lookup reads the head's blocks only at 4 bits. Symmetric 8-bit blocks and 8-bit
-weight prepacking compute correctly in onnxruntime: judge them by logits, not by greedy tokens on a prompt whose
-first token is a near tie (25.33 against 25.24).
+|delta| 1.66 against 2.80 over a 37-token prompt, top-1 agreement 95-97% either way). Symmetric 8-bit blocks and
+8-bit weight prepacking compute correctly in onnxruntime: judge them by logits, not by greedy tokens on a prompt
+whose first token is a near tie (25.33 against 25.24).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.lm.decode_step import module_path, save_onnx
+from exporter.quant.plan import METHODS, Planner, Scheme
 
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 # MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
@@ -36,6 +38,7 @@ class WeightPlan:
     embedding_bits: int = 8  # 32: float
     kept: dict[str, int | None] = field(default_factory=dict)  # module path -> 8, or None for float
     symmetric_4bit: bool = False  # zero points cost 1/8 bit per weight; they fit asymmetric weights (GGUF's Q4_1)
+    float_zero_points: bool = False  # asymmetric 4-bit blocks' offsets exact (Q4_1's minimum), not whole codes
     activations: str = "int8"  # ACCURACY_LEVELS
 
 
@@ -82,9 +85,13 @@ def _quantize(model: Any, names: list[str], bits: int, block_size: int, method: 
     return quantizer.model.model
 
 
-def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
-    """Write out (+ .data) and return the quantization record: which weights got how many bits."""
+def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) -> dict:
+    """Write out (+ .data) and return the quantization record: which weights got how many bits. The codes come
+    from the PyTorch plan (round-to-nearest or GPTQ, exporter/quant/plan.py), written as they are; hqq and
+    k_quant are onnxruntime's own quantizers, run on the graph."""
     import onnx
+
+    from exporter.formats.onnx.nbits import gather_block_quantized, matmul_nbits
 
     model = onnx.load(str(fp32))
     linears = linear_nodes(model)
@@ -95,27 +102,40 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan) -> dict:
         head_bits = (plan.kept[HEAD] or 32) if HEAD in plan.kept else plan.embedding_bits
     embedding = next((n for n in model.graph.node if n.op_type == "Gather" and module_path(n) == EMBEDDING), None)
     tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding)
-    head_output = linears[HEAD].output[0] if HEAD in linears else None
-    # (names, bits, method): the body by the variant's method; kept layers and the head by round-to-nearest,
-    # whose integer zero points the embedding lookup can read
-    passes = [(body, plan.bits, plan.method), (at_8, 8, "rtn"),
-              ([HEAD] if head_bits in (4, 8) else [], head_bits, "rtn")]
-    for paths, bits, method in passes:
-        model = _quantize(model, [linears[p].name for p in paths], bits, plan.block_size, method,
-                          symmetric=plan.symmetric_4bit, accuracy_level=ACCURACY_LEVELS[plan.activations])
-    shared = tied and head_bits == 4
-    embedding_bits = 4 if shared or plan.embedding_bits == 4 else 32  # onnxruntime quantizes a Gather to 4 bits only
+    in_pytorch = plan.method in METHODS
+    body_scheme = Scheme(plan.bits, plan.block_size, plan.symmetric_4bit and plan.bits == 4,
+                         plan.float_zero_points and plan.bits == 4 and not plan.symmetric_4bit)
+    # kept layers and the head: uint8 zero points, which the embedding lookup can read; by the variant's
+    # method when it is a PyTorch one
+    side_method = plan.method if in_pytorch else "rtn"
+    level = ACCURACY_LEVELS[plan.activations]
+    if not in_pytorch:
+        model = _quantize(model, [linears[p].name for p in body], plan.bits, plan.block_size, plan.method,
+                          symmetric=plan.symmetric_4bit, accuracy_level=level)
+        body = []
+    passes = [(body, body_scheme, plan.method), (at_8, Scheme(8, plan.block_size, False), side_method)]
+    if head_bits in (4, 8):
+        passes.append(([HEAD], Scheme(head_bits, plan.block_size, False), side_method))
+    head_node = None
+    for paths, scheme, method in passes:
+        for path in paths:
+            node = matmul_nbits(model, linears[path], planner.weight(path, scheme, method), level)
+            head_node = node if path == HEAD else head_node
+    shared = tied and head_node is not None  # one table: the lookup reads the head's blocks
     if shared:
-        _gather_from_head(model, embedding, head_output, plan.block_size)
-    elif embedding is not None and embedding_bits == 4:
-        model = _quantize(model, [embedding.name], 4, plan.block_size, "rtn", ("Gather",),
-                          symmetric=plan.symmetric_4bit, accuracy_level=ACCURACY_LEVELS[plan.activations])
+        _gather_from_head(model, embedding, head_node)
+    elif embedding is not None and plan.embedding_bits in (4, 8):
+        table = planner.weight(EMBEDDING, Scheme(plan.embedding_bits, plan.block_size, False), "rtn")
+        gather_block_quantized(model, embedding, table)
+    embedding_bits = head_bits if shared else plan.embedding_bits if plan.embedding_bits in (4, 8) else 32
     save_onnx(model, out)
     return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
-            "symmetric_4bit": plan.symmetric_4bit, "symmetric_8bit": False,
-            "activations": f"{plan.activations} (MatMulNBits accuracy_level {ACCURACY_LEVELS[plan.activations]})",
-            "decoder_linears": len(body), "head_bits": head_bits,
-            "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": bool(shared),
+            "computed_in": "PyTorch (exporter/quant/plan.py), codes written as they are" if in_pytorch else
+            "onnxruntime's MatMulNBitsQuantizer on the graph",
+            "decoder_linears_scheme": body_scheme.describe(),
+            "activations": f"{plan.activations} (MatMulNBits accuracy_level {level})",
+            "decoder_linears": len([p for p in linears if p != HEAD and p not in plan.kept]), "head_bits": head_bits,
+            "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": shared,
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
 
 
@@ -129,22 +149,22 @@ def _tied(model: Any, head: Any, embedding: Any) -> bool:
     return weight.shape == table.shape[::-1] and bool((table == weight.T).all())
 
 
-def _gather_from_head(model: Any, embedding: Any, head_output: str, block_size: int) -> None:
-    """A tied table stays one tensor: the embedding lookup reads the output head's 4-bit blocks
-    (GatherBlockQuantized over MatMulNBits' weight, as onnxruntime-genai's builder lays it out)."""
+def _gather_from_head(model: Any, embedding: Any, head: Any) -> None:
+    """A tied table stays one tensor: the embedding lookup reads the output head's blocks (GatherBlockQuantized
+    over MatMulNBits' weight, as onnxruntime-genai's builder lays it out; 4 or 8 bits)."""
     import numpy as np
     from onnx import helper, numpy_helper
 
-    head = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_output)
-    vocab = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "N")
-    rows = numpy_helper.from_array(np.array([vocab, -1], dtype=np.int64), f"{head.name}_rows")
+    attributes = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    rows = numpy_helper.from_array(np.array([attributes["N"], -1], dtype=np.int64), f"{head.name}_row_shape")
     model.graph.initializer.append(rows)
     reshapes = [helper.make_node("Reshape", [name, rows.name], [f"{name}_rows"], name=f"{name}_rows")
                 for name in head.input[1:4] if name]  # weight blocks, scales (zero points): one row per token
     gather = helper.make_node("GatherBlockQuantized", [reshapes[0].output[0], embedding.input[1],
                                                        *(r.output[0] for r in reshapes[1:])],
                               list(embedding.output), name=embedding.name + "_blocks", domain="com.microsoft",
-                              bits=4, block_size=block_size, gather_axis=0, quantize_axis=1)
+                              bits=attributes["bits"], block_size=attributes["block_size"], gather_axis=0,
+                              quantize_axis=1)
     index = list(model.graph.node).index(embedding)
     model.graph.node.remove(embedding)
     for offset, node in enumerate([*reshapes, gather]):
@@ -154,6 +174,7 @@ def _gather_from_head(model: Any, embedding: Any, head_output: str, block_size: 
         kept = [init for init in model.graph.initializer if init.name != table]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
+
 
 def to_fp16(fp32: Path, out: Path) -> dict:
     """float16 weights and compute, float32 logits and cache I/O."""

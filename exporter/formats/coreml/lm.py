@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from exporter.errors import ConversionError
 from exporter.lm.backend import Kept, LmEmitted, Progress
 from exporter.lm.source import CausalLM
+from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
 IO = {"input_ids": "input_ids", "mask": "causal_mask", "states": ["key_cache", "value_cache"], "logits": "logits"}
@@ -127,7 +128,7 @@ class CoremlLmBackend:
                                        "prefill_length": settings.prefill_length, "deployment_target": DEPLOYMENT})
 
     def emit(self, lowered: CoremlLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
-             progress: Progress) -> LmEmitted:
+             plan: Planner, progress: Progress) -> LmEmitted:
         from exporter.formats.coreml.backend import _quiet, _save
 
         model, record = lowered.model, {"scheme": "fp16"}

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from exporter.lm.backend import Kept, LmEmitted, Progress, linear_modules
 from exporter.lm.source import CausalLM
+from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
 HEAD = "lm_head"
@@ -50,14 +51,14 @@ class ExecutorchLmBackend:
         return lm  # each variant quantizes a copy of the model before torch.export: nothing to share
 
     def emit(self, lowered: CausalLM, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
-             progress: Progress) -> LmEmitted:
+             plan: Planner, progress: Progress) -> LmEmitted:
         from exporter.formats.executorch.backend import _lowering, lower_methods
         from exporter.lm.attention import with_attention
 
         with _lowering(variant.precision):
             model, record = with_attention(lowered.model, ATTENTION, _attention, causal_mask=None), {"scheme": "fp32"}
             if variant.row.quantized:
-                record = _quantize(model, variant, settings, kept or {})
+                record = _quantize(model, variant, settings, kept or {}, plan)
             progress(f"executorch {variant.precision}: torch.export of the prefill and decode methods, lowering "
                      "to XNNPACK")
             programs, cache = _trace_methods(model, settings)
@@ -186,28 +187,51 @@ def _config(bits: int, block_size: int | None) -> Any:
         weight_granularity=PerGroup(block_size) if bits == 4 else PerAxis(0))
 
 
-def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> dict:
+def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, plan: Planner) -> dict:
     """Quantize the model's decoder linears in place, and its embedding and head at embedding_bits (8 for
-    a8w8); kept layers at 8 bits or float. The embedding becomes ExecuTorch's quantized lookup (embedding.py)."""
+    a8w8); kept layers at 8 bits or float. torchao lays the linears out (int8 codes, scales, zero points) and
+    the weight plan's codes and scales replace its own; the embedding becomes ExecuTorch's quantized lookup
+    (embedding.py)."""
     from torchao.quantization import quantize_
 
     from exporter.formats.executorch.embedding import quantize_embedding
 
     bits, block = variant.row.bits, settings.block_size
-    plan = {path: kept.get(path, bits) for path in linear_modules(model)}
+    bits_of = {path: kept.get(path, bits) for path in linear_modules(model)}
     head_bits = settings.embedding_bits if bits == 4 else 8
     embedding = quantize_embedding(model, head_bits, block) if head_bits != 32 else "float"
     if head_bits != 32 and HEAD not in kept:
-        plan[HEAD] = head_bits
+        bits_of[HEAD] = head_bits
     for layer_bits in (4, 8):
-        chosen = {path for path, b in plan.items() if b == layer_bits}
+        chosen = {path for path, b in bits_of.items() if b == layer_bits}
         if chosen:
             quantize_(model, _config(layer_bits, block), filter_fn=lambda _m, fqn, c=chosen: fqn in c)
+    _write_plan(model, {p: b for p, b in bits_of.items() if b}, block, settings.method, plan)
     return {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
                       f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
             "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
-            "head_bits": plan.get(HEAD, 32), "embedding": embedding,
+            "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written into torchao's "
+                                                      "tensors as they are",
+            "head_bits": bits_of.get(HEAD, 32), "embedding": embedding,
             "kept": {path: (b or "float") for path, b in kept.items()}}
+
+
+def _write_plan(model: Any, bits_of: dict[str, int], block: int, method: str, plan: Planner) -> None:
+    """Each quantized linear's torchao codes and scales set to the plan's: symmetric int4 groups of `block`,
+    int8 per output channel (one block of the whole row); torchao's codes are signed (code - 2**(bits - 1))."""
+    import torch
+
+    from exporter.quant.plan import Scheme
+
+    modules = dict(model.named_modules())
+    for path, bits in bits_of.items():
+        weight = modules[path].weight
+        columns = weight.shape[1]
+        planned = plan.weight(path, Scheme(bits, block if bits == 4 else columns, True), method)
+        with torch.no_grad():
+            weight.qdata.copy_((planned.codes.int() - 2 ** (bits - 1)).to(torch.int8))
+            weight.scale.copy_(planned.scales.reshape(weight.scale.shape).to(weight.scale.dtype))
+            weight.zero_point.zero_()
 
 
 LM_BACKEND = ExecutorchLmBackend()

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from exporter.lm.backend import Kept, LmEmitted, Progress
 from exporter.lm.source import CausalLM
+from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
 TRACED = "edgeport export (torch.export -> ONNX, static KV cache)"
@@ -35,7 +36,7 @@ class OnnxLmBackend:
         return OnnxLmLowered(lm, fp32, cache, scratch)
 
     def emit(self, lowered: OnnxLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
-             progress: Progress) -> LmEmitted:
+             plan: Planner, progress: Progress) -> LmEmitted:
         from exporter.lm.decode_step import save_onnx
         from exporter.lm.genai_builder import build, builder_choice
         from exporter.lm.weights import WeightPlan, quantize_weights, to_fp16
@@ -43,7 +44,7 @@ class OnnxLmBackend:
         lm = lowered.lm
         model_type = getattr(lm.model.config, "model_type", "")
         use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
-                                          settings.symmetric)
+                                          settings.symmetric, settings.method)
         if kept:
             use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
         cache, built_by = lowered.cache, TRACED
@@ -61,10 +62,10 @@ class OnnxLmBackend:
             built_by = "onnxruntime-genai model builder"
         else:
             bits = variant.row.bits
-            plan = WeightPlan(bits, settings.block_size, settings.method,
-                              settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric,
-                              variant.row.activations)
-            record = quantize_weights(lowered.fp32, out, plan)
+            policy = WeightPlan(bits, settings.block_size, settings.method,
+                                settings.embedding_bits if bits == 4 else 8, dict(kept or {}), settings.symmetric,
+                                settings.zero_points == "float", variant.row.activations)
+            record = quantize_weights(lowered.fp32, out, policy, plan)
         data = out.with_name(out.name + ".data")
         return LmEmitted(cache, record, built_by, why, [data] if data.is_file() else [])
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from exporter.errors import ConversionError
 from exporter.lm.backend import Kept, LmEmitted, Progress
 from exporter.lm.source import CausalLM
+from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
 # litert-torch names an op after its output tensors, not reliably after its module (an MLP's up_proj carries
@@ -82,7 +83,7 @@ class TfliteLmBackend:
                                       "prefill_length": settings.prefill_length})
 
     def emit(self, lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
-             progress: Progress) -> LmEmitted:
+             plan: Planner, progress: Progress) -> LmEmitted:
         import shutil
 
         record: dict[str, Any] = {"scheme": "fp32"}

@@ -23,6 +23,7 @@ from exporter.formats import backend as format_backend
 from exporter.lm.backend import lm_backend
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
+from exporter.quant.plan import Planner
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
 from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
@@ -85,15 +86,10 @@ def _prompts(lm: CausalLM, target: LmTarget) -> list[list[int]]:
     return encoded
 
 
-def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tuple[np.ndarray, dict]:
+def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tuple[np.ndarray, dict, str]:
     settings = target.lm
     if eval_path is not None:
-        if not Path(eval_path).is_file():
-            raise UserInputError(f"eval text {eval_path} does not exist; pass a UTF-8 text file")
-        try:
-            text = Path(eval_path).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserInputError(f"{eval_path} is not UTF-8 text; a language model's --eval is a text file") from None
+        text = _read_text(eval_path, "--eval")
         described = {"source": str(eval_path), "synthetic": False}
     else:
         text = lm.eval_text
@@ -112,7 +108,7 @@ def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tup
             "no BOS: the tokenizer adds none to text")
     described |= {"sha256": _text_sha(text), "windows": count, "window_length": length,
                   "positions": count * (length - 1), "bos": rule}
-    return windows, described
+    return windows, described, text
 
 
 def _bos_of_text(tokenizer: Any) -> list[int]:
@@ -195,6 +191,45 @@ def _eager_speed(model: Any, prompt: list[int], new_tokens: int, threads: int) -
             "decode_tokens_per_s": round((new_tokens - 1) / (end - first), 1), "runtime": "PyTorch eager"}
 
 
+MIN_CALIBRATION_WINDOWS = 8
+MAX_CALIBRATION_OVERLAP = 0.02  # share of the eval text's lines a calibration text may also contain
+
+
+def _read_text(path: Path, flag: str) -> str:
+    if not Path(path).is_file():
+        raise UserInputError(f"{flag} text {path} does not exist; pass a UTF-8 text file")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{path} is not UTF-8 text; a language model's {flag} is a text file") from None
+
+
+def _calibration_text(options: Any, eval_text: str) -> tuple[str, dict]:
+    """--calib, else the training part of the stdlib docstrings (which the default eval text never shares);
+    refused when it shares the eval text's lines: a quantization calibrated on what the verdict judges."""
+    from exporter.lm.corpus import stdlib_text
+
+    if options.calib is None:
+        text, source = stdlib_text("train"), "docstrings of Python's standard library, training part"
+    else:
+        text, source = _read_text(options.calib, "--calib"), str(options.calib)
+    lines = {line.strip() for line in eval_text.splitlines() if len(line.strip()) >= 40}
+    shared = lines & {line.strip() for line in text.splitlines()}
+    overlap = len(shared) / max(1, len(lines))
+    if overlap > MAX_CALIBRATION_OVERLAP:
+        raise UserInputError(f"the calibration text {source} contains {overlap:.0%} of the eval text's lines; "
+                             "calibrate on other text than the verdict judges (--calib and --eval)")
+    return text, {"source": source, "sha256": _text_sha(text), "eval_lines_shared": round(overlap, 4)}
+
+
+def _calibration_batches(lm: CausalLM, text: str, settings: Any) -> list[Any]:
+    from exporter.quant.plan import calibration_batches
+
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return calibration_batches(ids, settings.window_length, settings.calibration_windows,
+                               min(MIN_CALIBRATION_WINDOWS, settings.calibration_windows))
+
+
 def _files(paths: list[Path]) -> list[dict]:
     return [{"path": p.name, "bytes": size_bytes(p), "sha256": sha256_file(p)} for p in paths]
 
@@ -203,10 +238,12 @@ class VariantBuilder:
     """Emits one variant into the artifact directory through its format's LmBackend (each format lowered once,
     when its first variant needs it); re-emits a variant with layers kept for auto precision."""
 
-    def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress) -> None:
+    def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress,
+                 calibration: list[Any] | None = None) -> None:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
         self.lowered: dict[str, Any] = {}
         self.trace_seconds = 0.0
+        self.plan = Planner(lm.model, lambda: calibration or [], progress)
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = lm_backend(variant.format)
@@ -216,7 +253,8 @@ class VariantBuilder:
             scratch.mkdir()
             self.lowered[variant.format] = backend.lower(self.lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
-        emitted = backend.emit(self.lowered[variant.format], variant, variant.settings, out, kept, self.progress)
+        emitted = backend.emit(self.lowered[variant.format], variant, variant.settings, out, kept, self.plan,
+                               self.progress)
         stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
                                                                        self.target.name, variant.precision))
         files = _files([out, *emitted.extra_files, *stamped])
@@ -285,7 +323,8 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
 
 # export options a language-model target does not read: option -> (flag and build-file key, why)
 UNREAD_OPTIONS = {
-    "calib": ("--calib", "its variants quantize weights only and calibrate nothing (pass the eval text with --eval)"),
+    "calib": ("--calib", "its variants round weights to nearest and calibrate nothing (method = \"gptq\" reads a "
+                         "calibration text; pass the eval text with --eval)"),
     "weights": ("--weights", "its weights come with its source (a Hugging Face folder, a .gguf file or a factory)"),
     "inputs": ("--input", "its inputs are token ids, shaped by the target's [lm] table (cache_length, "
                           "prefill_length)"),
@@ -298,6 +337,8 @@ UNREAD_OPTIONS = {
 
 def _refuse_unread_options(options: Any, target: LmTarget) -> None:
     for name, (flag, why) in UNREAD_OPTIONS.items():
+        if name == "calib" and target.needs_calibration:
+            continue
         if getattr(options, name, None):
             raise UserInputError(f"{flag} (build-file key {flag[2:].replace('-', '_')}) does nothing for the "
                                  f"language-model target {target.name}: {why}; drop it")
@@ -310,7 +351,11 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
     settings = target.lm
     _refuse_unsupported_attention(lm, target)
     prompts = _prompts(lm, target)
-    windows, eval_info = _eval_windows(lm, target, options.eval)
+    windows, eval_info, eval_text = _eval_windows(lm, target, options.eval)
+    calibration, calibration_info = None, None
+    if target.needs_calibration:  # refused before any long step when too short or shared with the eval text
+        calibration_text, calibration_info = _calibration_text(options, eval_text)
+        calibration = _calibration_batches(lm, calibration_text, settings)
     reference = _reference(lm, windows, prompts, settings.new_tokens, progress)
     eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]], settings.new_tokens,
                          target.threads)
@@ -320,7 +365,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         scratch = Path(scratch_dir)
         progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
                  f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
-        builder = VariantBuilder(lm, target, scratch, progress)
+        builder = VariantBuilder(lm, target, scratch, progress, calibration)
         entries, seconds, diagnosis_seconds = [], {}, {}
         for variant in target.variants:
             progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
@@ -341,7 +386,8 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
             "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},
             "lm": {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
                    "new_tokens": settings.new_tokens, "prefill_length": settings.prefill_length,
-                   "eval": eval_info, "tokenizer": TOKENIZER_DIR, "notes": lm.notes},
+                   "eval": eval_info, "calibration": calibration_info, "tokenizer": TOKENIZER_DIR,
+                   "notes": lm.notes},
             "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
             "artifacts": entries,
             "libraries": library_versions(target.formats, LIBRARIES + tuple(
@@ -349,6 +395,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
         })
         write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
                                        "trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
+                                       "weight_plan_seconds": {k: round(v, 1) for k, v in builder.plan.seconds.items()},
                                        "diagnosis_seconds": diagnosis_seconds,
                                        "eager": eager})
         progress(f"[5/5] validating {len(entries)} artifact(s) token by token, each with its own runtime")

@@ -1,0 +1,1 @@
+"""Weight quantization computed once in PyTorch (plan.py), for every format to write as it is."""

@@ -1,0 +1,258 @@
+"""Weight plans: the integer codes, block scales and zero points of a model's linears, computed once in PyTorch
+by a chosen method, for every format to write as they are (none re-quantizes).
+
+A block is `block_size` consecutive weights along the input dimension of one output row, as onnxruntime's
+MatMulNBits, torchao's groups, LiteRT's block-wise tensors and Core ML's per-block scales all lay it out.
+A weight is `(code - zero_point) * scale`, codes in 0 .. 2**bits - 1:
+
+- symmetric blocks have the zero point 2**(bits - 1) (no zero-point tensor). 8-bit scales put the block's
+  magnitude at +-127 (GGUF's Q8_0, whose grid it re-finds), 4-bit ones at 7.5 steps (torchao's symmetric range);
+- asymmetric blocks span the block's minimum to maximum; their zero point is a whole code (uint8 zero points)
+  or, with float zero points, the exact offset (GGUF's Q4_1 "scale and minimum"), which re-finds a Q4_1
+  source's own grid.
+
+Methods: round-to-nearest, and GPTQ (Frantar et al. 2022): codes chosen column by column with the rounding
+error pushed onto the columns not yet quantized, weighted by the inverse Hessian of the layer's calibration
+inputs, in act-order (largest Hessian diagonal first), with the block scales fixed before the error feedback
+(AutoGPTQ's static groups) so the blocks stay in storage order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.errors import UserInputError
+
+METHODS = ("rtn", "gptq")
+GPTQ_DAMPING = 0.01  # of the Hessian's mean diagonal, added before the Cholesky factorization
+GPTQ_COLUMNS = 128  # columns updated together (the lazy batch update of the paper)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    bits: int
+    block_size: int
+    symmetric: bool
+    float_zero_points: bool = False  # asymmetric only
+
+    def describe(self) -> str:
+        kind = "symmetric" if self.symmetric else \
+            "asymmetric, float zero points" if self.float_zero_points else "asymmetric, uint8 zero points"
+        return f"{self.bits}-bit blocks of {self.block_size} ({kind})"
+
+
+@dataclass
+class QuantizedWeight:
+    codes: Any  # torch.uint8 [rows, columns]
+    scales: Any  # torch.float32 [rows, blocks]
+    zero_points: Any  # torch.float32 [rows, blocks]; whole numbers unless scheme.float_zero_points
+    scheme: Scheme
+    method: str
+
+    def dequantize(self) -> Any:
+        import torch
+
+        rows, columns = self.codes.shape
+        block = self.scheme.block_size
+        blocks = self.scales.shape[1]
+        codes = torch.nn.functional.pad(self.codes.float(), (0, blocks * block - columns)).reshape(rows, blocks, block)
+        weight = (codes - self.zero_points[..., None]) * self.scales[..., None]
+        return weight.reshape(rows, -1)[:, :columns]
+
+
+def _blocks(weight: Any, block_size: int) -> Any:
+    import torch
+
+    rows, columns = weight.shape
+    return torch.nn.functional.pad(weight.float(), (0, -columns % block_size)).reshape(rows, -1, block_size)
+
+
+def block_parameters(weight: Any, scheme: Scheme) -> tuple[Any, Any]:
+    """(scales, zero points), each [rows, blocks], of round-to-nearest over each block's range."""
+    import torch
+
+    blocks = _blocks(weight, scheme.block_size)
+    top = 2 ** scheme.bits - 1
+    middle = 2 ** (scheme.bits - 1)
+    if scheme.symmetric:
+        # 8 bits: the block's magnitude at +-127 (GGUF's Q8_0); 4 bits: at 7.5 steps, torchao's symmetric range
+        scales = blocks.abs().amax(-1) / (middle - 1 if scheme.bits == 8 else middle - 0.5)
+        return scales.clamp_min(1e-12), torch.full_like(scales, float(middle))
+    low = blocks.amin(-1).clamp_max(0) if not scheme.float_zero_points else blocks.amin(-1)
+    high = blocks.amax(-1).clamp_min(0) if not scheme.float_zero_points else blocks.amax(-1)
+    scales = ((high - low) / top).clamp_min(1e-12)
+    zero_points = -low / scales
+    if not scheme.float_zero_points:
+        zero_points = torch.round(zero_points).clamp(0, top)
+    return scales, zero_points
+
+
+def _codes(values: Any, scales: Any, zero_points: Any, bits: int) -> Any:
+    import torch
+
+    return torch.round(values / scales + zero_points).clamp(0, 2 ** bits - 1)
+
+
+def round_to_nearest(weight: Any, scheme: Scheme) -> QuantizedWeight:
+    import torch
+
+    scales, zero_points = block_parameters(weight, scheme)
+    rows, columns = weight.shape
+    codes = _codes(_blocks(weight, scheme.block_size), scales[..., None], zero_points[..., None], scheme.bits)
+    codes = codes.reshape(rows, -1)[:, :columns].to(torch.uint8)
+    return QuantizedWeight(codes, scales, zero_points, scheme, "rtn")
+
+
+def gptq(weight: Any, hessian: Any, scheme: Scheme, damping: float = GPTQ_DAMPING) -> QuantizedWeight:
+    """GPTQ with act-order and static block scales; `hessian` is X^T X of the layer's calibration inputs."""
+    import torch
+
+    weight = weight.detach().float().clone()
+    rows, columns = weight.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0  # inputs that are never non-zero: their weights cannot matter
+    h[dead, dead] = 1
+    weight[:, dead] = 0
+    scales, zero_points = block_parameters(weight, scheme)
+    order = torch.argsort(torch.diag(h), descending=True)
+    weight, h = weight[:, order], h[order][:, order]
+    h_inverse = _upper_inverse_cholesky(h, damping)
+    block_of = (order // scheme.block_size).tolist()
+    codes = torch.empty(rows, columns, dtype=torch.uint8)
+    top = 2 ** scheme.bits - 1
+    for start in range(0, columns, GPTQ_COLUMNS):
+        end = min(start + GPTQ_COLUMNS, columns)
+        part = weight[:, start:end].clone()
+        errors = torch.zeros_like(part)
+        h_part = h_inverse[start:end, start:end].float()
+        for i in range(end - start):
+            block = block_of[start + i]
+            scale, zero = scales[:, block], zero_points[:, block]
+            code = torch.round(part[:, i] / scale + zero).clamp(0, top)
+            codes[:, start + i] = code.to(torch.uint8)
+            error = (part[:, i] - (code - zero) * scale) / h_part[i, i]
+            part[:, i:] -= error[:, None] * h_part[i, i:][None, :]
+            errors[:, i] = error
+        weight[:, end:] -= errors @ h_inverse[start:end, end:].float()
+    codes = codes[:, torch.argsort(order)]
+    return QuantizedWeight(codes, scales, zero_points, scheme, "gptq")
+
+
+def _upper_inverse_cholesky(h: Any, damping: float) -> Any:
+    import torch
+
+    mean = float(torch.diag(h).mean())
+    for attempt in range(6):  # a rank-deficient Hessian (few calibration tokens): more damping
+        damped = h + torch.eye(len(h), dtype=h.dtype) * damping * (10 ** attempt) * mean
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            return torch.linalg.cholesky(inverse, upper=True)
+    raise RuntimeError("GPTQ: the calibration Hessian is not positive definite even with 10^5 x damping")
+
+
+class Hessians:
+    """X^T X of every named linear's inputs over calibration batches, gathered with forward hooks in one pass;
+    linears that read the same tensor (q/k/v, gate/up) share one product."""
+
+    def __init__(self, model: Any, paths: Iterable[str]) -> None:
+        self.model, self.paths = model, list(paths)
+        self.products: dict[str, Any] = {}  # first reader's path -> X^T X (float64)
+        self.reader_of: dict[str, str] = {}  # path -> the path whose product it shares
+        self.tokens = 0
+
+    def __getitem__(self, path: str) -> Any:
+        return self.products[self.reader_of[path]]
+
+    def gather(self, batches: list[Any], progress: Callable[[str], None]) -> None:
+        import torch
+
+        modules = dict(self.model.named_modules())
+        # this batch: input tensor -> (the first linear that read it, the tensor: held, so that no later tensor
+        # of the same forward pass takes its address)
+        first_reader: dict[tuple, tuple[str, Any]] = {}
+
+        def hook(path: str) -> Callable:
+            def record(_module: Any, inputs: tuple, _output: Any) -> None:
+                x = inputs[0].detach()
+                key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+                if key in first_reader:
+                    self.reader_of[path] = first_reader[key][0]
+                    return
+                first_reader[key] = (path, x)
+                self.reader_of[path] = path
+                flat = x.reshape(-1, x.shape[-1]).double()
+                product = flat.T @ flat
+                self.products[path] = self.products[path] + product if path in self.products else product
+            return record
+
+        handles = [modules[p].register_forward_hook(hook(p)) for p in self.paths]
+        try:
+            with torch.no_grad():
+                for index, batch in enumerate(batches):
+                    first_reader.clear()
+                    self.model(input_ids=batch)
+                    self.tokens += batch.numel()
+                    if (index + 1) % max(1, len(batches) // 4) == 0 or index + 1 == len(batches):
+                        progress(f"calibration: batch {index + 1}/{len(batches)}, {self.tokens} tokens")
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class Planner:
+    """Each linear's plan for a (scheme, method), computed once per export and shared by every format that
+    writes it; GPTQ's Hessians are gathered on the first GPTQ plan, over every linear at once."""
+
+    def __init__(self, model: Any, calibration: Callable[[], list[Any]], progress: Callable[[str], None]) -> None:
+        self.model, self.calibration, self.progress = model, calibration, progress
+        self.plans: dict[tuple[str, Scheme, str], QuantizedWeight] = {}
+        self.hessians: Hessians | None = None
+        self.seconds: dict[str, float] = {}  # step -> seconds (calibration, gptq, rtn)
+
+    def weight(self, path: str, scheme: Scheme, method: str) -> QuantizedWeight:
+        import time
+
+        key = (path, scheme, method)
+        if key not in self.plans:
+            weight = dict(self.model.named_modules())[path].weight.detach()
+            begun = time.perf_counter()
+            if method == "gptq":
+                self.plans[key] = gptq(weight, self._hessians()[path], scheme)
+            elif method == "rtn":
+                self.plans[key] = round_to_nearest(weight, scheme)
+            else:
+                raise ValueError(f"no PyTorch plan for method {method!r}; choose one of {', '.join(METHODS)}")
+            self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - begun
+        return self.plans[key]
+
+    def _hessians(self) -> Hessians:
+        import time
+
+        import torch
+
+        if self.hessians is None:
+            begun = time.perf_counter()
+            paths = [name for name, module in self.model.named_modules() if isinstance(module, torch.nn.Linear)]
+            batches = self.calibration()
+            self.progress(f"gptq: gathering the inputs of {len(paths)} linears on {sum(b.numel() for b in batches)} "
+                          "calibration tokens")
+            self.hessians = Hessians(self.model, paths)
+            self.hessians.gather(batches, self.progress)
+            self.seconds["calibration"] = time.perf_counter() - begun
+        return self.hessians
+
+
+def calibration_batches(ids: list[int], window: int, count: int, minimum: int) -> list[Any]:
+    """`count` consecutive windows of the calibration text's token ids, refused below `minimum` windows."""
+    import torch
+
+    available = len(ids) // window
+    if available < minimum:
+        raise UserInputError(f"the calibration text has {len(ids)} tokens, fewer than the {minimum} windows of "
+                             f"{window} tokens GPTQ needs; pass a longer calibration text or use method = \"rtn\"")
+    usable = min(count, available)
+    tensor = torch.tensor(ids[:usable * window], dtype=torch.long).reshape(usable, window)
+    return list(tensor.split(4))

@@ -1,0 +1,115 @@
+"""Weight plans computed once in PyTorch (exporter/quant/plan.py) and written as they are: GPTQ against
+round-to-nearest on the layer error and on the artifact's KL, the float zero points that re-find a Q4_1 grid,
+the codes read back from the ONNX artifact, and the calibration text's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.quant.plan import Scheme, gptq, round_to_nearest
+from tests.conftest import run_cli
+from tests.lm_models import lm_target
+
+SCHEMES = [Scheme(4, 32, False), Scheme(4, 32, True), Scheme(4, 32, False, True), Scheme(8, 32, False),
+           Scheme(8, 32, True)]
+
+
+def _layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(48, 128, generator=generator)
+    # correlated inputs with an offset, as a decoder's normalized activations are
+    inputs = torch.randn(1500, 128, generator=generator) @ torch.randn(128, 128, generator=generator) * 0.3 + 0.5
+    return weight, inputs
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.describe())
+def test_gptq_halves_the_layer_output_error_and_is_rtn_without_correlation(scheme):
+    weight, inputs = _layer()
+    hessian = inputs.double().T @ inputs.double()
+    rtn, calibrated = round_to_nearest(weight, scheme), gptq(weight, hessian, scheme)
+
+    def error(plan):
+        return float(((inputs @ (weight - plan.dequantize()).T) ** 2).mean())
+
+    assert error(calibrated) < 0.6 * error(rtn)
+    assert int(calibrated.codes.max()) <= 2 ** scheme.bits - 1
+    # uncorrelated inputs (identity Hessian) leave no error to push on: GPTQ's codes are round-to-nearest's
+    identity = gptq(weight, torch.eye(128, dtype=torch.float64), scheme)
+    assert torch.equal(identity.codes, rtn.codes)
+
+
+def test_float_zero_points_refind_a_q4_1_grid_and_uint8_ones_do_not():
+    weight, inputs = _layer(1)
+    q4_1 = round_to_nearest(weight, Scheme(4, 32, False, True)).dequantize()  # a weight as a Q4_1 GGUF stores it
+    again = round_to_nearest(q4_1, Scheme(4, 32, False, True))
+    assert float((again.dequantize() - q4_1).abs().max()) < 1e-5
+    calibrated = gptq(q4_1, inputs.double().T @ inputs.double(), Scheme(4, 32, False, True))
+    assert float((calibrated.dequantize() - q4_1).abs().max()) < 1e-5  # nothing to correct: the grid is kept
+    whole = round_to_nearest(q4_1, Scheme(4, 32, False))
+    assert float((whole.dequantize() - q4_1).abs().max()) > 1e-2
+
+
+def _export(tmp_path, method: str, *extra: str):
+    target = lm_target(tmp_path / f"{method}.toml", ("w4",), method=method, builder="export", diagnose="off")
+    return run_cli("export", "--target", target, "--out", tmp_path / method, *extra)
+
+
+@pytest.mark.slow
+def test_onnx_holds_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
+    import onnx
+
+    from exporter.formats.onnx.nbits import read_codes
+    from exporter.kinds.causal_lm.export import _calibration_batches
+    from exporter.lm.corpus import stdlib_text
+    from exporter.lm.decode_step import module_path
+    from exporter.lm.source import load_causal_lm
+    from exporter.quant.plan import Planner
+    from targets.lm import LmSettings
+
+    reports = {}
+    for method in ("rtn", "gptq"):
+        result = _export(tmp_path, method)
+        assert result.code == 0, result.stderr[-2000:]
+        folder = tmp_path / method / "tinylm" / "test-llm"
+        reports[method] = json.loads((folder / "report.json").read_text())
+    kl = {m: r["artifacts"][0]["metrics"]["kl_mean"] for m, r in reports.items()}
+    assert kl["gptq"] < 0.7 * kl["rtn"], kl
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["quantization"]["method"] == "gptq"
+    assert manifest["lm"]["calibration"]["eval_lines_shared"] < 0.02  # stock phrases only: separate docstrings
+
+    lm = load_causal_lm("demo:tinylm")
+    settings = LmSettings(cache_length=96, prefill_length=32, new_tokens=12, eval_windows=3, window_length=32)
+    planner = Planner(lm.model, lambda: _calibration_batches(lm, stdlib_text("train"), settings), lambda _: None)
+    graph = onnx.load(str(folder / "model.w4.onnx")).graph
+    paths = {node.name: module_path(node) for node in graph.node if node.op_type == "MatMulNBits"}
+    stored = read_codes(onnx.load(str(folder / "model.w4.onnx")))
+    linears = {name for name, module in lm.model.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert set(paths.values()) == linears  # every decoder linear and the head, each from the plan
+    for name, arrays in stored.items():
+        plan = planner.weight(paths[name], Scheme(4, 32, False), "gptq")
+        np.testing.assert_array_equal(arrays["codes"], plan.codes.numpy(), err_msg=paths[name])
+        np.testing.assert_allclose(arrays["scales"], plan.scales.numpy(), rtol=1e-6, err_msg=paths[name])
+        np.testing.assert_array_equal(arrays["zero_points"], plan.zero_points.numpy(), err_msg=paths[name])
+
+
+def test_calibration_text_too_short_or_shared_with_eval_is_refused(tmp_path):
+    from exporter.lm.corpus import stdlib_text
+
+    short = tmp_path / "short.txt"
+    short.write_text("a few words of calibration text\n")
+    result = _export(tmp_path, "gptq", "--calib", short)
+    assert result.code == 2, result.stderr[-1500:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "the calibration text has" in message and "fewer than the 8 windows" in message
+    assert not (tmp_path / "gptq" / "tinylm" / "test-llm").exists()
+
+    shared = tmp_path / "eval.txt"
+    shared.write_text(stdlib_text("eval"))
+    result = _export(tmp_path, "gptq", "--calib", shared, "--eval", shared)
+    assert result.code == 2, result.stderr[-1500:]
+    assert "contains 100% of the eval text's lines" in result.stderr
