@@ -112,8 +112,8 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     if not in_pytorch:
         model = _quantize(model, [linears[p].name for p in body], plan.bits, plan.block_size, plan.method,
                           symmetric=plan.symmetric_4bit, accuracy_level=level)
-        body = []
-    passes = [(body, body_scheme, plan.method), (at_8, Scheme(8, plan.block_size, False), side_method)]
+    passes = [(body if in_pytorch else [], body_scheme, plan.method),
+              (at_8, Scheme(8, plan.block_size, False), side_method)]
     if head_bits in (4, 8):
         passes.append(([HEAD], Scheme(head_bits, plan.block_size, False), side_method))
     head_node = None
@@ -134,7 +134,7 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
             "onnxruntime's MatMulNBitsQuantizer on the graph",
             "decoder_linears_scheme": body_scheme.describe(),
             "activations": f"{plan.activations} (MatMulNBits accuracy_level {level})",
-            "decoder_linears": len([p for p in linears if p != HEAD and p not in plan.kept]), "head_bits": head_bits,
+            "decoder_linears": len(body), "head_bits": head_bits,
             "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": shared,
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
 

@@ -52,17 +52,13 @@ class QuantizedWeight:
     method: str
 
     def dequantize(self) -> Any:
-        import torch
-
         rows, columns = self.codes.shape
-        block = self.scheme.block_size
-        blocks = self.scales.shape[1]
-        codes = torch.nn.functional.pad(self.codes.float(), (0, blocks * block - columns)).reshape(rows, blocks, block)
-        weight = (codes - self.zero_points[..., None]) * self.scales[..., None]
+        weight = (as_blocks(self.codes, self.scheme.block_size) - self.zero_points[..., None]) * self.scales[..., None]
         return weight.reshape(rows, -1)[:, :columns]
 
 
-def _blocks(weight: Any, block_size: int) -> Any:
+def as_blocks(weight: Any, block_size: int) -> Any:
+    """[rows, columns] -> float [rows, blocks, block_size], the last block padded with zeros."""
     import torch
 
     rows, columns = weight.shape
@@ -73,7 +69,7 @@ def block_parameters(weight: Any, scheme: Scheme) -> tuple[Any, Any]:
     """(scales, zero points), each [rows, blocks], of round-to-nearest over each block's range."""
     import torch
 
-    blocks = _blocks(weight, scheme.block_size)
+    blocks = as_blocks(weight, scheme.block_size)
     top = 2 ** scheme.bits - 1
     middle = 2 ** (scheme.bits - 1)
     if scheme.symmetric:
@@ -100,7 +96,7 @@ def round_to_nearest(weight: Any, scheme: Scheme) -> QuantizedWeight:
 
     scales, zero_points = block_parameters(weight, scheme)
     rows, columns = weight.shape
-    codes = _codes(_blocks(weight, scheme.block_size), scales[..., None], zero_points[..., None], scheme.bits)
+    codes = _codes(as_blocks(weight, scheme.block_size), scales[..., None], zero_points[..., None], scheme.bits)
     codes = codes.reshape(rows, -1)[:, :columns].to(torch.uint8)
     return QuantizedWeight(codes, scales, zero_points, scheme, "rtn")
 
@@ -121,7 +117,6 @@ def gptq(weight: Any, hessian: Any, scheme: Scheme, damping: float = GPTQ_DAMPIN
     h_inverse = _upper_inverse_cholesky(h, damping)
     block_of = (order // scheme.block_size).tolist()
     codes = torch.empty(rows, columns, dtype=torch.uint8)
-    top = 2 ** scheme.bits - 1
     for start in range(0, columns, GPTQ_COLUMNS):
         end = min(start + GPTQ_COLUMNS, columns)
         part = weight[:, start:end].clone()
@@ -130,7 +125,7 @@ def gptq(weight: Any, hessian: Any, scheme: Scheme, damping: float = GPTQ_DAMPIN
         for i in range(end - start):
             block = block_of[start + i]
             scale, zero = scales[:, block], zero_points[:, block]
-            code = torch.round(part[:, i] / scale + zero).clamp(0, top)
+            code = _codes(part[:, i], scale, zero, scheme.bits)
             codes[:, start + i] = code.to(torch.uint8)
             error = (part[:, i] - (code - zero) * scale) / h_part[i, i]
             part[:, i:] -= error[:, None] * h_part[i, i:][None, :]
@@ -209,6 +204,7 @@ class Planner:
     def __init__(self, model: Any, calibration: Callable[[], list[Any]], progress: Callable[[str], None]) -> None:
         self.model, self.calibration, self.progress = model, calibration, progress
         self.plans: dict[tuple[str, Scheme, str], QuantizedWeight] = {}
+        self.modules = dict(model.named_modules())
         self.hessians: Hessians | None = None
         self.seconds: dict[str, float] = {}  # step -> seconds (calibration, gptq, rtn)
 
@@ -217,7 +213,7 @@ class Planner:
 
         key = (path, scheme, method)
         if key not in self.plans:
-            weight = dict(self.model.named_modules())[path].weight.detach()
+            weight = self.modules[path].weight.detach()
             begun = time.perf_counter()
             if method == "gptq":
                 self.plans[key] = gptq(weight, self._hessians()[path], scheme)

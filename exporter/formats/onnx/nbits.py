@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quant.plan import QuantizedWeight
+from exporter.quant.plan import QuantizedWeight, as_blocks
 
 
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -35,12 +35,10 @@ def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 def _arrays(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(blocks of codes [rows, blocks, block], scales [rows, blocks], zero points or None for symmetric)."""
+    import torch
+
     scheme = weight.scheme
-    rows, columns = weight.codes.shape
-    blocks = weight.scales.shape[1]
-    codes = np.zeros((rows, blocks * scheme.block_size), np.uint8)
-    codes[:, :columns] = weight.codes.numpy()
-    codes = codes.reshape(rows, blocks, scheme.block_size)
+    codes = as_blocks(weight.codes, scheme.block_size).to(torch.uint8).numpy()
     scales = weight.scales.numpy().astype(np.float32)
     if scheme.symmetric:
         return codes, scales, None
