@@ -63,8 +63,9 @@ WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
     "method": ("how weights are rounded: rtn (round to nearest), gptq (calibrated: rounding error pushed onto the "
                "weights not yet rounded), k_quant, hqq", WEIGHT_METHODS),
-    "zero_points": ("asymmetric 4-bit blocks' zero points: whole codes (integer) or exact offsets (float: GGUF "
-                    "Q4_1's scale and minimum, which re-finds a Q4_1 source's grid)", ZERO_POINTS),
+    "zero_points": ("asymmetric 4-bit blocks' zero points: whole codes (integer) or exact minimums (float: GGUF "
+                    "Q4_1's scale and minimum, which keeps a Q4_1 source's own blocks; ~2x slower decode in ONNX)",
+                    ZERO_POINTS),
     "embedding_bits": ("bits of the embedding table and output head of a 4-bit variant", EMBEDDING_BITS),
     "symmetric": ("4-bit blocks without zero points", (True, False)),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",

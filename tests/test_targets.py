@@ -146,9 +146,11 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     assert [(v.format, v.precision, v.filename) for v in ios.variants] == [
         ("coreml", "fp16", "model.fp16.mlpackage"), ("coreml", "w4", "model.w4.mlpackage")]
     assert android.lm.cache_length == 256
-    # ONNX w4: GPTQ, zero points and one 8-bit table; ExecuTorch and LiteRT: 4-bit tables, blocks without zero points
-    assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method) for v in android.variants
-            if v.row.bits == 4] == [(8, False, "gptq"), (4, True, "rtn"), (4, True, "rtn")]
+    # ONNX w4: GPTQ, exact block minimums and one 8-bit table; ExecuTorch and LiteRT: 4-bit tables, blocks without
+    # zero points
+    assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method, v.settings.zero_points)
+            for v in android.variants if v.row.bits == 4] == [
+        (8, False, "gptq", "float"), (4, True, "rtn", "integer"), (4, True, "rtn", "integer")]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")

@@ -1,5 +1,6 @@
 """Weight plans computed once in PyTorch (exporter/quant/plan.py) and written as they are: GPTQ against
-round-to-nearest on the layer error and on the artifact's KL, the float zero points that re-find a Q4_1 grid,
+round-to-nearest on the layer error and on the artifact's KL, a quantized source's own blocks found again (llama.cpp's
+Q4_0, Q4_1 and Q8_0 as the gguf package writes them), float zero points computed by onnxruntime's fast kernels,
 the codes read back from the ONNX artifact, and the calibration text's refusals."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.quant.plan import Scheme, gptq, round_to_nearest
+from exporter.quant.plan import Scheme, gptq, round_to_nearest, source_grid
 from tests.conftest import run_cli
 from tests.lm_models import lm_target
 
@@ -51,6 +52,73 @@ def test_float_zero_points_refind_a_q4_1_grid_and_uint8_ones_do_not():
     assert float((calibrated.dequantize() - q4_1).abs().max()) < 1e-5  # nothing to correct: the grid is kept
     whole = round_to_nearest(q4_1, Scheme(4, 32, False))
     assert float((whole.dequantize() - q4_1).abs().max()) > 1e-2
+
+
+def _gguf_blocks(weight: np.ndarray, kind: str) -> tuple[torch.Tensor, np.ndarray]:
+    """(the weight as llama.cpp's `kind` stores and dequantizes it, its codes read from the block bytes)."""
+    from gguf import GGMLQuantizationType, quants
+
+    kind = GGMLQuantizationType[kind]
+    raw = quants.quantize(weight, kind)
+    rows = raw.shape[0]
+    header = {"Q4_0": 2, "Q4_1": 4, "Q8_0": 2}[kind.name]  # float16 d (and m) before each block's codes
+    blocks = raw.reshape(rows, -1, header + (16 if kind.name != "Q8_0" else 32))[..., header:]
+    if kind.name == "Q8_0":
+        codes = blocks.view(np.int8).astype(np.int16) + 128  # signed codes, as uint8 around zero point 128
+    else:
+        codes = np.concatenate([blocks & 0x0F, blocks >> 4], axis=-1)  # low nibbles: the block's first 16
+    return torch.from_numpy(quants.dequantize(raw, kind)), codes.reshape(rows, -1)
+
+
+@pytest.mark.parametrize(("kind", "scheme", "holds"), [
+    ("Q4_1", Scheme(4, 32, False, True), True), ("Q4_1", Scheme(4, 32, False), False),
+    ("Q4_0", Scheme(4, 32, False), True), ("Q4_0", Scheme(4, 32, False, True), True),
+    ("Q4_0", Scheme(4, 32, True), False), ("Q8_0", Scheme(8, 32, False), True), ("Q8_0", Scheme(8, 32, True), True)])
+def test_a_quantized_sources_own_blocks_are_found_again_where_the_scheme_holds_them(kind, scheme, holds):
+    weight = torch.randn(48, 128, generator=torch.Generator().manual_seed(3)).numpy() * 0.05
+    stored, codes = _gguf_blocks(weight, kind)
+    found = source_grid(stored, scheme)
+    if not holds:
+        assert found is None  # Q4_1's minimums need float zero points; Q4_0's negative d mirrors the zero point
+        return
+    assert found is not None and found.method == "source"
+    assert float((found.dequantize() - stored).abs().max()) <= 1e-7  # every weight back, no second rounding
+    same = found.codes.numpy().astype(np.int16) == codes
+    mirrored = found.codes.numpy().astype(np.int16) == 15 - codes  # Q4_0 blocks with a negative d
+    assert bool((same | mirrored).all())
+    assert source_grid(torch.from_numpy(weight), scheme) is None  # float weights are on no grid
+
+
+def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporter.formats.onnx.nbits import matmul_nbits, read_codes
+
+    weight, inputs = _layer(2)
+    plan = round_to_nearest(weight, Scheme(4, 32, False, True))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 48])],
+                              [numpy_helper.from_array(weight.numpy().T.copy(), "w")])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    for level, limit in ((0, 1e-4), (4, 0.05)):  # float32 compute; int8 activations (the fast kernels)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        node = matmul_nbits(copy, copy.graph.node[0], plan, level)
+        assert len(node.input) == 4  # zero point 0 for the kernels; the minimums are added beside
+        onnx.checker.check_model(copy)
+        session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = inputs[:16].numpy()
+        got = session.run(None, {"x": x})[0]
+        expected = x @ plan.dequantize().numpy().T
+        assert float(np.abs(got - expected).max() / np.abs(expected).max()) < limit, level
+    stored = read_codes(copy)[node.name]
+    np.testing.assert_array_equal(stored["codes"], plan.codes.numpy())
+    np.testing.assert_array_equal(stored["scales"], plan.scales.numpy())
+    np.testing.assert_allclose(stored["zero_points"], plan.zero_points.numpy(), atol=2e-3)  # float16 minimums
 
 
 def _export(tmp_path, method: str, *extra: str):

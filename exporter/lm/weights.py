@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.lm.decode_step import module_path, save_onnx
-from exporter.quant.plan import METHODS, Planner, Scheme
+from exporter.quant.plan import METHODS, Planner, Scheme, source_grid
 
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 # MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
@@ -117,15 +117,19 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     if head_bits in (4, 8):
         passes.append(([HEAD], Scheme(head_bits, plan.block_size, False), side_method))
     head_node = None
+    planned: dict[str, int] = {}  # method -> weights (the source's own grid: "source")
     for paths, scheme, method in passes:
         for path in paths:
-            node = matmul_nbits(model, linears[path], planner.weight(path, scheme, method), level)
+            weight = planner.weight(path, scheme, method)
+            planned[weight.method] = planned.get(weight.method, 0) + 1
+            node = matmul_nbits(model, linears[path], weight, level)
             head_node = node if path == HEAD else head_node
     shared = tied and head_node is not None  # one table: the lookup reads the head's blocks
     if shared:
         _gather_from_head(model, embedding, head_node)
     elif embedding is not None and plan.embedding_bits in (4, 8):
         table = planner.weight(EMBEDDING, Scheme(plan.embedding_bits, plan.block_size, False), "rtn")
+        planned[table.method] = planned.get(table.method, 0) + 1
         gather_block_quantized(model, embedding, table)
     embedding_bits = head_bits if shared else plan.embedding_bits if plan.embedding_bits in (4, 8) else 32
     save_onnx(model, out)
@@ -134,9 +138,24 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
             "onnxruntime's MatMulNBitsQuantizer on the graph",
             "decoder_linears_scheme": body_scheme.describe(),
             "activations": f"{plan.activations} (MatMulNBits accuracy_level {level})",
-            "decoder_linears": len(body), "head_bits": head_bits,
+            "decoder_linears": len(body), "head_bits": head_bits, "planned_by": dict(sorted(planned.items())),
+            "source_grid": _source_grid_note(planner, body, body_scheme, planned) if in_pytorch else None,
             "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": shared,
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
+
+
+def _source_grid_note(planner: Planner, body: list[str], scheme: Scheme, planned: dict[str, int]) -> str | None:
+    """What became of a source already on a block grid (a quantized GGUF): how many weights kept their codes, and
+    the setting that would keep the decoder linears' where this scheme cannot."""
+    notes = []
+    if planned.get("source"):
+        notes.append(f"{planned['source']} of {sum(planned.values())} weights kept the source's own block grid "
+                     "(codes, scales and zero points found again, no second quantization)")
+    if body and not scheme.symmetric and not scheme.float_zero_points and \
+            source_grid(planner.modules[body[0]].weight, Scheme(scheme.bits, scheme.block_size, False, True)):
+        notes.append("the decoder linears are on a grid with exact minimums (GGUF Q4_1): zero_points = \"float\" "
+                     "keeps them instead of quantizing them a second time")
+    return "; ".join(notes) or None
 
 
 def _tied(model: Any, head: Any, embedding: Any) -> bool:

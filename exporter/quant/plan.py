@@ -11,6 +11,11 @@ A weight is `(code - zero_point) * scale`, codes in 0 .. 2**bits - 1:
   or, with float zero points, the exact offset (GGUF's Q4_1 "scale and minimum"), which re-finds a Q4_1
   source's own grid.
 
+A source already on a block grid (a Q4_0, Q4_1 or Q8_0 GGUF, dequantized to float by its loader) keeps its own
+codes: `source_grid` finds each block's scale and zero point again and checks that every weight is back within a
+thousandth of a step; where the scheme holds the grid, the plan is those codes (method "source") and no second
+quantization happens.
+
 Methods: round-to-nearest, and GPTQ (Frantar et al. 2022): codes chosen column by column with the rounding
 error pushed onto the columns not yet quantized, weighted by the inverse Hessian of the layer's calibration
 inputs, in act-order (largest Hessian diagonal first), with the block scales fixed before the error feedback
@@ -26,6 +31,7 @@ from typing import Any
 from exporter.errors import UserInputError
 
 METHODS = ("rtn", "gptq")
+ON_GRID = 1e-3  # of a step: how far a weight may sit from its block's grid and still count as on it
 GPTQ_DAMPING = 0.01  # of the Hessian's mean diagonal, added before the Cholesky factorization
 GPTQ_COLUMNS = 128  # columns updated together (the lazy batch update of the paper)
 
@@ -65,8 +71,19 @@ def as_blocks(weight: Any, block_size: int) -> Any:
     return torch.nn.functional.pad(weight.float(), (0, -columns % block_size)).reshape(rows, -1, block_size)
 
 
+def half(values: Any) -> Any:
+    """float32 values that float16 holds exactly: scales and block minimums are stored as float16, as GGUF's are."""
+    return values.half().float()
+
+
+def _scale(values: Any) -> Any:
+    """A float16 block scale, at least float16's smallest step (an all-zero block still divides)."""
+    return half(values.clamp_min(2.0 ** -24))
+
+
 def block_parameters(weight: Any, scheme: Scheme) -> tuple[Any, Any]:
-    """(scales, zero points), each [rows, blocks], of round-to-nearest over each block's range."""
+    """(scales, zero points), each [rows, blocks], of round-to-nearest over each block's range; scales, and the
+    minimums of float-zero-point blocks, are float16 values."""
     import torch
 
     blocks = as_blocks(weight, scheme.block_size)
@@ -74,15 +91,63 @@ def block_parameters(weight: Any, scheme: Scheme) -> tuple[Any, Any]:
     middle = 2 ** (scheme.bits - 1)
     if scheme.symmetric:
         # 8 bits: the block's magnitude at +-127 (GGUF's Q8_0); 4 bits: at 7.5 steps, torchao's symmetric range
-        scales = blocks.abs().amax(-1) / (middle - 1 if scheme.bits == 8 else middle - 0.5)
-        return scales.clamp_min(1e-12), torch.full_like(scales, float(middle))
-    low = blocks.amin(-1).clamp_max(0) if not scheme.float_zero_points else blocks.amin(-1)
-    high = blocks.amax(-1).clamp_min(0) if not scheme.float_zero_points else blocks.amax(-1)
-    scales = ((high - low) / top).clamp_min(1e-12)
-    zero_points = -low / scales
-    if not scheme.float_zero_points:
-        zero_points = torch.round(zero_points).clamp(0, top)
-    return scales, zero_points
+        scales = _scale(blocks.abs().amax(-1) / (middle - 1 if scheme.bits == 8 else middle - 0.5))
+        return scales, torch.full_like(scales, float(middle))
+    if scheme.float_zero_points:
+        low = half(blocks.amin(-1))
+        scales = _scale((blocks.amax(-1) - low) / top)
+        return scales, -low / scales
+    low, high = blocks.amin(-1).clamp_max(0), blocks.amax(-1).clamp_min(0)
+    scales = _scale((high - low) / top)
+    return scales, torch.round(-low / scales).clamp(0, top)
+
+
+def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
+    """The weight's own block grid in `scheme`, when every block is on one the scheme holds, else None.
+
+    Each block is tried against the grids of llama.cpp's block types, as their quantizers lay them out: its
+    magnitude at +-(2**(bits-1) - 1) (Q8_0), its signed extreme at code 0 (Q4_0: d = extreme / -8; a negative d
+    is the same grid mirrored, codes 15 - q around zero point 7), and its range from minimum to maximum in
+    2**bits - 1 steps (Q4_1, zero point where the minimum falls). A symmetric scheme holds zero point 2**(bits-1) only,
+    uint8 zero points whole codes, float zero points any offset."""
+    import torch
+
+    blocks = as_blocks(weight.detach(), scheme.block_size)
+    top, middle = 2 ** scheme.bits - 1, 2 ** (scheme.bits - 1)
+    low, high = blocks.amin(-1), blocks.amax(-1)
+    extreme = torch.where(high.abs() >= low.abs(), high, low)
+    step = extreme / -middle  # Q4_0's d, signed
+    # whole zero points first: a float16 minimum is exact for Q4_1's blocks only (-7d of a Q4_0 block is not)
+    candidates = [(extreme.abs() / (middle - 1), torch.full_like(low, float(middle))),
+                  (step.abs(), torch.where(step >= 0, float(middle), float(middle - 1))),
+                  ((high - low) / top, None)]
+    chosen_scales = torch.zeros_like(low)
+    chosen_zeros = torch.full_like(low, float(middle))
+    found = low == high  # a constant block (zeros: padding, pruned rows) needs no grid
+    for scales, zeros in candidates:
+        scales = _scale(scales)
+        zeros = -half(low) / scales if zeros is None else zeros
+        if scheme.symmetric:
+            holds = zeros == middle
+        elif scheme.float_zero_points:
+            holds = torch.ones_like(found)
+        else:
+            holds = (zeros - torch.round(zeros)).abs() < ON_GRID
+            zeros = torch.round(zeros)
+        holds &= (zeros >= 0) & (zeros <= top)
+        codes = _codes(blocks, scales[..., None], zeros[..., None], scheme.bits)
+        on_grid = ((codes - zeros[..., None]) * scales[..., None] - blocks).abs().amax(-1) <= ON_GRID * scales
+        take = holds & on_grid & ~found
+        chosen_scales = torch.where(take, scales, chosen_scales)
+        chosen_zeros = torch.where(take, zeros, chosen_zeros)
+        found |= take
+    if not bool(found.all()):
+        return None
+    chosen_scales = torch.where(low == high, _scale(high.abs() / max(1, middle - 1)), chosen_scales)
+    rows, columns = weight.shape
+    codes = _codes(blocks, chosen_scales[..., None], chosen_zeros[..., None], scheme.bits)
+    codes = codes.reshape(rows, -1)[:, :columns].to(torch.uint8)
+    return QuantizedWeight(codes, chosen_scales, chosen_zeros, scheme, "source")
 
 
 def _codes(values: Any, scales: Any, zero_points: Any, bits: int) -> Any:
@@ -199,7 +264,8 @@ class Hessians:
 
 class Planner:
     """Each linear's plan for a (scheme, method), computed once per export and shared by every format that
-    writes it; GPTQ's Hessians are gathered on the first GPTQ plan, over every linear at once."""
+    writes it: the weight's own grid when it is on one the scheme holds (source_grid), else the method's codes;
+    GPTQ's Hessians are gathered on the first GPTQ plan that needs them, over every linear at once."""
 
     def __init__(self, model: Any, calibration: Callable[[], list[Any]], progress: Callable[[str], None]) -> None:
         self.model, self.calibration, self.progress = model, calibration, progress
@@ -215,7 +281,9 @@ class Planner:
         if key not in self.plans:
             weight = self.modules[path].weight.detach()
             begun = time.perf_counter()
-            if method == "gptq":
+            if (own := source_grid(weight, scheme)) is not None:
+                self.plans[key] = own
+            elif method == "gptq":
                 self.plans[key] = gptq(weight, self._hessians()[path], scheme)
             elif method == "rtn":
                 self.plans[key] = round_to_nearest(weight, scheme)

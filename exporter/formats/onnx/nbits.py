@@ -3,9 +3,16 @@ MatMulNBits, an embedding Gather becomes GatherBlockQuantized, and read_codes gi
 every format holds the plan's codes reads them this way).
 
 MatMulNBits stores B as [N, blocks, block_size * bits / 8] bytes (4-bit codes two per byte, low nibble first),
-scales [N * blocks], and zero points as uint8 codes (4-bit ones packed two per byte per row) or, for 4-bit
-weights only, as float offsets; no zero-point input means 2**(bits - 1). GatherBlockQuantized takes uint8
-zero points only (onnxruntime 1.32 refuses float ones).
+scales [N * blocks], and zero points as uint8 codes (4-bit ones packed two per byte per row); no zero-point input
+means 2**(bits - 1). Scales are stored as float16 and cast to float32 in the graph (onnxruntime folds the cast
+when it loads the model): the plan's scales are float16 values, and the file is 1/2 bit per weight smaller.
+
+Float zero points (GGUF Q4_1's "scale and minimum") are not given to MatMulNBits as float offsets: onnxruntime
+1.32 then leaves its int8 kernels for float32 ones, 13-30x slower per token. A weight is `code * scale + minimum`,
+so the node takes zero point 0 (its fast kernels) and the block minimums are added as a small float matmul of
+the activations' block sums: `x @ W = MatMulNBits(x) + (x @ S) @ minimums`, S [K, blocks] summing each block of
+x (one per input tensor, shared by q/k/v and gate/up), minimums [blocks, N] as float16.
+GatherBlockQuantized takes uint8 zero points only (onnxruntime 1.32 refuses float ones).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 def _arrays(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(blocks of codes [rows, blocks, block], scales [rows, blocks], zero points or None for symmetric)."""
+    """(blocks of codes [rows, blocks, block], scales [rows, blocks], packed zero points or None for symmetric)."""
     import torch
 
     scheme = weight.scheme
@@ -42,10 +49,21 @@ def _arrays(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray
     scales = weight.scales.numpy().astype(np.float32)
     if scheme.symmetric:
         return codes, scales, None
-    zero_points = weight.zero_points.numpy().astype(np.float32)
-    if scheme.float_zero_points:
-        return codes, scales, zero_points
+    zero_points = weight.zero_points.numpy()
+    if scheme.float_zero_points:  # zero point 0; the minimums go beside the node (see above)
+        zero_points = np.zeros_like(zero_points)
     return codes, scales, _pack(zero_points.astype(np.uint8), scheme.bits)
+
+
+def _half_initializer(model: Any, values: np.ndarray, name: str) -> str:
+    """A float16 initializer `name`_f16 cast to the float32 tensor `name`; returns `name`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(values.astype(np.float16), f"{name}_f16"))
+    # first in the graph: an earlier node may read it too (a tied table's lookup reads the head's scales)
+    model.graph.node.insert(0, helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
+                                                to=TensorProto.FLOAT))
+    return name
 
 
 def matmul_nbits(model: Any, node: Any, weight: QuantizedWeight, accuracy_level: int) -> Any:
@@ -53,22 +71,50 @@ def matmul_nbits(model: Any, node: Any, weight: QuantizedWeight, accuracy_level:
     from onnx import helper, numpy_helper
 
     scheme = weight.scheme
-    if scheme.bits == 8 and scheme.float_zero_points:
-        raise ValueError("MatMulNBits on CPU takes float zero points for 4-bit weights only")
     rows, columns = weight.codes.shape
     codes, scales, zero_points = _arrays(weight)
-    name = node.name or node.output[0]
-    tensors = [numpy_helper.from_array(_pack(codes, scheme.bits), f"{name}_Q{scheme.bits}"),
-               numpy_helper.from_array(scales.reshape(-1), f"{name}_scales")]
+    name = f"{node.name or node.output[0]}_Q{scheme.bits}"
+    packed = numpy_helper.from_array(_pack(codes, scheme.bits), f"{name}_codes")
+    model.graph.initializer.append(packed)
+    inputs = [node.input[0], packed.name, _half_initializer(model, scales.reshape(-1), f"{name}_scales")]
     if zero_points is not None:
-        tensors.append(numpy_helper.from_array(zero_points.reshape(-1), f"{name}_zero_points"))
-    model.graph.initializer.extend(tensors)
-    replacement = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in tensors)], list(node.output),
-                                   name=f"{name}_Q{scheme.bits}", domain="com.microsoft", K=columns, N=rows,
-                                   bits=scheme.bits, block_size=scheme.block_size, accuracy_level=accuracy_level)
+        model.graph.initializer.append(numpy_helper.from_array(zero_points.reshape(-1), f"{name}_zero_points"))
+        inputs.append(f"{name}_zero_points")
+    outputs = list(node.output) if not scheme.float_zero_points else [f"{name}_scaled"]
+    replacement = helper.make_node("MatMulNBits", inputs, outputs, name=name, domain="com.microsoft", K=columns,
+                                   N=rows, bits=scheme.bits, block_size=scheme.block_size,
+                                   accuracy_level=accuracy_level)
     replacement.metadata_props.extend(node.metadata_props)  # the module path the blame and the plan key on
     _replace(model, node, replacement)
+    if scheme.float_zero_points:
+        minimums = (-weight.zero_points * weight.scales).numpy().T  # [blocks, N]
+        _half_initializer(model, minimums, f"{name}_minimums")
+        sums = _block_sums(model, replacement, columns, scheme.block_size)
+        index = list(model.graph.node).index(replacement)
+        for offset, added in enumerate([
+                helper.make_node("MatMul", [sums, f"{name}_minimums"], [f"{name}_offsets"], name=f"{name}_offsets"),
+                helper.make_node("Add", [outputs[0], f"{name}_offsets"], list(node.output), name=f"{name}_add")]):
+            model.graph.node.insert(index + 1 + offset, added)
     return replacement
+
+
+def _block_sums(model: Any, reader: Any, columns: int, block_size: int) -> str:
+    """x @ S, each block's sum of the activations x [..., blocks]: made once per input tensor, before its first
+    reader."""
+    from onnx import helper, numpy_helper
+
+    activations = reader.input[0]
+    sums = f"{activations}_block_sums{block_size}"
+    if any(sums in n.output for n in model.graph.node):
+        return sums
+    summing = f"block_sums_{columns}x{block_size}"
+    if not any(init.name == summing for init in model.graph.initializer):
+        matrix = np.zeros((columns, -(-columns // block_size)), np.float32)
+        matrix[np.arange(columns), np.arange(columns) // block_size] = 1
+        model.graph.initializer.append(numpy_helper.from_array(matrix, summing))
+    model.graph.node.insert(list(model.graph.node).index(reader),
+                            helper.make_node("MatMul", [activations, summing], [sums], name=sums))
+    return sums
 
 
 def gather_block_quantized(model: Any, node: Any, weight: QuantizedWeight) -> None:
@@ -81,12 +127,12 @@ def gather_block_quantized(model: Any, node: Any, weight: QuantizedWeight) -> No
     rows, columns = weight.codes.shape
     codes, scales, zero_points = _arrays(weight)
     name = node.name or node.output[0]
-    tensors = [numpy_helper.from_array(_pack(codes, scheme.bits).reshape(rows, -1), f"{name}_Q{scheme.bits}"),
-               numpy_helper.from_array(scales, f"{name}_scales")]
+    packed = numpy_helper.from_array(_pack(codes, scheme.bits).reshape(rows, -1), f"{name}_Q{scheme.bits}")
+    model.graph.initializer.append(packed)
+    inputs = [packed.name, node.input[1], _half_initializer(model, scales, f"{name}_scales")]
     if zero_points is not None:
-        tensors.append(numpy_helper.from_array(zero_points.reshape(rows, -1), f"{name}_zero_points"))
-    model.graph.initializer.extend(tensors)
-    inputs = [tensors[0].name, node.input[1], *(t.name for t in tensors[1:])]
+        model.graph.initializer.append(numpy_helper.from_array(zero_points.reshape(rows, -1), f"{name}_zero_points"))
+        inputs.append(f"{name}_zero_points")
     replacement = helper.make_node("GatherBlockQuantized", inputs, list(node.output), name=f"{name}_blocks",
                                    domain="com.microsoft", bits=scheme.bits, block_size=scheme.block_size,
                                    gather_axis=0, quantize_axis=1)
@@ -121,12 +167,20 @@ def read_codes(model: Any) -> dict[str, dict[str, np.ndarray]]:
         blocks = -(-columns // block)
         packed = numpy_helper.to_array(arrays[node.input[1]]).reshape(rows, blocks, -1)
         codes = _unpack(packed, bits, block).reshape(rows, -1)[:, :columns]
-        scales = numpy_helper.to_array(arrays[node.input[2]]).reshape(rows, blocks)
-        if len(node.input) > 3 and node.input[3]:
+        scales = _stored(arrays, node.input[2]).reshape(rows, blocks)
+        if f"{node.name}_minimums_f16" in arrays:  # float zero points: code * scale + minimum
+            zero_points = -_stored(arrays, f"{node.name}_minimums").T / scales
+        elif len(node.input) > 3 and node.input[3]:
             stored = numpy_helper.to_array(arrays[node.input[3]])
-            zero_points = stored.reshape(rows, blocks).astype(np.float32) if stored.dtype != np.uint8 else \
-                _unpack(stored.reshape(rows, -1), bits, blocks).astype(np.float32)
+            zero_points = _unpack(stored.reshape(rows, -1), bits, blocks).astype(np.float32)
         else:
             zero_points = np.full((rows, blocks), 2 ** (bits - 1), np.float32)
         found[node.name] = {"codes": codes, "scales": scales, "zero_points": zero_points}
     return found
+
+
+def _stored(arrays: dict, name: str) -> np.ndarray:
+    """A float32 tensor as stored: its own initializer, or the float16 one cast to it."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(arrays[name] if name in arrays else arrays[f"{name}_f16"]).astype(np.float32)
