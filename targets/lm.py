@@ -124,11 +124,13 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 activations="int8", reads=RTN | BLOCKS_OF_32 | {"embedding_bits": (4,), "symmetric": (True,)}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
-    LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights (every weight of 2048+ values)", 8,
-                LM_W8_BUDGET, symmetric=True, reads=RTN),
-    LmPrecision("coreml", "w4", "stateful ML Program, int4 weights in blocks of block_size (every weight of 2048+ "
-                "values: decoder linears, embedding and head)", 4, LM_W4_BUDGET, symmetric=True,
-                reads=RTN | {"block_size": BLOCK_SIZES, "embedding_bits": (4,), "symmetric": (True,)}),
+    LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights of every linear, the embedding table "
+                "in int8 blocks of block_size (the weight plan's codes)", 8, LM_W8_BUDGET, symmetric=True,
+                reads=PLANNED | {"block_size": BLOCK_SIZES}),
+    LmPrecision("coreml", "w4", "stateful ML Program, 4-bit weights of every linear in blocks of block_size, the "
+                "embedding table and head at embedding_bits (the weight plan's codes)", 4, LM_W4_BUDGET,
+                reads=PLANNED | {k: WEIGHT_SETTINGS[k][1] for k in (
+                    "block_size", "embedding_bits", "symmetric", "zero_points")}),
 )
 LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
 for _row in LM_PRECISION_ROWS:

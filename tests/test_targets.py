@@ -145,12 +145,15 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     ios = load_target("ios-llm")
     assert [(v.format, v.precision, v.filename) for v in ios.variants] == [
         ("coreml", "fp16", "model.fp16.mlpackage"), ("coreml", "w4", "model.w4.mlpackage")]
+    core_ml_w4 = ios.variants[1].settings  # the weight plan's blocks: GPTQ, exact minimums, an 8-bit table
+    assert (core_ml_w4.method, core_ml_w4.symmetric, core_ml_w4.zero_points, core_ml_w4.embedding_bits) == \
+        ("gptq", False, "float", 8)
     assert android.lm.cache_length == 256
-    # ONNX w4: GPTQ, exact block minimums and one 8-bit table; ExecuTorch and LiteRT: 4-bit tables, blocks without
-    # zero points
+    # ONNX w4: GPTQ, exact block minimums and one 8-bit table; ExecuTorch (GPTQ) and LiteRT: 4-bit tables, blocks
+    # without zero points
     assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method, v.settings.zero_points)
             for v in android.variants if v.row.bits == 4] == [
-        (8, False, "gptq", "float"), (4, True, "rtn", "integer"), (4, True, "rtn", "integer")]
+        (8, False, "gptq", "float"), (4, True, "gptq", "integer"), (4, True, "rtn", "integer")]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")

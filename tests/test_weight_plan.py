@@ -121,15 +121,17 @@ def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
     np.testing.assert_allclose(stored["zero_points"], plan.zero_points.numpy(), atol=2e-3)  # float16 minimums
 
 
-def _export(tmp_path, method: str, *extra: str):
-    target = lm_target(tmp_path / f"{method}.toml", ("w4",), method=method, builder="export", diagnose="off")
+def _export(tmp_path, method: str, *extra: str, variants: tuple[str, ...] = ("w4",)):
+    target = lm_target(tmp_path / f"{method}.toml", variants, method=method, builder="export", diagnose="off")
     return run_cli("export", "--target", target, "--out", tmp_path / method, *extra)
 
 
 @pytest.mark.slow
-def test_onnx_holds_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
+def test_onnx_and_core_ml_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
     import onnx
 
+    from exporter.formats.coreml.blocks import read_codes as read_core_ml_codes
+    from exporter.formats.coreml.lm import weight_constant
     from exporter.formats.onnx.nbits import read_codes
     from exporter.kinds.causal_lm.export import _calibration_batches
     from exporter.lm.corpus import stdlib_text
@@ -140,7 +142,7 @@ def test_onnx_holds_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
 
     reports = {}
     for method in ("rtn", "gptq"):
-        result = _export(tmp_path, method)
+        result = _export(tmp_path, method, variants=("w4", "coreml/w4") if method == "gptq" else ("w4",))
         assert result.code == 0, result.stderr[-2000:]
         folder = tmp_path / method / "tinylm" / "test-llm"
         reports[method] = json.loads((folder / "report.json").read_text())
@@ -161,8 +163,18 @@ def test_onnx_holds_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
     for name, arrays in stored.items():
         plan = planner.weight(paths[name], Scheme(4, 32, False), "gptq")
         np.testing.assert_array_equal(arrays["codes"], plan.codes.numpy(), err_msg=paths[name])
-        np.testing.assert_allclose(arrays["scales"], plan.scales.numpy(), rtol=1e-6, err_msg=paths[name])
+        np.testing.assert_array_equal(arrays["scales"], plan.scales.numpy(), err_msg=paths[name])
         np.testing.assert_array_equal(arrays["zero_points"], plan.zero_points.numpy(), err_msg=paths[name])
+    # the Core ML program of the same export holds the same codes, scales and zero points (its tied head is the
+    # embedding's constant)
+    by_path = {paths[name]: arrays for name, arrays in stored.items()}
+    constants = {weight_constant(path): path for path in linears - {"lm_head"}} | \
+        {weight_constant("model.embed_tokens"): "lm_head"}
+    in_core_ml = read_core_ml_codes(folder / "model.w4.mlpackage")
+    assert set(in_core_ml) == set(constants)
+    for name, arrays in in_core_ml.items():
+        for key in ("codes", "scales", "zero_points"):
+            np.testing.assert_array_equal(arrays[key], by_path[constants[name]][key], err_msg=f"{name} {key}")
 
 
 def test_calibration_text_too_short_or_shared_with_eval_is_refused(tmp_path):

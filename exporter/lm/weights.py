@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.lm.decode_step import module_path, save_onnx
-from exporter.quant.plan import METHODS, Planner, Scheme, source_grid
+from exporter.quant.plan import METHODS, Planner, Scheme, source_grid_note
 
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 # MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
@@ -139,23 +139,10 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
             "decoder_linears_scheme": body_scheme.describe(),
             "activations": f"{plan.activations} (MatMulNBits accuracy_level {level})",
             "decoder_linears": len(body), "head_bits": head_bits, "planned_by": dict(sorted(planned.items())),
-            "source_grid": _source_grid_note(planner, body, body_scheme, planned) if in_pytorch else None,
+            "source_grid": source_grid_note(planner, body, body_scheme, planned, 'zero_points = "float"')
+            if in_pytorch else None,
             "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": shared,
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
-
-
-def _source_grid_note(planner: Planner, body: list[str], scheme: Scheme, planned: dict[str, int]) -> str | None:
-    """What became of a source already on a block grid (a quantized GGUF): how many weights kept their codes, and
-    the setting that would keep the decoder linears' where this scheme cannot."""
-    notes = []
-    if planned.get("source"):
-        notes.append(f"{planned['source']} of {sum(planned.values())} weights kept the source's own block grid "
-                     "(codes, scales and zero points found again, no second quantization)")
-    if body and not scheme.symmetric and not scheme.float_zero_points and \
-            source_grid(planner.modules[body[0]].weight, Scheme(scheme.bits, scheme.block_size, False, True)):
-        notes.append("the decoder linears are on a grid with exact minimums (GGUF Q4_1): zero_points = \"float\" "
-                     "keeps them instead of quantizing them a second time")
-    return "; ".join(notes) or None
 
 
 def _tied(model: Any, head: Any, embedding: Any) -> bool:

@@ -289,7 +289,8 @@ class Planner:
                 self.plans[key] = round_to_nearest(weight, scheme)
             else:
                 raise ValueError(f"no PyTorch plan for method {method!r}; choose one of {', '.join(METHODS)}")
-            self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - begun
+            done = self.plans[key].method  # "source" where the weight kept its own grid
+            self.seconds[done] = self.seconds.get(done, 0.0) + time.perf_counter() - begun
         return self.plans[key]
 
     def _hessians(self) -> Hessians:
@@ -307,6 +308,25 @@ class Planner:
             self.hessians.gather(batches, self.progress)
             self.seconds["calibration"] = time.perf_counter() - begun
         return self.hessians
+
+
+def source_grid_note(planner: Planner, body: list[str], scheme: Scheme | None, planned: dict[str, int],
+                     setting: str | None) -> str | None:
+    """What became of a source already on a block grid (a quantized GGUF): how many weights kept their codes,
+    and, where the decoder linears' scheme cannot hold their grid but float zero points would, the `setting`
+    that keeps them (None: the format has no such blocks)."""
+    notes = []
+    if planned.get("source"):
+        notes.append(f"{planned['source']} of {sum(planned.values())} weights kept the source's own block grid "
+                     "(codes, scales and zero points found again, no second quantization)")
+    if body and scheme is not None and scheme.bits == 4 and not scheme.float_zero_points:
+        weight = planner.modules[body[0]].weight
+        if source_grid(weight, scheme) is None and \
+                source_grid(weight, Scheme(4, scheme.block_size, False, True)) is not None:
+            notes.append("the decoder linears are on a grid with exact minimums (GGUF Q4_1): " +
+                         (f"{setting} keeps them instead of quantizing them a second time" if setting else
+                          "this format's blocks cannot hold it, so they are quantized a second time"))
+    return "; ".join(notes) or None
 
 
 def calibration_batches(ids: list[int], window: int, count: int, minimum: int) -> list[Any]:

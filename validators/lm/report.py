@@ -43,6 +43,14 @@ def _lines(report: dict) -> list[str]:
     if report["artifacts"]:
         tf = report["artifacts"][0]["lm"]["teacher_forced"]
         lines.append(f"reference (PyTorch) perplexity on the eval text: {tf['reference_ppl']:.3f}")
+    if (log := report.get("export")) and "export_seconds" in log:
+        steps = [f"trace {log['trace_seconds']} s"] + [f"{step} {seconds} s" for step, seconds in
+                                                      (log.get("weight_plan_seconds") or {}).items()]
+        steps += [f"{path} {seconds} s" for path, seconds in (log.get("artifact_seconds") or {}).items()]
+        steps += [f"diagnosis of {path} {seconds} s" for path, seconds in
+                  (log.get("diagnosis_seconds") or {}).items()]
+        lines.append(f"export {log['export_seconds']} s before validation: {', '.join(steps)} (an artifact's "
+                     "time includes its weight plan)")
     if report.get("eager"):
         e = report["eager"]
         lines.append(f"eager PyTorch, {e['threads']} thread(s): {e['decode_tokens_per_s']} decode tok/s, "
@@ -64,10 +72,14 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
              f"decode {speed['decode_tokens_per_s']} tok/s{_speedup(a, report)}, prefill "
              f"{speed['prefill_tokens_per_s']} tok/s, TTFT {speed['ttft_ms']:.0f} ms, peak RSS "
              f"{speed['peak_rss_mb']:.0f} MB, {speed['threads']} thread(s), onnxruntime (host)"]
-    if q.get("scheme", "").startswith("w"):
-        lines.append(f"weights: {q['scheme']} block {q.get('block_size')} ({q.get('method')}), head "
-                     f"{q.get('head_bits')} bits, embedding {q.get('embedding_bits')} bits"
+    if q.get("decoder_linears_scheme"):
+        table = q.get("embedding_bits", q.get("table_bits"))
+        lines.append(f"weights: decoder linears {q['decoder_linears_scheme']} ({q.get('method')}), embedding table "
+                     f"{table} bits" + (f", head {q['head_bits']} bits" if "head_bits" in q else "")
                      + (" (one table shared with the head)" if q.get("embedding_shares_head") else ""))
+    if q.get("planned_by"):
+        lines.append("weight plan: " + ", ".join(f"{n} by {m}" for m, n in q["planned_by"].items())
+                     + (f"; {q['source_grid']}" if q.get("source_grid") else ""))
     for run in a["lm"]["free_running"]:
         divergence = run["first_divergence"]
         where = "all equal" if divergence is None else f"first divergence at token {divergence}"

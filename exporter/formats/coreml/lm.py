@@ -9,9 +9,10 @@ in place by slice_update, so a device passes only the new tokens and a causal ma
 transformers' StaticCache writes with index_copy_, which coremltools cannot convert; here each layer's update
 is a slice assignment into the registered buffers (-> slice_update + coreml_update_state). The program is
 traced with torch.jit.trace (coremltools converts states from TorchScript) and converted once in float16
-(RMSNorm's statistics in float32);
-w8 and w4 compress that program's weights (coremltools.optimize.coreml). Validated on any OS by edgeport's
-MIL interpreter, which keeps the states between calls (validators/mlprogram).
+(RMSNorm's statistics in float32); w8 and w4 replace that program's weights by the PyTorch weight plan's blocks
+(exporter/formats/coreml/blocks.py: constexpr_blockwise_shift_scale with the plan's codes, scales and offsets, no
+second quantization). Validated on any OS by edgeport's MIL interpreter, which keeps the states between calls
+(validators/mlprogram).
 """
 
 from __future__ import annotations
@@ -135,10 +136,10 @@ class CoremlLmBackend:
         if variant.row.quantized:
             progress(f"coreml {variant.precision}: compressing the float16 program's weights")
             with _quiet():
-                model, record = _compressed(model, variant, settings, kept or {})
+                model, record = _compressed(model, variant, settings, kept or {}, plan)
         _save(model, out)
         why = ("the traced program in float16" if not variant.row.quantized else
-               "coremltools.optimize.coreml.linear_quantize_weights on the float16 program")
+               "the PyTorch weight plan's blocks written into the float16 program")
         return LmEmitted(lowered.cache, record, "edgeport export (torch.jit.trace -> coremltools, Core ML states "
                          "for the KV cache)", why)
 
@@ -148,33 +149,53 @@ def weight_constant(module: str) -> str:
     return f"model_{module.replace('.', '_')}_weight_to_fp16"
 
 
-def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept) -> tuple[Any, dict]:
-    import coremltools.optimize.coreml as cto
+def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, plan: Planner) -> tuple[Any, dict]:
+    """The float16 program with every linear's weight (and the embedding table) replaced by its PyTorch plan's
+    blocks (exporter/formats/coreml/blocks.py): the decoder linears at the variant's bits, the table and head at
+    embedding_bits (8 for w8) in symmetric blocks (GGUF Q8_0's grid), kept layers at 8 bits or float."""
+    import torch
 
-    from exporter.formats.coreml.backend import _nonfinite_constants
-
-    def config(bits: int) -> Any:
-        if bits == 4:
-            return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                               block_size=settings.block_size)
-        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+    from exporter.formats.coreml.blocks import write_plan
+    from exporter.lm.weights import EMBEDDING, HEAD
+    from exporter.quant.plan import Scheme, source_grid_note
 
     constants = {op.name for op in model._mil_program.functions["main"].operations if op.op_type == "const"}
-    per_layer = {}
-    for module, bits in kept.items():
-        name = weight_constant(module)
-        if name not in constants and module == "lm_head":  # a tied head reads the embedding's constant
-            name = weight_constant("model.embed_tokens")
+    bits = variant.row.bits
+    body_scheme = Scheme(4, settings.block_size, settings.symmetric,
+                         settings.zero_points == "float" and not settings.symmetric) if bits == 4 else None
+    table_bits = settings.embedding_bits if bits == 4 else 8
+    linears = [name for name, module in plan.modules.items() if isinstance(module, torch.nn.Linear)]
+    weights, planned, body = {}, {}, []
+    for path in [*linears, EMBEDDING]:
+        name = weight_constant(path)
+        if path == HEAD and name not in constants:  # tied: the head reads the table's constant, planned as the head
+            name = weight_constant(EMBEDDING)
+        if name in weights:
+            continue  # the tied table, planned with the head
         if name not in constants:
-            raise ConversionError(f"auto precision: no weight constant {name} for {module} in the Core ML program")
-        per_layer[name] = config(bits) if bits else None
-    per_layer |= {name: None for name in _nonfinite_constants(model)}
-    plan = cto.OptimizationConfig(global_config=config(variant.row.bits), op_name_configs=per_layer)
-    record = {"scheme": f"coremltools linear_symmetric int{variant.row.bits}", "weight_bits": variant.row.bits,
-              "granularity": f"per_block {settings.block_size}" if variant.row.bits == 4 else "per_channel",
-              "symmetric": True, "weights": "every weight of 2048+ values (coremltools' default threshold)",
-              "kept": {module: (bits or "float") for module, bits in kept.items()}}
-    return cto.linear_quantize_weights(model, plan), record
+            raise ConversionError(f"no weight constant {name} for {path} in the Core ML program")
+        table = path in (HEAD, EMBEDDING)
+        chosen = kept.get(path, table_bits if table else bits)
+        if chosen in (None, 32):
+            continue  # float
+        if chosen == 4:
+            layer_scheme = body_scheme or Scheme(4, settings.block_size, True)
+        else:  # 8 bits: the table in symmetric blocks (Q8_0's grid), a linear per output channel
+            layer_scheme = Scheme(8, settings.block_size if table else plan.modules[path].weight.shape[1], True)
+        # an untied table is looked up, not multiplied: no calibration Hessian, round to nearest
+        weights[name] = plan.weight(path, layer_scheme, "rtn" if path == EMBEDDING else settings.method)
+        planned[weights[name].method] = planned.get(weights[name].method, 0) + 1
+        if not table and chosen == bits:
+            body.append(path)
+    record = {"scheme": f"w{bits}: the weight plan's blocks (constexpr_blockwise_shift_scale)", "weight_bits": bits,
+              "decoder_linears_scheme": body_scheme.describe() if body_scheme else "8-bit per output channel "
+                                                                                     "(symmetric)",
+              "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written as they are",
+              "decoder_linears": len(body), "table_bits": table_bits, "planned_by": dict(sorted(planned.items())),
+              "source_grid": source_grid_note(plan, body, body_scheme, planned,
+                                              'symmetric = false and zero_points = "float"'),
+              "kept": {module: (b or "float") for module, b in kept.items()}}
+    return write_plan(model, weights), record
 
 
 LM_BACKEND = CoremlLmBackend()

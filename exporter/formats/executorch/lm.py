@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from exporter.lm.backend import Kept, LmEmitted, Progress, linear_modules
 from exporter.lm.source import CausalLM
-from exporter.quant.plan import Planner
+from exporter.quant.plan import Planner, Scheme, source_grid_note
 from targets.lm import LmSettings, LmVariant
 
 HEAD = "lm_head"
@@ -206,32 +206,37 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, 
         chosen = {path for path, b in bits_of.items() if b == layer_bits}
         if chosen:
             quantize_(model, _config(layer_bits, block), filter_fn=lambda _m, fqn, c=chosen: fqn in c)
-    _write_plan(model, {p: b for p, b in bits_of.items() if b}, block, settings.method, plan)
+    planned = _write_plan(model, {p: b for p, b in bits_of.items() if b}, block, settings.method, plan)
+    body = [path for path, b in bits_of.items() if path != HEAD and b == bits]
     return {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
                       f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
             "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
             "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written into torchao's "
                                                       "tensors as they are",
+            "planned_by": planned,
+            "source_grid": source_grid_note(plan, body, Scheme(bits, block, True), planned, None),
             "head_bits": bits_of.get(HEAD, 32), "embedding": embedding,
             "kept": {path: (b or "float") for path, b in kept.items()}}
 
 
-def _write_plan(model: Any, bits_of: dict[str, int], block: int, method: str, plan: Planner) -> None:
+def _write_plan(model: Any, bits_of: dict[str, int], block: int, method: str, plan: Planner) -> dict[str, int]:
     """Each quantized linear's torchao codes and scales set to the plan's: symmetric int4 groups of `block`,
-    int8 per output channel (one block of the whole row); torchao's codes are signed (code - 2**(bits - 1))."""
+    int8 per output channel (one block of the whole row); torchao's codes are signed (code - 2**(bits - 1)).
+    Returns {method: weights} (the source's own grid: "source")."""
     import torch
 
-    from exporter.quant.plan import Scheme
-
     modules = dict(model.named_modules())
+    planned: dict[str, int] = {}
     for path, bits in bits_of.items():
         weight = modules[path].weight
         columns = weight.shape[1]
-        planned = plan.weight(path, Scheme(bits, block if bits == 4 else columns, True), method)
+        chosen = plan.weight(path, Scheme(bits, block if bits == 4 else columns, True), method)
         with torch.no_grad():
-            weight.qdata.copy_((planned.codes.int() - 2 ** (bits - 1)).to(torch.int8))
-            weight.scale.copy_(planned.scales.reshape(weight.scale.shape).to(weight.scale.dtype))
+            weight.qdata.copy_((chosen.codes.int() - 2 ** (bits - 1)).to(torch.int8))
+            weight.scale.copy_(chosen.scales.reshape(weight.scale.shape).to(weight.scale.dtype))
             weight.zero_point.zero_()
+        planned[chosen.method] = planned.get(chosen.method, 0) + 1
+    return dict(sorted(planned.items()))
 
 
 LM_BACKEND = ExecutorchLmBackend()
