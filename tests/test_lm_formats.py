@@ -85,6 +85,8 @@ def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
     assert delegation["portable_ops"]["custom_sdpa"] == 2  # ExecuTorch's attention kernel, one per layer
     assert delegation["portable_ops"]["update_cache"] == 4  # its cache write, keys and values of each layer
     assert delegation["portable_ops"]["embedding_4bit"] == 1  # its quantized lookup
+    assert "mean" not in delegation["portable_ops"]  # asymmetric blocks' offsets: block means on XNNPACK too
+    assert entries["model.a8w4.pte"]["quantization"]["block_offsets"]  # lm_target's blocks have zero points
     assert entries["model.a8w4.pte"]["cache"]["io"]["methods"] == {"prefill": "prefill_length", "decode": 1}
     assert entries["model.w4.mlpackage"]["cache"]["io"]["states"] == ["key_cache", "value_cache"]
     assert entries["model.a8w8.tflite"]["cache"]["io"]["signatures"] == {"prefill": "prefill_length", "decode": 1}

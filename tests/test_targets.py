@@ -153,7 +153,7 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     # without zero points
     assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method, v.settings.zero_points)
             for v in android.variants if v.row.bits == 4] == [
-        (8, False, "gptq", "float"), (4, True, "gptq", "integer"), (4, True, "rtn", "integer")]
+        (8, False, "gptq", "float"), (4, False, "gptq", "float"), (4, True, "rtn", "integer")]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")

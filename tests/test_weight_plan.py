@@ -121,6 +121,38 @@ def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
     np.testing.assert_allclose(stored["zero_points"], plan.zero_points.numpy(), atol=2e-3)  # float16 minimums
 
 
+@pytest.mark.parametrize("scheme", [Scheme(4, 32, False, True), Scheme(4, 32, False)], ids=lambda s: s.describe())
+def test_asymmetric_blocks_run_on_xnnpacks_symmetric_int4_with_the_plans_codes(tmp_path, scheme):
+    """XNNPACK's int4 blocks have no zero points: the .pte computes the plan's asymmetric weight as its symmetric
+    part plus a float matmul of block means times the block offsets, every operator delegated."""
+    from executorch.runtime import Runtime
+    from torchao.quantization import quantize_
+
+    from exporter.formats.executorch.backend import lower_methods
+    from exporter.formats.executorch.lm import _config, _write_plan
+    from exporter.quant.plan import Planner
+
+    weight, inputs = _layer(3)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 48, bias=False))
+    model[0].weight.data.copy_(weight)
+    planner = Planner(model, lambda: [], print)
+    plan = planner.weight("0", scheme, "rtn")
+    quantize_(model, _config(4, 32))
+    written = _write_plan(model, {"0": 4}, scheme, "rtn", planner)
+    assert written["0"] is plan and type(model[0]).__name__ == "BlockOffsetLinear"
+    x = inputs[:8] - 0.2
+    expected = x @ plan.dequantize().T
+    with torch.no_grad():  # eager: exact up to the int8 rounding of the activations
+        eager = model(x)
+    assert float((eager - expected).abs().max() / expected.abs().max()) < 0.03
+    program = torch.export.export(model.eval(), (x,), strict=False)
+    delegation = lower_methods({"forward": program}, tmp_path / "m.pte", shared_state=False)["forward"]
+    assert delegation["portable_fallback"] == [], delegation["portable_fallback"]
+    method = Runtime.get().load_program(str(tmp_path / "m.pte")).load_method("forward")
+    got = method.execute([x])[0]
+    assert float((got - eager).abs().max() / expected.abs().max()) < 5e-3  # XNNPACK rounds block scales to bfloat16
+
+
 def _export(tmp_path, method: str, *extra: str, variants: tuple[str, ...] = ("w4",)):
     target = lm_target(tmp_path / f"{method}.toml", variants, method=method, builder="export", diagnose="off")
     return run_cli("export", "--target", target, "--out", tmp_path / method, *extra)

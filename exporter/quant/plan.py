@@ -62,6 +62,28 @@ class QuantizedWeight:
         weight = (as_blocks(self.codes, self.scheme.block_size) - self.zero_points[..., None]) * self.scales[..., None]
         return weight.reshape(rows, -1)[:, :columns]
 
+    def offsets(self) -> Any:
+        """[rows, blocks]: what each block adds to its symmetric part `(code - 2**(bits-1)) * scale`, i.e.
+        `(2**(bits-1) - zero_point) * scale` (zeros for symmetric blocks). A runtime whose blocks are symmetric
+        only (XNNPACK's) runs an asymmetric plan as its symmetric part plus the block sums of the input times
+        these offsets."""
+        return (2 ** (self.scheme.bits - 1) - self.zero_points) * self.scales
+
+
+def weight_scheme(bits: int, block_size: int, symmetric: bool, zero_points: str = "integer") -> Scheme:
+    """The blocks a variant's weight settings ask for: symmetric, or asymmetric with whole-code zero points
+    (zero_points = "integer") or exact minimums ("float")."""
+    return Scheme(bits, block_size, symmetric, zero_points == "float" and not symmetric)
+
+
+def planned_by(weights: Iterable[QuantizedWeight]) -> dict[str, int]:
+    """{method: weights} of the plans a format wrote, as the manifest records it (the source's own grid:
+    "source")."""
+    counts: dict[str, int] = {}
+    for weight in weights:
+        counts[weight.method] = counts.get(weight.method, 0) + 1
+    return dict(sorted(counts.items()))
+
 
 def as_blocks(weight: Any, block_size: int) -> Any:
     """[rows, columns] -> float [rows, blocks, block_size], the last block padded with zeros."""

@@ -29,9 +29,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
+from exporter.errors import ConversionError
 from exporter.lm.backend import Kept, LmEmitted, Progress, linear_modules
 from exporter.lm.source import CausalLM
-from exporter.quant.plan import Planner, Scheme, source_grid_note
+from exporter.quant.plan import Planner, QuantizedWeight, Scheme, planned_by, source_grid_note, weight_scheme
 from targets.lm import LmSettings, LmVariant
 
 HEAD = "lm_head"
@@ -189,14 +190,15 @@ def _config(bits: int, block_size: int | None) -> Any:
 
 def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, plan: Planner) -> dict:
     """Quantize the model's decoder linears in place, and its embedding and head at embedding_bits (8 for
-    a8w8); kept layers at 8 bits or float. torchao lays the linears out (int8 codes, scales, zero points) and
-    the weight plan's codes and scales replace its own; the embedding becomes ExecuTorch's quantized lookup
-    (embedding.py)."""
+    a8w8); kept layers at 8 bits or float. torchao lays the linears out (int8 codes, scales) and the weight
+    plan's codes and scales replace its own; asymmetric 4-bit blocks add their offsets beside (blocks.py); the
+    embedding becomes ExecuTorch's quantized lookup (embedding.py)."""
     from torchao.quantization import quantize_
 
     from exporter.formats.executorch.embedding import quantize_embedding
 
     bits, block = variant.row.bits, settings.block_size
+    scheme = weight_scheme(4, block, settings.symmetric, settings.zero_points)
     bits_of = {path: kept.get(path, bits) for path in linear_modules(model)}
     head_bits = settings.embedding_bits if bits == 4 else 8
     embedding = quantize_embedding(model, head_bits, block) if head_bits != 32 else "float"
@@ -206,37 +208,55 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, 
         chosen = {path for path, b in bits_of.items() if b == layer_bits}
         if chosen:
             quantize_(model, _config(layer_bits, block), filter_fn=lambda _m, fqn, c=chosen: fqn in c)
-    planned = _write_plan(model, {p: b for p, b in bits_of.items() if b}, block, settings.method, plan)
+    written = _write_plan(model, {p: b for p, b in bits_of.items() if b}, scheme, settings.method, plan)
+    planned = planned_by(written.values())
     body = [path for path, b in bits_of.items() if path != HEAD and b == bits]
+    offsets = sum(not weight.scheme.symmetric for weight in written.values())
     return {"scheme": f"torchao {variant.precision}: int8 dynamic activations (per token), "
                       f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
-            "weight_bits": bits, "group_size": block if bits == 4 else None, "symmetric": True,
+            "weight_bits": bits, "group_size": block if bits == 4 else None,
+            "decoder_linears_scheme": scheme.describe() if bits == 4 else "8-bit per output channel (symmetric)",
+            "block_offsets": f"{offsets} linears: symmetric int4 blocks plus a float matmul of block means times "
+                             "each block's offset (XNNPACK's int4 blocks have no zero points)" if offsets else None,
             "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written into torchao's "
                                                       "tensors as they are",
             "planned_by": planned,
-            "source_grid": source_grid_note(plan, body, Scheme(bits, block, True), planned, None),
+            "source_grid": source_grid_note(plan, body, scheme if bits == 4 else None, planned,
+                                            'symmetric = false and zero_points = "float"'),
             "head_bits": bits_of.get(HEAD, 32), "embedding": embedding,
             "kept": {path: (b or "float") for path, b in kept.items()}}
 
 
-def _write_plan(model: Any, bits_of: dict[str, int], block: int, method: str, plan: Planner) -> dict[str, int]:
-    """Each quantized linear's torchao codes and scales set to the plan's: symmetric int4 groups of `block`,
-    int8 per output channel (one block of the whole row); torchao's codes are signed (code - 2**(bits - 1)).
-    Returns {method: weights} (the source's own grid: "source")."""
+def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str,
+                plan: Planner) -> dict[str, QuantizedWeight]:
+    """Each quantized linear's torchao codes and scales set to the plan's: 4-bit ones in `scheme` (an asymmetric
+    one as its symmetric part plus a BlockOffsetLinear), 8-bit ones symmetric per output channel (one block of
+    the whole row); torchao's codes are signed (code - 2**(bits - 1)). Returns {path: the plan written}."""
     import torch
 
+    from exporter.formats.executorch.blocks import BlockOffsetLinear
+
     modules = dict(model.named_modules())
-    planned: dict[str, int] = {}
+    written = {}
     for path, bits in bits_of.items():
-        weight = modules[path].weight
+        linear = modules[path]
+        weight = linear.weight
         columns = weight.shape[1]
-        chosen = plan.weight(path, Scheme(bits, block if bits == 4 else columns, True), method)
+        chosen = plan.weight(path, scheme if bits == 4 else Scheme(8, columns, True), method)
         with torch.no_grad():
             weight.qdata.copy_((chosen.codes.int() - 2 ** (bits - 1)).to(torch.int8))
             weight.scale.copy_(chosen.scales.reshape(weight.scale.shape).to(weight.scale.dtype))
             weight.zero_point.zero_()
-        planned[chosen.method] = planned.get(chosen.method, 0) + 1
-    return dict(sorted(planned.items()))
+        if not chosen.scheme.symmetric:
+            if columns % scheme.block_size:
+                raise ConversionError(f"{path}: {columns} input columns are not whole blocks of "
+                                      f"{scheme.block_size}; asymmetric blocks on XNNPACK need them: set symmetric "
+                                      "= true for this variant, or a block_size that divides them")
+            parent, _, name = path.rpartition(".")
+            setattr(modules[parent] if parent else model, name,
+                    BlockOffsetLinear(linear, chosen.offsets(), scheme.block_size))
+        written[path] = chosen
+    return written
 
 
 LM_BACKEND = ExecutorchLmBackend()
