@@ -111,7 +111,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
                 symmetric=True, activations="int8", reads=PLANNED),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
-                "8da4w, XNNPACK; asymmetric blocks add their offsets as a float matmul of block means); "
+                "8da4w, XNNPACK; asymmetric blocks add their offsets as an int8 matmul of block means); "
                 "embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET, activations="int8",
                 reads=PLANNED | BLOCKS_OF_32 | {k: WEIGHT_SETTINGS[k][1] for k in (
                     "embedding_bits", "symmetric", "zero_points")}),

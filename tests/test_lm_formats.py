@@ -94,24 +94,42 @@ def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
         assert library in manifest["libraries"]
 
 
-@pytest.mark.parametrize(("bits", "group"), [(4, 32), (8, 96)])
-def test_executorch_quantized_embedding_is_the_table_within_half_a_step(bits, group):
-    """The packed codes and float16 scales, read back by ExecuTorch's lookup operator, give the table within
-    half a quantization step of each group, plus the float16 rounding of the scale (2^-11 of it) times the
-    largest code."""
+@pytest.mark.parametrize("scheme", [(4, 32, True, False), (4, 32, False, True), (4, 32, False, False),
+                                    (8, 96, True, False)], ids=["int4-symmetric", "int4-minimums", "int4-zero-points",
+                                                                 "int8"])
+def test_executorch_quantized_embedding_looks_up_the_plans_table(tmp_path, scheme):
+    """The plan's codes, float16 scales (and float16 zero points of asymmetric blocks), looked up by ExecuTorch's
+    own quantized kernel in its runtime, give the plan's dequantized table within float16's rounding: the kernel
+    dequantizes in the scales' float16, (code - zero point) and its product with the scale each rounded (2^-11),
+    far below the plan's own half step."""
     import torch
+    from executorch.runtime import Runtime
 
+    from exporter.formats.executorch.backend import lower_methods
     from exporter.formats.executorch.embedding import QuantizedEmbedding
+    from exporter.quant.plan import Scheme, round_to_nearest
 
-    table = torch.randn(300, 96, generator=torch.Generator().manual_seed(0))
-    lookup = QuantizedEmbedding(table, bits, group)
-    indices = torch.tensor([[0, 7, 299, 150, 7]])
-    step = table.reshape(300, -1, group).abs().amax(-1) / (2 ** bits - 1) * 2  # largest magnitude / 7.5 or 127.5
-    error = (lookup(indices)[0] - table[indices[0]]).reshape(5, -1, group).abs().amax(-1)
-    bound = step[indices[0]] * (0.5 + 2 ** (bits - 1) * 2 ** -11)
-    assert torch.all(error <= bound), (error / step[indices[0]]).max()
+    bits, block, symmetric, float_zero_points = scheme
+    table = torch.randn(300, 96, generator=torch.Generator().manual_seed(0)) + 0.3  # off-centre rows
+    plan = round_to_nearest(table, Scheme(bits, block, symmetric, float_zero_points))
+    lookup = QuantizedEmbedding(plan)
     assert lookup.weight.dtype == (torch.uint8 if bits == 4 else torch.int8)
     assert lookup.weight.numel() == table.numel() * bits // 8
+    assert (lookup.zero_points is None) == symmetric
+    indices = torch.tensor([[0, 7, 299, 150, 7]])
+    expected = plan.dequantize()[indices[0]]
+    rounding = (plan.zero_points.abs() + 2 ** bits) * plan.scales * 2 ** -10  # the zero point, code - zero point
+    bound = rounding[indices[0]].repeat_interleave(block, -1) + expected.abs() * 2 ** -11 + 1e-6  # the product
+    with torch.no_grad():
+        eager = lookup(indices)[0]
+    assert torch.all((eager - expected).abs() <= bound)
+    lower_methods({"forward": torch.export.export(lookup.eval(), (indices,), strict=False)}, tmp_path / "e.pte")
+    import executorch.kernels.quantized  # noqa: F401  the runtime's quantized lookups
+    got = Runtime.get().load_program(str(tmp_path / "e.pte")).load_method("forward").execute([indices])[0][0]
+    assert torch.all((got - expected).abs() <= bound), float((got - expected).abs().max())
+    # the plan's error is the scheme's: half a step of every block at most
+    assert torch.all((expected - table[indices[0]]).abs() <= plan.scales[indices[0]].repeat_interleave(block, -1)
+                     * 0.5 + bound)
 
 
 def test_executorch_prefill_pads_short_chunks_and_decodes_past_the_last_full_chunk(exported):

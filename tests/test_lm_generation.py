@@ -143,18 +143,19 @@ def test_executorch_quantized_embedding_keeps_the_embedding_scale():
 
     from exporter.errors import ConversionError
     from exporter.formats.executorch.embedding import quantize_embedding
+    from exporter.quant.plan import Scheme, round_to_nearest
 
     model = _model("gemma3")
     original = model.get_input_embeddings()
     ids = torch.arange(model.config.vocab_size)
     with torch.no_grad():
         expected = original(ids)
-        record = quantize_embedding(model, 8, 32)
+        record = quantize_embedding(model, round_to_nearest(original.weight.detach(), Scheme(8, 64, True)))
         looked_up = model.get_input_embeddings()(ids)
     assert record["output_scale"] == pytest.approx(64 ** 0.5)
     # half a step of each row, plus float16's rounding (2^-11) of the scale and of the dequantized value, each
     # times the largest code; all times the embedding scale
-    step = (original.weight.abs().amax(-1, keepdim=True) / 127.5) * record["output_scale"]
+    step = (original.weight.abs().amax(-1, keepdim=True) / 127) * record["output_scale"]
     assert ((looked_up - expected).abs() <= (0.5 + 2 * 128 / 2048) * step + 1e-6).all()
     assert (looked_up - expected).abs().max() < 0.1 * expected.abs().max()  # unscaled, the rows were 8x too small
 
@@ -165,7 +166,7 @@ def test_executorch_quantized_embedding_keeps_the_embedding_scale():
     plain = _model("llama")
     plain.set_input_embeddings(Shifted(plain.config.vocab_size, plain.config.hidden_size))
     with pytest.raises(ConversionError, match="more than a scaled table lookup"):
-        quantize_embedding(plain, 8, 32)
+        quantize_embedding(plain, round_to_nearest(plain.get_input_embeddings().weight.detach(), Scheme(8, 32, True)))
 
 
 @pytest.mark.slow

@@ -124,7 +124,7 @@ def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
 @pytest.mark.parametrize("scheme", [Scheme(4, 32, False, True), Scheme(4, 32, False)], ids=lambda s: s.describe())
 def test_asymmetric_blocks_run_on_xnnpacks_symmetric_int4_with_the_plans_codes(tmp_path, scheme):
     """XNNPACK's int4 blocks have no zero points: the .pte computes the plan's asymmetric weight as its symmetric
-    part plus a float matmul of block means times the block offsets, every operator delegated."""
+    part plus an int8 matmul of block means times the block offsets, every operator delegated."""
     from executorch.runtime import Runtime
     from torchao.quantization import quantize_
 
@@ -151,6 +151,35 @@ def test_asymmetric_blocks_run_on_xnnpacks_symmetric_int4_with_the_plans_codes(t
     method = Runtime.get().load_program(str(tmp_path / "m.pte")).load_method("forward")
     got = method.execute([x])[0]
     assert float((got - eager).abs().max() / expected.abs().max()) < 5e-3  # XNNPACK rounds block scales to bfloat16
+
+
+def test_blame_replaces_each_linear_by_the_plan_the_artifact_writes():
+    """Blame costs each linear its own plan: a weight already on the scheme's grid (a quantized source's) keeps its
+    codes and costs nothing; round to nearest of the others costs KL."""
+    from transformers import AutoModelForCausalLM
+
+    from exporter.lm.blame import blame_linears
+    from exporter.quant.plan import Planner
+    from tests.lm_models import generation_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(generation_config("llama")).eval()
+    scheme = Scheme(4, 32, False, True)
+    on_grid = "model.layers.0.mlp.down_proj"
+    modules = dict(model.named_modules())
+    with torch.no_grad():  # a GGUF Q4_1 source's weight: on the grid already
+        modules[on_grid].weight.copy_(round_to_nearest(modules[on_grid].weight, scheme).dequantize())
+    windows = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        reference = torch.log_softmax(model(input_ids=torch.from_numpy(windows)).logits[:, :-1].double(), -1)
+    planner = Planner(model, lambda: [], print)
+    paths = [on_grid, "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"]
+    rows = {row["module"]: row for row in blame_linears(model, paths, lambda p: planner.weight(p, scheme, "rtn"),
+                                                        windows, reference.numpy())}
+    for path in paths[1:]:  # a random model: small KL, but far above what the on-grid weight costs
+        assert rows[path]["method"] == "rtn" and rows[path]["kl_mean"] > 0, rows[path]
+        assert rows[on_grid]["kl_mean"] < 1e-4 * rows[path]["kl_mean"], rows
+    assert rows[on_grid]["method"] == "source"
 
 
 def _export(tmp_path, method: str, *extra: str, variants: tuple[str, ...] = ("w4",)):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.lm.decode_step import module_path, save_onnx
-from exporter.quant.plan import METHODS, Planner, Scheme, source_grid_note
+from exporter.quant.plan import METHODS, Planner, Scheme, planned_by, source_grid_note
 
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 # MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
@@ -117,11 +117,11 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     if head_bits in (4, 8):
         passes.append(([HEAD], Scheme(head_bits, plan.block_size, False), side_method))
     head_node = None
-    planned: dict[str, int] = {}  # method -> weights (the source's own grid: "source")
+    written = []
     for paths, scheme, method in passes:
         for path in paths:
             weight = planner.weight(path, scheme, method)
-            planned[weight.method] = planned.get(weight.method, 0) + 1
+            written.append(weight)
             node = matmul_nbits(model, linears[path], weight, level)
             head_node = node if path == HEAD else head_node
     shared = tied and head_node is not None  # one table: the lookup reads the head's blocks
@@ -129,16 +129,17 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
         _gather_from_head(model, embedding, head_node)
     elif embedding is not None and plan.embedding_bits in (4, 8):
         table = planner.weight(EMBEDDING, Scheme(plan.embedding_bits, plan.block_size, False), "rtn")
-        planned[table.method] = planned.get(table.method, 0) + 1
+        written.append(table)
         gather_block_quantized(model, embedding, table)
     embedding_bits = head_bits if shared else plan.embedding_bits if plan.embedding_bits in (4, 8) else 32
     save_onnx(model, out)
+    planned = planned_by(written)  # method -> weights (the source's own grid: "source")
     return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
             "computed_in": "PyTorch (exporter/quant/plan.py), codes written as they are" if in_pytorch else
             "onnxruntime's MatMulNBitsQuantizer on the graph",
             "decoder_linears_scheme": body_scheme.describe(),
             "activations": f"{plan.activations} (MatMulNBits accuracy_level {level})",
-            "decoder_linears": len(body), "head_bits": head_bits, "planned_by": dict(sorted(planned.items())),
+            "decoder_linears": len(body), "head_bits": head_bits, "planned_by": planned,
             "source_grid": source_grid_note(planner, body, body_scheme, planned, 'zero_points = "float"')
             if in_pytorch else None,
             "embedding_bits": embedding_bits if embedding is not None else None, "embedding_shares_head": shared,

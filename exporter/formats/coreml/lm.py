@@ -157,15 +157,15 @@ def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept
 
     from exporter.formats.coreml.blocks import write_plan
     from exporter.lm.weights import EMBEDDING, HEAD
-    from exporter.quant.plan import Scheme, source_grid_note
+    from exporter.quant.plan import Scheme, planned_by, source_grid_note, weight_scheme
 
     constants = {op.name for op in model._mil_program.functions["main"].operations if op.op_type == "const"}
     bits = variant.row.bits
-    body_scheme = Scheme(4, settings.block_size, settings.symmetric,
-                         settings.zero_points == "float" and not settings.symmetric) if bits == 4 else None
+    body_scheme = weight_scheme(4, settings.block_size, settings.symmetric, settings.zero_points) \
+        if bits == 4 else None
     table_bits = settings.embedding_bits if bits == 4 else 8
     linears = [name for name, module in plan.modules.items() if isinstance(module, torch.nn.Linear)]
-    weights, planned, body = {}, {}, []
+    weights, body = {}, []
     for path in [*linears, EMBEDDING]:
         name = weight_constant(path)
         if path == HEAD and name not in constants:  # tied: the head reads the table's constant, planned as the head
@@ -184,14 +184,14 @@ def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept
             layer_scheme = Scheme(8, settings.block_size if table else plan.modules[path].weight.shape[1], True)
         # an untied table is looked up, not multiplied: no calibration Hessian, round to nearest
         weights[name] = plan.weight(path, layer_scheme, "rtn" if path == EMBEDDING else settings.method)
-        planned[weights[name].method] = planned.get(weights[name].method, 0) + 1
         if not table and chosen == bits:
             body.append(path)
+    planned = planned_by(weights.values())
     record = {"scheme": f"w{bits}: the weight plan's blocks (constexpr_blockwise_shift_scale)", "weight_bits": bits,
               "decoder_linears_scheme": body_scheme.describe() if body_scheme else "8-bit per output channel "
                                                                                      "(symmetric)",
               "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written as they are",
-              "decoder_linears": len(body), "table_bits": table_bits, "planned_by": dict(sorted(planned.items())),
+              "decoder_linears": len(body), "table_bits": table_bits, "planned_by": planned,
               "source_grid": source_grid_note(plan, body, body_scheme, planned,
                                               'symmetric = false and zero_points = "float"'),
               "kept": {module: (b or "float") for module, b in kept.items()}}

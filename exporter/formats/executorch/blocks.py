@@ -4,9 +4,10 @@ part `(code - 8) * scale` plus a constant offset `(8 - zero_point) * scale`, so
 
     x @ W.T = int4_linear(x) + block_means(x) @ (block_size * offsets).T
 
-where block_means averages each block's inputs and `offsets` is [rows, blocks]: one small float matmul beside
-the int4 one (1/block_size of its multiply-adds), run by XNNPACK too. The offsets multiply float inputs, so a
-GGUF Q4_1 source's blocks (scale and exact minimum) come out as they are."""
+where block_means averages each block's inputs and `offsets` is [rows, blocks]: one small matmul beside the int4
+one (1/block_size of its multiply-adds), run by XNNPACK too; its caller quantizes it as an a8w8 linear (int8
+per row). A GGUF Q4_1 source's blocks (scale and exact minimum) keep their codes and scales; only the minimums
+are rounded, to 8 bits per row."""
 
 from __future__ import annotations
 

@@ -1,38 +1,47 @@
 """The input embedding as ExecuTorch's quantized lookup, the way its LLM export quantizes it: int4 packed two
-per byte (`quantized_decomposed::embedding_4bit`) or int8 (`embedding_byte`), symmetric, one float16 scale per
-group of a row, run by ExecuTorch's quantized kernels. XNNPACK has no quantized gather, and a float table is
-most of a small language model's 4-bit program (SmolLM2-135M: 108 of the a8w4 .pte's 181 MiB)."""
+per byte (`quantized_decomposed::embedding_4bit`) or int8 (`embedding_byte`), one float16 scale (and, for
+asymmetric blocks, one float16 zero point) per group of a row, run by ExecuTorch's quantized kernels. The codes
+and scales are the weight plan's (exporter/quant/plan.py), as every linear's are. XNNPACK has no quantized gather,
+and a float table is most of a small language model's 4-bit program (SmolLM2-135M: 108 of the a8w4 .pte's 181
+MiB)."""
 
 from __future__ import annotations
 
 import executorch.exir.passes  # noqa: F401  defines the quantized_decomposed lookups for PyTorch
 import torch
 
+from exporter.quant.plan import QuantizedWeight, Scheme
+
 LOOKUPS = {4: "embedding_4bit", 8: "embedding_byte"}  # bits -> quantized_decomposed operator
 
 
 class QuantizedEmbedding(torch.nn.Module):
-    """The lookup, times the scale the model's own embedding multiplies by (Gemma's sqrt(hidden))."""
+    """The plan's table looked up, times the scale the model's own embedding multiplies by (Gemma's
+    sqrt(hidden))."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int, scale: float = 1.0) -> None:
+    def __init__(self, plan: QuantizedWeight, scale: float = 1.0) -> None:
         super().__init__()
-        rows, dim = weight.shape
-        self.bits, self.low, self.high, self.scale = bits, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, scale
-        groups = weight.detach().float().reshape(rows, dim // group_size, group_size)
-        # torchao's symmetric mapping (ExecuTorch's embedding quantizer): the largest magnitude of a group to
-        # (high - low) / 2; the codes are rounded with the float16 scale the kernel will multiply by
-        scales = (groups.abs().amax(-1) / ((self.high - self.low) / 2)).clamp(min=1e-8).half()
-        codes = (groups / scales.float().unsqueeze(-1)).round().clamp(self.low, self.high).to(torch.int8)
-        codes = codes.reshape(rows, dim)
-        if bits == 4:  # two codes per byte, the even column in the high nibble
-            shifted = (codes + 8).to(torch.uint8).reshape(rows, dim // 2, 2)
-            codes = shifted[:, :, 0] * 16 + shifted[:, :, 1]
+        bits, middle = plan.scheme.bits, 2 ** (plan.scheme.bits - 1)
+        rows, dim = plan.codes.shape
+        self.bits, self.low, self.high, self.scale = bits, -middle, middle - 1, scale
+        if bits == 4:  # the kernel's codes are unsigned nibbles, two per byte, the even column high
+            pairs = plan.codes.to(torch.uint8).reshape(rows, dim // 2, 2)
+            codes = pairs[:, :, 0] * 16 + pairs[:, :, 1]
+        else:
+            codes = (plan.codes.int() - middle).to(torch.int8)
+        # the kernel computes (signed code - zero point) * scale: the plan's zero point less the code offset
+        zero_points = None if plan.scheme.symmetric else (plan.zero_points - middle).half()
         self.register_buffer("weight", codes)
-        self.register_buffer("scales", scales.squeeze(-1) if scales.shape[-1] == 1 else scales)
+        self.register_buffer("scales", plan.scales.half())
+        self.register_buffer("zero_points", zero_points)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         lookup = getattr(torch.ops.quantized_decomposed, LOOKUPS[self.bits])
-        rows = lookup.dtype(self.weight, self.scales, None, self.low, self.high, indices, dtype=torch.float32)
+        # ExecuTorch's kernel wants zero points of the output's type, and its Python definition of the scales':
+        # with zero points, the lookup is float16 and cast after
+        out = torch.float32 if self.zero_points is None else torch.float16
+        rows = lookup.dtype(self.weight, self.scales, self.zero_points, self.low, self.high, indices,
+                            dtype=out).float()
         return rows if self.scale == 1.0 else rows * self.scale
 
 
@@ -54,13 +63,22 @@ def output_scale(embedding: torch.nn.Module) -> float:
     return scale
 
 
-def quantize_embedding(model: torch.nn.Module, bits: int, block_size: int) -> dict:
-    """Replace the model's input embedding in place; groups of block_size where the row divides into them,
-    else one group per row. Returns what the manifest records."""
+def lookup_scheme(table: torch.Tensor, bits: int, scheme: Scheme) -> Scheme:
+    """The blocks the lookup holds: `scheme`'s at 4 bits (the decoder linears'), symmetric 8-bit blocks of the same
+    size at 8 bits (GGUF's Q8_0); one block per row where the row does not divide into them, and 8 bits for an odd
+    row (int4 packs two columns per byte)."""
+    dim = table.shape[1]
+    bits = 8 if bits == 4 and dim % 2 else bits
+    block = scheme.block_size if dim % scheme.block_size == 0 else dim
+    return Scheme(4, block, scheme.symmetric, scheme.float_zero_points) if bits == 4 else Scheme(8, block, True)
+
+
+def quantize_embedding(model: torch.nn.Module, plan: QuantizedWeight) -> dict:
+    """Replace the model's input embedding in place by the plan's lookup. Returns what the manifest records."""
     embedding = model.get_input_embeddings()
-    table, scale = embedding.weight, output_scale(embedding)
-    bits = 8 if bits == 4 and table.shape[1] % 2 else bits  # int4 packs two columns per byte
-    group = block_size if table.shape[1] % block_size == 0 and bits == 4 else table.shape[1]
-    model.set_input_embeddings(QuantizedEmbedding(table, bits, group, scale))
-    return {"bits": bits, "group_size": group, "symmetric": True, "scales": "float16",
-            "kernel": f"quantized_decomposed::{LOOKUPS[bits]}", "output_scale": scale}
+    scale = output_scale(embedding)
+    model.set_input_embeddings(QuantizedEmbedding(plan, scale))
+    return {"bits": plan.scheme.bits, "group_size": plan.scheme.block_size, "blocks": plan.scheme.describe(),
+            "method": plan.method, "scales": "float16",
+            "zero_points": None if plan.scheme.symmetric else "float16",
+            "kernel": f"quantized_decomposed::{LOOKUPS[plan.scheme.bits]}", "output_scale": scale}

@@ -195,13 +195,17 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, 
     embedding becomes ExecuTorch's quantized lookup (embedding.py)."""
     from torchao.quantization import quantize_
 
-    from exporter.formats.executorch.embedding import quantize_embedding
+    from exporter.formats.executorch.embedding import lookup_scheme, quantize_embedding
 
     bits, block = variant.row.bits, settings.block_size
     scheme = weight_scheme(4, block, settings.symmetric, settings.zero_points)
     bits_of = {path: kept.get(path, bits) for path in linear_modules(model)}
     head_bits = settings.embedding_bits if bits == 4 else 8
-    embedding = quantize_embedding(model, head_bits, block) if head_bits != 32 else "float"
+    embedding = "float"
+    if head_bits != 32:  # no calibration Hessian for a lookup: its plan is round to nearest (or the source's grid)
+        table = model.get_input_embeddings()
+        path = next(name for name, module in model.named_modules() if module is table)
+        embedding = quantize_embedding(model, plan.weight(path, lookup_scheme(table.weight, head_bits, scheme), "rtn"))
     if head_bits != 32 and HEAD not in kept:
         bits_of[HEAD] = head_bits
     for layer_bits in (4, 8):
@@ -216,8 +220,9 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, 
                       f"{'int4 weights in groups of ' + str(block) if bits == 4 else 'int8 per-channel weights'}",
             "weight_bits": bits, "group_size": block if bits == 4 else None,
             "decoder_linears_scheme": scheme.describe() if bits == 4 else "8-bit per output channel (symmetric)",
-            "block_offsets": f"{offsets} linears: symmetric int4 blocks plus a float matmul of block means times "
-                             "each block's offset (XNNPACK's int4 blocks have no zero points)" if offsets else None,
+            "block_offsets": f"{offsets} linears: symmetric int4 blocks plus a matmul of block means times each "
+                             "block's offset, int8 per row (XNNPACK's int4 blocks have no zero points)"
+                             if offsets else None,
             "method": settings.method, "computed_in": "PyTorch (exporter/quant/plan.py), codes written into torchao's "
                                                       "tensors as they are",
             "planned_by": planned,
@@ -233,6 +238,7 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
     one as its symmetric part plus a BlockOffsetLinear), 8-bit ones symmetric per output channel (one block of
     the whole row); torchao's codes are signed (code - 2**(bits - 1)). Returns {path: the plan written}."""
     import torch
+    from torchao.quantization import quantize_
 
     from exporter.formats.executorch.blocks import BlockOffsetLinear
 
@@ -253,8 +259,10 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
                                       f"{scheme.block_size}; asymmetric blocks on XNNPACK need them: set symmetric "
                                       "= true for this variant, or a block_size that divides them")
             parent, _, name = path.rpartition(".")
-            setattr(modules[parent] if parent else model, name,
-                    BlockOffsetLinear(linear, chosen.offsets(), scheme.block_size))
+            wrapped = BlockOffsetLinear(linear, chosen.offsets(), scheme.block_size)
+            # int8 per row, like an a8w8 linear: float32 offsets were 13 of SmolLM2-135M's 110 MB
+            quantize_(wrapped.offsets, _config(8, None))
+            setattr(modules[parent] if parent else model, name, wrapped)
         written[path] = chosen
     return written
 

@@ -23,7 +23,7 @@ from exporter.formats import backend as format_backend
 from exporter.lm.backend import lm_backend
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.manifest import library_versions
-from exporter.quant.plan import Planner
+from exporter.quant.plan import METHODS, Planner, weight_scheme
 from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
 from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
@@ -285,11 +285,13 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
     progress(f"{variant.precision}: blame: quantizing each of {len(paths)} decoder linears alone")
     symmetric = variant.row.symmetric if variant.row.symmetric is not None else \
         settings.symmetric and variant.row.bits == 4
-    rows = blame_linears(lm.model, paths, variant.row.bits, settings.block_size, symmetric, windows, logprobs,
+    scheme = weight_scheme(variant.row.bits, settings.block_size, symmetric, settings.zero_points)
+    method = settings.method if settings.method in METHODS else "rtn"  # onnxruntime's k-quant: no PyTorch plan
+    rows = blame_linears(lm.model, paths, lambda path: builder.plan.weight(path, scheme, method), windows, logprobs,
                          progress)
-    diagnosis: dict[str, Any] = {"method": f"each decoder linear fake-quantized alone to {variant.row.bits} bits "
-                                           f"(block {settings.block_size}) in PyTorch, KL on {len(windows)} eval "
-                                           "window(s)", "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
+    diagnosis: dict[str, Any] = {"method": f"each decoder linear alone replaced by its weight plan ({method}, "
+                                           f"{scheme.describe()}) in PyTorch, KL on {len(windows)} eval window(s)",
+                                 "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
     if failing and target.auto_precision:
         if reason := lm_backend(variant.format).keeps_layers:
             diagnosis["auto_precision"] = {"not_offered": reason, "met_budget": False}
