@@ -206,8 +206,8 @@ def _quantize(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept, 
         table = model.get_input_embeddings()
         path = next(name for name, module in model.named_modules() if module is table)
         embedding = quantize_embedding(model, plan.weight(path, lookup_scheme(table.weight, head_bits, scheme), "rtn"))
-    if head_bits != 32 and HEAD not in kept:
-        bits_of[HEAD] = head_bits
+        if HEAD not in kept:
+            bits_of[HEAD] = head_bits
     for layer_bits in (4, 8):
         chosen = {path for path, b in bits_of.items() if b == layer_bits}
         if chosen:
