@@ -15,15 +15,14 @@ from exporter.artifacts import ArtifactRecord
 from exporter.data import Dataset
 from exporter.trace import TracedModel
 from targets import Target
+from targets.catalog import FORMATS
 
-LIBRARIES = ("torch", "numpy", "scikit-learn")  # besides each format's own (Backend.libraries)
+LIBRARIES = ("torch", "numpy", "scikit-learn")  # besides each format's own (targets.catalog.FORMATS)
 
 
 def library_versions(formats: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict[str, str]:
-    from exporter.formats import backend
-
     versions = {"python": platform.python_version()}
-    names = list(LIBRARIES) + [name for fmt in formats for name in backend(fmt).libraries] + list(extra)
+    names = list(LIBRARIES) + [name for fmt in formats for name in FORMATS[fmt].libraries] + list(extra)
     for name in dict.fromkeys(names):
         try:
             versions[name] = metadata.version(name)

@@ -211,11 +211,35 @@ PASSES: dict[str, dict[str, PassInfo]] = {
     "executorch": {},  # to_edge runs ExecuTorch's own passes; the XNNPACK partitioner fuses what it takes
 }
 
-FILE_EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage",
-                                   "executorch": ".pte"}
+@dataclass(frozen=True)
+class Format:
+    """One artifact format, registered once: what the exporter, the validators and the manifest look up by its
+    name. Modules are named, not imported, so `edgeport --help` and `edgeport targets` load no converter."""
+
+    name: str
+    extension: str
+    backends: dict[str, str]  # model kind -> the module exposing that kind's BACKEND (exporter/formats/<name>/)
+    runtime: str  # the module in validators/runtimes/ that opens its artifacts (open_session, open_lm)
+    libraries: tuple[str, ...]  # pip packages whose versions the manifest records
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", ".onnx", {"tensor": "exporter.formats.onnx.backend", "causal-lm": "exporter.formats.onnx.lm"},
+           "validators.runtimes.onnxruntime_runtime", ("onnx", "onnxruntime", "onnxscript", "onnxslim")),
+    Format("tflite", ".tflite", {"tensor": "exporter.formats.tflite.backend",
+                                 "causal-lm": "exporter.formats.tflite.lm"},
+           "validators.runtimes.litert_runtime",
+           ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela")),
+    Format("coreml", ".mlpackage", {"tensor": "exporter.formats.coreml.backend",
+                                    "causal-lm": "exporter.formats.coreml.lm"},
+           "validators.runtimes.coreml_runtime", ("coremltools",)),
+    Format("executorch", ".pte", {"tensor": "exporter.formats.executorch.backend",
+                                  "causal-lm": "exporter.formats.executorch.lm"},
+           "validators.runtimes.executorch_runtime", ("executorch",)),
+)}
 
 
 def artifact_filename(fmt: str, precision_id: str) -> str:
-    """model.onnx for the fp32 variant, model.<precision>.onnx for the others."""
-    ext = FILE_EXTENSIONS[fmt]
+    """model.onnx for the fp32 variant, model.<precision>.onnx for the others, whatever the model kind."""
+    ext = FORMATS[fmt].extension
     return f"model{ext}" if precision_id == "fp32" else f"model.{precision_id}{ext}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.errors import TargetError
+from targets.catalog import artifact_filename
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,6 @@ LM_W8_BUDGET = LmBudget(max_ppl_ratio=1.03, max_kl_mean=0.02, max_kl_p99=0.3, mi
 LM_W4_BUDGET = LmBudget(max_ppl_ratio=1.15, max_kl_mean=0.12, max_kl_p99=1.5, min_top1_agreement=0.80,
                         min_decode_top1_agreement=0.7, max_repetition_increase=0.15)
 
-LM_EXTENSIONS = {"onnx": "onnx", "executorch": "pte", "coreml": "mlpackage", "tflite": "tflite"}
 # rtn and gptq: computed in PyTorch (exporter/quant/plan.py); k_quant and hqq: onnxruntime's own quantizers
 WEIGHT_METHODS = ("rtn", "gptq", "k_quant", "hqq")
 ZERO_POINTS = ("integer", "float")
@@ -239,9 +239,7 @@ class LmVariant:
 
     @property
     def filename(self) -> str:
-        if self.format == "onnx" and self.precision == "fp32":
-            return "model.onnx"
-        return f"model.{self.precision}.{LM_EXTENSIONS[self.format]}"
+        return artifact_filename(self.format, self.precision)
 
 
 @dataclass(frozen=True)

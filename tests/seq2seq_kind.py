@@ -18,7 +18,7 @@ import numpy as np
 KIND_NAME = "seq2seq"
 SPEC = "demo:seq2seq"
 VOCAB, HIDDEN, SOURCE, STEPS, START = 24, 16, 6, 8, 1
-EXTENSIONS = {"onnx": "onnx", "executorch": "pte"}
+FORMATS = ("onnx", "executorch")
 METHODS = ("encode", "decode_step")
 
 
@@ -30,7 +30,9 @@ class Seq2SeqVariant:
 
     @property
     def filename(self) -> str:
-        return f"model.{self.precision}.{EXTENSIONS[self.format]}"
+        from targets.catalog import artifact_filename
+
+        return artifact_filename(self.format, self.precision)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def read_target(data: dict, origin: str) -> Seq2SeqTarget:
 
     variants = []
     for entry in data.get("variants", []):
-        if entry.get("format") not in EXTENSIONS or entry.get("precision") != "fp32":
+        if entry.get("format") not in FORMATS or entry.get("precision") != "fp32":
             raise TargetError(f"{origin}: a seq2seq variant is onnx or executorch, fp32")
         variants.append(Seq2SeqVariant(entry["format"], "fp32", float(entry.get("max_abs", 1e-4))))
     return Seq2SeqTarget(data["name"], data.get("description", ""), tuple(variants), origin=origin)
@@ -161,7 +163,8 @@ class Seq2SeqKind:
                 entries.append({"format": variant.format, "precision": variant.precision, "path": files[0].name,
                                 "methods": {m: f.name for m, f in zip(METHODS, files[:2], strict=True)},
                                 "files": described, "bytes": sum(d["bytes"] for d in described),
-                                "sha256": described[0]["sha256"], "budget": {"max_abs": variant.max_abs}})
+                                "sha256": described[0]["sha256"],
+                                "budget": {"max_abs": variant.max_abs, "min_top1_agreement": 1.0}})
             save_npz(work / "reference.npz", reference)
             write_json(work / MANIFEST, {
                 "schema": SCHEMA, "kind": target.kind, "edgeport": __version__,
@@ -242,6 +245,7 @@ class Seq2SeqJudge:
     def validate(self, directory: Path, progress: Callable[[str], None], allow_synthetic_eval: bool) -> dict:
         from common.artifact_dir import read_manifest
         from common.files import load_npz, sha256_file
+        from validators.budgets import check
         from validators.metrics import metrics_block
 
         manifest = read_manifest(directory)
@@ -260,16 +264,13 @@ class Seq2SeqJudge:
                 steps.append((time.perf_counter() - begun) * 1000 / STEPS)
                 max_abs = max(max_abs, float(np.abs(got_logits - logits).max()))
                 same += sum(int(a == b) for a, b in zip(got_tokens, tokens, strict=True))
-            agreement = same / reference["tokens"].size
-            if max_abs > entry["budget"]["max_abs"]:
-                problems.append(f"max |Δlogit| {max_abs:.2e} > {entry['budget']['max_abs']:g}")
-            if agreement < 1.0:
-                problems.append(f"greedy tokens {agreement:.0%} equal to PyTorch's, not all")
+            metrics = metrics_block(bytes=entry["bytes"], max_abs=max_abs,
+                                    top1_agreement=same / reference["tokens"].size, latency_ms=float(np.median(steps)))
+            problems += check(entry["budget"], metrics, {"max_abs": "max |Δlogit| over every greedy step",
+                                                         "top1_agreement": "greedy tokens equal to PyTorch's"})
             results.append({"format": entry["format"], "precision": entry["precision"], "path": entry["path"],
                             "methods": entry["methods"], "bytes": entry["bytes"], "sha256": entry["sha256"],
-                            "runtime": runtime,
-                            "metrics": metrics_block(bytes=entry["bytes"], max_abs=max_abs, top1_agreement=agreement,
-                                                     latency_ms=float(np.median(steps))),
+                            "runtime": runtime, "metrics": metrics,
                             "seq2seq": {"tokens": int(reference["tokens"].size), "latency": "per decode step"},
                             "budget": {"passed": not problems, "violations": problems,
                                        "limits": entry["budget"]}})

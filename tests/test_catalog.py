@@ -10,22 +10,51 @@ from pathlib import Path
 
 import pytest
 
-from exporter.formats import BACKENDS, backend
+from exporter.formats import backend
 from exporter.formats.base import Backend
-from targets import builtin_target_names
-from targets.catalog import PASSES, PRECISIONS
-from validators.runtimes import RUNTIMES
+from exporter.lm.backend import LmBackend
+from targets import builtin_target_names, load_target
+from targets.catalog import FORMATS, PASSES, PRECISIONS
+from targets.lm import LM_PRECISIONS
+from validators.runtimes import runtime_module
 
 TESTS = Path(__file__).resolve().parent
+CONTRACTS = {"tensor": (Backend, "open_session"), "causal-lm": (LmBackend, "open_lm")}
 
 
-def test_every_format_has_a_backend_and_a_runtime():
-    assert set(PRECISIONS) == set(BACKENDS) == set(RUNTIMES)
-    for fmt in PRECISIONS:
-        implementation = backend(fmt)
-        assert implementation.format == fmt
-        for method in [m for m in vars(Backend) if not m.startswith("_") and callable(getattr(Backend, m))]:
-            assert callable(getattr(implementation, method)), (fmt, method)
+def _methods(protocol: type) -> list[str]:
+    return [m for m in vars(protocol) if not m.startswith("_") and callable(getattr(protocol, m))]
+
+
+def test_every_format_is_registered_once_with_a_backend_per_kind_and_a_runtime():
+    from importlib import metadata
+
+    assert set(PRECISIONS) == set(FORMATS) and set(LM_PRECISIONS) <= set(FORMATS)
+    for fmt, registered in FORMATS.items():
+        kinds = {"tensor": PRECISIONS, "causal-lm": LM_PRECISIONS}
+        assert set(registered.backends) == {kind for kind, rows in kinds.items() if fmt in rows}, fmt
+        for kind in registered.backends:
+            protocol, opener = CONTRACTS[kind]
+            implementation = backend(fmt, kind)
+            assert implementation.format == fmt, (fmt, kind)
+            for method in _methods(protocol):
+                assert callable(getattr(implementation, method)), (fmt, kind, method)
+            assert callable(getattr(runtime_module(fmt), opener)), (fmt, opener)
+        for library in registered.libraries:  # pip names, as the manifest records them
+            assert metadata.version(library), library
+
+
+def test_every_language_model_precision_has_a_test_case():
+    from tests.test_lm import FP16_AND_HQQ_VARIANTS
+    from tests.test_lm_formats import VARIANTS
+    from tests.test_lm_generation import SCALED_EMBEDDING_VARIANTS
+
+    covered = {tuple(v.split("/")) for v in VARIANTS + SCALED_EMBEDDING_VARIANTS}
+    covered |= {("onnx", p) for p in FP16_AND_HQQ_VARIANTS}
+    for target in map(load_target, builtin_target_names()):  # each has an end-to-end test (below)
+        covered |= {(v.format, v.precision) for v in target.variants if target.kind == "causal-lm"}
+    missing = [(f, p) for f, rows in LM_PRECISIONS.items() for p in rows if (f, p) not in covered]
+    assert not missing, f"no test exports the language-model precision(s) {missing}"
 
 
 def _pass_implementations(fmt: str) -> dict:

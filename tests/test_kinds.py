@@ -41,7 +41,7 @@ def test_a_kind_from_outside_exports_validates_and_reports_through_the_one_pipel
         assert artifact["metrics"]["max_abs"] < 1e-4 and artifact["metrics"]["top1_agreement"] == 1.0
         assert artifact["seq2seq"]["tokens"] == 3 * seq2seq_kind.STEPS
     assert by["onnx"]["methods"] == {"encode": "model.fp32.encode.onnx", "decode_step": "model.fp32.decode_step.onnx"}
-    assert "| model.fp32.pte | encode, decode_step |" in (directory / "report.md").read_text()
+    assert "| model.pte | encode, decode_step |" in (directory / "report.md").read_text()
     assert (directory / "report.html").read_text().startswith("<!doctype html>")
     manifest = json.loads((directory / "manifest.json").read_text())
     for entry in manifest["artifacts"]:  # the product's stamps, each format's own way

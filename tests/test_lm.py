@@ -4,6 +4,7 @@ catches a broken artifact and a model caught in a loop."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.lm_models import FAMILIES, causal_lm_folder, check_provenance, lm_target
 from validators.lm.metrics import free_running, repeated_ngram_rate, teacher_forced
-from validators.lm.validate import violations
+from validators.lm.validate import lm_metrics, violations
 
 pytestmark = pytest.mark.hf
 
@@ -117,7 +118,7 @@ def _rewire_cache_outputs(path: Path) -> None:
     """A broken artifact: every present.* output is the past input, so the KV cache is never updated."""
     import onnx
 
-    from exporter.lm.decode_step import save_onnx
+    from exporter.formats.onnx.graph import save_onnx
 
     model = onnx.load(str(path))
     presents = {o.name for o in model.graph.output if o.name.startswith("present.")}
@@ -174,8 +175,8 @@ def test_text_wrong_from_the_second_token_fails_though_teacher_forcing_passes(ex
     forced, limits, runs = w8["lm"]["teacher_forced"], w8["budget"]["limits"], w8["lm"]["free_running"]
     assert forced["ppl_ratio"] <= limits["max_ppl_ratio"] and forced["kl_mean"] <= limits["max_kl_mean"]
     assert forced["top1_agreement"] >= limits["min_top1_agreement"] and forced["kl_p99"] <= limits["max_kl_p99"]
-    decoding = [v for v in w8["budget"]["violations"] if "fed the reference's greedy text" in v]
-    assert {int(v.split()[1].rstrip(":")) for v in decoding} == {r["prompt"] for r in runs}  # every prompt named
+    (decoding,) = [v for v in w8["budget"]["violations"] if "fed the reference's greedy text" in v]
+    assert {int(n) for n in re.findall(r"prompt (\d+) at", decoding)} == {r["prompt"] for r in runs}  # each named
     assert all(r["decode_top1_agreement"] < limits["min_decode_top1_agreement"] for r in runs)
     assert all(r["first_divergence"] is not None and r["first_divergence"] <= 2 for r in runs), runs
     fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")  # the untouched artifact
@@ -196,8 +197,8 @@ def test_perturbed_layer_weights_fail_the_verdict(exported, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from exporter.lm.decode_step import save_onnx
-    from exporter.lm.weights import linear_nodes
+    from exporter.formats.onnx.graph import save_onnx
+    from exporter.formats.onnx.weights import linear_nodes
 
     directory = tmp_path / "perturbed"
     shutil.copytree(exported["qwen2_untied"][1], directory)
@@ -234,9 +235,12 @@ def test_auto_precision_keeps_the_worst_linears_until_the_budget_holds(folders, 
     assert "auto precision kept" in (directory / "report.md").read_text()
 
 
+FP16_AND_HQQ_VARIANTS = ("fp16", "w4")
+
+
 @pytest.mark.slow
 def test_fp16_and_hqq_4bit(folders, tmp_path):
-    target = lm_target(tmp_path / "t.toml", ("fp16", "w4"), method="hqq", builder="export")
+    target = lm_target(tmp_path / "t.toml", FP16_AND_HQQ_VARIANTS, method="hqq", builder="export")
     done = run_cli("export", "--model", folders["llama_gqa_tied"], "--target", target, "--out", tmp_path / "out")
     report = json.loads((tmp_path / "out" / "llama_gqa_tied" / "test-llm" / "report.json").read_text())
     fp16, w4 = report["artifacts"]
@@ -296,9 +300,10 @@ def test_a_looping_artifact_fails_even_when_perplexity_holds():
     run = {"prompt": 0, **free_running(reference, logits, looping, logits)}
     assert run["first_divergence"] == 3 and run["repetition_increase"] == pytest.approx(0.7)
     forced = {"positions": 500, "ppl_ratio": 1.01, "kl_mean": 0.01, "kl_p99": 0.1, "top1_agreement": 0.97}
-    found = violations({"max_ppl_ratio": 1.15, "max_kl_mean": 0.12, "min_top1_agreement": 0.8,
-                        "max_repetition_increase": 0.15}, forced, [run], 10)
-    assert found == ["prompt 0 loops: 70% of its 3-grams repeat (reference 0%; limit +15%)"]
+    limits = {"max_ppl_ratio": 1.15, "max_kl_mean": 0.12, "min_top1_agreement": 0.8, "max_repetition_increase": 0.15}
+    found = violations(limits, lm_metrics(forced, [run], 10), forced, [run])
+    assert found == ["repetition increase 0.7 exceeds the budget of 0.15; prompt 0 loops: 70% of its 3-grams repeat "
+                     "(reference 0%)"]
 
 
 @pytest.mark.slow

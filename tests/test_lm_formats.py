@@ -17,7 +17,7 @@ from tests.test_lm import _restamp
 pytestmark = [pytest.mark.hf, pytest.mark.slow]
 
 VARIANTS = ("executorch/fp32", "executorch/a8w4", "tflite/fp32", "tflite/a8w8", "coreml/fp16", "coreml/w4")
-FLOAT = {"model.fp32.pte", "model.fp32.tflite", "model.fp16.mlpackage"}
+FLOAT = {"model.pte", "model.tflite", "model.fp16.mlpackage"}
 RUNTIMES = {"executorch": "executorch", "tflite": "ai-edge-litert", "coreml": "MIL reference interpreter"}
 
 
@@ -40,7 +40,7 @@ def exported(tmp_path_factory) -> dict[str, tuple[int, Path, dict]]:
 def test_float_variants_generate_what_pytorch_generates(exported, family):
     code, directory, report = exported[family]
     by = {a["path"]: a for a in report["artifacts"]}
-    assert set(by) == {"model.fp32.pte", "model.a8w4.pte", "model.fp32.tflite", "model.a8w8.tflite",
+    assert set(by) == {"model.pte", "model.a8w4.pte", "model.tflite", "model.a8w8.tflite",
                        "model.fp16.mlpackage", "model.w4.mlpackage"}
     assert not report["provisional"]
     for path in FLOAT:
@@ -64,8 +64,8 @@ def test_float_variants_generate_what_pytorch_generates(exported, family):
 def test_quantized_variants_shrink_are_blamed_and_judged(exported, family):
     code, directory, report = exported[family]
     by = {a["path"]: a for a in report["artifacts"]}
-    for quantized, float_path, ratio in (("model.a8w4.pte", "model.fp32.pte", 0.5),
-                                         ("model.a8w8.tflite", "model.fp32.tflite", 0.65),
+    for quantized, float_path, ratio in (("model.a8w4.pte", "model.pte", 0.5),
+                                         ("model.a8w8.tflite", "model.tflite", 0.65),
                                          ("model.w4.mlpackage", "model.fp16.mlpackage", 0.6)):
         artifact = by[quantized]
         assert artifact["bytes"] < ratio * by[float_path]["bytes"], (quantized, artifact["bytes"])
@@ -141,7 +141,7 @@ def test_executorch_prefill_pads_short_chunks_and_decodes_past_the_last_full_chu
 
     directory = exported["llama_gqa_tied"][1]
     manifest = json.loads((directory / "manifest.json").read_text())
-    entry = next(e for e in manifest["artifacts"] if e["path"] == "model.fp32.pte")
+    entry = next(e for e in manifest["artifacts"] if e["path"] == "model.pte")
     lm = open_lm(directory, entry)
     assert (lm.cache_length, lm.prefill_length) == (96, 32)
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, 200, 90)]
@@ -198,7 +198,7 @@ def test_a_core_ml_program_that_never_writes_its_cache_fails(exported, tmp_path)
     violations = fp16["budget"]["violations"]
     assert any("greedy tokens differ" in v for v in violations) or any("perplexity ratio" in v for v in violations)
     assert fp16["lm"]["teacher_forced"]["top1_agreement"] < 0.9, fp16["lm"]["teacher_forced"]
-    untouched = next(a for a in report["artifacts"] if a["path"] == "model.fp32.pte")
+    untouched = next(a for a in report["artifacts"] if a["path"] == "model.pte")
     assert untouched["budget"]["passed"]
 
 

@@ -169,13 +169,16 @@ def test_executorch_quantized_embedding_keeps_the_embedding_scale():
         quantize_embedding(plain, round_to_nearest(plain.get_input_embeddings().weight.detach(), Scheme(8, 32, True)))
 
 
+SCALED_EMBEDDING_VARIANTS = ("onnx/fp32", "onnx/w8", "executorch/fp32", "executorch/a8w8", "tflite/fp32",
+                             "tflite/a8w8", "coreml/fp16", "coreml/w8")
+
+
 @pytest.mark.slow
 def test_a_scaled_embedding_model_through_every_format(tmp_path):
     """A trained tiny Gemma 3 (embedding scaled by sqrt(hidden) after the lookup): fp32 / fp16 and 8-bit variants
     of every format agree with PyTorch as the unscaled test families do."""
     folder = causal_lm_folder(SCALED_EMBEDDING, tmp_path / "gemma3")
-    variants = ("onnx/fp32", "onnx/w8", "executorch/fp32", "executorch/a8w8", "tflite/fp32", "tflite/a8w8",
-                "coreml/fp16", "coreml/w8")
+    variants = SCALED_EMBEDDING_VARIANTS
     target = lm_target(tmp_path / "scaled-llm.toml", variants)
     done = run_cli("export", "--model", folder, "--target", target, "--out", tmp_path / "out", "--name", "gemma3")
     assert done.code == 0, done.stderr[-3000:]
@@ -186,7 +189,7 @@ def test_a_scaled_embedding_model_through_every_format(tmp_path):
     for path, artifact in by.items():
         forced = artifact["lm"]["teacher_forced"]
         assert artifact["budget"]["passed"], (path, artifact["budget"]["violations"])
-        if path in ("model.onnx", "model.fp32.pte", "model.fp32.tflite"):
+        if path in ("model.onnx", "model.pte", "model.tflite"):
             assert artifact["metrics"]["max_abs"] < 1e-3 and forced["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
         else:  # float16 and 8-bit weights: within the budgets the unscaled families meet
             assert forced["kl_mean"] < 0.02 and abs(forced["ppl_ratio"] - 1) < 0.03, (path, forced)

@@ -54,7 +54,7 @@ def test_an_embedding_is_judged_by_cosine_not_argmax():
 
 def test_nan_or_inf_in_an_artifact_has_no_error_figures_and_fails_the_budget():
     from targets.catalog import FP16_BUDGET
-    from validators.budgets import check
+    from validators.candidate import CandidateResult, parity_violations
 
     ref = np.ones((4, 3))
     out = ref.copy()
@@ -63,7 +63,7 @@ def test_nan_or_inf_in_an_artifact_has_no_error_figures_and_fails_the_budget():
     assert m["nonfinite_values"] == 2 and m["sqnr_db"] is None and m["cosine"] is None
     overall = worst_case({"y": m, "z": output_parity(ref, ref.copy())})
     assert overall["sqnr_db"] is None and overall["nonfinite_values"] == 2
-    violations = check(FP16_BUDGET, overall, None, None, 0)
+    violations = parity_violations(overall, FP16_BUDGET.limits(), CandidateResult({}, overall, None, []).metrics())
     assert violations == ["the outputs hold 2 NaN/Inf value(s): the artifact computes garbage (a corrupt weight, "
                           "or an overflow at this precision)"]
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from exporter.errors import ConversionError
-from exporter.formats import BACKENDS, backend
+from exporter.formats import backend
 from exporter.sources import _finish
 from exporter.trace import trace
+from targets.catalog import FORMATS
 from targets.profile import target_from_dict
 from tests import hf_zoo, zoo
 
@@ -36,7 +37,7 @@ def _convert_fp32(fmt: str, traced, scratch: Path) -> None:
     backend(fmt).emit(lowered, target.variants[0], None, scratch / target.variants[0].filename, lambda _: None)
 
 
-@pytest.mark.parametrize("fmt", list(BACKENDS))
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_preflight_agrees_with_conversion(name, fmt):
     traced = _traced(name)

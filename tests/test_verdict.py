@@ -11,7 +11,8 @@ from targets import builtin_target_names, load_target
 from targets.catalog import INT8_BUDGET, PRECISION_ROWS, PRECISIONS
 from targets.profile import implied_cosine, target_from_dict
 from tests.conftest import ZOO, run_cli
-from validators.budgets import check, unjudged
+from validators.budgets import BOUNDS, unjudged
+from validators.candidate import CandidateResult, parity_violations
 from validators.parity import output_parity, worst_case
 
 
@@ -41,6 +42,24 @@ BUDGETS = [(f"default {p}", _default(p).budget) for p in dict.fromkeys(r.id for 
     if not t.endswith("-llm")]  # language-model targets are judged token by token (tests/test_lm.py)
 
 
+def _violations(budget, parity: dict) -> list[str]:
+    return parity_violations(parity, budget.limits(), CandidateResult({}, parity, None, []).metrics())
+
+
+def test_every_limit_of_every_kind_bounds_a_named_metric():
+    import dataclasses
+
+    from targets import Budget
+    from targets.lm import LmBudget
+    from validators.metrics import METRICS
+
+    limits = {f.name for budget in (Budget, LmBudget) for f in dataclasses.fields(budget)}
+    assert limits == set(BOUNDS)
+    for name, bound in BOUNDS.items():
+        assert bound.metric in METRICS, name
+        assert name.startswith("max_" if bound.upper else "min_"), name
+
+
 @pytest.mark.parametrize("name,budget", BUDGETS, ids=[n for n, _ in BUDGETS])
 def test_an_output_exactly_at_the_sqnr_bound_meets_the_cosine_bound(name, budget):
     if budget.min_sqnr_db is None:
@@ -50,7 +69,7 @@ def test_an_output_exactly_at_the_sqnr_bound_meets_the_cosine_bound(name, budget
     parity = worst_case({"y": output_parity(ref, out, budget.min_sqnr_db)})
     assert parity["sqnr_db"] == pytest.approx(budget.min_sqnr_db, abs=1e-6)
     assert parity["cosine"] == pytest.approx(np.sqrt(1 - 10 ** (-budget.min_sqnr_db / 10)), abs=1e-9)
-    violations = check(budget, parity, None, None, 0)
+    violations = _violations(budget, parity)
     assert not [v for v in violations if "cosine" in v or "sqnr" in v], violations
 
 
@@ -70,7 +89,7 @@ def test_a_bound_the_sample_count_cannot_resolve_is_said_not_passed():
     few = logits(12)
     parity = worst_case({"y": output_parity(few, few.copy(), budget.min_sqnr_db)})
     assert parity["top1_decisive_samples"] == 12 and parity["top1_agreement"] == 1.0
-    assert check(budget, parity, None, None, 0) == []
+    assert _violations(budget, parity) == []
     notes = unjudged(budget, parity, None)
     assert len(notes) == 1 and "12 of 12 samples" in notes[0] and "20 are needed" in notes[0]
     many = logits(40)

@@ -193,10 +193,10 @@ def test_onnx_and_core_ml_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path
 
     from exporter.formats.coreml.blocks import read_codes as read_core_ml_codes
     from exporter.formats.coreml.lm import weight_constant
+    from exporter.formats.onnx.graph import module_path
     from exporter.formats.onnx.nbits import read_codes
     from exporter.kinds.causal_lm.export import _calibration_batches
     from exporter.lm.corpus import stdlib_text
-    from exporter.lm.decode_step import module_path
     from exporter.lm.source import load_causal_lm
     from exporter.quant.plan import Planner
     from targets.lm import LmSettings

@@ -1,55 +1,62 @@
-"""Check an artifact's measured figures against its budget; every violation is collected."""
+"""One budget check for every model kind: a budget is {limit: value} (targets' Budget / LmBudget .limits()), an
+artifact's figures are {metric: value} (validators/metrics.py), and BOUNDS says which metric each limit bounds
+and from which side. Every violation is collected; a kind's judge may add why (which prompt, which operator)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from targets import Budget
+
+
+@dataclass(frozen=True)
+class Bound:
+    metric: str  # the validators.metrics name it bounds
+    upper: bool  # True: the limit is a maximum
+    label: str  # how a violation names the figure
+    unit: str = ""
+    scale: float = 1.0  # the metric in the limit's unit (bytes -> MB)
+
+
+BOUNDS: dict[str, Bound] = {
+    "max_abs": Bound("max_abs", True, "max_abs"),
+    "min_cosine": Bound("cosine", False, "cosine"),
+    "min_sqnr_db": Bound("sqnr_db", False, "sqnr_db"),
+    "min_top1_agreement": Bound("top1_agreement", False, "top1_agreement"),
+    "max_accuracy_drop": Bound("accuracy_drop", True, "accuracy drop"),
+    "max_latency_ms": Bound("latency_ms", True, "median latency", " ms"),
+    "max_size_mb": Bound("bytes", True, "size", " MB", 1e-6),
+    "min_npu_op_coverage": Bound("npu_op_coverage", False, "NPU operator coverage"),
+    "max_sram_kib": Bound("npu_sram_kib", True, "NPU SRAM", " KiB"),
+    "max_flash_kib": Bound("npu_flash_kib", True, "NPU flash", " KiB"),
+    "min_delegated_op_coverage": Bound("delegated_op_coverage", False, "delegated operator coverage"),
+    "min_greedy_tokens": Bound("greedy_tokens", False, "greedy tokens equal to the reference's"),
+    "max_ppl_ratio": Bound("ppl_ratio", True, "perplexity ratio"),
+    "max_kl_mean": Bound("kl_mean", True, "mean KL"),
+    "max_kl_p99": Bound("kl_p99", True, "p99 KL"),
+    "min_decode_top1_agreement": Bound("decode_top1_agreement", False, "decode top-1 agreement"),
+    "max_repetition_increase": Bound("repetition_increase", True, "repetition increase"),
+}
 
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def check(budget: Budget, parity: dict, accuracy: dict | None, latency: dict | None, size_bytes: int,
-          npu: dict | None = None, delegation: dict | None = None) -> list[str]:
+def check(limits: dict[str, float], metrics: dict[str, float], why: dict[str, str] | None = None) -> list[str]:
+    """Every limit whose metric was measured and misses it; `why` adds a kind's detail per metric."""
     violations = []
-
-    def at_most(name: str, value: float | None, limit: float | None, unit: str = "") -> None:
-        if limit is not None and value is not None and value > limit:
-            violations.append(f"{name} {_fmt(value)}{unit} exceeds the budget of {_fmt(limit)}{unit}")
-
-    def at_least(name: str, value: float | None, limit: float | None) -> None:
-        if limit is not None and value is not None and value < limit:
-            violations.append(f"{name} {_fmt(value)} is below the budget of {_fmt(limit)}")
-
-    if parity.get("nonfinite_values"):
-        violations.append(f"the outputs hold {parity['nonfinite_values']} NaN/Inf value(s): the artifact computes "
-                          "garbage (a corrupt weight, or an overflow at this precision)")
-    at_most("max_abs", parity["max_abs"], budget.max_abs)
-    at_least("cosine", parity["cosine"], budget.min_cosine)
-    at_least("sqnr_db", parity["sqnr_db"], budget.min_sqnr_db)
-    at_least("top1_agreement", parity["top1_agreement"], budget.min_top1_agreement)
-    if accuracy is not None:
-        at_most("accuracy drop", accuracy["drop"], budget.max_accuracy_drop)
-    if latency is not None:
-        at_most("median latency", latency["median"], budget.max_latency_ms, " ms")
-    at_most("size", size_bytes / 1e6, budget.max_size_mb, " MB")
-    if npu is not None:
-        coverage_before = len(violations)
-        at_least("NPU operator coverage", npu["npu_op_coverage"], budget.min_npu_op_coverage)
-        if len(violations) > coverage_before:
-            fallback = ", ".join(f"{op['op']} ({op['output']})" for op in npu["cpu_fallback"])
-            violations[-1] += f"; on the CPU: {fallback}"
-        at_most("NPU SRAM", npu["sram_kib"], budget.max_sram_kib, " KiB")
-        at_most("NPU flash", npu["flash_kib"], budget.max_flash_kib, " KiB")
-    if delegation is not None:
-        coverage_before = len(violations)
-        at_least("delegated operator coverage", delegation["delegated_op_coverage"], budget.min_delegated_op_coverage)
-        if len(violations) > coverage_before:
-            fallback = "; ".join(f"{op['op']} ({op['module'] or 'no module'}: {op['reason']})"
-                                 for op in delegation["portable_fallback"])
-            violations[-1] += f"; on the portable kernels: {fallback}"
+    for name, limit in limits.items():
+        bound = BOUNDS[name]
+        if bound.metric not in metrics:
+            continue  # not measured for this artifact (latency of a diagnosis candidate, accuracy without labels)
+        value = metrics[bound.metric] * bound.scale
+        if value > limit if bound.upper else value < limit:
+            side = "exceeds" if bound.upper else "is below"
+            message = f"{bound.label} {_fmt(value)}{bound.unit} {side} the budget of {_fmt(limit)}{bound.unit}"
+            detail = (why or {}).get(bound.metric)
+            violations.append(f"{message}; {detail}" if detail else message)
     return violations
 
 

@@ -16,6 +16,7 @@ from common.errors import ArtifactError
 from targets import Budget, RuntimeSettings
 from validators import budgets, parity
 from validators.latency import measure_first_batch
+from validators.metrics import metrics_block
 
 Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -41,6 +42,23 @@ class CandidateResult:
     accuracy: dict | None  # task accuracy, when the reference has labels
     violations: list[str]  # the budget's parity and accuracy limits it misses
 
+    def metrics(self, **measured: float | None) -> dict[str, float]:
+        """The named figures (validators/metrics.py) of this judgement, with what else was measured."""
+        overall, accuracy = self.overall, self.accuracy or {}
+        return metrics_block(max_abs=overall["max_abs"], mean_abs=overall["mean_abs"], cosine=overall["cosine"],
+                             sqnr_db=overall["sqnr_db"], top1_agreement=overall["top1_agreement"],
+                             accuracy=accuracy.get("artifact"), accuracy_drop=accuracy.get("drop"), **measured)
+
+
+def parity_violations(overall: dict, limits: dict[str, float], metrics: dict[str, float],
+                      why: dict[str, str] | None = None) -> list[str]:
+    """NaN/Inf outputs first (no limit needed: garbage), then every limit the figures miss."""
+    found = []
+    if overall.get("nonfinite_values"):
+        found.append(f"the outputs hold {overall['nonfinite_values']} NaN/Inf value(s): the artifact computes "
+                     "garbage (a corrupt weight, or an overflow at this precision)")
+    return found + budgets.check(limits, metrics, why)
+
 
 def evaluate(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> CandidateResult:
     """Run a model on the stored eval inputs and judge parity and accuracy against the budget."""
@@ -60,7 +78,9 @@ def evaluate(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> Can
     accuracy = parity.accuracy(reference.outputs, outputs, reference.labels, kinds) \
         if reference.labels is not None else None
     overall = parity.worst_case(per_output)
-    return CandidateResult(per_output, overall, accuracy, budgets.check(budget, overall, accuracy, None, 0))
+    result = CandidateResult(per_output, overall, accuracy, [])
+    result.violations = parity_violations(overall, budget.limits(), result.metrics())
+    return result
 
 
 class Candidate:

@@ -19,6 +19,10 @@ METRICS = {
     "accuracy": "task accuracy on the labelled eval samples",
     "accuracy_drop": "the reference's task accuracy minus the artifact's",
     "latency_ms": "median host latency of one inference, ms",
+    "npu_op_coverage": "share of operators the NPU compiler placed on the NPU",
+    "npu_sram_kib": "the NPU compiler's SRAM estimate, KiB",
+    "npu_flash_kib": "the NPU compiler's flash estimate, KiB",
+    "delegated_op_coverage": "ExecuTorch: share of operators inside the XNNPACK delegate",
     # causal language models: teacher-forced on the eval text, greedy on the prompts, speed in its own process
     "ppl_ratio": "artifact perplexity / reference perplexity on the eval text",
     "kl_mean": "mean KL(reference || artifact) of the next-token distributions",

@@ -16,8 +16,7 @@ from common.vela import VelaError, compile_with_vela
 from targets import Budget, Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
-from validators.candidate import CandidateResult, ModelIO, evaluate
-from validators.metrics import metrics_block
+from validators.candidate import CandidateResult, ModelIO, evaluate, parity_violations
 from validators.runtimes import extra_sessions, open_session
 
 
@@ -73,11 +72,28 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
         violations += npu_violations
     violations += _float_island(entry)
     nbytes = size_bytes(path)  # a directory walk for an .mlpackage
-    violations += budgets.check(budget, judged.overall, judged.accuracy, timing, nbytes, npu, entry.get("delegation"))
+    delegation = entry.get("delegation") or {}
+    metrics = judged.metrics(bytes=nbytes, latency_ms=timing["median"],
+                             npu_op_coverage=(npu or {}).get("npu_op_coverage"),
+                             npu_sram_kib=(npu or {}).get("sram_kib"), npu_flash_kib=(npu or {}).get("flash_kib"),
+                             delegated_op_coverage=delegation.get("delegated_op_coverage"))
+    violations += parity_violations(judged.overall, budget.limits(), metrics, _fallback(npu, delegation))
     for runtime, other in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in other.violations]
-    return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, by_runtime, by_delegate, npu,
-                            budget, violations)
+    return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, metrics, by_runtime, by_delegate,
+                            npu, budget, violations)
+
+
+def _fallback(npu: dict | None, delegation: dict) -> dict[str, str]:
+    """Which operators a coverage shortfall left behind, named with the module they came from."""
+    why = {}
+    if npu is not None:
+        why["npu_op_coverage"] = "on the CPU: " + ", ".join(f"{op['op']} ({op['output']})"
+                                                             for op in npu["cpu_fallback"])
+    if delegation:
+        why["delegated_op_coverage"] = "on the portable kernels: " + "; ".join(
+            f"{op['op']} ({op['module'] or 'no module'}: {op['reason']})" for op in delegation["portable_fallback"])
+    return why
 
 
 def _float_island(entry: dict) -> list[str]:
@@ -93,18 +109,13 @@ def _float_island(entry: dict) -> list[str]:
             "ReLU is fixed by the tflite pass affine_as_depthwise, other ops need an int8 kernel or a rewrite"]
 
 
-def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, by_runtime: dict,
-                     by_delegate: dict, npu: dict | None, budget: Budget, violations: list[str]) -> dict:
-    parity, host_latency = judged.overall, next(iter(by_delegate.values()))
+def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, metrics: dict,
+                     by_runtime: dict, by_delegate: dict, npu: dict | None, budget: Budget,
+                     violations: list[str]) -> dict:
+    host_latency = next(iter(by_delegate.values()))
     result = {"format": entry["format"], "precision": entry["precision"], "path": entry["path"],
-              "bytes": nbytes, "sha256": sha, "runtime": runtime,
-              "metrics": metrics_block(bytes=nbytes, max_abs=parity["max_abs"], mean_abs=parity["mean_abs"],
-                                       cosine=parity["cosine"], sqnr_db=parity["sqnr_db"],
-                                       top1_agreement=parity["top1_agreement"],
-                                       accuracy=(judged.accuracy or {}).get("artifact"),
-                                       accuracy_drop=(judged.accuracy or {}).get("drop"),
-                                       latency_ms=host_latency["median"]),
-              "parity": parity, "parity_runtime": runtime}
+              "bytes": nbytes, "sha256": sha, "runtime": runtime, "metrics": metrics,
+              "parity": judged.overall, "parity_runtime": runtime}
     if judged.accuracy is not None:
         result["accuracy"] = judged.accuracy
     io_quantization = _io_quantization(entry)

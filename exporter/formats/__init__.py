@@ -1,20 +1,18 @@
-"""One folder per artifact format, each behind the Backend contract (exporter/formats/base.py).
+"""One folder per artifact format, each behind its kinds' Backend contracts (exporter/formats/base.py for tensor
+models, exporter/lm/backend.py for causal language models).
 
-The registry is a name -> module map, imported only when a format is used, so `edgeport --help` and
-`edgeport targets` import no converter. A new format is one folder whose package exposes BACKEND,
-plus one line here."""
+A format is registered once, in targets.catalog.FORMATS (its extension, its backend module per model kind, its
+runtime and libraries); modules are imported only when a format is used, so `edgeport --help` and
+`edgeport targets` import no converter."""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from exporter.formats.base import Backend
-
-BACKENDS = {"onnx": "exporter.formats.onnx.backend", "tflite": "exporter.formats.tflite.backend",
-            "coreml": "exporter.formats.coreml.backend", "executorch": "exporter.formats.executorch.backend"}
+from targets.catalog import FORMATS
 
 
-def backend(fmt: str) -> Backend:
-    return importlib.import_module(BACKENDS[fmt]).BACKEND
+def backend(fmt: str, kind: str = "tensor") -> Any:
+    """The format's backend for a model kind (each module exposes BACKEND)."""
+    return importlib.import_module(FORMATS[fmt].backends[kind]).BACKEND

@@ -74,7 +74,6 @@ class Finished:
 class Backend(Protocol):
     format: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]  # the catalog's precision ids it implements (a guard test checks)
-    libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
     preflight_hint: ClassVar[str]  # what to do when preflight refuses
     reproducible: ClassVar[str]  # what the manifest promises about the artifact's bytes
 

@@ -14,7 +14,6 @@ speed figures is validators/lm/runtime.open_lm, chosen by the manifest entry's f
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ class LmEmitted:
 
 class LmBackend(Protocol):
     format: ClassVar[str]
-    libraries: ClassVar[tuple[str, ...]]  # pip packages whose versions the manifest records
     keeps_layers: ClassVar[str]  # "" when emit takes `kept` (auto precision); else why it cannot
     # what its attention computes beyond causal attention over the cache: a sliding window per layer, and
     # soft-capped scores (exporter/lm/attention.py refuses a model that needs what the format lacks)
@@ -52,12 +50,14 @@ class LmBackend(Protocol):
              plan: Planner, progress: Progress) -> LmEmitted: ...
 
 
-LM_BACKENDS = {"onnx": "exporter.formats.onnx.lm", "executorch": "exporter.formats.executorch.lm",
-               "coreml": "exporter.formats.coreml.lm", "tflite": "exporter.formats.tflite.lm"}
+# module paths of the output head and the embedding table in transformers' decoders
+HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 
 
 def lm_backend(fmt: str) -> LmBackend:
-    return importlib.import_module(LM_BACKENDS[fmt]).LM_BACKEND
+    from exporter.formats import backend
+
+    return backend(fmt, "causal-lm")
 
 
 def linear_modules(model: Any) -> list[str]:

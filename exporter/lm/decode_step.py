@@ -1,6 +1,6 @@
 """One traced program for prefill and decode: a transformers decoder with a fixed-length KV cache as
-explicit inputs and outputs, through torch.export; ONNX exports it and LiteRT converts it (with named
-inputs and outputs, the dots replaced).
+explicit inputs and outputs, through torch.export; ONNX exports it (exporter/formats/onnx/graph.py) and LiteRT
+converts it (with named inputs and outputs, the dots replaced).
 
     inputs   input_ids [1, S] int64, cache_position [S] int64 (positions of these tokens),
              past.<i>.key / past.<i>.value [1, kv_heads, cache_length, head_dim] float32
@@ -17,15 +17,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from pathlib import Path
 from typing import Any
 
 from exporter.errors import ConversionError
 
 # How a runtime feeds an LM artifact (recorded in the manifest, read by validators/lm)
 STATIC_CACHE_IO = {"position": "cache_position", "past": "past.{layer}.{kv}", "present": "present.{layer}.{kv}"}
-GQA_BUFFER_IO = {"position": "attention_mask", "past": "past_key_values.{layer}.{kv}",
-                 "present": "present.{layer}.{kv}"}
 
 
 def text_config(config: Any) -> Any:
@@ -93,7 +90,7 @@ def _write_at(layer: Any, positions: Any, keys: Any, values: Any, *args: Any, **
 
 
 @contextlib.contextmanager
-def _grouped_query_attention():
+def grouped_query_attention():
     """Trace SDPA with enable_gqa: attention reads the key/value heads as they are instead of repeating them
     for every query head over the whole cache (an Expand per layer and step, 5% of w8 decode on SmolLM2)."""
     previous = os.environ.get(FORCE_GQA)
@@ -108,9 +105,6 @@ def _grouped_query_attention():
 
 
 FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-# Opset 23 has Attention, RMSNormalization and RotaryEmbedding: the exporter writes one node where opset 20 has
-# a dozen, and onnxruntime runs them as fused kernels (w8 decode of SmolLM2-135M: 49-51 -> 57-59 tokens/s).
-OPSET = 23
 
 
 def io_names(layers: int, io: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -131,7 +125,7 @@ def trace_decode_step(model: Any, cache_length: int, prefill_length: int) -> tup
     past = tuple(torch.zeros(1, kv_heads, cache_length, head_dim) for _ in range(2 * layers))
     seq = torch.export.Dim("sequence", min=1, max=prefill_length)
     try:
-        with torch.no_grad(), _grouped_query_attention():
+        with torch.no_grad(), grouped_query_attention():
             program = torch.export.export(step, (ids, positions, past), strict=False,
                                           dynamic_shapes=({1: seq}, {0: seq}, tuple(None for _ in past)))
     except Exception as exc:  # torch.export on a model it cannot take
@@ -145,69 +139,3 @@ def not_exported(model: Any, exc: Exception) -> ConversionError:
 
     return ConversionError(f"{type(model).__name__} does not export with a static KV cache "
                            f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug for the trace")
-
-
-def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: Path) -> dict:
-    """Write out (+ out.data) and return the cache description the manifest records."""
-    import torch
-
-    program, cache = trace_decode_step(model, cache_length, prefill_length)
-    try:
-        with torch.no_grad(), _grouped_query_attention():
-            inputs, outputs = io_names(cache["layers"], STATIC_CACHE_IO)
-            onnx_program = torch.onnx.export(program, (), input_names=inputs, output_names=outputs, dynamo=True,
-                                             optimize=True, verbose=False, opset_version=OPSET)
-    except Exception as exc:  # the ONNX exporter on a program it cannot take
-        raise not_exported(model, exc) from exc
-    onnx_program.save(str(out), external_data=True)
-    _fold_transposed_weights(out)
-    return cache
-
-
-def _fold_transposed_weights(path: Path) -> None:
-    """A tied output head reads the embedding table through a Transpose computed on every call (a whole
-    vocab x hidden copy per token) and is then no constant a weight quantizer can see: store it transposed."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    initializers = {init.name: init for init in model.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    changed = False
-    for node in list(model.graph.node):
-        if node.op_type != "Transpose" or node.input[0] not in initializers:
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[0]])
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        folded = numpy_helper.from_array(weight.transpose(perm) if perm else weight.T, node.output[0])
-        model.graph.initializer.append(folded)
-        model.graph.node.remove(node)
-        changed = True
-    if changed:
-        save_onnx(model, path)
-
-
-def save_onnx(model: Any, path: Path) -> None:
-    """An ONNX model with its weights in path + '.data' (language models are past protobuf's 2 GiB)."""
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-
-
-def module_path(node: Any) -> str:
-    """The transformers module path of an exported ONNX node (model.layers.7.mlp.down_proj), from the
-    name scopes torch.onnx records; '' when there are none."""
-    import ast
-
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = ast.literal_eval(prop.value)
-            modules = [s for s in scopes[:-1] if s]
-            return modules[-1].removeprefix("model.") if modules else ""
-    return ""

@@ -5,7 +5,6 @@ what they share: chunked prefill and greedy decoding from an empty cache."""
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -63,7 +62,6 @@ class CachedLM(ABC):
 
 def open_lm(directory: Path, entry: dict, threads: int = 1) -> CachedLM:
     """The manifest entry's artifact, opened by its format's runtime."""
-    from validators.runtimes import RUNTIMES
+    from validators.runtimes import runtime_module
 
-    module = importlib.import_module(RUNTIMES[entry["format"]])
-    return module.open_lm(directory / entry["path"], entry["cache"], threads)
+    return runtime_module(entry["format"]).open_lm(directory / entry["path"], entry["cache"], threads)

@@ -20,6 +20,7 @@ import numpy as np
 from common.artifact_dir import read_export_log, read_manifest, reference_file
 from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
+from validators import budgets
 from validators.latency import contention_note
 from validators.lm.metrics import forced_decoding, free_running, teacher_forced
 from validators.metrics import metrics_block
@@ -37,8 +38,9 @@ def prompts_of(reference: dict) -> list[str]:
     return sorted({key.split("/")[1] for key in reference if key.startswith("gen/")}, key=int)
 
 
-def judge(lm, reference: dict, budget: dict, nbytes: int, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Run one opened artifact (validators.lm.runtime.CachedLM) against the reference; metrics and violations."""
+def judge(lm, reference: dict, budget: dict, nbytes: int) -> dict:
+    """Run one opened artifact (validators.lm.runtime.CachedLM) against the reference: its teacher-forced and
+    free-running figures, its named metrics and the budget's violations."""
     windows, logprobs = reference["tf/tokens"], reference["tf/logprobs"]
     artifact_logits, targets, reference_rows = [], [], []
     for window, window_logprobs in zip(windows, logprobs, strict=True):
@@ -58,43 +60,37 @@ def judge(lm, reference: dict, budget: dict, nbytes: int, progress: Callable[[st
         runs.append({"prompt": int(key), "generated": tokens,
                      **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
-    return {"teacher_forced": forced, "free_running": runs,
-            "violations": violations(budget, forced, runs, nbytes)}
+    metrics = lm_metrics(forced, runs, nbytes)
+    return {"teacher_forced": forced, "free_running": runs, "metrics": metrics,
+            "violations": violations(budget, metrics, forced, runs)}
 
 
-def violations(budget: dict, forced: dict, runs: list[dict], nbytes: int) -> list[str]:
-    found = []
-    limit = budget.get("max_abs")
-    if limit is not None and runs and (worst := max(r["max_abs_logit_delta"] for r in runs)) > limit:
-        found.append(f"max |logit delta| before the first divergence {worst:.3g} > {limit:g}")
-    limit = budget.get("min_greedy_tokens")
-    for run in runs if limit is not None else []:
-        if run["matching_tokens"] < min(limit, run["tokens"]):
-            found.append(f"prompt {run['prompt']}: greedy tokens differ from the reference at position "
-                         f"{run['first_divergence']} (needs {min(int(limit), run['tokens'])} equal)")
-    checks = (("max_ppl_ratio", "ppl_ratio", "perplexity ratio", 1), ("max_kl_mean", "kl_mean", "mean KL", 1),
-              ("max_kl_p99", "kl_p99", "p99 KL", 1), ("min_top1_agreement", "top1_agreement", "same top-1", -1))
-    for key, metric, label, sign in checks:
-        limit = budget.get(key)
-        if limit is not None and sign * (forced[metric] - limit) > 0:
-            found.append(f"{label} {forced[metric]:.4g} {'>' if sign > 0 else '<'} {limit:g} "
-                         f"(teacher-forced, {forced['positions']} positions)")
-    limit = budget.get("min_decode_top1_agreement")
-    for run in runs if limit is not None else []:
-        if run["decode_top1_agreement"] < limit:
-            found.append(f"prompt {run['prompt']}: fed the reference's greedy text, the artifact predicts its next "
-                         f"token at {run['decode_top1_agreement']:.0%} of {run['tokens']} positions (needs "
-                         f"{limit:.0%}; first miss at position {run['decode_first_miss']}): its own text is not "
-                         "the reference's answer")
-    limit = budget.get("max_repetition_increase")
-    for run in runs if limit is not None else []:
-        if run["repetition_increase"] > limit:
-            found.append(f"prompt {run['prompt']} loops: {run['artifact_repetition']:.0%} of its 3-grams repeat "
-                         f"(reference {run['reference_repetition']:.0%}; limit +{limit:.0%})")
-    limit = budget.get("max_size_mb")
-    if limit is not None and nbytes / 1e6 > limit:
-        found.append(f"size {nbytes / 1e6:.1f} MB > {limit:g} MB")
-    return found
+def violations(budget: dict, metrics: dict, forced: dict, runs: list[dict]) -> list[str]:
+    """The one budget check (validators/budgets.py), told which prompts and positions its figures come from."""
+    limits = dict(budget)
+    if "min_greedy_tokens" in limits and runs:  # a prompt gives only new_tokens tokens
+        limits["min_greedy_tokens"] = min(limits["min_greedy_tokens"], min(r["tokens"] for r in runs))
+    return budgets.check(limits, metrics, _why(limits, forced, runs))
+
+
+def _why(limits: dict, forced: dict, runs: list[dict]) -> dict[str, str]:
+    on_text = f"teacher-forced, {forced['positions']} positions"
+    why = {metric: on_text for metric in ("ppl_ratio", "kl_mean", "kl_p99", "top1_agreement")}
+    why["max_abs"] = "|logit delta| before the greedy runs diverge"
+    if (limit := limits.get("min_greedy_tokens")) is not None:
+        why["greedy_tokens"] = "; ".join(
+            f"prompt {r['prompt']}: greedy tokens differ from the reference at position {r['first_divergence']}"
+            for r in runs if r["matching_tokens"] < limit)
+    if (limit := limits.get("min_decode_top1_agreement")) is not None:
+        missed = [f"prompt {r['prompt']} at {r['decode_top1_agreement']:.0%} of {r['tokens']} positions (first miss "
+                  f"at position {r['decode_first_miss']})" for r in runs if r["decode_top1_agreement"] < limit]
+        why["decode_top1_agreement"] = ("fed the reference's greedy text, the artifact predicts its next token: "
+                                        + "; ".join(missed) + ": its own text is not the reference's answer")
+    if (limit := limits.get("max_repetition_increase")) is not None:
+        why["repetition_increase"] = "; ".join(
+            f"prompt {r['prompt']} loops: {r['artifact_repetition']:.0%} of its 3-grams repeat (reference "
+            f"{r['reference_repetition']:.0%})" for r in runs if r["repetition_increase"] > limit)
+    return why
 
 
 def measure_speed(directory: Path, entry: dict, prompt: list[int], new_tokens: int, threads: int) -> dict:
@@ -139,8 +135,8 @@ def reference_problem(reference: dict) -> str:
     return ""
 
 
-def lm_metrics(judged: dict, speed: dict, nbytes: int) -> dict[str, float]:
-    forced, runs = judged["teacher_forced"], judged["free_running"]
+def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None = None) -> dict[str, float]:
+    speed = speed or {}
     return metrics_block(
         bytes=nbytes, max_abs=max((r["max_abs_logit_delta"] for r in runs), default=0.0),
         top1_agreement=forced["top1_agreement"], ppl_ratio=forced["ppl_ratio"], kl_mean=forced["kl_mean"],
@@ -148,8 +144,8 @@ def lm_metrics(judged: dict, speed: dict, nbytes: int) -> dict[str, float]:
         decode_top1_agreement=min((r["decode_top1_agreement"] for r in runs if "decode_top1_agreement" in r),
                                   default=None),
         repetition_increase=max((r["repetition_increase"] for r in runs), default=None),
-        decode_tokens_per_s=speed["decode_tokens_per_s"], prefill_tokens_per_s=speed["prefill_tokens_per_s"],
-        ttft_ms=speed["ttft_ms"], peak_rss_mb=speed["peak_rss_mb"])
+        decode_tokens_per_s=speed.get("decode_tokens_per_s"), prefill_tokens_per_s=speed.get("prefill_tokens_per_s"),
+        ttft_ms=speed.get("ttft_ms"), peak_rss_mb=speed.get("peak_rss_mb"))
 
 
 def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -177,7 +173,8 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         results.append({
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
             "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
-            "quantization": entry.get("quantization"), "metrics": lm_metrics(judged, speed, entry["bytes"]),
+            "quantization": entry.get("quantization"),
+            "metrics": lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed),
             "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},

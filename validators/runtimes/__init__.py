@@ -8,8 +8,14 @@ from typing import Protocol
 
 import numpy as np
 
-RUNTIMES = {"onnx": "validators.runtimes.onnxruntime_runtime", "tflite": "validators.runtimes.litert_runtime",
-            "coreml": "validators.runtimes.coreml_runtime", "executorch": "validators.runtimes.executorch_runtime"}
+from targets.catalog import FORMATS
+
+
+def runtime_module(fmt: str):
+    """The format's runtime module (targets.catalog.FORMATS names it), imported on first use."""
+    if fmt not in FORMATS:
+        raise KeyError(f"no runtime registered for format {fmt!r}")
+    return importlib.import_module(FORMATS[fmt].runtime)
 
 
 class Session(Protocol):
@@ -21,13 +27,11 @@ class Session(Protocol):
 
 def open_session(fmt: str, path: Path, threads: int, delegate: str | None = None) -> Session:
     """delegate: for formats with a choice of kernels (tflite: "xnnpack" or "none")."""
-    if fmt not in RUNTIMES:
-        raise KeyError(f"no runtime registered for format {fmt!r}")
-    module = importlib.import_module(RUNTIMES[fmt])
+    module = runtime_module(fmt)
     return module.open_session(path, threads) if delegate is None else module.open_session(path, threads, delegate)
 
 
 def extra_sessions(fmt: str, path: Path, threads: int) -> list[Session]:
     """Further runtimes for the same artifact (Core ML's own on macOS), each reported on its own."""
-    module = importlib.import_module(RUNTIMES[fmt])
+    module = runtime_module(fmt)
     return module.extra_sessions(path, threads) if hasattr(module, "extra_sessions") else []

@@ -219,7 +219,6 @@ class _CoremlState:
 class CoremlBackend:
     format = "coreml"
     precisions = ("fp32", "fp16", *COMPRESSIONS)
-    libraries = ("coremltools",)
     preflight_hint = "Replace those layers, register a coremltools torch op (register_torch_op), or drop Core ML"
     reproducible = ("byte-identical for the same model and library versions (package identifiers derived "
                     "from item paths, metadata serialized in key order, no conversion date)")

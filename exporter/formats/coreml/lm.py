@@ -87,7 +87,6 @@ class CoremlLmLowered:
 
 class CoremlLmBackend:
     format: ClassVar[str] = "coreml"
-    libraries: ClassVar[tuple[str, ...]] = ("coremltools",)
     keeps_layers: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = False  # the runtime passes one causal mask that every layer reads
     computes_softcap: ClassVar[bool] = True  # the model's own (eager) attention
@@ -156,7 +155,7 @@ def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept
     import torch
 
     from exporter.formats.coreml.blocks import write_plan
-    from exporter.lm.weights import EMBEDDING, HEAD
+    from exporter.lm.backend import EMBEDDING, HEAD
     from exporter.quant.plan import Scheme, planned_by, source_grid_note, weight_scheme
 
     constants = {op.name for op in model._mil_program.functions["main"].operations if op.op_type == "const"}
@@ -198,4 +197,4 @@ def _compressed(model: Any, variant: LmVariant, settings: LmSettings, kept: Kept
     return write_plan(model, weights), record
 
 
-LM_BACKEND = CoremlLmBackend()
+BACKEND = CoremlLmBackend()

@@ -37,7 +37,6 @@ PROVENANCE_SUFFIX = ".edgeport.json"  # model.pte -> model.pte.edgeport.json
 class ExecutorchBackend:
     format = "executorch"
     precisions = ("fp32", "fp16", "int8", "int8_dynamic")
-    libraries = ("executorch",)
     preflight_hint = ("Replace those layers with ones in ExecuTorch's core ATen operator set (or keep them out of "
                       "the exported module), or choose a target without ExecuTorch")
     reproducible = REPRODUCIBLE

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from exporter.errors import ConversionError
-from exporter.lm.backend import Kept, LmEmitted, Progress, linear_modules
+from exporter.lm.backend import HEAD, Kept, LmEmitted, Progress, linear_modules
 from exporter.lm.source import CausalLM
 from exporter.quant.plan import Planner, QuantizedWeight, Scheme, planned_by, source_grid_note, weight_scheme
 from targets.lm import LmSettings, LmVariant
 
-HEAD = "lm_head"
 ATTENTION = "edgeport_executorch_sdpa"  # the transformers attention implementation registered below
 METHODS = {"prefill": "prefill_length", "decode": 1}  # method -> tokens per call (recorded in the manifest)
 IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cache_{layer}, v_cache_{layer}"}
@@ -43,7 +42,6 @@ IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cach
 
 class ExecutorchLmBackend:
     format: ClassVar[str] = "executorch"
-    libraries: ClassVar[tuple[str, ...]] = ("executorch", "torchao")
     keeps_layers: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = False  # custom_sdpa is causal over the whole cache, with no window
     computes_softcap: ClassVar[bool] = False  # and no score cap
@@ -267,4 +265,4 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
     return written
 
 
-LM_BACKEND = ExecutorchLmBackend()
+BACKEND = ExecutorchLmBackend()

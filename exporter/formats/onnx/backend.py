@@ -26,7 +26,6 @@ class _OnnxState:
 class OnnxBackend:
     format = "onnx"
     precisions = ("fp32", *QUANTIZERS)
-    libraries = ("onnx", "onnxruntime", "onnxscript", "onnxslim")
     preflight_hint = ("Replace those layers with supported ones, register an ONNX translation "
                       "(torch.onnx custom_translation_table), or choose a target without ONNX")
     reproducible = REPRODUCIBLE

@@ -21,13 +21,12 @@ class OnnxLmLowered:
 
 class OnnxLmBackend:
     format: ClassVar[str] = "onnx"
-    libraries: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime", "onnxscript", "onnxruntime-genai")
     keeps_layers: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = True  # the model's own attention and masks, traced
     computes_softcap: ClassVar[bool] = True
 
     def lower(self, lm: CausalLM, settings: LmSettings, scratch: Path, progress: Progress) -> OnnxLmLowered:
-        from exporter.lm.decode_step import export_decode_step
+        from exporter.formats.onnx.graph import export_decode_step
 
         progress(f"onnx: tracing {lm.name}: one decode step, {settings.cache_length}-token KV cache, "
                  "torch.export -> ONNX")
@@ -37,9 +36,9 @@ class OnnxLmBackend:
 
     def emit(self, lowered: OnnxLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
              plan: Planner, progress: Progress) -> LmEmitted:
-        from exporter.lm.decode_step import save_onnx
-        from exporter.lm.genai_builder import build, builder_choice
-        from exporter.lm.weights import WeightPlan, quantize_weights, to_fp16
+        from exporter.formats.onnx.genai_builder import build, builder_choice
+        from exporter.formats.onnx.graph import save_onnx
+        from exporter.formats.onnx.weights import WeightPlan, quantize_weights, to_fp16
 
         lm = lowered.lm
         model_type = getattr(lm.model.config, "model_type", "")
@@ -70,4 +69,4 @@ class OnnxLmBackend:
         return LmEmitted(cache, record, built_by, why, [data] if data.is_file() else [])
 
 
-LM_BACKEND = OnnxLmBackend()
+BACKEND = OnnxLmBackend()

@@ -22,7 +22,6 @@ from targets import Target, Variant
 class TfliteBackend:
     format = "tflite"
     precisions = ("fp32", *RECIPES)
-    libraries = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "ethos-u-vela")
     preflight_hint = ("Replace those layers with ones LiteRT supports (or keep them out of the exported "
                       "module and run them on the CPU in app code), or choose a target without TFLite")
     reproducible = REPRODUCIBLE

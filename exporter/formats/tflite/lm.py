@@ -41,7 +41,6 @@ class TfliteLmLowered:
 
 class TfliteLmBackend:
     format: ClassVar[str] = "tflite"
-    libraries: ClassVar[tuple[str, ...]] = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
     keeps_layers: ClassVar[str] = NO_AUTO_PRECISION
     computes_windows: ClassVar[bool] = True  # the model's masks; grouped_query_attention applies the soft cap
     computes_softcap: ClassVar[bool] = True
@@ -140,4 +139,4 @@ def _quantize(fp32: Path, out: Path, bits: int, block_size: int) -> dict:
             "symmetric": True, "weights": "every supported op's weights (decoder linears, embedding, head)"}
 
 
-LM_BACKEND = TfliteLmBackend()
+BACKEND = TfliteLmBackend()

@@ -30,7 +30,7 @@ from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
 from validators.validate import validate_directory
 
 Progress = Callable[[str], None]
-LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao")  # beside each format backend's own
+LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao", "onnxruntime-genai")  # beside each format's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
 
 
@@ -392,8 +392,7 @@ def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[P
                    "notes": lm.notes},
             "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
             "artifacts": entries,
-            "libraries": library_versions(target.formats, LIBRARIES + tuple(
-                name for fmt in target.formats for name in lm_backend(fmt).libraries)),
+            "libraries": library_versions(target.formats, LIBRARIES),
         })
         write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
                                        "trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.lm.decode_step import module_path, save_onnx
+from exporter.formats.onnx.graph import module_path, save_onnx
+from exporter.lm.backend import EMBEDDING, HEAD
 from exporter.quant.plan import METHODS, Planner, Scheme, planned_by, source_grid_note
 
-HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
 # MatMulNBits' compute of the activations, as the precision row declares it: int8 quantizes them per block at
 # run time (level 4, the fast CPU kernels); float (level 0: unset) computes in float32
 ACCURACY_LEVELS = {"int8": 4, "float": 0}

@@ -12,13 +12,18 @@ The artifact it writes is validated exactly like edgeport's own export.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from exporter.errors import ConversionError
-from exporter.lm.decode_step import GQA_BUFFER_IO, cache_shape
+from exporter.lm.decode_step import cache_shape
+
+# how a runtime feeds the builder's graph (the manifest's cache.io, read by validators/lm): a shared buffer
+GQA_BUFFER_IO = {"position": "attention_mask", "past": "past_key_values.{layer}.{kv}",
+                 "present": "present.{layer}.{kv}"}
 
 # transformers model_type -> what the builder calls it (the architectures its builders/ folder covers)
 KNOWN = {"llama", "mistral", "qwen2", "qwen3", "phi3", "phi", "gemma", "gemma2", "gemma3_text", "granite", "olmo",
@@ -58,7 +63,7 @@ def build(folder: Path, out: Path, block_size: int, method: str, cache_length: i
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(work),
                "-p", "int4", "-e", "cpu", "-c", str(scratch / "genai-cache"), "--extra_options", *options]
     done = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     built = work / out.name
     if done.returncode != 0 or not built.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -79,7 +84,7 @@ def _activation_compute(path: Path) -> str:
     """What the builder's MatMulNBits nodes compute their activations in, read from the graph it wrote."""
     import onnx
 
-    from exporter.lm.weights import ACCURACY_LEVELS
+    from exporter.formats.onnx.weights import ACCURACY_LEVELS
 
     graph = onnx.load(str(path), load_external_data=False).graph
     levels = sorted({next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "accuracy_level"),
