@@ -14,6 +14,7 @@ import typer
 
 from common.errors import INTERNAL_ERROR_EXIT, PIP_PACKAGES, EdgeportError, MissingDependencyError, first_line
 from exporter.builder.buildfile import DEFAULT_FILE as BUILD_FILE
+from exporter.options import ExportOptions, help_of
 from validators.diff import Thresholds
 
 DIFF = Thresholds()  # `edgeport diff`'s defaults
@@ -31,9 +32,7 @@ app = typer.Typer(
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors, and the converters' "
                                      "own output (silenced otherwise).")]
-AllowSynthetic = Annotated[bool, typer.Option(
-    "--allow-synthetic-eval", help="Let a verdict rest on synthetic eval inputs (no --eval and no bundled data). "
-    "Without it such a run is provisional: exit 1, report.json passed=false with the reason.")]
+AllowSynthetic = Annotated[bool, typer.Option("--allow-synthetic-eval", help=help_of("allow_synthetic_eval"))]
 
 
 def _progress(message: str) -> None:
@@ -126,50 +125,31 @@ def _print_summary(directory: Path, report: dict) -> None:
 
 @app.command()
 def export(
-    target: Annotated[str, typer.Option("--target", "-t", help="A built-in target (see `edgeport targets`) "
-                                        "or the path of your own .toml profile.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="demo:digits | path/file.py:factory | "
-                                       "package.module:factory | model.pt2 | TorchScript file; language models "
-                                       "(with an -llm target): demo:tinylm | a Hugging Face folder (hf:DIR) | "
-                                       "model.gguf. Default: demo:digits, or demo:tinylm for an -llm target.")] = None,
-    out: Annotated[Path, typer.Option(help="Artifacts go to OUT/<model>/<target>/.")] = Path("artifacts"),
-    calib: Annotated[Path | None, typer.Option(help="Calibration data for static int8: .npz keyed by input "
-                                               "name, or a folder of .npy files.")] = None,
-    eval_data: Annotated[Path | None, typer.Option("--eval", help="Evaluation data (.npz / .npy folder); a "
-                                                   "`labels` array adds task accuracy. For a language model: a "
-                                                   "UTF-8 text file (default: held-out stdlib docstrings).")] = None,
-    inputs: Annotated[list[str] | None, typer.Option("--input", help="NAME:1x3x224x224:float32, once per "
-                                                     "forward argument, when the model has no example inputs.")] = None,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 dynamic where the "
-                                                "format allows.")] = False,
-    weights: Annotated[Path | None, typer.Option(help="A state dict to load (weights_only) into the "
-                                                 "factory's module.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow full unpickling of a torch.save'd "
-                                               "module. Runs code from the file: only for files you trust.")] = False,
-    name: Annotated[str | None, typer.Option(help="Model name for the artifact directory.")] = None,
-    auto_precision: Annotated[bool | None, typer.Option(
-        "--auto-precision/--no-auto-precision", help="Keep the most harmful layers of a quantized variant "
-        "(static int8 ONNX/TFLite, compressed Core ML) in float until it meets its budget (default: the "
-        "target's auto_precision).")] = None,
-    output_kinds: Annotated[list[str] | None, typer.Option(
-        "--output-kind", help="NAME:KIND, how an output is judged: classification (top-1 agreement, cosine, SQNR, "
-        "max_abs), embedding (cosine, SQNR, max_abs; never its argmax), regression (SQNR, max_abs), tensor. "
-        "Default: inferred (unit-norm rows: embedding; N x C: classification). A model can also declare "
-        "them as its `edgeport_output_kinds` attribute, e.g. {'output': 'embedding'}.")] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help=help_of("target"))],
+    model: Annotated[str | None, typer.Option("--model", "-m", help=help_of("model"))] = None,
+    out: Annotated[Path, typer.Option("--out", help=help_of("out"))] = Path("artifacts"),
+    calib: Annotated[Path | None, typer.Option("--calib", help=help_of("calib"))] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help=help_of("eval"))] = None,
+    inputs: Annotated[list[str] | None, typer.Option("--input", help=help_of("inputs"))] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help=help_of("dynamic_batch"))] = False,
+    weights: Annotated[Path | None, typer.Option("--weights", help=help_of("weights"))] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=help_of("trust_pickle"))] = False,
+    name: Annotated[str | None, typer.Option("--name", help=help_of("name"))] = None,
+    auto_precision: Annotated[bool | None, typer.Option("--auto-precision/--no-auto-precision",
+                                                        help=help_of("auto_precision"))] = None,
+    output_kinds: Annotated[list[str] | None, typer.Option("--output-kind", help=help_of("output_kinds"))] = None,
     allow_synthetic_eval: AllowSynthetic = False,
     debug: Debug = False,
 ) -> None:
     """Export, optimize, quantize and validate a model for one target."""
 
     def action() -> int:
-        from exporter.pipeline import ExportOptions, run_export
-        from exporter.specs import parse_input_spec, parse_output_kind
+        from exporter.pipeline import run_export
 
-        options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data,
-                                inputs=[parse_input_spec(s) for s in inputs or []], dynamic_batch=dynamic_batch,
-                                weights=weights, trust_pickle=trust_pickle, name=name, auto_precision=auto_precision,
-                                allow_synthetic_eval=allow_synthetic_eval,
-                                output_kinds=dict(parse_output_kind(s) for s in output_kinds or []))
+        options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data, inputs=inputs,
+                                dynamic_batch=dynamic_batch, weights=weights, trust_pickle=trust_pickle, name=name,
+                                auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval,
+                                output_kinds=output_kinds)
         directory, report = run_export(options, _progress)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1

@@ -1,44 +1,35 @@
-"""`edgeport export` for every model kind: load the target, check where it goes, hand the model to the
-plug-in of the target's kind (exporter/kinds/), which converts, validates and reports."""
+"""`edgeport export` for every model kind, one straight line:
+
+    target -> output place -> kind.prepare (load, data, preflight, reference: every refusal before a long step)
+           -> staging -> export.write (lower, emit, diagnose, stamp each artifact) -> manifest -> export log
+           -> validate (the kind's judge) -> report
+
+A kind (exporter/kinds/) supplies prepare and write (its Export); staging, the manifest's shared part, the export log,
+validation and the report are this module's, the same for every kind."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
-from typing import Any
 
 from exporter.lm.source import refuse_encoder_folder
-from exporter.specs import TensorSpec
+from exporter.options import ExportOptions, Progress
 from exporter.staging import check_output_place
 from targets import load_target
 
-Progress = Callable[[str], None]
-
-
-@dataclass
-class ExportOptions:
-    model: Any  # a SPEC string, or an nn.Module (then example_inputs)
-    target: str
-    out: Path = Path("artifacts")
-    calib: Path | dict | None = None  # a file, or arrays keyed by input name (plus labels)
-    eval: Path | dict | None = None
-    example_inputs: tuple | None = None
-    inputs: list[TensorSpec] = field(default_factory=list)
-    dynamic_batch: bool = False
-    weights: Path | None = None
-    trust_pickle: bool = False
-    name: str | None = None
-    auto_precision: bool | None = None  # None: as the target profile says
-    allow_synthetic_eval: bool = False  # let a verdict on synthetic eval inputs pass (else it is provisional)
-    output_kinds: dict[str, str] = field(default_factory=dict)  # output name -> kind, over what is inferred
-
 
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
-    """The one entry for every model kind: the target names its kind, the kind's plug-in does the export."""
+    """The one entry for every model kind: the target names its kind, the kind's plug-in prepares and writes."""
+    from common.artifact_dir import EXPORT_LOG, MANIFEST
+    from common.files import write_json
     from exporter.kinds import kind_of_source, model_kind
+    from exporter.manifest import build_manifest
+    from exporter.staging import staged_directory
+    from validators.report import write_reports
+    from validators.validate import validate_directory
 
+    started = time.perf_counter()
     target = load_target(options.target)  # fail on a bad target before any heavy work
     check_output_place(options.out)
     if options.auto_precision is not None:
@@ -47,4 +38,13 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     kind = model_kind(target.kind)
     if options.model is None:
         options.model = kind.default_model
-    return kind_of_source(options.model, kind).export(options, target, progress)
+    export = kind_of_source(options.model, kind).prepare(options, target, progress)
+    final = options.out / export.name / target.name
+    with staged_directory(final) as work:
+        written = export.write(work, progress)
+        write_json(work / MANIFEST, build_manifest(target, export, written, work))
+        write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 3), **written.log})
+        progress(f"[5/5] validating {len(written.artifacts)} artifact(s), each with its own runtime")
+        report = validate_directory(work, progress)
+        write_reports(work, report)
+    return final, report

@@ -44,6 +44,14 @@ class Seq2SeqTarget:
     auto_precision: bool = False
     origin: str = ""
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.format for v in self.variants))
+
+    def to_profile(self) -> dict:
+        return {"name": self.name, "variants": [{"format": v.format, "precision": v.precision, "max_abs": v.max_abs}
+                                                for v in self.variants]}
+
 
 def read_target(data: dict, origin: str) -> Seq2SeqTarget:
     from targets import TargetError
@@ -128,52 +136,51 @@ class Seq2SeqKind:
     def describe(self, target: Seq2SeqTarget) -> list[str]:
         return [f"  {v.format:5} {v.precision:13} {v.filename}" for v in target.variants]
 
-    def export(self, options: Any, target: Seq2SeqTarget, progress: Callable[[str], None]) -> tuple[Path, dict]:
+    def prepare(self, options: Any, target: Seq2SeqTarget, progress: Callable[[str], None]) -> Seq2SeqExport:
+        return Seq2SeqExport(target)
+
+
+class Seq2SeqExport:
+    """The model and PyTorch's greedy decoding of three sources, before anything is written."""
+
+    name = "seq2seq"
+    libraries = ()
+
+    def __init__(self, target: Seq2SeqTarget) -> None:
         import torch
 
-        from common.artifact_dir import MANIFEST, SCHEMA
-        from common.files import save_npz, sha256_file, size_bytes, write_json
-        from exporter import __version__
-        from exporter.artifacts import provenance
-        from exporter.formats import backend
-        from exporter.staging import staged_directory
-        from validators.report import write_reports
-        from validators.validate import validate_directory
-
-        model = _model()
-        weights = hashlib_of(model)
+        self.target, self.torch_model = target, _model()
+        self.model = {"name": "seq2seq", "source": SPEC, "sha256": hashlib_of(self.torch_model)}
         sources = np.random.default_rng(0).integers(2, VOCAB, (3, 1, SOURCE)).astype(np.int64)
         with torch.no_grad():
             def eager(method, inputs):
-                return [t.numpy() for t in _as_tuple(getattr(model, method)(*map(torch.from_numpy, inputs)))]
+                return [t.numpy() for t in _as_tuple(getattr(self.torch_model, method)(*map(torch.from_numpy, inputs)))]
 
             decoded = [greedy(eager, s) for s in sources]
-        reference = {"sources": sources, "tokens": np.array([t for t, _ in decoded]),
-                     "logits": np.stack([logits for _, logits in decoded])}
-        final = options.out / "seq2seq" / target.name
-        with staged_directory(final) as work:
-            entries = []
-            for variant in target.variants:
-                progress(f"{variant.format}: exporting encode and decode_step")
-                files = _lower(model, variant, work)
-                stamp = provenance("seq2seq", weights, target.name, variant.precision)
-                files += [extra for f in dict.fromkeys(files[:2]) for extra in backend(variant.format).stamp(f, stamp)]
-                described = [{"path": f.name, "bytes": size_bytes(f), "sha256": sha256_file(f)}
-                             for f in dict.fromkeys(files)]
-                entries.append({"format": variant.format, "precision": variant.precision, "path": files[0].name,
-                                "methods": {m: f.name for m, f in zip(METHODS, files[:2], strict=True)},
-                                "files": described, "bytes": sum(d["bytes"] for d in described),
-                                "sha256": described[0]["sha256"],
-                                "budget": {"max_abs": variant.max_abs, "min_top1_agreement": 1.0}})
-            save_npz(work / "reference.npz", reference)
-            write_json(work / MANIFEST, {
-                "schema": SCHEMA, "kind": target.kind, "edgeport": __version__,
-                "model": {"name": "seq2seq", "source": SPEC, "sha256": weights},
-                "target": {"name": target.name, "profile": {"name": target.name}},
-                "artifacts": entries, "reference": {"path": "reference.npz"}})
-            report = validate_directory(work, progress)
-            write_reports(work, report)
-        return final, report
+        self.reference = {"sources": sources, "tokens": np.array([t for t, _ in decoded]),
+                          "logits": np.stack([logits for _, logits in decoded])}
+
+    def write(self, work: Path, progress: Callable[[str], None]):
+        from common.files import save_npz, sha256_file, size_bytes
+        from exporter.artifacts import provenance
+        from exporter.formats import backend
+        from exporter.kinds import Written
+
+        entries = []
+        for variant in self.target.variants:
+            progress(f"{variant.format}: exporting encode and decode_step")
+            files = _lower(self.torch_model, variant, work)
+            stamp = provenance("seq2seq", self.model["sha256"], self.target.name, variant.precision)
+            files += [extra for f in dict.fromkeys(files[:2]) for extra in backend(variant.format).stamp(f, stamp)]
+            described = [{"path": f.name, "bytes": size_bytes(f), "sha256": sha256_file(f)}
+                         for f in dict.fromkeys(files)]
+            entries.append({"format": variant.format, "precision": variant.precision, "path": files[0].name,
+                            "methods": {m: f.name for m, f in zip(METHODS, files[:2], strict=True)},
+                            "files": described, "bytes": sum(d["bytes"] for d in described),
+                            "sha256": described[0]["sha256"],
+                            "budget": {"max_abs": variant.max_abs, "min_top1_agreement": 1.0}})
+        save_npz(work / "reference.npz", self.reference)
+        return Written(entries, {}, {"path": "reference.npz"}, {})
 
 
 def hashlib_of(model) -> str:

@@ -99,3 +99,28 @@ def test_demo_blame_matches_an_independent_computation(demo_android):
     independent = tflite_accumulated_sqnr(directory / "model.tflite", directory / "model.int8.tflite", inputs)
     for row in tflite_rows:
         assert independent[row["tensor"]] == pytest.approx(row["sqnr_db_accumulated"], abs=0.01)
+
+
+@pytest.mark.parametrize("most,needed", [(12, 5), (12, 1), (12, 12), (1, 1), (7, 0)])
+def test_the_one_kept_set_search_finds_the_fewest_layers_and_leaves_them_on_disk(most, needed):
+    """Both kinds' auto precision: keeping more of the worst layers never hurts, so a bisection after the most
+    finds the fewest that meet the budget, and the variant on disk is that one, not the last one tried."""
+    from exporter.diagnosis.search import fewest_kept
+
+    on_disk = []
+
+    def attempt(count: int) -> list[str]:
+        on_disk.append(count)
+        return [] if count >= needed else [f"{count} kept: misses"]
+
+    kept = fewest_kept(most, attempt)
+    assert kept.count == max(1, needed) and kept.violations == [] and on_disk[-1] == kept.count
+    assert kept.candidates_tried == len(on_disk) <= 2 + int(np.ceil(np.log2(most)))
+
+
+def test_the_kept_set_search_keeps_the_most_when_even_that_misses():
+    from exporter.diagnosis.search import fewest_kept
+
+    tried = []
+    kept = fewest_kept(9, lambda count: tried.append(count) or ["the miss is elsewhere"])
+    assert kept.count == 9 and kept.violations == ["the miss is elsewhere"] and tried == [9]

@@ -92,18 +92,18 @@ def test_a_sliding_layer_whose_fill_level_the_trace_freezes_fails(family, monkey
     ("executorch", "gemma2", "sliding window")])
 def test_formats_without_windows_refuse_a_window_shorter_than_the_cache(fmt, family, reason):
     from exporter.errors import ConversionError
+    from exporter.formats import backend
     from exporter.lm.attention import refuse_unsupported_attention
-    from exporter.lm.backend import lm_backend
 
     model = _model(family)
-    backend = lm_backend(fmt)
+    backend = backend(fmt, "causal-lm")
     with pytest.raises(ConversionError, match=reason):
         refuse_unsupported_attention(model, fmt, CACHE, windows=backend.computes_windows,
                                      softcap=backend.computes_softcap)
     refuse_unsupported_attention(model, fmt, GENERATION_WINDOW, windows=False, softcap=True)  # the window holds all
     for computes in ("onnx", "tflite"):  # these take the model as it is
-        refuse_unsupported_attention(model, computes, CACHE, windows=lm_backend(computes).computes_windows,
-                                     softcap=lm_backend(computes).computes_softcap)
+        refuse_unsupported_attention(model, computes, CACHE, windows=backend(computes, "causal-lm").computes_windows,
+                                     softcap=backend(computes, "causal-lm").computes_softcap)
 
 
 def test_executorch_refuses_soft_capped_attention_and_litert_computes_it():
@@ -112,11 +112,11 @@ def test_executorch_refuses_soft_capped_attention_and_litert_computes_it():
     from transformers import Gemma2Config
 
     from exporter.errors import ConversionError
+    from exporter.formats import backend
     from exporter.lm.attention import grouped_query_attention, refuse_unsupported_attention
-    from exporter.lm.backend import lm_backend
 
     model = _model("gemma2", sliding_window=CACHE)
-    executorch = lm_backend("executorch")
+    executorch = backend("executorch", "causal-lm")
     with pytest.raises(ConversionError, match="soft-caps its attention scores"):
         refuse_unsupported_attention(model, "executorch", CACHE, windows=executorch.computes_windows,
                                      softcap=executorch.computes_softcap)

@@ -8,8 +8,9 @@
     eval = "data/digits-eval.npz"
     targets = ["android", "iot-npu", "ios"]
 
-Other keys of a model mirror the export's flags: weights, input, output_kind, dynamic_batch, auto_precision,
-allow_synthetic_eval, trust_pickle. Every mistake is one line naming the file, the entry and the fix (exit 2).
+Other keys of a model are the export's flags without dashes (exporter/options.py declares which: paths such as
+weights, true/false flags such as dynamic_batch and auto_precision, lists such as input and output_kind). Every
+mistake is one line naming the file, the entry and the fix (exit 2).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import UserInputError
+from exporter.options import FLAG, LIST, PATH, build_keys
 
 DEFAULT_FILE = "edgeport.toml"
 TOP_KEYS = ("out", "models")
-PATH_KEYS = ("calib", "eval", "weights")
-FLAG_KEYS = {"dynamic_batch": bool, "auto_precision": bool, "allow_synthetic_eval": bool, "trust_pickle": bool}
-LIST_KEYS = ("input", "output_kind")
+PATH_KEYS, FLAG_KEYS, LIST_KEYS = build_keys(PATH), build_keys(FLAG), build_keys(LIST)
 MODEL_KEYS = ("model", "name", "targets", *PATH_KEYS, *FLAG_KEYS, *LIST_KEYS)
 
 
@@ -148,9 +148,9 @@ def _model_entry(raw: Any, index: int, path: Path) -> ModelEntry:
                 raise _fail(path, f"{where}: {key} file {raw[key]} does not exist (relative to the build file)")
             paths[key] = raw[key]
     flags = {}
-    for key, kind in FLAG_KEYS.items():
+    for key in FLAG_KEYS:
         if key in raw:
-            if not isinstance(raw[key], kind):
+            if not isinstance(raw[key], bool):
                 raise _fail(path, f"{where}: {key} must be true or false, got {raw[key]!r}")
             flags[key] = raw[key]
     lists = {}

@@ -4,14 +4,13 @@ implements it and the diagnosis stage never imports a format."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-Progress = Callable[[str], None]
+from exporter.options import Progress  # noqa: F401  (what a LayerQuantizer reports through)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from common.artifact_dir import Reference
 from common.files import size_bytes
 from exporter.diagnosis.blame import BlameRow, blame_feeds
 from exporter.diagnosis.contract import LayerQuantizer, Progress
+from exporter.diagnosis.search import fewest_kept
 from targets import Target, Variant
 from validators.candidate import Candidate
 
@@ -95,30 +96,15 @@ def auto_precision(quantizer: LayerQuantizer, rows: list[BlameRow], out: Path, c
     """Keep the fewest most-harmful layers in float that meet the budget (or every weighted layer,
     when even that does not). `before` is what the fully quantized `out` violates."""
     bytes_before = size_bytes(out)
-    tried: dict[int, tuple[list[str], list[str]]] = {}  # layers kept float -> (nodes excluded, violations)
+    excluded: list[str] = []  # the graph nodes the variant on disk keeps out of the quantized scheme
 
     def attempt(count: int) -> list[str]:
-        excluded = quantizer.keep_float(rows[:count], out)
-        tried[count] = (excluded, candidate.violations(out))
-        return tried[count][1]
+        excluded[:] = quantizer.keep_float(rows[:count], out)
+        return candidate.violations(out)
 
-    # Every weighted layer in float first: if that misses too, the miss is elsewhere (activations
-    # between layers) and no choice of layers helps. Then a bisection on how many of the worst to
-    # keep (more float layers never hurt): about log2(layers) re-quantizations, not one per layer.
-    count = len(rows)
-    if not attempt(count):
-        low = 1
-        while low < count:
-            middle = (low + count) // 2
-            if attempt(middle):
-                low = middle + 1
-            else:
-                count = middle
-    last = list(tried)[-1]
-    if last != count:  # `out` holds the last model tried; rewrite it as decided
-        attempt(count)
-    excluded, remaining = tried[count]
+    # every weighted layer in float first: if that misses too, the miss is elsewhere (activations between layers)
+    kept = fewest_kept(len(rows), attempt)
     return AutoPrecisionDecision(
-        met=not remaining, kept_float=[r.name for r in rows[:count]], excluded_nodes=excluded,
+        met=not kept.violations, kept_float=[r.name for r in rows[:kept.count]], excluded_nodes=list(excluded),
         weighted_layers=quantizer.weighted_layers, bytes_before=bytes_before, bytes_after=size_bytes(out),
-        violations_before=before, violations_after=remaining, candidates_tried=len(tried) + (last != count))
+        violations_before=before, violations_after=kept.violations, candidates_tried=kept.candidates_tried)

@@ -2,19 +2,42 @@
 
 A kind is one module exposing KIND (the ModelKind below): the targets that are its own (a target's `kind`),
 the model sources it claims, its embedded default model, how `edgeport targets` describes its targets, and
-its export. What an export wrote is judged by the kind's judge (validators/judges/). The registry maps names
+how it prepares and writes an export (exporter/pipeline.py runs every other stage). What an export wrote is
+judged by the kind's judge (validators/judges/). The registry maps names
 to modules, imported only when a kind is used, so `edgeport --help` imports none."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from exporter.errors import UserInputError
 
 KINDS = {"tensor": "exporter.kinds.tensor", "causal-lm": "exporter.kinds.causal_lm"}
+
+
+@dataclass
+class Written:
+    """What a kind's export wrote into the staging directory, for the manifest and the export log."""
+
+    artifacts: list[dict]  # one manifest entry per artifact: format, precision, path, bytes, sha256, budget, ...
+    sections: dict  # the kind's own manifest sections ("trace", "inputs", "data"; "lm")
+    reference: dict  # {"path": the reference file} and what else the kind records of it
+    log: dict  # export.json: what the export measured on this host (timings), beside export_seconds
+
+
+class Export(Protocol):
+    """One prepared export: the model loaded and judged in PyTorch, nothing written yet."""
+
+    name: str  # the artifact directory's model name: OUT/<name>/<target>/
+    model: dict  # the manifest's model record: name, source, kind, sha256 (and what else the kind knows)
+    libraries: tuple[str, ...]  # pip packages the manifest records beside torch, numpy and the formats'
+
+    def write(self, work: Path, progress: Callable[[str], None]) -> Written:
+        """Every artifact (stamped), the reference and the kind's files, into `work`."""
 
 
 class ModelKind(Protocol):
@@ -29,8 +52,9 @@ class ModelKind(Protocol):
     def describe(self, target: Any) -> list[str]:
         """`edgeport targets`: the lines under the target's name."""
 
-    def export(self, options: Any, target: Any, progress: Callable[[str], None]) -> tuple[Path, dict]:
-        """Load, convert, diagnose, write the manifest, validate and report; returns (directory, report)."""
+    def prepare(self, options: Any, target: Any, progress: Callable[[str], None]) -> Export:
+        """Load the model, read the data, check the formats and compute the reference; nothing written yet
+        (bad input is refused here, before a long step)."""
 
 
 def register(name: str, module: str) -> None:

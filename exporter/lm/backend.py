@@ -14,16 +14,15 @@ speed figures is validators/lm/runtime.open_lm, chosen by the manifest entry's f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from exporter.lm.source import CausalLM
+from exporter.options import Progress
 from exporter.quant.plan import Planner
 from targets.lm import LmSettings, LmVariant
 
-Progress = Callable[[str], None]
 Kept = dict[str, int | None]
 
 
@@ -38,7 +37,7 @@ class LmEmitted:
 
 class LmBackend(Protocol):
     format: ClassVar[str]
-    keeps_layers: ClassVar[str]  # "" when emit takes `kept` (auto precision); else why it cannot
+    cannot_keep_layers: ClassVar[str]  # why emit cannot take `kept` (auto precision); "" when it can
     # what its attention computes beyond causal attention over the cache: a sliding window per layer, and
     # soft-capped scores (exporter/lm/attention.py refuses a model that needs what the format lacks)
     computes_windows: ClassVar[bool]
@@ -52,12 +51,6 @@ class LmBackend(Protocol):
 
 # module paths of the output head and the embedding table in transformers' decoders
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"
-
-
-def lm_backend(fmt: str) -> LmBackend:
-    from exporter.formats import backend
-
-    return backend(fmt, "causal-lm")
 
 
 def linear_modules(model: Any) -> list[str]:

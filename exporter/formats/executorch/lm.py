@@ -42,7 +42,7 @@ IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cach
 
 class ExecutorchLmBackend:
     format: ClassVar[str] = "executorch"
-    keeps_layers: ClassVar[str] = ""
+    cannot_keep_layers: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = False  # custom_sdpa is causal over the whole cache, with no window
     computes_softcap: ClassVar[bool] = False  # and no score cap
 

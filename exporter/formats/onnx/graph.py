@@ -26,24 +26,24 @@ def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: 
     except Exception as exc:  # the ONNX exporter on a program it cannot take
         raise not_exported(model, exc) from exc
     onnx_program.save(str(out), external_data=True)
-    _fold_transposed_weights(out)
+    _tidy(out)
     return cache
 
 
-def _fold_transposed_weights(path: Path) -> None:
-    """A tied output head reads the embedding table through a Transpose computed on every call (a whole
-    vocab x hidden copy per token) and is then no constant a weight quantizer can see: store it transposed."""
+def _tidy(path: Path) -> None:
+    """Two rewrites of the exported graph. A tied output head reads the embedding table through a Transpose
+    computed on every call (a whole vocab x hidden copy per token), and is then no constant a weight quantizer
+    can see: it is stored transposed. And the exporter's stack traces name files by their absolute path, so the
+    same export from two checkouts differed in bytes: they are dropped (name scopes stay, module_path reads them)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     initializers = {init.name: init for init in model.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    changed = False
     for node in list(model.graph.node):
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
         if node.op_type != "Transpose" or node.input[0] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[0]])
@@ -51,9 +51,10 @@ def _fold_transposed_weights(path: Path) -> None:
         folded = numpy_helper.from_array(weight.transpose(perm) if perm else weight.T, node.output[0])
         model.graph.initializer.append(folded)
         model.graph.node.remove(node)
-        changed = True
-    if changed:
-        save_onnx(model, path)
+    save_onnx(model, path)
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
 def save_onnx(model: Any, path: Path) -> None:

@@ -41,7 +41,7 @@ class TfliteLmLowered:
 
 class TfliteLmBackend:
     format: ClassVar[str] = "tflite"
-    keeps_layers: ClassVar[str] = NO_AUTO_PRECISION
+    cannot_keep_layers: ClassVar[str] = NO_AUTO_PRECISION
     computes_windows: ClassVar[bool] = True  # the model's masks; grouped_query_attention applies the soft cap
     computes_softcap: ClassVar[bool] = True
 

@@ -5,7 +5,6 @@ demo:tinylm, factories returning (model, tokenizer)), exported by export.py and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from targets.lm import LmTarget
@@ -33,10 +32,10 @@ class CausalLmKind:
                                                                                       else ""))
         return lines
 
-    def export(self, options: Any, target: LmTarget, progress: Callable[[str], None]) -> tuple[Path, dict]:
-        from exporter.kinds.causal_lm.export import run_lm_export
+    def prepare(self, options: Any, target: LmTarget, progress: Callable[[str], None]) -> Any:
+        from exporter.kinds.causal_lm.export import LmExport
 
-        return run_lm_export(options, target, progress)
+        return LmExport(options, target, progress)
 
 
 KIND = CausalLmKind()

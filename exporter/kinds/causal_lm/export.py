@@ -1,37 +1,38 @@
-"""The causal-LM kind's export: source -> reference (PyTorch, teacher-forced and free-running) -> one traced decode
-step with a fixed-length KV cache -> a variant per precision (edgeport's export, or onnxruntime-genai's
-builder) -> blame and auto precision -> manifest -> token-level validation (validators/judges/causal_lm.py)
--> report.
+"""The causal-LM kind's export: source -> reference (PyTorch, teacher-forced and free-running) (prepared), then
+one traced decode step with a fixed-length KV cache -> a variant per precision (edgeport's export, or
+onnxruntime-genai's builder) -> blame and auto precision (written); exporter/pipeline.py writes the manifest and
+runs the token-level validation (validators/judges/causal_lm.py) and the report.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.artifact_dir import EXPORT_LOG, MANIFEST, REPRODUCIBLE, SCHEMA
-from common.files import save_npz, sha256_file, size_bytes, write_json
-from exporter import __version__
+from common.artifact_dir import REPRODUCIBLE
+from common.files import save_npz, sha256_file, size_bytes
 from exporter.artifacts import provenance
+from exporter.diagnosis.search import fewest_kept
 from exporter.errors import UserInputError
 from exporter.formats import backend as format_backend
-from exporter.lm.backend import lm_backend
+from exporter.kinds import Written
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
-from exporter.manifest import library_versions
+from exporter.options import Progress
 from exporter.quant.plan import METHODS, Planner, weight_scheme
-from exporter.staging import staged_directory
 from targets.lm import LmTarget, LmVariant
 from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
-from validators.validate import validate_directory
 
-Progress = Callable[[str], None]
 LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao", "onnxruntime-genai")  # beside each format's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
+
+
+def _lm_backend(fmt: str) -> Any:
+    """The format's language-model backend (exporter/lm/backend.py's LmBackend)."""
+    return format_backend(fmt, LmTarget.kind)
 
 
 def load_lm(options: Any, progress: Progress) -> CausalLM:
@@ -68,7 +69,7 @@ def _refuse_unsupported_attention(lm: CausalLM, target: LmTarget) -> None:
     from exporter.lm.attention import refuse_unsupported_attention
 
     for fmt in target.formats:
-        backend = lm_backend(fmt)
+        backend = _lm_backend(fmt)
         refuse_unsupported_attention(lm.model, fmt, target.lm.cache_length, windows=backend.computes_windows,
                                      softcap=backend.computes_softcap)
 
@@ -246,7 +247,7 @@ class VariantBuilder:
         self.plan = Planner(lm.model, lambda: calibration or [], progress)
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
-        backend = lm_backend(variant.format)
+        backend = _lm_backend(variant.format)
         if variant.format not in self.lowered:
             begun = time.perf_counter()
             scratch = self.scratch / variant.format
@@ -293,7 +294,7 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
                                            f"{scheme.describe()}) in PyTorch, KL on {len(windows)} eval window(s)",
                                  "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
     if failing and target.auto_precision:
-        if reason := lm_backend(variant.format).keeps_layers:
+        if reason := _lm_backend(variant.format).cannot_keep_layers:
             diagnosis["auto_precision"] = {"not_offered": reason, "met_budget": False}
         else:
             entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged,
@@ -306,102 +307,101 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
     from validators.lm.runtime import open_lm
 
     keep_as = 8 if variant.row.bits == 4 else None  # a 4-bit variant keeps layers at 8 bits, an 8-bit one in float
-    before, first = entry["bytes"], judged
-    count, limit = 1, max(1, len(rows) // 2)
-    while True:
+    before, first, path = entry["bytes"], judged, entry["path"]
+    last: dict = {}  # the entry and judgement of the variant on disk
+
+    def attempt(count: int) -> list[str]:
         kept = {row["module"]: keep_as for row in rows[:count]}
         builder.progress(f"{variant.precision}: auto precision: keeping the {count} worst decoder linear(s) at "
                          f"{keep_as or 'float'} {'bits' if keep_as else ''}".rstrip())
-        entry = builder.emit(variant, work / entry["path"], kept)
-        judged = judge(open_lm(work, entry, builder.target.threads), reference, entry["budget"], entry["bytes"])
-        if not judged["violations"] or count >= limit:
-            break
-        count = min(limit, count * 2)
-    return entry, {"kept": {k: (v or "float") for k, v in kept.items()}, "met_budget": not judged["violations"],
+        last["entry"] = builder.emit(variant, work / path, kept)
+        last["judged"] = judge(open_lm(work, last["entry"], builder.target.threads), reference,
+                               last["entry"]["budget"], last["entry"]["bytes"])
+        return last["judged"]["violations"]
+
+    kept = fewest_kept(max(1, len(rows) // 2), attempt)  # at most half the linears: beyond that, ship 8 bits
+    entry, judged = last["entry"], last["judged"]
+    return entry, {"kept": {row["module"]: keep_as or "float" for row in rows[:kept.count]},
+                   "met_budget": not judged["violations"], "candidates_tried": kept.candidates_tried,
                    "bytes_before": before, "bytes_after": entry["bytes"], "violations_before": first["violations"],
                    "kl_mean_before": first["teacher_forced"]["kl_mean"],
                    "kl_mean_after": judged["teacher_forced"]["kl_mean"]}
 
 
-# export options a language-model target does not read: option -> (flag and build-file key, why)
+# export options a language-model target does not read: option -> why
 UNREAD_OPTIONS = {
-    "calib": ("--calib", "its variants round weights to nearest and calibrate nothing (method = \"gptq\" reads a "
-                         "calibration text; pass the eval text with --eval)"),
-    "weights": ("--weights", "its weights come with its source (a Hugging Face folder, a .gguf file or a factory)"),
-    "inputs": ("--input", "its inputs are token ids, shaped by the target's [lm] table (cache_length, "
-                          "prefill_length)"),
-    "dynamic_batch": ("--dynamic-batch", "it decodes one sequence; the [lm] table fixes the shapes"),
-    "output_kinds": ("--output-kind", "it is judged on its next-token distributions and generated tokens"),
-    "allow_synthetic_eval": ("--allow-synthetic-eval", "its eval is always real text (--eval, or the bundled "
-                                                      "corpus)"),
+    "calib": ("its variants round weights to nearest and calibrate nothing (method = \"gptq\" reads a calibration "
+              "text; pass the eval text with --eval)"),
+    "weights": "its weights come with its source (a Hugging Face folder, a .gguf file or a factory)",
+    "inputs": "its inputs are token ids, shaped by the target's [lm] table (cache_length, prefill_length)",
+    "dynamic_batch": "it decodes one sequence; the [lm] table fixes the shapes",
+    "output_kinds": "it is judged on its next-token distributions and generated tokens",
+    "allow_synthetic_eval": "its eval is always real text (--eval, or the bundled corpus)",
 }
 
 
 def _refuse_unread_options(options: Any, target: LmTarget) -> None:
-    for name, (flag, why) in UNREAD_OPTIONS.items():
+    from exporter.options import build_key, flag
+
+    for name, why in UNREAD_OPTIONS.items():
         if name == "calib" and target.needs_calibration:
             continue
         if getattr(options, name, None):
-            raise UserInputError(f"{flag} (build-file key {flag[2:].replace('-', '_')}) does nothing for the "
+            raise UserInputError(f"{flag(name)} (build-file key {build_key(name)}) does nothing for the "
                                  f"language-model target {target.name}: {why}; drop it")
 
 
-def run_lm_export(options: Any, target: LmTarget, progress: Progress) -> tuple[Path, dict]:
-    started = time.perf_counter()
-    _refuse_unread_options(options, target)
-    lm = load_lm(options, progress)
-    settings = target.lm
-    _refuse_unsupported_attention(lm, target)
-    prompts = _prompts(lm, target)
-    windows, eval_info, eval_text = _eval_windows(lm, target, options.eval)
-    calibration, calibration_info = None, None
-    if target.needs_calibration:  # refused before any long step when too short or shared with the eval text
-        calibration_text, calibration_info = _calibration_text(options, eval_text)
-        calibration = _calibration_batches(lm, calibration_text, settings)
-    reference = _reference(lm, windows, prompts, settings.new_tokens, progress)
-    eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]], settings.new_tokens,
-                         target.threads)
-    progress(f"eager PyTorch: {eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
-    final = options.out / lm.name / target.name
-    with staged_directory(final) as work, tempfile.TemporaryDirectory(prefix="edgeport-lm-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
-                 f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
-        builder = VariantBuilder(lm, target, scratch, progress, calibration)
-        entries, seconds, diagnosis_seconds = [], {}, {}
-        for variant in target.variants:
-            progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
-            begun = time.perf_counter()
-            entry = builder.emit(variant, work / variant.filename)
-            if variant.row.quantized:
-                diagnosed = time.perf_counter()
-                entry = _diagnose(builder, variant, entry, reference, work)
-                diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
-            entries.append(entry)
-            seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
-        lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
-        save_npz(work / REFERENCE, reference)
-        write_json(work / MANIFEST, {
-            "schema": SCHEMA, "kind": target.kind, "edgeport": __version__,
-            "model": {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
-                      "architecture": lm.architecture},
-            "target": {"name": target.name, "file": Path(target.origin).name, "profile": target.to_profile()},
-            "lm": {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
-                   "new_tokens": settings.new_tokens, "prefill_length": settings.prefill_length,
-                   "eval": eval_info, "calibration": calibration_info, "tokenizer": TOKENIZER_DIR,
-                   "notes": lm.notes},
-            "reference": {"path": REFERENCE, "sha256": sha256_file(work / REFERENCE)},
-            "artifacts": entries,
-            "libraries": library_versions(target.formats, LIBRARIES),
-        })
-        write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 1),
-                                       "trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
-                                       "weight_plan_seconds": {k: round(v, 1) for k, v in builder.plan.seconds.items()},
-                                       "diagnosis_seconds": diagnosis_seconds,
-                                       "eager": eager})
-        progress(f"[5/5] validating {len(entries)} artifact(s) token by token, each with its own runtime")
-        report = validate_directory(work, progress)
-        from validators.report import write_reports
+class LmExport:
+    """Prepared: the model loaded, every format's attention checked, prompts, eval windows and calibration text
+    read (refused when too short or shared with the eval text), the PyTorch reference and eager speed measured.
+    write() emits, diagnoses and stamps every variant."""
 
-        write_reports(work, report)
-    return final, report
+    libraries = LIBRARIES
+
+    def __init__(self, options: Any, target: LmTarget, progress: Progress) -> None:
+        _refuse_unread_options(options, target)
+        self.target = target
+        self.lm = lm = load_lm(options, progress)
+        settings = target.lm
+        _refuse_unsupported_attention(lm, target)
+        self.prompts = _prompts(lm, target)
+        windows, self.eval_info, eval_text = _eval_windows(lm, target, options.eval)
+        self.calibration, self.calibration_info = None, None
+        if target.needs_calibration:
+            calibration_text, self.calibration_info = _calibration_text(options, eval_text)
+            self.calibration = _calibration_batches(lm, calibration_text, settings)
+        self.reference = _reference(lm, windows, self.prompts, settings.new_tokens, progress)
+        self.eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]],
+                                  settings.new_tokens, target.threads)
+        progress(f"eager PyTorch: {self.eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
+        self.name = lm.name
+        self.model = {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
+                      "architecture": lm.architecture}
+
+    def write(self, work: Path, progress: Progress) -> Written:
+        lm, target, settings = self.lm, self.target, self.target.lm
+        with tempfile.TemporaryDirectory(prefix="edgeport-lm-") as scratch:
+            progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
+                     f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
+            builder = VariantBuilder(lm, target, Path(scratch), progress, self.calibration)
+            entries, seconds, diagnosis_seconds = [], {}, {}
+            for variant in target.variants:
+                progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
+                begun = time.perf_counter()
+                entry = builder.emit(variant, work / variant.filename)
+                if variant.row.quantized:
+                    diagnosed = time.perf_counter()
+                    entry = _diagnose(builder, variant, entry, self.reference, work)
+                    diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
+                entries.append(entry)
+                seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
+        lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
+        save_npz(work / REFERENCE, self.reference)
+        section = {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
+                   "new_tokens": settings.new_tokens, "prefill_length": settings.prefill_length,
+                   "eval": self.eval_info, "calibration": self.calibration_info, "tokenizer": TOKENIZER_DIR,
+                   "notes": lm.notes}
+        log = {"trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
+               "weight_plan_seconds": {k: round(v, 1) for k, v in builder.plan.seconds.items()},
+               "diagnosis_seconds": diagnosis_seconds, "eager": self.eager}
+        return Written(entries, {"lm": section}, {"path": REFERENCE}, log)

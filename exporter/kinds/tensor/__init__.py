@@ -5,7 +5,6 @@ stays light: `edgeport targets` imports it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
@@ -26,10 +25,10 @@ class TensorKind:
             lines.append(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
         return lines
 
-    def export(self, options: Any, target: Any, progress: Callable[[str], None]) -> tuple[Path, dict]:
-        from exporter.kinds.tensor.export import export_tensors
+    def prepare(self, options: Any, target: Any, progress: Callable[[str], None]) -> Any:
+        from exporter.kinds.tensor.export import TensorExport
 
-        return export_tensors(options, target, progress)
+        return TensorExport(options, target, progress)
 
 
 KIND = TensorKind()

@@ -1,34 +1,30 @@
-"""The tensor kind's export, one straight data path: source -> trace -> preflight -> lower (+passes) -> emit
-variants -> diagnose -> manifest -> validate -> report. Formats plug in behind exporter.formats.base.Backend;
-this module owns the loop every format shares (scratch directories, timing, provenance, records)."""
+"""The tensor kind's export, one straight data path: source -> trace -> preflight -> reference (prepared), then
+lower (+passes) -> emit variants -> diagnose -> stamp (written); exporter/pipeline.py writes the manifest,
+validates and reports. Formats plug in behind exporter.formats.base.Backend; this module owns the loop every
+format shares (scratch directories, timing, provenance, records)."""
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.artifact_dir import EXPORT_LOG, MANIFEST, Reference
-from common.files import write_json
+from common.artifact_dir import Reference
+from common.files import sha256_file, size_bytes
 from exporter.artifacts import ArtifactRecord, provenance
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
 from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
 from exporter.formats import backend
 from exporter.formats.base import Backend, Lowered
-from exporter.manifest import build_manifest
+from exporter.kinds import Written
+from exporter.options import Progress
 from exporter.sources import load_model, load_module
-from exporter.staging import staged_directory
 from exporter.trace import TracedModel, trace
 from targets import Target, Variant
 from validators.candidate import Candidate, ModelIO
-from validators.report import write_reports
-from validators.validate import validate_directory
-
-Progress = Callable[[str], None]
 
 
 def _given_data(given: Path | dict, traced: TracedModel, role: str, progress: Progress) -> Dataset:
@@ -138,31 +134,43 @@ def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
         raise UnsupportedOpsError(unsupported)
 
 
-def export_tensors(options: Any, target: Target, progress: Progress) -> tuple[Path, dict]:
-    """The tensor kind's export: trace once, then every format's variants, diagnosis, manifest, validation."""
-    started = time.perf_counter()
-    traced = _load(options, progress)
-    eval_data = _eval_data(options, traced, progress)
-    calibration = _calibration_data(options, traced, target.needs_calibration, progress)
-    _preflight(traced, target, progress)
-    reference = _reference(traced, eval_data)
-    _judge_outputs_as(traced, reference, options, progress)
-    _check_labels(traced, reference)
-    final = options.out / traced.loaded.name / target.name
-    with staged_directory(final) as work:
-        reference_path = reference.save(work)
-        calib_inputs = calibration.inputs if calibration is not None else None
+class TensorExport:
+    """Prepared: traced once, eval and calibration data read, every format's operators checked, the reference
+    computed and judged sane. write() emits every format's variants, diagnoses and stamps them."""
+
+    libraries: tuple[str, ...] = ()
+
+    def __init__(self, options: Any, target: Target, progress: Progress) -> None:
+        self.options, self.target = options, target
+        self.traced = _load(options, progress)
+        self.eval_data = _eval_data(options, self.traced, progress)
+        self.calibration = _calibration_data(options, self.traced, target.needs_calibration, progress)
+        _preflight(self.traced, target, progress)
+        self.reference = _reference(self.traced, self.eval_data)
+        _judge_outputs_as(self.traced, self.reference, options, progress)
+        _check_labels(self.traced, self.reference)
+        loaded = self.traced.loaded
+        self.name = loaded.name
+        self.model = {"name": loaded.name, "source": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256}
+
+    def write(self, work: Path, progress: Progress) -> Written:
+        traced, target, data = self.traced, self.target, self.eval_data
+        reference_path = self.reference.save(work)
+        calib_inputs = self.calibration.inputs if self.calibration is not None else None
         records: list[ArtifactRecord] = []
         for fmt in target.formats:
             progress(f"[4/5] converting to {fmt}")
-            records += _emit_format(backend(fmt), traced, target, calib_inputs, reference, work, progress)
-        write_json(work / MANIFEST, build_manifest(traced, target, eval_data, calibration, reference_path, records,
-                                                   work, options.allow_synthetic_eval))
-        write_json(work / EXPORT_LOG, _export_log(records, time.perf_counter() - started))
-        progress(f"[5/5] validating {len(records)} artifact(s) on {eval_data.samples} eval samples")
-        report = validate_directory(work, progress)
-        write_reports(work, report)
-    return final, report
+            records += _emit_format(backend(fmt), traced, target, calib_inputs, self.reference, work, progress)
+        sections = {
+            "trace": {"method": traced.method, "dynamic_batch": traced.dynamic_batch, "batch": traced.batch,
+                      "notes": traced.notes},
+            "inputs": [s.to_json() for s in traced.inputs],
+            "outputs": [s.to_json() for s in traced.outputs],
+            "data": {"eval": data.describe() | ({"synthetic_allowed": True} if self.options.allow_synthetic_eval
+                                                else {}),
+                     "calibration": self.calibration.describe() if self.calibration else None}}
+        return Written([_artifact_entry(r, work) for r in records], sections,
+                       {"path": reference_path.name, "samples": data.samples}, _export_log(records))
 
 
 def _emit_format(fmt_backend: Backend, traced: TracedModel, target: Target, calibration: dict | None,
@@ -219,10 +227,25 @@ def _diagnose(fmt_backend: Backend, lowered: Lowered, emitted, record: ArtifactR
     record.diagnosis.seconds = round(time.perf_counter() - start, 3)
 
 
-def _export_log(records: list[ArtifactRecord], total_seconds: float) -> dict:
+def _artifact_entry(record: ArtifactRecord, directory: Path) -> dict:
+    path = directory / record.path
+    entry = {
+        "format": record.variant.format, "precision": record.variant.precision, "path": record.path,
+        "bytes": size_bytes(path), "sha256": sha256_file(path),
+        "inputs": record.inputs, "outputs": record.outputs,
+        "conversion": record.conversion.to_json(), "quantization": record.quantization,
+        "reproducible": record.reproducible,
+        "budget": record.variant.budget.limits(),  # what validation judges it by, whatever the version
+        **record.companions,
+    }
+    if record.diagnosis is not None:
+        entry["diagnosis"] = record.diagnosis.to_json()
+    return entry
+
+
+def _export_log(records: list[ArtifactRecord]) -> dict:
     """What this export measured on the host: timings and auto precision's latencies (not reproducible)."""
     return {
-        "export_seconds": round(total_seconds, 3),  # from start to the manifest; validation not included
         "artifact_seconds": {r.path: r.seconds for r in records},
         "diagnosis_seconds": {r.path: r.diagnosis.seconds for r in records if r.diagnosis and r.diagnosis.seconds},
         "auto_precision_latency_ms": {r.path: r.diagnosis.host_latency_ms for r in records
