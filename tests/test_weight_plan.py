@@ -89,6 +89,47 @@ def test_a_quantized_sources_own_blocks_are_found_again_where_the_scheme_holds_t
     assert source_grid(torch.from_numpy(weight), scheme) is None  # float weights are on no grid
 
 
+def _q4_k_blocks(rows: int, columns: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """llama.cpp's Q4_K super-blocks (256 weights: float16 d and dmin, a 6-bit scale and minimum per 32 weights
+    packed in 12 bytes, 4-bit codes), as the gguf package dequantizes them, and their codes [rows, columns]."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(seed)
+    supers = rows * columns // 256
+    d = (rng.uniform(0.5, 2.0, supers) * 1e-3).astype(np.float16)
+    dmin = (rng.uniform(0.5, 2.0, supers) * 1e-3).astype(np.float16)
+    scale, minimum = rng.integers(1, 64, (supers, 8)), rng.integers(0, 64, (supers, 8))
+    codes = rng.integers(2, 14, (supers, 8, 32))  # as K-quants leave them: a block need not reach 0 or 15
+    packed = np.zeros((supers, 12), np.uint8)
+    packed[:, 0:4] = (scale[:, :4] & 63) | ((scale[:, 4:] >> 4) << 6)
+    packed[:, 4:8] = (minimum[:, :4] & 63) | ((minimum[:, 4:] >> 4) << 6)
+    packed[:, 8:12] = (scale[:, 4:] & 15) | ((minimum[:, 4:] & 15) << 4)
+    pairs = codes.reshape(supers, 4, 2, 32)
+    qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).astype(np.uint8).reshape(supers, 128)
+    raw = np.concatenate([d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2), packed, qs], axis=1)
+    stored = quants.dequantize(raw.reshape(rows, -1), GGMLQuantizationType.Q4_K)
+    expected = d.astype(np.float32)[:, None, None] * scale[..., None] * codes \
+        - dmin.astype(np.float32)[:, None, None] * minimum[..., None]
+    assert np.allclose(stored.reshape(-1), expected.reshape(-1), atol=1e-7)  # the layout is llama.cpp's
+    return torch.from_numpy(stored), codes.reshape(rows, columns)
+
+
+def test_k_quant_blocks_are_found_again_with_their_codes_where_float_zero_points_hold_them():
+    """Q4_K (the body of llama.cpp's Q4_K_M): a scale and a minimum per 32 weights whose codes need not reach 0 or
+    15. Float zero points hold them: the same codes, the values within 1/64 of a step (the plan's float16 scale
+    and minimum, where Q4_K's are products of float16 and 6-bit factors)."""
+    stored, codes = _q4_k_blocks(32, 256, seed=5)
+    found = source_grid(stored, Scheme(4, 32, False, True))
+    assert found is not None and found.method == "source"
+    offset = found.codes.numpy().astype(np.int16) - codes
+    blockwise = offset.reshape(32, 8, 32)
+    assert bool((blockwise == blockwise[..., :1]).all())  # per block one shift: the same codes, code 0 moved
+    steps = (found.dequantize() - stored).abs().reshape(32, 8, 32).amax(-1) / found.scales
+    assert float(steps.max()) < 1 / 64
+    assert source_grid(stored, Scheme(4, 32, False)) is None  # a 6-bit minimum is no whole code
+    assert source_grid(stored, Scheme(4, 32, True)) is None
+
+
 def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
     import onnx
     import onnxruntime as ort

@@ -11,9 +11,9 @@ A weight is `(code - zero_point) * scale`, codes in 0 .. 2**bits - 1:
   or, with float zero points, the exact offset (GGUF's Q4_1 "scale and minimum"), which re-finds a Q4_1
   source's own grid.
 
-A source already on a block grid (a Q4_0, Q4_1 or Q8_0 GGUF, dequantized to float by its loader) keeps its own
-codes: `source_grid` finds each block's scale and zero point again and checks that every weight is back within a
-thousandth of a step; where the scheme holds the grid, the plan is those codes (method "source") and no second
+A source already on a block grid (a Q4_0, Q4_1, Q8_0 or Q4_K GGUF, dequantized to float by its loader) keeps its
+own codes: `source_grid` finds each block's scale and zero point again and checks that every weight is back within
+a thousandth of a step; where the scheme holds the grid, the plan is those codes (method "source") and no second
 quantization happens.
 
 Methods: round-to-nearest, and GPTQ (Frantar et al. 2022): codes chosen column by column with the rounding
@@ -163,6 +163,12 @@ def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
         chosen_scales = torch.where(take, scales, chosen_scales)
         chosen_zeros = torch.where(take, zeros, chosen_zeros)
         found |= take
+    if scheme.float_zero_points and not bool(found.all()):
+        scales, take = _k_quant_grid(blocks, low, top)
+        take &= ~found
+        chosen_scales = torch.where(take, scales, chosen_scales)
+        chosen_zeros = torch.where(take, -low / torch.where(take, scales, 1.0), chosen_zeros)
+        found |= take
     if not bool(found.all()):
         return None
     chosen_scales = torch.where(low == high, _scale(high.abs() / max(1, middle - 1)), chosen_scales)
@@ -170,6 +176,30 @@ def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
     codes = _codes(blocks, chosen_scales[..., None], chosen_zeros[..., None], scheme.bits)
     codes = codes.reshape(rows, -1)[:, :columns].to(torch.uint8)
     return QuantizedWeight(codes, chosen_scales, chosen_zeros, scheme, "source")
+
+
+def _k_quant_grid(blocks: Any, low: Any, top: int) -> tuple[Any, Any]:
+    """(float16 scales, which blocks are on such a grid) for blocks of llama.cpp's K-quants (Q4_K: scale and
+    minimum per 32 weights, each a 6-bit multiple of its super-block's float16 factor), whose codes need not
+    reach 0 or 15: the step is the smallest gap between the block's values (or a half or third of it, where
+    neighbouring codes are missing), checked in float32 on every weight. The step and the minimum are then
+    stored as float16, as every plan's are: within 1/64 of a step of the source's values, the same codes."""
+    import torch
+
+    values = blocks.sort(-1).values
+    gaps = values.diff(dim=-1)
+    span = values[..., -1] - values[..., 0]
+    gaps = torch.where(gaps > 1e-6 * span[..., None], gaps, torch.inf)
+    smallest = gaps.amin(-1)
+    scales, found = torch.zeros_like(low), torch.zeros_like(low, dtype=torch.bool)
+    for divisor in (1, 2, 3):
+        step = smallest / divisor
+        codes = torch.round((blocks - low[..., None]) / step[..., None])
+        on_grid = (codes * step[..., None] + low[..., None] - blocks).abs().amax(-1) <= ON_GRID * step
+        take = torch.isfinite(step) & on_grid & (codes.amax(-1) <= top) & ~found
+        scales = torch.where(take, step, scales)
+        found |= take
+    return _scale(scales), found
 
 
 def _codes(values: Any, scales: Any, zero_points: Any, bits: int) -> Any:
