@@ -96,10 +96,10 @@ def test_formats_without_windows_refuse_a_window_shorter_than_the_cache(fmt, fam
     from exporter.lm.attention import refuse_unsupported_attention
 
     model = _model(family)
-    backend = backend(fmt, "causal-lm")
+    lowering = backend(fmt, "causal-lm")
     with pytest.raises(ConversionError, match=reason):
-        refuse_unsupported_attention(model, fmt, CACHE, windows=backend.computes_windows,
-                                     softcap=backend.computes_softcap)
+        refuse_unsupported_attention(model, fmt, CACHE, windows=lowering.computes_windows,
+                                     softcap=lowering.computes_softcap)
     refuse_unsupported_attention(model, fmt, GENERATION_WINDOW, windows=False, softcap=True)  # the window holds all
     for computes in ("onnx", "tflite"):  # these take the model as it is
         refuse_unsupported_attention(model, computes, CACHE, windows=backend(computes, "causal-lm").computes_windows,
