@@ -58,6 +58,7 @@ ZERO_POINTS = ("integer", "float")
 BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 EMBEDDING_BITS = (4, 8, 32)  # 32: float
+SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # exporter/quant/smooth.py ALPHAS
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
@@ -68,11 +69,14 @@ WEIGHT_SETTINGS = {
                     ZERO_POINTS),
     "embedding_bits": ("bits of the embedding table and output head of a 4-bit variant", EMBEDDING_BITS),
     "symmetric": ("4-bit blocks without zero points", (True, False)),
+    "smoothing": ("SmoothQuant alpha for variants with int8 activations: outlier input channels migrated into the "
+                  "weights, folded into the preceding norms (exact in float, calibrated); 0: off", SMOOTHING_ALPHAS),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
 RTN = {"method": ("rtn",)}  # LiteRT's and Core ML's quantizers round to nearest
 PLANNED = {"method": ("rtn", "gptq")}  # the export writes the PyTorch weight plan's codes (exporter/quant/plan.py)
+SMOOTHED = {"smoothing": SMOOTHING_ALPHAS}  # int8 activations quantized per token at run time
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
 BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
@@ -100,7 +104,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("onnx", "w8", "8-bit block-wise weights of every decoder linear (MatMulNBits), activations "
                 "quantized to int8 per block at run time (accuracy level 4)", 8, LM_W8_BUDGET, activations="int8",
                 # onnxruntime's k_quant writes 4-bit blocks whatever the bits asked
-                reads={"block_size": BLOCK_SIZES} | PLANNED),
+                reads={"block_size": BLOCK_SIZES} | PLANNED | SMOOTHED),
     LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits, int8 activation "
                 "compute: accuracy level 4); embedding table and output head at the target's embedding_bits (8 by "
                 "default)", 4, LM_W4_BUDGET, activations="int8",
@@ -109,20 +113,21 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
                 "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
-                symmetric=True, activations="int8", reads=PLANNED),
+                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK; asymmetric blocks add their offsets as an int8 matmul of block means); "
                 "embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET, activations="int8",
-                reads=PLANNED | BLOCKS_OF_32 | {k: WEIGHT_SETTINGS[k][1] for k in (
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | {k: WEIGHT_SETTINGS[k][1] for k in (
                     "embedding_bits", "symmetric", "zero_points")}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "
                 "recipe, XNNPACK); embedding and head too", 8, LM_W8_BUDGET, symmetric=True, activations="int8",
-                reads=RTN),
+                reads=RTN | SMOOTHED),
     LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (ai-edge-quantizer "
                 "dynamic recipe, XNNPACK); embedding and head too", 4, LM_W4_BUDGET, symmetric=True,
-                activations="int8", reads=RTN | BLOCKS_OF_32 | {"embedding_bits": (4,), "symmetric": (True,)}),
+                activations="int8",
+                reads=RTN | BLOCKS_OF_32 | SMOOTHED | {"embedding_bits": (4,), "symmetric": (True,)}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
     LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights of every linear, the embedding table "
@@ -154,6 +159,7 @@ class LmSettings:
     calibration_windows: int = 64  # windows of window_length calibration tokens GPTQ gathers its Hessians on
     builder: str = "auto"  # BUILDERS
     embedding_bits: int = 8  # the embedding table and the output head (tied or not) of 4-bit variants
+    smoothing: float = 0.0  # SMOOTHING_ALPHAS: SmoothQuant's alpha for int8-activation variants; 0: off
     symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
     blame_windows: int = 1  # eval windows the per-layer blame measures on (it runs once per decoder linear)
     diagnose: str = "always"  # per-layer blame of quantized variants: "always", "on-failure", "off"
@@ -179,6 +185,8 @@ class LmSettings:
             fail("symmetric must be true or false")
         if self.diagnose not in ("always", "on-failure", "off"):
             fail(f"diagnose {self.diagnose!r}; choose one of: always, on-failure, off")
+        if self.smoothing not in SMOOTHING_ALPHAS or isinstance(self.smoothing, bool):
+            fail(f"smoothing {self.smoothing!r}; choose one of: {', '.join(map(str, SMOOTHING_ALPHAS))}")
         if self.embedding_bits not in (4, 8, 32):
             fail(f"embedding_bits {self.embedding_bits}; choose 4, 8 or 32 (float)")
         if self.prefill_length > self.cache_length or self.window_length > self.cache_length:
@@ -261,8 +269,8 @@ class LmTarget:
 
     @property
     def needs_calibration(self) -> bool:
-        """A variant computes its weights from calibration text (method = "gptq")."""
-        return any(v.settings.method == "gptq" for v in self.variants)
+        """A variant computes its weights from calibration text (method = "gptq", or smoothing)."""
+        return any(v.settings.method == "gptq" or v.settings.smoothing for v in self.variants)
 
     def to_profile(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,

@@ -154,6 +154,9 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method, v.settings.zero_points)
             for v in android.variants if v.row.bits == 4] == [
         (8, False, "gptq", "float"), (4, False, "gptq", "float"), (4, True, "rtn", "integer")]
+    # activation smoothing on every variant whose runtime quantizes activations per token or block, except the .pte
+    # a8w4, which keeps a quantized source's own blocks (smoothing rescales the weights off that grid)
+    assert [v.settings.smoothing for v in android.variants] == [0.0, 0.6, 0.0, 0.6, 0.6, 0.6]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")

@@ -388,7 +388,8 @@ def calibration_batches(ids: list[int], window: int, count: int, minimum: int) -
     available = len(ids) // window
     if available < minimum:
         raise UserInputError(f"the calibration text has {len(ids)} tokens, fewer than the {minimum} windows of "
-                             f"{window} tokens GPTQ needs; pass a longer calibration text or use method = \"rtn\"")
+                             f"{window} tokens GPTQ and smoothing need; pass a longer calibration text, or use "
+                             "method = \"rtn\" and smoothing = 0")
     usable = min(count, available)
     tensor = torch.tensor(ids[:usable * window], dtype=torch.long).reshape(usable, window)
     return list(tensor.split(4))

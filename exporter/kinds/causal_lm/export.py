@@ -6,6 +6,7 @@ runs the token-level validation (validators/judges/causal_lm.py) and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -242,20 +243,51 @@ class VariantBuilder:
     def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress,
                  calibration: list[Any] | None = None) -> None:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
-        self.lowered: dict[str, Any] = {}
-        self.trace_seconds = 0.0
-        self.plan = Planner(lm.model, lambda: calibration or [], progress)
+        self.calibration = calibration or []
+        self.lowered: dict[tuple[str, float], Any] = {}
+        self.trace_seconds = self.smoothing_seconds = 0.0
+        self.plan = Planner(lm.model, lambda: self.calibration, progress)
+        self.smoothed: dict[float, tuple[CausalLM, Planner, dict]] = {}  # alpha -> the smoothed model's
+
+    def source(self, variant: LmVariant) -> tuple[CausalLM, Planner, dict | None]:
+        """The model a variant quantizes, the planner of its weights and, where it is smoothed (the variant's
+        smoothing alpha), what smoothing did; one smoothed copy per alpha, shared by the variants asking it."""
+        alpha = variant.settings.smoothing
+        if not alpha:
+            return self.lm, self.plan, None
+        if alpha not in self.smoothed:
+            from exporter.quant.smooth import smoothed_copy
+
+            begun = time.perf_counter()
+            model, record = smoothed_copy(self.lm.model, self.calibration, alpha, self.progress)
+            self.smoothing_seconds += time.perf_counter() - begun
+            self.smoothed[alpha] = (dataclasses.replace(self.lm, model=model),
+                                    Planner(model, lambda: self.calibration, self.progress), record)
+        return self.smoothed[alpha]
+
+    def plan_seconds(self) -> dict[str, float]:
+        """Seconds of each weight-plan step (calibration, gptq, rtn, smoothing) over every planner."""
+        total: dict[str, float] = {}
+        for plan in [self.plan, *(planner for _, planner, _ in self.smoothed.values())]:
+            for step, seconds in plan.seconds.items():
+                total[step] = total.get(step, 0.0) + seconds
+        if self.smoothed:
+            total["smoothing"] = self.smoothing_seconds
+        return {step: round(seconds, 1) for step, seconds in total.items()}
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = _lm_backend(variant.format)
-        if variant.format not in self.lowered:
+        lm, plan, smoothing = self.source(variant)
+        key = (variant.format, variant.settings.smoothing)
+        if key not in self.lowered:
             begun = time.perf_counter()
-            scratch = self.scratch / variant.format
+            scratch = self.scratch / f"{variant.format}-{variant.settings.smoothing}"
             scratch.mkdir()
-            self.lowered[variant.format] = backend.lower(self.lm, self.target.lm, scratch, self.progress)
+            self.lowered[key] = backend.lower(lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
-        emitted = backend.emit(self.lowered[variant.format], variant, variant.settings, out, kept, self.plan,
-                               self.progress)
+        emitted = backend.emit(self.lowered[key], variant, variant.settings, out, kept, plan, self.progress)
+        if smoothing is not None:
+            emitted.quantization["activation_smoothing"] = smoothing
         stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
                                                                        self.target.name, variant.precision))
         files = _files([out, *emitted.extra_files, *stamped])
@@ -288,7 +320,8 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
         settings.symmetric and variant.row.bits == 4
     scheme = weight_scheme(variant.row.bits, settings.block_size, symmetric, settings.zero_points)
     method = settings.method if settings.method in METHODS else "rtn"  # onnxruntime's k-quant: no PyTorch plan
-    rows = blame_linears(lm.model, paths, lambda path: builder.plan.weight(path, scheme, method), windows, logprobs,
+    source, plan, _ = builder.source(variant)  # the smoothed model where the variant is smoothed
+    rows = blame_linears(source.model, paths, lambda path: plan.weight(path, scheme, method), windows, logprobs,
                          progress)
     diagnosis: dict[str, Any] = {"method": f"each decoder linear alone replaced by its weight plan ({method}, "
                                            f"{scheme.describe()}) in PyTorch, KL on {len(windows)} eval window(s)",
@@ -330,8 +363,8 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
 
 # export options a language-model target does not read: option -> why
 UNREAD_OPTIONS = {
-    "calib": ("its variants round weights to nearest and calibrate nothing (method = \"gptq\" reads a calibration "
-              "text; pass the eval text with --eval)"),
+    "calib": ("its variants round weights to nearest and calibrate nothing (method = \"gptq\" and smoothing read a "
+              "calibration text; pass the eval text with --eval)"),
     "weights": "its weights come with its source (a Hugging Face folder, a .gguf file or a factory)",
     "inputs": "its inputs are token ids, shaped by the target's [lm] table (cache_length, prefill_length)",
     "dynamic_batch": "it decodes one sequence; the [lm] table fixes the shapes",
@@ -402,6 +435,6 @@ class LmExport:
                    "eval": self.eval_info, "calibration": self.calibration_info, "tokenizer": TOKENIZER_DIR,
                    "notes": lm.notes}
         log = {"trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
-               "weight_plan_seconds": {k: round(v, 1) for k, v in builder.plan.seconds.items()},
+               "weight_plan_seconds": builder.plan_seconds(),
                "diagnosis_seconds": diagnosis_seconds, "eager": self.eager}
         return Written(entries, {"lm": section}, {"path": REFERENCE}, log)
