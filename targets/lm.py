@@ -58,7 +58,7 @@ ZERO_POINTS = ("integer", "float")
 BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where it knows the architecture
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 EMBEDDING_BITS = (4, 8, 32)  # 32: float
-SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # exporter/quant/smooth.py ALPHAS
+SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant's alpha (exporter/quant/smooth.py); 0: off
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),

@@ -244,7 +244,7 @@ class VariantBuilder:
                  calibration: list[Any] | None = None) -> None:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
         self.calibration = calibration or []
-        self.lowered: dict[tuple[str, float], Any] = {}
+        self.lowered: dict[tuple[str, int], Any] = {}
         self.trace_seconds = self.smoothing_seconds = 0.0
         self.plan = Planner(lm.model, lambda: self.calibration, progress)
         self.smoothed: dict[float, tuple[CausalLM, Planner, dict]] = {}  # alpha -> the smoothed model's
@@ -261,14 +261,17 @@ class VariantBuilder:
             begun = time.perf_counter()
             model, record = smoothed_copy(self.lm.model, self.calibration, alpha, self.progress)
             self.smoothing_seconds += time.perf_counter() - begun
-            self.smoothed[alpha] = (dataclasses.replace(self.lm, model=model),
-                                    Planner(model, lambda: self.calibration, self.progress), record)
+            if model is self.lm.model:  # left unsmoothed (the record says why): the float model's plans and lowering
+                self.smoothed[alpha] = (self.lm, self.plan, record)
+            else:
+                self.smoothed[alpha] = (dataclasses.replace(self.lm, model=model),
+                                        Planner(model, lambda: self.calibration, self.progress), record)
         return self.smoothed[alpha]
 
     def plan_seconds(self) -> dict[str, float]:
         """Seconds of each weight-plan step (calibration, gptq, rtn, smoothing) over every planner."""
         total: dict[str, float] = {}
-        for plan in [self.plan, *(planner for _, planner, _ in self.smoothed.values())]:
+        for plan in {id(p): p for p in [self.plan, *(planner for _, planner, _ in self.smoothed.values())]}.values():
             for step, seconds in plan.seconds.items():
                 total[step] = total.get(step, 0.0) + seconds
         if self.smoothed:
@@ -278,10 +281,10 @@ class VariantBuilder:
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = _lm_backend(variant.format)
         lm, plan, smoothing = self.source(variant)
-        key = (variant.format, variant.settings.smoothing)
+        key = (variant.format, id(lm.model))  # one lowering per format and model (float, or one smoothed copy)
         if key not in self.lowered:
             begun = time.perf_counter()
-            scratch = self.scratch / f"{variant.format}-{variant.settings.smoothing}"
+            scratch = self.scratch / f"{variant.format}-{len(self.lowered)}"
             scratch.mkdir()
             self.lowered[key] = backend.lower(lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
