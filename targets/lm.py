@@ -74,7 +74,6 @@ WEIGHT_SETTINGS = {
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
-RTN = {"method": ("rtn",)}  # LiteRT's and Core ML's quantizers round to nearest
 PLANNED = {"method": ("rtn", "gptq")}  # the export writes the PyTorch weight plan's codes (exporter/quant/plan.py)
 SMOOTHED = {"smoothing": SMOOTHING_ALPHAS}  # int8 activations quantized per token at run time
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
@@ -121,13 +120,15 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                     "embedding_bits", "symmetric", "zero_points")}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
-    LmPrecision("tflite", "a8w8", "int8 channel-wise weights, int8 dynamic activations (ai-edge-quantizer dynamic "
-                "recipe, XNNPACK); embedding and head too", 8, LM_W8_BUDGET, symmetric=True, activations="int8",
-                reads=RTN | SMOOTHED),
-    LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (ai-edge-quantizer "
-                "dynamic recipe, XNNPACK); embedding and head too", 4, LM_W4_BUDGET, symmetric=True,
-                activations="int8",
-                reads=RTN | BLOCKS_OF_32 | SMOOTHED | {"embedding_bits": (4,), "symmetric": (True,)}),
+    LmPrecision("tflite", "a8w8", "int8 channel-wise weights (the weight plan's codes), int8 dynamic activations "
+                "(ai-edge-quantizer's dynamic layout, XNNPACK); embedding and head too", 8, LM_W8_BUDGET,
+                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED),
+    LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size (the weight plan's codes), int8 dynamic "
+                "activations (ai-edge-quantizer's dynamic layout, XNNPACK; asymmetric blocks add their offsets as an "
+                "int8 matmul of block means); embedding (symmetric blocks) and head at embedding_bits (a tied head "
+                "reads the embedding's tensor, except 4-bit asymmetric blocks)", 4, LM_W4_BUDGET, activations="int8",
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | {"embedding_bits": (4, 8)} | {
+                    k: WEIGHT_SETTINGS[k][1] for k in ("symmetric", "zero_points")}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
     LmPrecision("coreml", "w8", "stateful ML Program, int8 per-channel weights of every linear, the embedding table "

@@ -202,21 +202,23 @@ def test_a_core_ml_program_that_never_writes_its_cache_fails(exported, tmp_path)
     assert untouched["budget"]["passed"]
 
 
-def test_auto_precision_keeps_layers_on_executorch_and_core_ml(tmp_path):
+def test_auto_precision_keeps_layers_on_executorch_core_ml_and_litert(tmp_path):
     folder = causal_lm_folder("llama_gqa_tied", tmp_path / "model")
     target = lm_target(tmp_path / "auto.toml", ("executorch/a8w4", "coreml/w4", "tflite/a8w4"), auto_precision=True,
                        budgets="max_kl_mean = 0.001")
     done = run_cli("export", "--model", folder, "--target", target, "--out", tmp_path / "out")
-    assert done.code == 1, done.stderr[-1500:]  # a budget this tight fails at the limit of layers kept
+    assert done.code == 0, done.stderr[-1500:]  # a budget this tight holds once the worst linears are at 8 bits
     manifest = json.loads((tmp_path / "out" / "model" / "test-llm" / "manifest.json").read_text())
     entries = {e["path"]: e for e in manifest["artifacts"]}
-    for path in ("model.a8w4.pte", "model.w4.mlpackage"):
+    for path in ("model.a8w4.pte", "model.w4.mlpackage", "model.a8w4.tflite"):
         auto = entries[path]["diagnosis"]["auto_precision"]
         worst = [row["module"] for row in entries[path]["diagnosis"]["blame"]]
         assert list(auto["kept"]) == worst[:len(auto["kept"])] and set(auto["kept"].values()) == {8}, path
         assert entries[path]["quantization"]["kept"] == auto["kept"]
-        assert auto["kl_mean_after"] < auto["kl_mean_before"] and auto["bytes_after"] > auto["bytes_before"], path
-    assert "not offered" in entries["model.a8w4.tflite"]["diagnosis"]["auto_precision"]["not_offered"]
+        assert auto["met_budget"] and auto["kl_mean_after"] <= 0.001 < auto["kl_mean_before"], path
+        # LiteRT's 4-bit head with asymmetric blocks is untied from its symmetric lookup; kept at 8 bits it reads the
+        # lookup's int8 tensor again, one table instead of two, so that file can shrink
+        assert auto["bytes_after"] > auto["bytes_before"] or "lm_head" in auto["kept"], path
 
 
 def test_demo_tinylm_on_ios_llm(tmp_path):

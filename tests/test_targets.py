@@ -149,14 +149,13 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     assert (core_ml_w4.method, core_ml_w4.symmetric, core_ml_w4.zero_points, core_ml_w4.embedding_bits) == \
         ("gptq", False, "float", 8)
     assert android.lm.cache_length == 256
-    # ONNX w4: GPTQ, exact block minimums and one 8-bit table; ExecuTorch (GPTQ) and LiteRT: 4-bit tables, blocks
-    # without zero points
+    # every 4-bit variant: GPTQ and exact block minimums; ONNX and LiteRT one 8-bit table, ExecuTorch a 4-bit one
     assert [(v.settings.embedding_bits, v.settings.symmetric, v.settings.method, v.settings.zero_points)
             for v in android.variants if v.row.bits == 4] == [
-        (8, False, "gptq", "float"), (4, False, "gptq", "float"), (4, True, "rtn", "integer")]
-    # activation smoothing on every variant whose runtime quantizes activations per token or block, except the .pte
-    # a8w4, which keeps a quantized source's own blocks (smoothing rescales the weights off that grid)
-    assert [v.settings.smoothing for v in android.variants] == [0.0, 0.6, 0.0, 0.6, 0.6, 0.6]
+        (8, False, "gptq", "float"), (4, False, "gptq", "float"), (8, False, "gptq", "float")]
+    # activation smoothing on every variant whose runtime quantizes activations per token or block, except the a8w4
+    # ones, which keep a quantized source's own blocks (smoothing rescales the weights off that grid)
+    assert [v.settings.smoothing for v in android.variants] == [0.0, 0.6, 0.0, 0.6, 0.0, 0.6]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")
@@ -222,13 +221,15 @@ def test_every_weight_setting_is_read_as_given_or_refused_at_load(fmt, precision
 
 
 def test_a_target_wide_weight_setting_applies_to_the_variants_that_read_it():
-    """[lm] method reaches ONNX w4 and is refused for LiteRT (rtn only) unless set on the variant's own entry."""
+    """[lm] method reaches ONNX w4 and is refused for LiteRT (rtn and gptq only) unless set on the variant's own
+    entry."""
     both = [{"format": "onnx", "precision": "w4"}, {"format": "tflite", "precision": "a8w4"}]
     with pytest.raises(TargetError, match=re.escape("variants[1] (tflite a8w4) cannot do [lm] method = 'hqq'; it "
-                                                    "takes 'rtn': move it from [lm] to the [[variants]] entries")):
+                                                    "takes 'rtn', 'gptq': move it from [lm] to the [[variants]] "
+                                                    "entries")):
         lm_target_from_dict({"name": "t", "lm": {"method": "hqq"}, "variants": both}, "t.toml")
     target = lm_target_from_dict({"name": "t", "lm": {"block_size": 64}, "variants": [
         both[0] | {"method": "hqq"}, both[1]]}, "t.toml")
     assert [(v.settings.method, v.settings.block_size) for v in target.variants] == [("hqq", 64), ("rtn", 64)]
-    # a row with one possible value resolves to it when nothing is said: LiteRT quantizes its table at 4 bits
-    assert target.variants[1].settings.embedding_bits == 4 and target.variants[0].settings.embedding_bits == 8
+    # what nothing says is the default (an 8-bit table) on both
+    assert target.variants[1].settings.embedding_bits == 8 and target.variants[0].settings.embedding_bits == 8

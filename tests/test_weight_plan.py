@@ -229,13 +229,14 @@ def _export(tmp_path, method: str, *extra: str, variants: tuple[str, ...] = ("w4
 
 
 @pytest.mark.slow
-def test_onnx_and_core_ml_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
+def test_onnx_core_ml_and_litert_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path):
     import onnx
 
     from exporter.formats.coreml.blocks import read_codes as read_core_ml_codes
     from exporter.formats.coreml.lm import weight_constant
     from exporter.formats.onnx.graph import module_path
     from exporter.formats.onnx.nbits import read_codes
+    from exporter.formats.tflite.planned import read_codes as read_litert_codes
     from exporter.kinds.causal_lm.export import _calibration_batches
     from exporter.lm.corpus import stdlib_text
     from exporter.lm.source import load_causal_lm
@@ -244,7 +245,7 @@ def test_onnx_and_core_ml_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path
 
     reports = {}
     for method in ("rtn", "gptq"):
-        result = _export(tmp_path, method, variants=("w4", "coreml/w4") if method == "gptq" else ("w4",))
+        result = _export(tmp_path, method, variants=("w4", "coreml/w4", "tflite/a8w4") if method == "gptq" else ("w4",))
         assert result.code == 0, result.stderr[-2000:]
         folder = tmp_path / method / "tinylm" / "test-llm"
         reports[method] = json.loads((folder / "report.json").read_text())
@@ -277,6 +278,13 @@ def test_onnx_and_core_ml_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(tmp_path
     for name, arrays in in_core_ml.items():
         for key in ("codes", "scales", "zero_points"):
             np.testing.assert_array_equal(arrays[key], by_path[constants[name]][key], err_msg=f"{name} {key}")
+    # and the LiteRT program its codes, as symmetric int4 blocks (the zero points became a matmul of block offsets);
+    # its scales are float16 at bfloat16's precision. Its names do not follow the modules: found by their codes.
+    in_litert = list(read_litert_codes(folder / "model.a8w4.tflite").values())
+    for path, arrays in by_path.items():
+        same = [found for found in in_litert if np.array_equal(found["codes"], arrays["codes"])]
+        assert same, f"{path}: its codes are in no int4 tensor of the .tflite"
+        np.testing.assert_allclose(same[0]["scales"], arrays["scales"], rtol=2 ** -8, err_msg=path)
 
 
 def test_calibration_text_too_short_or_shared_with_eval_is_refused(tmp_path):

@@ -37,7 +37,9 @@ class LmEmitted:
 
 class LmBackend(Protocol):
     format: ClassVar[str]
-    cannot_keep_layers: ClassVar[str]  # why emit cannot take `kept` (auto precision); "" when it can
+    # why emit cannot keep a linear in float (auto precision of an 8-bit variant); "" when it can. Every format
+    # keeps the linears of a 4-bit variant at 8 bits.
+    cannot_keep_in_float: ClassVar[str]
     # what its attention computes beyond causal attention over the cache: a sliding window per layer, and
     # soft-capped scores (exporter/lm/attention.py refuses a model that needs what the format lacks)
     computes_windows: ClassVar[bool]

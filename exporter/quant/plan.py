@@ -69,6 +69,13 @@ class QuantizedWeight:
         these offsets."""
         return (2 ** (self.scheme.bits - 1) - self.zero_points) * self.scales
 
+    def symmetric_part(self) -> QuantizedWeight:
+        """The same codes and scales read as symmetric blocks, `(code - 2**(bits-1)) * scale`: what a runtime with
+        symmetric blocks only stores, beside `offsets()`."""
+        middle = float(2 ** (self.scheme.bits - 1))
+        return QuantizedWeight(self.codes, self.scales, self.zero_points.new_full(self.zero_points.shape, middle),
+                               Scheme(self.scheme.bits, self.scheme.block_size, True), self.method)
+
 
 def weight_scheme(bits: int, block_size: int, symmetric: bool, zero_points: str = "integer") -> Scheme:
     """The blocks a variant's weight settings ask for: symmetric, or asymmetric with whole-code zero points

@@ -87,7 +87,7 @@ class CoremlLmLowered:
 
 class CoremlLmBackend:
     format: ClassVar[str] = "coreml"
-    cannot_keep_layers: ClassVar[str] = ""
+    cannot_keep_in_float: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = False  # the runtime passes one causal mask that every layer reads
     computes_softcap: ClassVar[bool] = True  # the model's own (eager) attention
 

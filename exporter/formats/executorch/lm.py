@@ -42,7 +42,7 @@ IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cach
 
 class ExecutorchLmBackend:
     format: ClassVar[str] = "executorch"
-    cannot_keep_layers: ClassVar[str] = ""
+    cannot_keep_in_float: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = False  # custom_sdpa is causal over the whole cache, with no window
     computes_softcap: ClassVar[bool] = False  # and no score cap
 
@@ -238,7 +238,7 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
     import torch
     from torchao.quantization import quantize_
 
-    from exporter.formats.executorch.blocks import BlockOffsetLinear
+    from exporter.quant.blocks import BlockOffsetLinear
 
     modules = dict(model.named_modules())
     written = {}

@@ -21,7 +21,7 @@ class OnnxLmLowered:
 
 class OnnxLmBackend:
     format: ClassVar[str] = "onnx"
-    cannot_keep_layers: ClassVar[str] = ""
+    cannot_keep_in_float: ClassVar[str] = ""
     computes_windows: ClassVar[bool] = True  # the model's own attention and masks, traced
     computes_softcap: ClassVar[bool] = True
 

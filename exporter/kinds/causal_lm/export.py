@@ -330,7 +330,7 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
                                            f"{scheme.describe()}) in PyTorch, KL on {len(windows)} eval window(s)",
                                  "layers": len(rows), "blame": rows[:BLAME_ROWS_KEPT]}
     if failing and target.auto_precision:
-        if reason := _lm_backend(variant.format).cannot_keep_layers:
+        if variant.row.bits != 4 and (reason := _lm_backend(variant.format).cannot_keep_in_float):
             diagnosis["auto_precision"] = {"not_offered": reason, "met_budget": False}
         else:
             entry, diagnosis["auto_precision"] = _auto_precision(builder, variant, entry, rows, reference, judged,

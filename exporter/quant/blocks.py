@@ -1,6 +1,7 @@
-"""Asymmetric weight blocks on XNNPACK, whose int4 blocks are symmetric only (its groupwise weights carry scales
-and no zero points: ExecuTorch drops any it is given). A block `(code - zero_point) * scale` is its symmetric
-part `(code - 8) * scale` plus a constant offset `(8 - zero_point) * scale`, so
+"""Asymmetric weight blocks on runtimes whose int4 blocks are symmetric only: XNNPACK's groupwise weights carry
+scales and no zero points (ExecuTorch drops any it is given), and LiteRT's block-wise tensors have none. A block
+`(code - zero_point) * scale` is its symmetric part `(code - 8) * scale` plus a constant offset
+`(8 - zero_point) * scale`, so
 
     x @ W.T = int4_linear(x) + block_means(x) @ (block_size * offsets).T
 
