@@ -61,7 +61,7 @@ class TfliteLmLowered:
                           f"[{self.settings.prefill_length} tokens] and decode [1 token], "
                           f"{self.settings.cache_length}-token KV cache)")
             self._fp32 = self.scratch / "model.fp32.tflite"
-            _convert(self.model, self.settings, self._fp32)
+            _convert(_replica(self.model), self.settings, self._fp32)
         return self._fp32
 
 
@@ -89,15 +89,20 @@ class TfliteLmBackend:
                          "static KV cache)", why)
 
 
-def _convert(model: Any, settings: LmSettings, path: Path) -> None:
-    """`model`'s decode step as a .tflite at `path`."""
+def _replica(model: Any) -> Any:
+    """A copy of `model` whose attention is the one LiteRT converts: what `_convert` takes."""
+    from exporter.lm.attention import grouped_query_attention, with_attention
+
+    return with_attention(model, ATTENTION, grouped_query_attention, causal_mask="eager")
+
+
+def _convert(replica: Any, settings: LmSettings, path: Path) -> None:
+    """`replica`'s decode step (a `_replica`) as a .tflite at `path`."""
     import torch
 
     from exporter.formats.tflite.quantize import quiet
-    from exporter.lm.attention import grouped_query_attention, with_attention
     from exporter.lm.decode_step import decode_step, io_names
 
-    replica = with_attention(model, ATTENTION, grouped_query_attention, causal_mask="eager")
     step, layers, kv_heads, head_dim = decode_step(replica, settings.cache_length)
     inputs, outputs = io_names(layers, IO)
     named = _named(step, inputs[2:], outputs).eval()
@@ -117,7 +122,7 @@ def _convert(model: Any, settings: LmSettings, path: Path) -> None:
     except Exception as exc:  # litert-torch on a model it cannot take
         from common.errors import first_line
 
-        raise ConversionError(f"{type(model).__name__} does not convert to LiteRT with a static KV cache "
+        raise ConversionError(f"{type(replica).__name__} does not convert to LiteRT with a static KV cache "
                               f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug") from exc
 
 
@@ -143,8 +148,6 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     (an asymmetric one converted again with its offsets beside); 8-bit ones are symmetric per output channel.
     The lookup is symmetric, at embedding_bits: a tied head reads its tensor, except a 4-bit head with asymmetric
     blocks, which is untied to keep them. `kept` linears (auto precision of a 4-bit variant) are at 8 bits."""
-    import copy
-
     import torch
     from ai_edge_quantizer import qtyping
 
@@ -164,8 +167,8 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     def blocks(path: str, layer_bits: int) -> Scheme:
         return scheme if layer_bits == 4 else Scheme(8, modules[path].weight.shape[1], True)
 
-    chosen = {path: plan.weight(path, blocks(path, kept.get(path) or bits), settings.method)
-              for path in linear_modules(model)}
+    body = linear_modules(model)
+    chosen = {path: plan.weight(path, blocks(path, kept.get(path) or bits), settings.method) for path in body}
     # a gathered row cannot add block offsets: the lookup's blocks are symmetric
     lookup = Scheme(4, block if dim % block == 0 else dim, True) if head_bits == 4 else Scheme(8, dim, True)
     chosen[table_path] = plan.weight(table_path, lookup, "rtn")  # no calibration Hessian for a lookup
@@ -178,7 +181,7 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     if offsets:
         progress(f"tflite {variant.precision}: {len(offsets)} linears' asymmetric blocks as symmetric int4 plus "
                  "block offsets: converting that graph with litert-torch")
-        model = copy.deepcopy(model)
+        model = _replica(model)  # the one copy: the offsets go into the model converted
         modules = dict(model.named_modules())
         for path in offsets:
             symmetric, linear = chosen[path].symmetric_part(), torch.nn.Linear(*modules[path].weight.shape[::-1],
@@ -205,7 +208,6 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
         qtyping.QuantGranularity.CHANNELWISE
     rounded = planned.quantize(program, out, bits, granularity, plans)
     by_method = planned_by(chosen.values())
-    body = linear_modules(lowered.model)
     return {"scheme": f"int{bits} {'blocks of ' + str(block) if bits == 4 else 'per output channel'}, int8 "
                       "activations per call (ai-edge-quantizer's dynamic layout, XNNPACK)",
             "weight_bits": bits, "granularity": f"blockwise {block}" if bits == 4 else "channelwise",
