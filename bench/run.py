@@ -278,8 +278,8 @@ def bench_lm_formats(out: Path) -> dict:
 
 
 def bench_lm_vs_llamacpp(out: Path) -> dict:
-    """SmolLM2-135M beside llama.cpp in one run: edgeport's ONNX and ExecuTorch 4- and 8-bit variants and LiteRT
-    a8w4 (bench/lm-vs-llamacpp.toml, as android-llm ships them) and llama.cpp's Q8_0, Q4_K_M and Q4_0 made by its own
+    """SmolLM2-135M beside llama.cpp in one run: edgeport's ONNX, ExecuTorch and LiteRT 4- and 8-bit variants
+    (bench/lm-vs-llamacpp.toml, as android-llm ships them) and llama.cpp's Q8_0, Q4_K_M and Q4_0 made by its own
     quantizer from a float32 GGUF of the same weights, all judged on the same eval windows with llama.cpp's metric
     definitions against their own float reference (edgeport: PyTorch; llama.cpp: its float32 GGUF), decode
     tokens/s at 1 thread. Skipped without llama-cpp-python (the README's Benchmarks paragraph: how to build it)."""

@@ -59,6 +59,7 @@ BUILDERS = ("auto", "export")  # auto: onnxruntime-genai's model builder where i
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 EMBEDDING_BITS = (4, 8, 32)  # 32: float
 SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant's alpha (exporter/quant/smooth.py); 0: off
+ROTATION_BLOCKS = (0, 16, 32, 64, 128)  # Hadamard block of exporter/quant/rotate.py; 0: off
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
@@ -71,11 +72,16 @@ WEIGHT_SETTINGS = {
     "symmetric": ("4-bit blocks without zero points", (True, False)),
     "smoothing": ("SmoothQuant alpha for variants with int8 activations: outlier input channels migrated into the "
                   "weights, folded into the preceding norms (exact in float, calibrated); 0: off", SMOOTHING_ALPHAS),
+    "rotation": ("Hadamard block (channels) rotating the inputs of int8-activation linears and the head: weights "
+                 "stored rotated, inputs rotated in float in the graph (exact in float); 0: off", ROTATION_BLOCKS),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
 PLANNED = {"method": ("rtn", "gptq")}  # the export writes the PyTorch weight plan's codes (exporter/quant/plan.py)
 SMOOTHED = {"smoothing": SMOOTHING_ALPHAS}  # int8 activations quantized per token at run time
+# a rotated linear stays an nn.Linear whose weight torchao and ai-edge-quantizer take as planned; ONNX picks its
+# MatMuls by module path (the rotation's would be taken too), Core ML's activations are float
+ROTATED = {"rotation": ROTATION_BLOCKS}
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
 BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
@@ -112,7 +118,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
                 "qd8-f32-qc8w); embedding (ExecuTorch's quantized lookup) and head int8", 8, LM_W8_BUDGET,
-                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED),
+                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED | ROTATED),
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK; asymmetric blocks add their offsets as an int8 matmul of block means); "
                 "embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET, activations="int8",
@@ -122,7 +128,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights (the weight plan's codes), int8 dynamic activations "
                 "(ai-edge-quantizer's dynamic layout, XNNPACK); embedding and head too", 8, LM_W8_BUDGET,
-                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED),
+                symmetric=True, activations="int8", reads=PLANNED | SMOOTHED | ROTATED),
     LmPrecision("tflite", "a8w4", "int4 weights in blocks of block_size (the weight plan's codes), int8 dynamic "
                 "activations (ai-edge-quantizer's dynamic layout, XNNPACK; asymmetric blocks add their offsets as an "
                 "int8 matmul of block means); embedding (symmetric blocks) and head at embedding_bits (a tied head "
@@ -161,6 +167,7 @@ class LmSettings:
     builder: str = "auto"  # BUILDERS
     embedding_bits: int = 8  # the embedding table and the output head (tied or not) of 4-bit variants
     smoothing: float = 0.0  # SMOOTHING_ALPHAS: SmoothQuant's alpha for int8-activation variants; 0: off
+    rotation: int = 0  # ROTATION_BLOCKS: Hadamard block rotating int8-activation inputs; 0: off
     symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
     blame_windows: int = 1  # eval windows the per-layer blame measures on (it runs once per decoder linear)
     diagnose: str = "always"  # per-layer blame of quantized variants: "always", "on-failure", "off"
@@ -188,6 +195,8 @@ class LmSettings:
             fail(f"diagnose {self.diagnose!r}; choose one of: always, on-failure, off")
         if self.smoothing not in SMOOTHING_ALPHAS or isinstance(self.smoothing, bool):
             fail(f"smoothing {self.smoothing!r}; choose one of: {', '.join(map(str, SMOOTHING_ALPHAS))}")
+        if self.rotation not in ROTATION_BLOCKS or isinstance(self.rotation, bool):
+            fail(f"rotation {self.rotation!r}; choose one of: {', '.join(map(str, ROTATION_BLOCKS))}")
         if self.embedding_bits not in (4, 8, 32):
             fail(f"embedding_bits {self.embedding_bits}; choose 4, 8 or 32 (float)")
         if self.prefill_length > self.cache_length or self.window_length > self.cache_length:

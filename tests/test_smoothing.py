@@ -27,19 +27,22 @@ def _with_outliers(family: str):
     return model
 
 
-def _per_token_int8(model, enabled: bool) -> list:
-    """Hooks quantizing every decoder linear's input to int8 per token (asymmetric), as torchao's 8da does."""
+def int8_tokens(x):
+    """x quantized to int8 per token (asymmetric) and back, as torchao's 8da and LiteRT's dynamic range do."""
     import torch
 
-    def quantize(_module, inputs):
-        x = inputs[0]
-        low, high = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
-        scale = ((high - low) / 255).clamp(min=1e-9)
-        zero = torch.round(-128 - low / scale)
-        return ((torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale,)
+    low, high = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    scale = ((high - low) / 255).clamp(min=1e-9)
+    zero = torch.round(-128 - low / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
 
-    return [m.register_forward_pre_hook(quantize) for m in model.model.layers.modules()
-            if enabled and isinstance(m, torch.nn.Linear)]
+
+def _per_token_int8(model, enabled: bool) -> list:
+    """Hooks quantizing every decoder linear's input to int8 per token."""
+    import torch
+
+    return [m.register_forward_pre_hook(lambda _module, inputs: (int8_tokens(inputs[0]),))
+            for m in model.model.layers.modules() if enabled and isinstance(m, torch.nn.Linear)]
 
 
 def _kl(model, reference, tokens) -> float:

@@ -156,6 +156,9 @@ def test_language_model_targets_are_data_with_token_level_budgets():
     # activation smoothing on every variant whose runtime quantizes activations per token or block, except the a8w4
     # ones, which keep a quantized source's own blocks (smoothing rescales the weights off that grid)
     assert [v.settings.smoothing for v in android.variants] == [0.0, 0.6, 0.0, 0.6, 0.0, 0.6]
+    # and rotation where int8 activations are per token (ONNX's per block pass without it)
+    assert [(v.settings.rotation, v.settings.method) for v in android.variants if v.row.bits == 8] == [
+        (0, "rtn"), (128, "gptq"), (128, "gptq")]
     w8 = android.variants[1].budget
     assert w8.max_ppl_ratio == 1.03 and w8.max_repetition_increase == 0.15
     cockpit = load_target("cockpit-llm")

@@ -302,7 +302,8 @@ class Hessians:
                     return
                 first_reader[key] = (path, x)
                 self.reader_of[path] = path
-                flat = x.reshape(-1, x.shape[-1]).double()
+                rotation = getattr(_module, "rotation", None)  # a RotatedLinear's weight reads x rotated (rotate.py)
+                flat = (x if rotation is None else rotation(x)).reshape(-1, x.shape[-1]).double()
                 product = flat.T @ flat
                 self.products[path] = self.products[path] + product if path in self.products else product
             return record

@@ -75,10 +75,13 @@ def lookup_scheme(table: torch.Tensor, bits: int, scheme: Scheme) -> Scheme:
 
 def quantize_embedding(model: torch.nn.Module, plan: QuantizedWeight) -> dict:
     """Replace the model's input embedding in place by the plan's lookup. Returns what the manifest records."""
+    from exporter.quant.rotate import RotatedEmbedding
+
     embedding = model.get_input_embeddings()
-    scale = output_scale(embedding)
-    model.set_input_embeddings(QuantizedEmbedding(plan, scale))
+    rotated = embedding if isinstance(embedding, RotatedEmbedding) else None  # a rotated table stays rotated back
+    lookup = QuantizedEmbedding(plan, output_scale(embedding.embedding if rotated else embedding))
+    model.set_input_embeddings(rotated.around(lookup) if rotated else lookup)
     return {"bits": plan.scheme.bits, "group_size": plan.scheme.block_size, "blocks": plan.scheme.describe(),
             "method": plan.method, "scales": "float16",
             "zero_points": None if plan.scheme.symmetric else "float16",
-            "kernel": f"quantized_decomposed::{LOOKUPS[plan.scheme.bits]}", "output_scale": scale}
+            "kernel": f"quantized_decomposed::{LOOKUPS[plan.scheme.bits]}", "output_scale": lookup.scale}

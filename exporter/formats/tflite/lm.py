@@ -154,6 +154,7 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     from exporter.formats.tflite import planned
     from exporter.quant.blocks import BlockOffsetLinear
     from exporter.quant.plan import round_to_nearest
+    from exporter.quant.rotate import Rotation
 
     bits, block = variant.row.bits, settings.block_size
     model = lowered.model
@@ -206,7 +207,8 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     # block_size is one of LiteRT's (BLOCKS_OF_32 in targets/lm.py refuses the others at load)
     granularity = getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block}") if bits == 4 else \
         qtyping.QuantGranularity.CHANNELWISE
-    rounded = planned.quantize(program, out, bits, granularity, plans)
+    rotations = [module.matrix.numpy() for module in model.modules() if isinstance(module, Rotation)]
+    rounded = planned.quantize(program, out, bits, granularity, plans, floats=rotations)
     by_method = planned_by(chosen.values())
     return {"scheme": f"int{bits} {'blocks of ' + str(block) if bits == 4 else 'per output channel'}, int8 "
                       "activations per call (ai-edge-quantizer's dynamic layout, XNNPACK)",
@@ -221,7 +223,8 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
             "kept": dict.fromkeys(kept, 8),
             "planned_by": by_method, "scales": "float16 rounded to bfloat16 precision (LiteRT's block-wise layout)"
                                                if bits == 4 else "float32",
-            "weights": {"from_the_plan": len(plans), "rounded_by_ai_edge_quantizer": rounded},
+            "weights": {"from_the_plan": len(plans), "rounded_by_ai_edge_quantizer": rounded,
+                        "rotations_in_float": len(rotations)},
             "source_grid": source_grid_note(plan, body, scheme if bits == 4 else None, by_method,
                                             'symmetric = false and zero_points = "float"')}
 

@@ -22,6 +22,7 @@ from exporter.quant.plan import QuantizedWeight
 _plans: dict[bytes, QuantizedWeight] = {}  # the plans of the program being quantized, by fingerprint
 _written: dict[bytes, QuantizedWeight] = {}
 _rounded: set[bytes] = set()  # weights no plan matched, rounded by ai-edge-quantizer
+_floats: set[bytes] = set()  # weights left float with their operator (a rotation's: exporter/quant/rotate.py)
 
 
 def fingerprint(weight: Any) -> bytes:
@@ -52,8 +53,25 @@ def _params(op_info: Any, tensor_config: Any, tensor_content: Any = None, tensor
         quantized_data=(plan.codes.numpy().astype(np.int16) - 2 ** (bits - 1)).astype(np.int8))
 
 
+def _materialize(function: Any, op_info: Any, graph_info: Any, *args: Any, **kwargs: Any) -> Any:
+    """ai-edge-quantizer's materialization of a fully connected or lookup operator with the plan's codes; one
+    whose weight is in `_floats` is left float, inputs and all (ai-edge-quantizer leaves an operator whose weight
+    is below min_weight_elements as it is)."""
+    import dataclasses
+    import sys
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    weight = graph_info.subgraph_tensors[op_info.op.inputs[1]] if graph_info and len(op_info.op.inputs) > 1 else None
+    data = None if weight is None else flatbuffer.get_tensor_data(weight, graph_info.buffers)
+    if data is not None and data.dtype == np.float32 and fingerprint(data) in _floats:
+        config = dataclasses.replace(op_info.op_quant_config, min_weight_elements=sys.maxsize)
+        op_info = dataclasses.replace(op_info, op_quant_config=config)
+    return function(_params, op_info, graph_info, *args, **kwargs)
+
+
 @contextlib.contextmanager
-def _planned(plans: dict[bytes, QuantizedWeight]) -> Iterator[None]:
+def _planned(plans: dict[bytes, QuantizedWeight], floats: list[Any]) -> Iterator[None]:
     """ai-edge-quantizer's min/max algorithm with `_params` as its weight rounding while the block runs (its recipe
     takes only the algorithms it names, so the plan stands in for min/max, which it falls back to)."""
     import functools
@@ -68,24 +86,27 @@ def _planned(plans: dict[bytes, QuantizedWeight]) -> Iterator[None]:
                 algorithm_manager.get_quantization_func(key, op, mode.CALIBRATE),
                 algorithm_manager.get_quantization_func(key, op, mode.MATERIALIZE),
                 algorithm_manager.get_update_qsv_func(key, op)] for op in materialize}
-    _plans.clear(), _written.clear(), _rounded.clear()
+    _plans.clear(), _written.clear(), _rounded.clear(), _floats.clear()
     _plans.update(plans)
+    _floats.update(fingerprint(w) for weight in floats for w in (weight, np.asarray(weight).T))
     try:
         for op, function in materialize.items():
             init, calibrate, _, update = own[op]
-            algorithm_manager.register_quantized_op(key, op, init, calibrate, functools.partial(function, _params),
+            algorithm_manager.register_quantized_op(key, op, init, calibrate, functools.partial(_materialize, function),
                                                     update)
         yield
     finally:
         for op, functions in own.items():
             algorithm_manager.register_quantized_op(key, op, *functions)
-        _plans.clear()
+        _plans.clear(), _floats.clear()
 
 
-def quantize(program: Path, out: Path, bits: int, granularity: Any, plans: dict[bytes, QuantizedWeight]) -> int:
+def quantize(program: Path, out: Path, bits: int, granularity: Any, plans: dict[bytes, QuantizedWeight],
+             floats: list[Any] = ()) -> int:
     """ai-edge-quantizer's dynamic recipe (int8 activations per call) on every fully connected and lookup weight of
-    `program`, each planned one with its plan's codes. Returns how many weights no plan matched (rounded to nearest
-    by ai-edge-quantizer); a plan that reaches no weight of the program is an error."""
+    `program`, each planned one with its plan's codes, an operator whose weight is one of `floats` left float.
+    Returns how many weights no plan matched (rounded to nearest by ai-edge-quantizer); a plan that reaches no
+    weight of the program is an error."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
     from exporter.errors import ConversionError
@@ -94,7 +115,7 @@ def quantize(program: Path, out: Path, bits: int, granularity: Any, plans: dict[
     manager = recipe_manager.RecipeManager()
     for op in (qtyping.TFLOperationName.FULLY_CONNECTED, qtyping.TFLOperationName.EMBEDDING_LOOKUP):
         manager.add_dynamic_config(regex=".*", operation_name=op, num_bits=bits, granularity=granularity)
-    with quiet(), _planned(plans):
+    with quiet(), _planned(plans, floats):
         q = quantizer.Quantizer(str(program))
         q.load_quantization_recipe(manager.get_quantization_recipe())
         q.quantize().export_model(str(out), overwrite=True)

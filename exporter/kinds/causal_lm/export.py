@@ -21,6 +21,7 @@ from exporter.diagnosis.search import fewest_kept
 from exporter.errors import UserInputError
 from exporter.formats import backend as format_backend
 from exporter.kinds import Written
+from exporter.lm.backend import HEAD, linear_modules
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.options import Progress
 from exporter.quant.plan import METHODS, Planner, weight_scheme
@@ -245,43 +246,53 @@ class VariantBuilder:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
         self.calibration = calibration or []
         self.lowered: dict[tuple[str, int], Any] = {}
-        self.trace_seconds = self.smoothing_seconds = 0.0
+        self.trace_seconds = 0.0
+        self.transform_seconds: dict[str, float] = {}  # smoothing, rotation -> seconds
         self.plan = Planner(lm.model, lambda: self.calibration, progress)
-        self.smoothed: dict[float, tuple[CausalLM, Planner, dict]] = {}  # alpha -> the smoothed model's
+        # (smoothing alpha, rotation block) -> the transformed model's lm, planner and records
+        self.transformed: dict[tuple[float, int], tuple[CausalLM, Planner, dict]] = {(0.0, 0): (lm, self.plan, {})}
 
-    def source(self, variant: LmVariant) -> tuple[CausalLM, Planner, dict | None]:
-        """The model a variant quantizes, the planner of its weights and, where it is smoothed (the variant's
-        smoothing alpha), what smoothing did; one smoothed copy per alpha, shared by the variants asking it."""
-        alpha = variant.settings.smoothing
-        if not alpha:
-            return self.lm, self.plan, None
-        if alpha not in self.smoothed:
-            from exporter.quant.smooth import smoothed_copy
+    def source(self, variant: LmVariant) -> tuple[CausalLM, Planner, dict]:
+        """The model a variant quantizes, the planner of its weights and what was done to the float model first
+        (activation smoothing, then rotation, each exact in float); one copy per pair of settings, shared by the
+        variants asking it."""
+        return self._transformed(variant.settings.smoothing, variant.settings.rotation)
 
+    def _transformed(self, alpha: float, rotation: int) -> tuple[CausalLM, Planner, dict]:
+        if (alpha, rotation) not in self.transformed:
+            lm, _, records = self._transformed(alpha, 0) if rotation else (self.lm, self.plan, {})
             begun = time.perf_counter()
-            model, record = smoothed_copy(self.lm.model, self.calibration, alpha, self.progress)
-            self.smoothing_seconds += time.perf_counter() - begun
-            if model is self.lm.model:  # left unsmoothed (the record says why): the float model's plans and lowering
-                self.smoothed[alpha] = (self.lm, self.plan, record)
+            if rotation:
+                from exporter.quant.rotate import rotated_copy
+
+                self.progress(f"rotation: Hadamard blocks of up to {rotation} on the int8-activation inputs")
+                model, record = rotated_copy(lm.model, rotation, [*linear_modules(lm.model), HEAD])
+                records = records | {"activation_rotation": record}
             else:
-                self.smoothed[alpha] = (dataclasses.replace(self.lm, model=model),
-                                        Planner(model, lambda: self.calibration, self.progress), record)
-        return self.smoothed[alpha]
+                from exporter.quant.smooth import smoothed_copy
+
+                model, record = smoothed_copy(lm.model, self.calibration, alpha, self.progress)
+                records = {"activation_smoothing": record}
+            step = "rotation" if rotation else "smoothing"
+            self.transform_seconds[step] = self.transform_seconds.get(step, 0.0) + time.perf_counter() - begun
+            # left as it was (the record says why): the float model's plans and lowering
+            self.transformed[(alpha, rotation)] = (lm, self.plan, records) if model is lm.model else (
+                dataclasses.replace(lm, model=model), Planner(model, lambda: self.calibration, self.progress), records)
+        return self.transformed[(alpha, rotation)]
 
     def plan_seconds(self) -> dict[str, float]:
-        """Seconds of each weight-plan step (calibration, gptq, rtn, smoothing) over every planner."""
+        """Seconds of each weight-plan step (calibration, gptq, rtn, smoothing, rotation) over every planner."""
         total: dict[str, float] = {}
-        for plan in {id(p): p for p in [self.plan, *(planner for _, planner, _ in self.smoothed.values())]}.values():
+        for plan in {id(p): p for _, p, _ in self.transformed.values()}.values():
             for step, seconds in plan.seconds.items():
                 total[step] = total.get(step, 0.0) + seconds
-        if self.smoothed:
-            total["smoothing"] = self.smoothing_seconds
+        total.update(self.transform_seconds)
         return {step: round(seconds, 1) for step, seconds in total.items()}
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = _lm_backend(variant.format)
-        lm, plan, smoothing = self.source(variant)
-        key = (variant.format, id(lm.model))  # one lowering per format and model (float, or one smoothed copy)
+        lm, plan, transforms = self.source(variant)
+        key = (variant.format, id(lm.model))  # one lowering per format and model (float, or one transformed copy)
         if key not in self.lowered:
             begun = time.perf_counter()
             scratch = self.scratch / f"{variant.format}-{len(self.lowered)}"
@@ -289,8 +300,7 @@ class VariantBuilder:
             self.lowered[key] = backend.lower(lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
         emitted = backend.emit(self.lowered[key], variant, variant.settings, out, kept, plan, self.progress)
-        if smoothing is not None:
-            emitted.quantization["activation_smoothing"] = smoothing
+        emitted.quantization.update(transforms)
         stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
                                                                        self.target.name, variant.precision))
         files = _files([out, *emitted.extra_files, *stamped])
@@ -303,7 +313,6 @@ class VariantBuilder:
 def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, reference: dict, work: Path) -> dict:
     """Judge the variant with its runtime; blame every decoder linear (as the target's diagnose says); with auto
     precision, keep the worst at higher precision until the budget holds. Returns the manifest entry."""
-    from exporter.lm.backend import linear_modules
     from exporter.lm.blame import blame_linears
     from validators.lm.runtime import open_lm
 
@@ -323,7 +332,7 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
         settings.symmetric and variant.row.bits == 4
     scheme = weight_scheme(variant.row.bits, settings.block_size, symmetric, settings.zero_points)
     method = settings.method if settings.method in METHODS else "rtn"  # onnxruntime's k-quant: no PyTorch plan
-    source, plan, _ = builder.source(variant)  # the smoothed model where the variant is smoothed
+    source, plan, _ = builder.source(variant)  # the smoothed or rotated model where the variant asks it
     rows = blame_linears(source.model, paths, lambda path: plan.weight(path, scheme, method), windows, logprobs,
                          progress)
     diagnosis: dict[str, Any] = {"method": f"each decoder linear alone replaced by its weight plan ({method}, "
