@@ -98,7 +98,7 @@ def test_a8w8_artifacts_hold_the_rotated_plan_with_float_rotations(tmp_path):
     expected = {}
     for path, module in rotated.named_modules():
         if path.startswith("model.layers") and hasattr(module, "rotation"):
-            plan = round_to_nearest(module.weight.detach(), Scheme(8, module.weight.shape[1], True))
+            plan = round_to_nearest(module.weight.detach(), Scheme.per_channel(module.weight.shape[1]))
             expected[module.weight.shape] = expected.get(module.weight.shape, []) + [plan.codes.numpy()]
     found = 0
     for tensor in codes.values():

@@ -43,6 +43,11 @@ class Scheme:
     symmetric: bool
     float_zero_points: bool = False  # asymmetric only
 
+    @classmethod
+    def per_channel(cls, columns: int) -> Scheme:
+        """8-bit symmetric codes with one scale per output channel (one block of the whole row)."""
+        return cls(8, columns, True)
+
     def describe(self) -> str:
         kind = "symmetric" if self.symmetric else \
             "asymmetric, float zero points" if self.float_zero_points else "asymmetric, uint8 zero points"

@@ -246,7 +246,7 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
         linear = modules[path]
         weight = linear.weight
         columns = weight.shape[1]
-        chosen = plan.weight(path, scheme if bits == 4 else Scheme(8, columns, True), method)
+        chosen = plan.weight(path, scheme if bits == 4 else Scheme.per_channel(columns), method)
         with torch.no_grad():
             weight.qdata.copy_((chosen.codes.int() - 2 ** (bits - 1)).to(torch.int8))
             weight.scale.copy_(chosen.scales.reshape(weight.scale.shape).to(weight.scale.dtype))

@@ -166,12 +166,12 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
     head_bits = kept.get(HEAD) or settings.embedding_bits if bits == 4 else 8
 
     def blocks(path: str, layer_bits: int) -> Scheme:
-        return scheme if layer_bits == 4 else Scheme(8, modules[path].weight.shape[1], True)
+        return scheme if layer_bits == 4 else Scheme.per_channel(modules[path].weight.shape[1])
 
     body = linear_modules(model)
     chosen = {path: plan.weight(path, blocks(path, kept.get(path) or bits), settings.method) for path in body}
     # a gathered row cannot add block offsets: the lookup's blocks are symmetric
-    lookup = Scheme(4, block if dim % block == 0 else dim, True) if head_bits == 4 else Scheme(8, dim, True)
+    lookup = Scheme(4, block if dim % block == 0 else dim, True) if head_bits == 4 else Scheme.per_channel(dim)
     chosen[table_path] = plan.weight(table_path, lookup, "rtn")  # no calibration Hessian for a lookup
     tied = HEAD in modules and modules[HEAD].weight is table.weight
     shared = tied and (head_bits == 8 or scheme.symmetric)  # the head reads the lookup's tensor
@@ -194,7 +194,7 @@ def _quantize(lowered: TfliteLmLowered, variant: LmVariant, settings: LmSettings
             setattr(modules[parent] if parent else model, name, wrapped)
             plans[planned.fingerprint(linear.weight.detach())] = symmetric
             side = wrapped.offsets.weight.detach()  # int8 per row, as ExecuTorch's a8w8 offsets
-            plans[planned.fingerprint(side)] = round_to_nearest(side, Scheme(8, side.shape[1], True))
+            plans[planned.fingerprint(side)] = round_to_nearest(side, Scheme.per_channel(side.shape[1]))
         program = lowered.scratch / f"model.{variant.precision}.offsets.fp32.tflite"
         _convert(model, lowered.settings, program)
     else:
