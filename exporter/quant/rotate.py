@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from exporter.quant.smooth import logit_change
+
 
 def hadamard(size: int) -> torch.Tensor:
     """The orthonormal Sylvester Hadamard matrix of `size` (a power of two), symmetric."""
@@ -102,9 +104,7 @@ def rotated_copy(model: Any, size: int, paths: list[str]) -> tuple[Any, dict]:
             parent, _, name = path.rpartition(".")
             setattr(modules[parent] if parent else rotated, name, RotatedLinear(linear, rotation, weight))
             sizes[block] = sizes.get(block, 0) + 1
-        ids = torch.arange(min(8, table.weight.shape[0]))[None]
-        change = float((rotated(input_ids=ids).logits - model(input_ids=ids).logits).abs().max()
-                       / model(input_ids=ids).logits.abs().max().clamp(min=1e-9))
+        change = logit_change(model, rotated, torch.arange(min(8, table.weight.shape[0]))[None])
     return rotated, {"rotated_linears": sum(sizes.values()), "block_sizes": {str(k): v for k, v in sizes.items()},
                      "float_logit_change": float(f"{change:.2g}"),
                      "how": "block-diagonal Hadamard: weights stored rotated, inputs rotated in float in the graph "

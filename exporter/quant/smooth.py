@@ -60,7 +60,7 @@ def smoothed_copy(model: Any, batches: list[Any], alpha: float,
                     up.bias.div_(scales)
                 down.weight.mul_(scales)
                 count += 1
-        change = _logit_change(model, smoothed, batches[0][:1])
+        change = logit_change(model, smoothed, batches[0][:1])
     if change > FOLD_TOLERANCE:
         return model, {"alpha": alpha, "smoothed_linears": 0,
                        "not_smoothed": f"the fold changed the float model's logits by {change:.2g} of their "
@@ -129,6 +129,7 @@ def _norm_offset(norm: Any) -> float | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _logit_change(model: Any, smoothed: Any, batch: Any) -> float:
-    before, after = model(input_ids=batch).logits, smoothed(input_ids=batch).logits
+def logit_change(model: Any, changed: Any, batch: Any) -> float:
+    """The largest change a transform exact in float made to `model`'s logits on `batch`, relative to the largest."""
+    before, after = model(input_ids=batch).logits, changed(input_ids=batch).logits
     return float((after - before).abs().max() / before.abs().max().clamp(min=1e-9))

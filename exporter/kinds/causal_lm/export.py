@@ -260,7 +260,7 @@ class VariantBuilder:
 
     def _transformed(self, alpha: float, rotation: int) -> tuple[CausalLM, Planner, dict]:
         if (alpha, rotation) not in self.transformed:
-            lm, _, records = self._transformed(alpha, 0) if rotation else (self.lm, self.plan, {})
+            lm, _, records = self._transformed(alpha if rotation else 0.0, 0)  # smoothed first, then rotated
             begun = time.perf_counter()
             if rotation:
                 from exporter.quant.rotate import rotated_copy
