@@ -60,6 +60,7 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 EMBEDDING_BITS = (4, 8, 32)  # 32: float
 SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant's alpha (exporter/quant/smooth.py); 0: off
 ROTATION_BLOCKS = (0, 16, 32, 64, 128)  # Hadamard block of exporter/quant/rotate.py; 0: off
+RECOVERY_STEPS = (0, 25, 50, 100, 200, 400)  # self-distillation steps of exporter/quant/recover.py; 0: off
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
@@ -74,6 +75,8 @@ WEIGHT_SETTINGS = {
                   "weights, folded into the preceding norms (exact in float, calibrated); 0: off", SMOOTHING_ALPHAS),
     "rotation": ("Hadamard block (channels) rotating the inputs of int8-activation linears and the head: weights "
                  "stored rotated, inputs rotated in float in the graph (exact in float); 0: off", ROTATION_BLOCKS),
+    "recovery": ("steps of self-distillation learning the 4-bit plan's block scales against the float model's own "
+                 "next-token distributions on calibration text (codes kept); 0: off", RECOVERY_STEPS),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
@@ -82,6 +85,7 @@ SMOOTHED = {"smoothing": SMOOTHING_ALPHAS}  # int8 activations quantized per tok
 # a rotated linear stays an nn.Linear whose weight torchao and ai-edge-quantizer take as planned; ONNX picks its
 # MatMuls by module path (the rotation's would be taken too), Core ML's activations are float
 ROTATED = {"rotation": ROTATION_BLOCKS}
+RECOVERED = {"recovery": RECOVERY_STEPS}  # learned scales of a 4-bit plan
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
 BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
@@ -113,7 +117,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("onnx", "w4", "4-bit block-wise weights of every decoder linear (MatMulNBits, int8 activation "
                 "compute: accuracy level 4); embedding table and output head at the target's embedding_bits (8 by "
                 "default)", 4, LM_W4_BUDGET, activations="int8",
-                reads={k: values for k, (_, values) in WEIGHT_SETTINGS.items()}),
+                reads={k: values for k, (_, values) in WEIGHT_SETTINGS.items() if k not in ROTATED}),
     LmPrecision("executorch", "fp32", "float32 decode step with a fixed-length KV cache, XNNPACK", None,
                 LM_FP32_BUDGET),
     LmPrecision("executorch", "a8w8", "int8 per-channel weights, int8 dynamic activations (torchao, XNNPACK "
@@ -122,7 +126,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK; asymmetric blocks add their offsets as an int8 matmul of block means); "
                 "embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET, activations="int8",
-                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | {k: WEIGHT_SETTINGS[k][1] for k in (
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | {k: WEIGHT_SETTINGS[k][1] for k in (
                     "embedding_bits", "symmetric", "zero_points")}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
@@ -133,7 +137,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 "activations (ai-edge-quantizer's dynamic layout, XNNPACK; asymmetric blocks add their offsets as an "
                 "int8 matmul of block means); embedding (symmetric blocks) and head at embedding_bits (a tied head "
                 "reads the embedding's tensor, except 4-bit asymmetric blocks)", 4, LM_W4_BUDGET, activations="int8",
-                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | {"embedding_bits": (4, 8)} | {
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | {"embedding_bits": (4, 8)} | {
                     k: WEIGHT_SETTINGS[k][1] for k in ("symmetric", "zero_points")}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
@@ -142,7 +146,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 reads=PLANNED | {"block_size": BLOCK_SIZES}),
     LmPrecision("coreml", "w4", "stateful ML Program, 4-bit weights of every linear in blocks of block_size, the "
                 "embedding table and head at embedding_bits (the weight plan's codes)", 4, LM_W4_BUDGET,
-                reads=PLANNED | {k: WEIGHT_SETTINGS[k][1] for k in (
+                reads=PLANNED | RECOVERED | {k: WEIGHT_SETTINGS[k][1] for k in (
                     "block_size", "embedding_bits", "symmetric", "zero_points")}),
 )
 LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
@@ -168,6 +172,7 @@ class LmSettings:
     embedding_bits: int = 8  # the embedding table and the output head (tied or not) of 4-bit variants
     smoothing: float = 0.0  # SMOOTHING_ALPHAS: SmoothQuant's alpha for int8-activation variants; 0: off
     rotation: int = 0  # ROTATION_BLOCKS: Hadamard block rotating int8-activation inputs; 0: off
+    recovery: int = 0  # RECOVERY_STEPS: self-distillation steps learning a 4-bit plan's scales; 0: off
     symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
     blame_windows: int = 1  # eval windows the per-layer blame measures on (it runs once per decoder linear)
     diagnose: str = "always"  # per-layer blame of quantized variants: "always", "on-failure", "off"
@@ -197,6 +202,8 @@ class LmSettings:
             fail(f"smoothing {self.smoothing!r}; choose one of: {', '.join(map(str, SMOOTHING_ALPHAS))}")
         if self.rotation not in ROTATION_BLOCKS or isinstance(self.rotation, bool):
             fail(f"rotation {self.rotation!r}; choose one of: {', '.join(map(str, ROTATION_BLOCKS))}")
+        if self.recovery not in RECOVERY_STEPS or isinstance(self.recovery, bool):
+            fail(f"recovery {self.recovery!r}; choose one of: {', '.join(map(str, RECOVERY_STEPS))}")
         if self.embedding_bits not in (4, 8, 32):
             fail(f"embedding_bits {self.embedding_bits}; choose 4, 8 or 32 (float)")
         if self.prefill_length > self.cache_length or self.window_length > self.cache_length:
@@ -279,8 +286,8 @@ class LmTarget:
 
     @property
     def needs_calibration(self) -> bool:
-        """A variant computes its weights from calibration text (method = "gptq", or smoothing)."""
-        return any(v.settings.method == "gptq" or v.settings.smoothing for v in self.variants)
+        """A variant computes its weights from calibration text (method = "gptq", smoothing or recovery)."""
+        return any(v.settings.method == "gptq" or v.settings.smoothing or v.settings.recovery for v in self.variants)
 
     def to_profile(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,
@@ -334,6 +341,9 @@ def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
         if any(v.precision == precision_id and v.format == fmt for v in variants):
             raise TargetError(f"{origin}: variant {fmt}/{precision_id} is listed twice")
         resolved = _weight_settings(row, entry, lm_table, settings, f"{origin}: {where} ({fmt} {precision_id})")
+        if resolved.get("recovery") and resolved.get("method") not in PLANNED["method"]:
+            raise TargetError(f"{origin}: {where} ({fmt} {precision_id}): recovery learns the scales of a PyTorch "
+                              f"weight plan; method {resolved['method']!r} has none: use method = \"gptq\" or \"rtn\"")
         unread = {k: getattr(LmSettings, k) for k in WEIGHT_SETTINGS}  # defaults, so equal variants compare equal
         variants.append(LmVariant(fmt, precision_id, budget, dataclasses.replace(settings, **unread | resolved)))
     _refuse_unread_settings(lm_table, variants, origin)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.lm_models import FAMILIES, causal_lm_folder, check_provenance, lm_target
 from validators.lm.metrics import free_running, repeated_ngram_rate, teacher_forced
-from validators.lm.validate import lm_metrics, violations
+from validators.lm.validate import lm_metrics, tie_paths, violations
 
 pytestmark = pytest.mark.hf
 
@@ -304,6 +304,42 @@ def test_a_looping_artifact_fails_even_when_perplexity_holds():
     found = violations(limits, lm_metrics(forced, [run], 10), forced, [run])
     assert found == ["repetition increase 0.7 exceeds the budget of 0.15; prompt 0 loops: 70% of its 3-grams repeat "
                      "(reference 0%)"]
+
+
+def test_a_loop_the_float_model_takes_itself_after_a_near_tie_is_judged_on_that_path():
+    reference = [5, 9, 2, 7, 3, 8, 1, 6, 4, 0, 11, 12]
+    its_own_loop = [5, 9, 2, 5, 9, 2, 5, 9, 2, 5, 9, 2]  # the float model's own text from a tie at position 3
+    logits = np.zeros((12, 16))
+    run = free_running(reference, logits, its_own_loop, logits, [reference[:8] + [4, 1, 2, 3], its_own_loop])
+    assert run["parted_at_tie"] and run["first_divergence"] == 3
+    assert run["reference_repetition"] == pytest.approx(0.7) and run["repetition_increase"] == 0.0
+    # the tie path most like the artifact's text is the one compared: a loop it does not have is still charged
+    first_tie_only = reference[:3] + [5, 0, 1, 2, 3, 4, 6, 8, 10]
+    worse = free_running(reference, logits, its_own_loop, logits, [first_tie_only, its_own_loop[:6] + [0] * 6])
+    assert worse["parted_at_tie"] and worse["reference_repetition"] == pytest.approx(0.4)
+    assert free_running(reference, logits, its_own_loop, logits, [first_tie_only])["repetition_increase"] == \
+        pytest.approx(0.7)
+    # parting with a token no tie path took is judged against the reference's own text
+    other = reference[:3] + [13, 9, 2, 13, 9, 2, 13, 9, 2]
+    assert not free_running(reference, logits, other, logits, [its_own_loop])["parted_at_tie"]
+
+
+def test_a_text_is_stored_as_a_tie_path_only_when_the_float_model_ranks_each_token_near_first(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exporter.kinds.causal_lm.export import _eager_greedy, store_tie_paths
+
+    model = AutoModelForCausalLM.from_pretrained(causal_lm_folder(FAMILIES[0], tmp_path / "m", steps=40)).eval()
+    prompt = [1, 70, 101, 108, 108, 111]
+    with torch.no_grad():
+        own, logits = _eager_greedy(model, prompt, 12)
+    reference = {"gen/0/prompt": np.array(prompt)}
+    ranked = np.argsort(logits[5])  # the token the model ranks last at position 5: far from a tie
+    wrong = own[:5] + [int(ranked[0])] + own[6:]
+    runs = [{"prompt": 0, "generated": text, "first_divergence": 5} for text in (wrong, own, own)]
+    assert store_tie_paths(model, reference, runs) == 1  # its own text once (every gap 0), never the wrong one
+    assert tie_paths(reference, "0") == [own]
 
 
 @pytest.mark.slow

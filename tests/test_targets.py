@@ -236,3 +236,13 @@ def test_a_target_wide_weight_setting_applies_to_the_variants_that_read_it():
     assert [(v.settings.method, v.settings.block_size) for v in target.variants] == [("hqq", 64), ("rtn", 64)]
     # what nothing says is the default (an 8-bit table) on both
     assert target.variants[1].settings.embedding_bits == 8 and target.variants[0].settings.embedding_bits == 8
+
+
+def test_recovery_needs_a_pytorch_weight_plan():
+    variant = {"format": "onnx", "precision": "w4", "method": "k_quant", "recovery": 50}
+    with pytest.raises(TargetError, match=re.escape("recovery learns the scales of a PyTorch weight plan; method "
+                                                    "'k_quant' has none")) as info:
+        lm_target_from_dict({"name": "t", "lm": {}, "variants": [variant]}, "t.toml")
+    assert "\n" not in str(info.value)
+    target = lm_target_from_dict({"name": "t", "lm": {}, "variants": [variant | {"method": "gptq"}]}, "t.toml")
+    assert target.variants[0].settings.recovery == 50 and target.needs_calibration

@@ -10,6 +10,11 @@ Forced decoding: the reference's greedy text fed to the artifact one token per d
 positions where the artifact's next token is the reference's, and the mean KL there. One near-tie lets two
 greedy texts part for good; this still counts each later position, so text that is wrong from some point on
 (a broken decode path, a cache read at the wrong positions) is told from text that parted at one close call.
+Near ties: an artifact's greedy text that parts from the reference's where the float model ranks the
+artifact's token within TIE_MARGIN logits of its own choice, and every later token likewise, is the float model's
+own text on that path; the export stores it (a "tie path") and its repetition is compared with that text, so a
+loop the float model itself falls into there is not charged to the artifact (SmolLM2-135M, int8: ties of 0.12 and
+0.01 logits lead both to the same loop).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 REPEAT_N = 3
+TIE_MARGIN = 0.25  # logits: a greedy choice this close flips under any quantization (int8 SmolLM2: KL 3e-4 does)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -58,18 +64,25 @@ def repeated_ngram_rate(tokens: list[int], n: int = REPEAT_N) -> float:
 
 
 def free_running(reference_tokens: list[int], reference_logits: np.ndarray, artifact_tokens: list[int],
-                 artifact_logits: np.ndarray) -> dict:
-    """Greedy generations from one prompt compared: logits are the ones each token was chosen from."""
+                 artifact_logits: np.ndarray, tie_paths: list[list[int]] = ()) -> dict:
+    """Greedy generations from one prompt compared: logits are the ones each token was chosen from;
+    tie_paths: the float model's own texts that part from the reference's at near ties."""
     count = min(len(reference_tokens), len(artifact_tokens))
     diverged = next((i for i in range(count) if reference_tokens[i] != artifact_tokens[i]), count)
     # up to and including the first differing position both were fed the same tokens, so their logits compare
     compared = min(diverged + 1, count)
     delta = np.abs(reference_logits[:compared].astype(np.float64) - artifact_logits[:compared]).max() if compared \
         else 0.0
-    reference_rate, artifact_rate = repeated_ngram_rate(reference_tokens), repeated_ngram_rate(artifact_tokens)
+    # the float model's own text from the token the artifact took where they parted, the longest alike
+    parted = [p for p in tie_paths if diverged < count and p[:diverged + 1] == artifact_tokens[:diverged + 1]]
+    path = max(parted, key=lambda p: next((i for i, (a, b) in enumerate(zip(p, artifact_tokens, strict=False))
+                                           if a != b), count), default=None)
+    reference_rate = repeated_ngram_rate(reference_tokens if path is None else path)
+    artifact_rate = repeated_ngram_rate(artifact_tokens)
     return {"tokens": count, "matching_tokens": diverged, "first_divergence": None if diverged == count else diverged,
             "max_abs_logit_delta": float(delta), "reference_repetition": reference_rate,
-            "artifact_repetition": artifact_rate, "repetition_increase": artifact_rate - reference_rate}
+            "artifact_repetition": artifact_rate, "repetition_increase": artifact_rate - reference_rate,
+            "parted_at_tie": path is not None}
 
 
 def forced_decoding(reference_tokens: list[int], reference_logits: np.ndarray, artifact_logits: np.ndarray) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+from validators.lm.metrics import TIE_MARGIN
 from validators.report_parts import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
@@ -80,14 +81,23 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
     if q.get("planned_by"):
         lines.append("weight plan: " + ", ".join(f"{n} by {m}" for m, n in q["planned_by"].items())
                      + (f"; {q['source_grid']}" if q.get("source_grid") else ""))
+    if recovery := q.get("recovery"):
+        lines.append(f"recovery: {recovery['steps']} steps of self-distillation ({recovery['seconds']} s) learned the "
+                     f"block scales of {recovery['linears']} linears: KL on {recovery['held_out_tokens']} held-out "
+                     f"calibration tokens {recovery['kl_before']:.4g} -> {recovery['kl_after']:.4g} (PyTorch, "
+                     "weights only)")
     for run in a["lm"]["free_running"]:
         divergence = run["first_divergence"]
         where = "all equal" if divergence is None else f"first divergence at token {divergence}"
+        if run.get("parted_at_tie"):
+            where += (f", at a near tie, onto a text the float model itself generates with each token within "
+                      f"{TIE_MARGIN} logits of its own choice")
         forced = (f"; fed the reference's text, predicts {run['decode_top1_agreement']:.0%} of its tokens (KL mean "
                   f"{run['decode_kl_mean']:.3g})" if "decode_top1_agreement" in run else "")
         lines.append(f"prompt {run['prompt']}: {run['matching_tokens']}/{run['tokens']} greedy tokens equal "
                      f"({where}), repeated 3-grams {run['artifact_repetition']:.0%} "
-                     f"(reference {run['reference_repetition']:.0%}){forced}")
+                     f"({'the float model on that path' if run.get('parted_at_tie') else 'reference'} "
+                     f"{run['reference_repetition']:.0%}){forced}")
     auto = (a.get("diagnosis") or {}).get("auto_precision")
     if auto and "not_offered" in auto:
         lines.append(f"auto precision: {auto['not_offered']}")

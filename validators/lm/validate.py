@@ -38,6 +38,13 @@ def prompts_of(reference: dict) -> list[str]:
     return sorted({key.split("/")[1] for key in reference if key.startswith("gen/")}, key=int)
 
 
+def tie_paths(reference: dict, key: str) -> list[list[int]]:
+    """Greedy texts on prompt KEY that part from the reference's at near ties and are still the float model's
+    own (the export checks each artifact's text with the model: exporter/kinds/causal_lm/export.py
+    store_tie_paths); stored as gen/KEY/tie/N."""
+    return [[int(t) for t in reference[name]] for name in reference if name.startswith(f"gen/{key}/tie/")]
+
+
 def judge(lm, reference: dict, budget: dict, nbytes: int) -> dict:
     """Run one opened artifact (validators.lm.runtime.CachedLM) against the reference: its teacher-forced and
     free-running figures, its named metrics and the budget's violations."""
@@ -58,7 +65,8 @@ def judge(lm, reference: dict, budget: dict, nbytes: int) -> dict:
         # until the texts part, the greedy run was fed the reference's tokens: its logits are the forced ones
         fed = logits if tokens == expected else lm.forced(prompt, expected)
         runs.append({"prompt": int(key), "generated": tokens,
-                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
+                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits,
+                                    tie_paths(reference, key)),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
     metrics = lm_metrics(forced, runs, nbytes)
     return {"teacher_forced": forced, "free_running": runs, "metrics": metrics,
@@ -89,7 +97,8 @@ def _why(limits: dict, forced: dict, runs: list[dict]) -> dict[str, str]:
     if (limit := limits.get("max_repetition_increase")) is not None:
         why["repetition_increase"] = "; ".join(
             f"prompt {r['prompt']} loops: {r['artifact_repetition']:.0%} of its 3-grams repeat (reference "
-            f"{r['reference_repetition']:.0%})" for r in runs if r["repetition_increase"] > limit)
+            f"{r['reference_repetition']:.0%}{' on the path the near tie took' if r.get('parted_at_tie') else ''})"
+            for r in runs if r["repetition_increase"] > limit)
     return why
 
 

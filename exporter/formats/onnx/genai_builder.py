@@ -31,12 +31,13 @@ KNOWN = {"llama", "mistral", "qwen2", "qwen3", "phi3", "phi", "gemma", "gemma2",
 
 
 def builder_choice(model_type: str, precision: str, embedding_bits: int, builder: str,
-                   symmetric: bool, method: str = "rtn") -> tuple[bool, str]:
+                   symmetric: bool, method: str = "rtn", recovery: int = 0) -> tuple[bool, str]:
     """(use the builder, the reason the manifest records)."""
     if builder == "export":
         return False, "the target asks for edgeport's own export (builder = \"export\")"
-    if method == "gptq":
-        return False, "gptq codes are computed in PyTorch and written by edgeport's own export"
+    if method == "gptq" or recovery:
+        return False, (f"{'recovered' if recovery else 'gptq'} codes and scales are computed in PyTorch and written by "
+                       "edgeport's own export")
     if precision != "w4":
         return False, ("onnxruntime-genai's builder is used for w4 only: w8, fp32 and fp16 come from the traced "
                        "program (edgeport's opset-23 export)")

@@ -43,7 +43,7 @@ class OnnxLmBackend:
         lm = lowered.lm
         model_type = getattr(lm.model.config, "model_type", "")
         use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
-                                          settings.symmetric, settings.method)
+                                          settings.symmetric, settings.method, settings.recovery)
         if kept:
             use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
         cache, built_by = lowered.cache, TRACED

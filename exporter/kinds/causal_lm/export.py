@@ -25,8 +25,10 @@ from exporter.lm.backend import HEAD, linear_modules
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.options import Progress
 from exporter.quant.plan import METHODS, Planner, weight_scheme
+from exporter.quant.recover import RecoveredPlanner
 from targets.lm import LmTarget, LmVariant
-from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge
+from validators.lm.metrics import TIE_MARGIN
+from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, tie_paths
 
 LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao", "onnxruntime-genai")  # beside each format's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
@@ -168,6 +170,28 @@ def _eager_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[
     return tokens, np.stack(chosen_from)
 
 
+def store_tie_paths(model: Any, reference: dict, runs: list[dict]) -> int:
+    """Store, as gen/KEY/tie/N, each artifact greedy text (judge's free-running runs) that left the reference's
+    and is still the float model's own: fed it, the model ranks every one of its tokens first or within
+    TIE_MARGIN logits of first. Its repetition is then the model's on that path, not the artifact's (the
+    verdict compares it with this text). Returns how many were stored."""
+    import torch
+
+    stored = 0
+    for run in runs:
+        key, text = run["prompt"], [int(t) for t in run["generated"]]
+        if run["first_divergence"] is None or text in tie_paths(reference, str(key)):
+            continue
+        prompt = [int(t) for t in reference[f"gen/{key}/prompt"]]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + text[:-1]])).logits[0, len(prompt) - 1:]
+        gaps = logits.max(-1).values - logits[torch.arange(len(text)), text]
+        if float(gaps.max()) < TIE_MARGIN:
+            reference[f"gen/{key}/tie/{len(tie_paths(reference, str(key)))}"] = np.array(text, np.int64)
+            stored += 1
+    return stored
+
+
 def _eager_speed(model: Any, prompt: list[int], new_tokens: int, threads: int) -> dict:
     """Eager PyTorch on the same prompt, token count and thread count as the artifacts' speed runs."""
     import torch
@@ -251,6 +275,7 @@ class VariantBuilder:
         self.plan = Planner(lm.model, lambda: self.calibration, progress)
         # (smoothing alpha, rotation block) -> the transformed model's lm, planner and records
         self.transformed: dict[tuple[float, int], tuple[CausalLM, Planner, dict]] = {(0.0, 0): (lm, self.plan, {})}
+        self.recovered: dict[tuple[int, int], RecoveredPlanner] = {}  # (id of a planner, steps) -> its recovery
 
     def source(self, variant: LmVariant) -> tuple[CausalLM, Planner, dict]:
         """The model a variant quantizes, the planner of its weights and what was done to the float model first
@@ -287,6 +312,8 @@ class VariantBuilder:
             for step, seconds in plan.seconds.items():
                 total[step] = total.get(step, 0.0) + seconds
         total.update(self.transform_seconds)
+        if recovered := [r["seconds"] for p in self.recovered.values() for r in p.records.values()]:
+            total["recovery"] = sum(recovered)
         return {step: round(seconds, 1) for step, seconds in total.items()}
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
@@ -299,8 +326,15 @@ class VariantBuilder:
             scratch.mkdir()
             self.lowered[key] = backend.lower(lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
+        if steps := variant.settings.recovery:  # one recovery per planner and step count, shared by variants
+            recovery = (id(plan), steps)
+            if recovery not in self.recovered:
+                self.recovered[recovery] = RecoveredPlanner(plan, linear_modules(lm.model), steps, self.progress)
+            plan = self.recovered[recovery]
         emitted = backend.emit(self.lowered[key], variant, variant.settings, out, kept, plan, self.progress)
         emitted.quantization.update(transforms)
+        if steps and (record := plan.record()):
+            emitted.quantization["recovery"] = record
         stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
                                                                        self.target.name, variant.precision))
         files = _files([out, *emitted.extra_files, *stamped])
@@ -314,11 +348,10 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
     """Judge the variant with its runtime; blame every decoder linear (as the target's diagnose says); with auto
     precision, keep the worst at higher precision until the budget holds. Returns the manifest entry."""
     from exporter.lm.blame import blame_linears
-    from validators.lm.runtime import open_lm
 
     lm, target, progress = builder.lm, builder.target, builder.progress
     settings = variant.settings
-    judged = judge(open_lm(work, entry, target.threads), reference, entry["budget"], entry["bytes"])
+    judged = _judged(builder, entry, reference, work)
     failing = bool(judged["violations"])
     if settings.diagnose == "off" or (settings.diagnose == "on-failure" and not failing):
         return entry | {"diagnosis": {"note": f"no per-layer blame (diagnose = \"{settings.diagnose}\")"}}
@@ -347,9 +380,21 @@ def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, referenc
     return entry | {"diagnosis": diagnosis}
 
 
+def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -> dict:
+    """The artifact judged with its runtime; where its text loops after parting from the reference's at near ties
+    and is still the float model's own text, that text is stored as a tie path (store_tie_paths) and judged by."""
+    from validators.lm.runtime import open_lm
+
+    artifact = open_lm(work, entry, builder.target.threads)
+    judged = judge(artifact, reference, entry["budget"], entry["bytes"])
+    looping = [r for r in judged["free_running"] if r["repetition_increase"] > 0]
+    if store_tie_paths(builder.lm.model, reference, looping):
+        judged = judge(artifact, reference, entry["budget"], entry["bytes"])
+    return judged
+
+
 def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, rows: list[dict], reference: dict,
                     judged: dict, work: Path) -> tuple[dict, dict]:
-    from validators.lm.runtime import open_lm
 
     keep_as = 8 if variant.row.bits == 4 else None  # a 4-bit variant keeps layers at 8 bits, an 8-bit one in float
     before, first, path = entry["bytes"], judged, entry["path"]
@@ -360,8 +405,7 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
         builder.progress(f"{variant.precision}: auto precision: keeping the {count} worst decoder linear(s) at "
                          f"{keep_as or 'float'} {'bits' if keep_as else ''}".rstrip())
         last["entry"] = builder.emit(variant, work / path, kept)
-        last["judged"] = judge(open_lm(work, last["entry"], builder.target.threads), reference,
-                               last["entry"]["budget"], last["entry"]["bytes"])
+        last["judged"] = _judged(builder, last["entry"], reference, work)
         return last["judged"]["violations"]
 
     kept = fewest_kept(max(1, len(rows) // 2), attempt)  # at most half the linears: beyond that, ship 8 bits
