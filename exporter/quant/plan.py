@@ -67,6 +67,13 @@ class QuantizedWeight:
         weight = (as_blocks(self.codes, self.scheme.block_size) - self.zero_points[..., None]) * self.scales[..., None]
         return weight.reshape(rows, -1)[:, :columns]
 
+    def signed_codes(self) -> Any:
+        """torch.int8 [rows, columns]: `code - 2**(bits-1)`, as runtimes with symmetric blocks (torchao, LiteRT)
+        store the codes of symmetric blocks or of an asymmetric plan's symmetric part."""
+        import torch
+
+        return (self.codes.int() - 2 ** (self.scheme.bits - 1)).to(torch.int8)
+
     def offsets(self) -> Any:
         """[rows, blocks]: what each block adds to its symmetric part `(code - 2**(bits-1)) * scale`, i.e.
         `(2**(bits-1) - zero_point) * scale` (zeros for symmetric blocks). A runtime whose blocks are symmetric

@@ -248,7 +248,7 @@ def _write_plan(model: Any, bits_of: dict[str, int], scheme: Scheme, method: str
         columns = weight.shape[1]
         chosen = plan.weight(path, scheme if bits == 4 else Scheme.per_channel(columns), method)
         with torch.no_grad():
-            weight.qdata.copy_((chosen.codes.int() - 2 ** (bits - 1)).to(torch.int8))
+            weight.qdata.copy_(chosen.signed_codes())
             weight.scale.copy_(chosen.scales.reshape(weight.scale.shape).to(weight.scale.dtype))
             weight.zero_point.zero_()
         if not chosen.scheme.symmetric:

@@ -50,7 +50,7 @@ def _params(op_info: Any, tensor_config: Any, tensor_content: Any = None, tensor
     return qtyping.UniformQuantParams(
         num_bits=bits, quantized_dimension=0, scale=scale, zero_point=np.zeros(scale.shape, np.int32),
         symmetric=True, block_size=block,
-        quantized_data=(plan.codes.numpy().astype(np.int16) - 2 ** (bits - 1)).astype(np.int8))
+        quantized_data=plan.signed_codes().numpy())
 
 
 def _materialize(function: Any, op_info: Any, graph_info: Any, *args: Any, **kwargs: Any) -> Any:
