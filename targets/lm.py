@@ -31,6 +31,9 @@ class LmBudget:
     min_decode_top1_agreement: float | None = None
     max_repetition_increase: float | None = None  # artifact's repeated 3-gram rate minus the reference's
     max_size_mb: float | None = None
+    # the artifact's bytes / the source's float32 weights' bytes (llama.cpp's Q4_K_M of SmolLM2-135M: 0.19); auto
+    # precision keeps no more layers at higher precision than this leaves room for
+    max_bytes_ratio: float | None = None
 
     def merged(self, overrides: dict[str, Any]) -> LmBudget:
         return dataclasses.replace(self, **overrides)

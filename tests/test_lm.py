@@ -231,8 +231,28 @@ def test_auto_precision_keeps_the_worst_linears_until_the_budget_holds(folders, 
     assert entry["quantization"]["kept"] == auto["kept"]
     report = json.loads((directory / "report.json").read_text())
     assert report["artifacts"][0]["lm"]["teacher_forced"]["kl_mean"] == pytest.approx(auto["kl_mean_after"], rel=1e-6)
+    assert report["artifacts"][0]["metrics"]["bytes_ratio"] == pytest.approx(
+        entry["bytes"] / manifest["model"]["float32_bytes"])
     assert done.code == (0 if auto["met_budget"] else 1)
     assert "auto precision kept" in (directory / "report.md").read_text()
+
+
+def test_auto_precision_keeps_no_more_linears_than_the_bytes_budget_leaves_room_for():
+    import torch
+
+    from exporter.kinds.causal_lm.export import _most_kept, float32_bytes
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 128), torch.nn.Linear(128, 64))
+    rows = [{"module": "1"}, {"module": "0"}, {"module": "2"}]  # worst first
+    entry = {"bytes": 10_000, "budget": {}}
+    assert _most_kept(model, rows, 4, 8, entry) == 1  # no bytes budget: at most half
+    whole = float32_bytes(model)
+    assert whole == 4 * (64 * 64 + 64 + 64 * 128 + 128 + 128 * 64 + 64)
+    for room, kept in ((4096 + 2047, 1), (4096 + 2048, 2), (4096 + 2048 + 4096, 3), (-1, 0)):
+        entry["budget"]["max_bytes_ratio"] = (10_000 + room) / whole  # 4 -> 8 bits: half a byte more a weight
+        assert _most_kept(model, rows, 4, 8, entry) == kept, room
+    entry["budget"]["max_bytes_ratio"] = (10_000 + 3 * 4096) / whole  # float (an 8-bit variant): 3 bytes a weight
+    assert _most_kept(model, rows, 8, 32, entry) == 0
 
 
 FP16_AND_HQQ_VARIANTS = ("fp16", "w4")

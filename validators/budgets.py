@@ -27,6 +27,7 @@ BOUNDS: dict[str, Bound] = {
     "max_accuracy_drop": Bound("accuracy_drop", True, "accuracy drop"),
     "max_latency_ms": Bound("latency_ms", True, "median latency", " ms"),
     "max_size_mb": Bound("bytes", True, "size", " MB", 1e-6),
+    "max_bytes_ratio": Bound("bytes_ratio", True, "size / float32 weights"),
     "min_npu_op_coverage": Bound("npu_op_coverage", False, "NPU operator coverage"),
     "max_sram_kib": Bound("npu_sram_kib", True, "NPU SRAM", " KiB"),
     "max_flash_kib": Bound("npu_flash_kib", True, "NPU flash", " KiB"),

@@ -24,6 +24,7 @@ METRICS = {
     "npu_flash_kib": "the NPU compiler's flash estimate, KiB",
     "delegated_op_coverage": "ExecuTorch: share of operators inside the XNNPACK delegate",
     # causal language models: teacher-forced on the eval text, greedy on the prompts, speed in its own process
+    "bytes_ratio": "the artifact's bytes / the source's float32 weights' bytes (each tensor once)",
     "ppl_ratio": "artifact perplexity / reference perplexity on the eval text",
     "kl_mean": "mean KL(reference || artifact) of the next-token distributions",
     "kl_p99": "99th percentile of that KL",

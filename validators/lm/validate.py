@@ -45,7 +45,7 @@ def tie_paths(reference: dict, key: str) -> list[list[int]]:
     return [[int(t) for t in reference[name]] for name in reference if name.startswith(f"gen/{key}/tie/")]
 
 
-def judge(lm, reference: dict, budget: dict, nbytes: int) -> dict:
+def judge(lm, reference: dict, budget: dict, nbytes: int, float_bytes: int | None = None) -> dict:
     """Run one opened artifact (validators.lm.runtime.CachedLM) against the reference: its teacher-forced and
     free-running figures, its named metrics and the budget's violations."""
     windows, logprobs = reference["tf/tokens"], reference["tf/logprobs"]
@@ -68,7 +68,7 @@ def judge(lm, reference: dict, budget: dict, nbytes: int) -> dict:
                      **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits,
                                     tie_paths(reference, key)),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
-    metrics = lm_metrics(forced, runs, nbytes)
+    metrics = lm_metrics(forced, runs, nbytes, float_bytes=float_bytes)
     return {"teacher_forced": forced, "free_running": runs, "metrics": metrics,
             "violations": violations(budget, metrics, forced, runs)}
 
@@ -144,10 +144,12 @@ def reference_problem(reference: dict) -> str:
     return ""
 
 
-def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None = None) -> dict[str, float]:
+def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None = None,
+               float_bytes: int | None = None) -> dict[str, float]:
     speed = speed or {}
     return metrics_block(
-        bytes=nbytes, max_abs=max((r["max_abs_logit_delta"] for r in runs), default=0.0),
+        bytes=nbytes, bytes_ratio=nbytes / float_bytes if float_bytes else None,
+        max_abs=max((r["max_abs_logit_delta"] for r in runs), default=0.0),
         top1_agreement=forced["top1_agreement"], ppl_ratio=forced["ppl_ratio"], kl_mean=forced["kl_mean"],
         kl_p99=forced["kl_p99"], greedy_tokens=min((r["matching_tokens"] for r in runs), default=None),
         decode_top1_agreement=min((r["decode_top1_agreement"] for r in runs if "decode_top1_agreement" in r),
@@ -163,6 +165,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
     manifest = read_manifest(directory)
     lm_info = manifest["lm"]
     threads = manifest["target"]["profile"]["runtime"]["threads"]
+    float_bytes = manifest["model"].get("float32_bytes")  # absent in directories exported before it
     reference, run_violations = load_lm_reference(directory, manifest)
     provisional = reference_problem(reference)
     speed_prompt = [int(t) for t in reference["tf/tokens"][0][:lm_info["prefill_length"]]]
@@ -175,7 +178,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
                          for f in entry["files"] if sha256_file(directory / f["path"]) != f["sha256"]]
         lm = open_lm(directory, entry, threads)
         progress(f"validating {entry['path']} with {lm.runtime} (teacher-forced and free-running)")
-        judged = judge(lm, reference, entry["budget"], entry["bytes"])
+        judged = judge(lm, reference, entry["budget"], entry["bytes"], float_bytes)
         progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
         speed = measure_speed(directory, entry, speed_prompt, lm_info["new_tokens"], threads)
         problems = files_problem + judged["violations"]
@@ -183,7 +186,8 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
             "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
             "quantization": entry.get("quantization"),
-            "metrics": lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed),
+            "metrics": lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed,
+                                  float_bytes),
             "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},

@@ -170,6 +170,12 @@ def _eager_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[
     return tokens, np.stack(chosen_from)
 
 
+def float32_bytes(model: Any) -> int:
+    """The model's weights at float32, each tensor once (a tied head is the embedding's): max_bytes_ratio's
+    denominator."""
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
 def store_tie_paths(model: Any, reference: dict, runs: list[dict]) -> int:
     """Store, as gen/KEY/tie/N, each artifact greedy text (judge's free-running runs) that left the reference's
     and is still the float model's own: fed it, the model ranks every one of its tokens first or within
@@ -386,11 +392,30 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     from validators.lm.runtime import open_lm
 
     artifact = open_lm(work, entry, builder.target.threads)
-    judged = judge(artifact, reference, entry["budget"], entry["bytes"])
+    size = (entry["bytes"], float32_bytes(builder.lm.model))
+    judged = judge(artifact, reference, entry["budget"], *size)
     looping = [r for r in judged["free_running"] if r["repetition_increase"] > 0]
     if store_tie_paths(builder.lm.model, reference, looping):
-        judged = judge(artifact, reference, entry["budget"], entry["bytes"])
+        judged = judge(artifact, reference, entry["budget"], *size)
     return judged
+
+
+def _most_kept(model: Any, rows: list[dict], bits: int, keep_bits: int, entry: dict) -> int:
+    """How many of the worst linears auto precision may keep at keep_bits: as many as the budget's
+    max_bytes_ratio leaves room for (each adds its weights' elements times the bits it keeps, in bytes), else at
+    most half of them (beyond that, ship the higher precision)."""
+    limit = entry["budget"].get("max_bytes_ratio")
+    if limit is None:
+        return max(1, len(rows) // 2)
+    modules = dict(model.named_modules())
+    room = limit * float32_bytes(model) - entry["bytes"]
+    count = 0
+    for row in rows:
+        room -= modules[row["module"]].weight.numel() * (keep_bits - bits) / 8
+        if room < 0:
+            break
+        count += 1
+    return count
 
 
 def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, rows: list[dict], reference: dict,
@@ -408,7 +433,12 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
         last["judged"] = _judged(builder, last["entry"], reference, work)
         return last["judged"]["violations"]
 
-    kept = fewest_kept(max(1, len(rows) // 2), attempt)  # at most half the linears: beyond that, ship 8 bits
+    most = _most_kept(builder.lm.model, rows, variant.row.bits, keep_as or 32, entry)
+    if most == 0:
+        return entry, {"not_offered": f"max_bytes_ratio {entry['budget']['max_bytes_ratio']} leaves no room for a "
+                                      f"decoder linear at {keep_as or 'float'} {'bits' if keep_as else ''}".rstrip(),
+                       "met_budget": False}
+    kept = fewest_kept(most, attempt)
     entry, judged = last["entry"], last["judged"]
     return entry, {"kept": {row["module"]: keep_as or "float" for row in rows[:kept.count]},
                    "met_budget": not judged["violations"], "candidates_tried": kept.candidates_tried,
@@ -465,7 +495,7 @@ class LmExport:
         progress(f"eager PyTorch: {self.eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
         self.name = lm.name
         self.model = {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
-                      "architecture": lm.architecture}
+                      "architecture": lm.architecture, "float32_bytes": float32_bytes(lm.model)}
 
     def write(self, work: Path, progress: Progress) -> Written:
         lm, target, settings = self.lm, self.target, self.target.lm
