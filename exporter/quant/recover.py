@@ -29,8 +29,8 @@ HELD_OUT = 2  # calibration batches kept out of the steps, for the KL before and
 def recover(model: Any, plans: dict[str, QuantizedWeight], batches: list[Any], steps: int,
             progress: Callable[[str], None], learning_rate: float = LEARNING_RATE,
             held_out_batches: int = HELD_OUT) -> tuple[dict[str, QuantizedWeight], dict]:
-    """The plans with learned block scales, and what recovery did (steps, seconds, KL before and after on a
-    held-out calibration batch)."""
+    """The plans with learned block scales, and what recovery did (steps, seconds, KL before and after on the
+    last `held_out_batches` calibration batches, which the steps never see)."""
     import torch
     from torch.func import functional_call
 

@@ -420,7 +420,6 @@ def _most_kept(model: Any, rows: list[dict], bits: int, keep_bits: int, entry: d
 
 def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, rows: list[dict], reference: dict,
                     judged: dict, work: Path) -> tuple[dict, dict]:
-
     keep_as = 8 if variant.row.bits == 4 else None  # a 4-bit variant keeps layers at 8 bits, an 8-bit one in float
     before, first, path = entry["bytes"], judged, entry["path"]
     last: dict = {}  # the entry and judgement of the variant on disk
