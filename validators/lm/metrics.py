@@ -73,16 +73,22 @@ def free_running(reference_tokens: list[int], reference_logits: np.ndarray, arti
     compared = min(diverged + 1, count)
     delta = np.abs(reference_logits[:compared].astype(np.float64) - artifact_logits[:compared]).max() if compared \
         else 0.0
-    # the float model's own text from the token the artifact took where they parted, the longest alike
+    return {"tokens": count, "matching_tokens": diverged, "first_divergence": None if diverged == count else diverged,
+            "max_abs_logit_delta": float(delta), **repetition(reference_tokens, artifact_tokens, tie_paths)}
+
+
+def repetition(reference_tokens: list[int], artifact_tokens: list[int], tie_paths: list[list[int]] = ()) -> dict:
+    """The artifact's repeated 3-gram rate against the reference's, or against the float model's own text on the
+    path the artifact took where it parted from the reference at a near tie (the tie path most like its text)."""
+    count = min(len(reference_tokens), len(artifact_tokens))
+    diverged = next((i for i in range(count) if reference_tokens[i] != artifact_tokens[i]), count)
     parted = [p for p in tie_paths if diverged < count and p[:diverged + 1] == artifact_tokens[:diverged + 1]]
     path = max(parted, key=lambda p: next((i for i, (a, b) in enumerate(zip(p, artifact_tokens, strict=False))
                                            if a != b), count), default=None)
     reference_rate = repeated_ngram_rate(reference_tokens if path is None else path)
     artifact_rate = repeated_ngram_rate(artifact_tokens)
-    return {"tokens": count, "matching_tokens": diverged, "first_divergence": None if diverged == count else diverged,
-            "max_abs_logit_delta": float(delta), "reference_repetition": reference_rate,
-            "artifact_repetition": artifact_rate, "repetition_increase": artifact_rate - reference_rate,
-            "parted_at_tie": path is not None}
+    return {"reference_repetition": reference_rate, "artifact_repetition": artifact_rate,
+            "repetition_increase": artifact_rate - reference_rate, "parted_at_tie": path is not None}
 
 
 def forced_decoding(reference_tokens: list[int], reference_logits: np.ndarray, artifact_logits: np.ndarray) -> dict:

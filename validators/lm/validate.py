@@ -22,7 +22,7 @@ from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators import budgets
 from validators.latency import contention_note
-from validators.lm.metrics import forced_decoding, free_running, teacher_forced
+from validators.lm.metrics import forced_decoding, free_running, repetition, teacher_forced
 from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
@@ -65,9 +65,19 @@ def judge(lm, reference: dict, budget: dict, nbytes: int, float_bytes: int | Non
         # until the texts part, the greedy run was fed the reference's tokens: its logits are the forced ones
         fed = logits if tokens == expected else lm.forced(prompt, expected)
         runs.append({"prompt": int(key), "generated": tokens,
-                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits,
-                                    tie_paths(reference, key)),
+                     **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
+    return verdict(reference, budget, forced, runs, nbytes, float_bytes)
+
+
+def verdict(reference: dict, budget: dict, forced: dict, runs: list[dict], nbytes: int,
+            float_bytes: int | None = None) -> dict:
+    """judge's figures, metrics and violations from what it measured; the repetition of each run against the tie
+    paths stored now (the export stores them after a first verdict, and only this part changes)."""
+    for run in runs:
+        key = str(run["prompt"])
+        run.update(repetition([int(t) for t in reference[f"gen/{key}/tokens"]], run["generated"],
+                              tie_paths(reference, key)))
     metrics = lm_metrics(forced, runs, nbytes, float_bytes=float_bytes)
     return {"teacher_forced": forced, "free_running": runs, "metrics": metrics,
             "violations": violations(budget, metrics, forced, runs)}

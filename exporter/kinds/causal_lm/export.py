@@ -28,7 +28,7 @@ from exporter.quant.plan import METHODS, Planner, weight_scheme
 from exporter.quant.recover import RecoveredPlanner
 from targets.lm import LmTarget, LmVariant
 from validators.lm.metrics import TIE_MARGIN
-from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, tie_paths
+from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, tie_paths, verdict
 
 LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao", "onnxruntime-genai")  # beside each format's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
@@ -395,8 +395,8 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     size = (entry["bytes"], float32_bytes(builder.lm.model))
     judged = judge(artifact, reference, entry["budget"], *size)
     looping = [r for r in judged["free_running"] if r["repetition_increase"] > 0]
-    if store_tie_paths(builder.lm.model, reference, looping):
-        judged = judge(artifact, reference, entry["budget"], *size)
+    if store_tie_paths(builder.lm.model, reference, looping):  # the runs are as measured: judged again by them
+        judged = verdict(reference, entry["budget"], judged["teacher_forced"], judged["free_running"], *size)
     return judged
 
 
