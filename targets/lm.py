@@ -64,6 +64,7 @@ EMBEDDING_BITS = (4, 8, 32)  # 32: float
 SMOOTHING_ALPHAS = (0.0, 0.5, 0.6, 0.7, 0.8)  # SmoothQuant's alpha (exporter/quant/smooth.py); 0: off
 ROTATION_BLOCKS = (0, 16, 32, 64, 128)  # Hadamard block of exporter/quant/rotate.py; 0: off
 RECOVERY_STEPS = (0, 25, 50, 100, 200, 400)  # self-distillation steps of exporter/quant/recover.py; 0: off
+SOURCE_PRECISIONS = ("keep", "variant")
 # What each weight-quantization setting means; a precision row lists the ones its export reads (`reads`).
 WEIGHT_SETTINGS = {
     "block_size": ("weights per quantization block of 4-bit weights (and of ONNX's 8-bit ones)", BLOCK_SIZES),
@@ -80,6 +81,10 @@ WEIGHT_SETTINGS = {
                  "stored rotated, inputs rotated in float in the graph (exact in float); 0: off", ROTATION_BLOCKS),
     "recovery": ("steps of self-distillation learning the 4-bit plan's block scales against the float model's own "
                  "next-token distributions on calibration text (codes kept); 0: off", RECOVERY_STEPS),
+    "source_precision": ("keep: a decoder linear its source already holds on a grid of more bits than the variant's "
+                         "(a Q4_K_M GGUF's Q5_0, Q6_K and Q8_0 tensors) stays at 8 bits, on its own grid where 8-bit "
+                         "blocks hold it, as llama.cpp mixes bits per tensor; variant: every linear at the variant's "
+                         "bits", SOURCE_PRECISIONS),
     "builder": ("who builds ONNX w4: onnxruntime-genai's builder where it can (auto) or edgeport (export)",
                 BUILDERS),
 }
@@ -89,6 +94,7 @@ SMOOTHED = {"smoothing": SMOOTHING_ALPHAS}  # int8 activations quantized per tok
 # MatMuls by module path (the rotation's would be taken too), Core ML's activations are float
 ROTATED = {"rotation": ROTATION_BLOCKS}
 RECOVERED = {"recovery": RECOVERY_STEPS}  # learned scales of a 4-bit plan
+SOURCE_KEPT = {"source_precision": SOURCE_PRECISIONS}  # 4-bit variants keep a finer source grid at 8 bits
 # torchao's int4 groups go to XNNPACK, which takes multiples of 32; ai-edge-quantizer has no 16-weight blocks
 BLOCKS_OF_32 = {"block_size": (32, 64, 128, 256)}
 
@@ -129,8 +135,8 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
     LmPrecision("executorch", "a8w4", "int4 weights in blocks of block_size, int8 dynamic activations (torchao "
                 "8da4w, XNNPACK; asymmetric blocks add their offsets as an int8 matmul of block means); "
                 "embedding (quantized lookup) and head at embedding_bits", 4, LM_W4_BUDGET, activations="int8",
-                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | {k: WEIGHT_SETTINGS[k][1] for k in (
-                    "embedding_bits", "symmetric", "zero_points")}),
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | SOURCE_KEPT | {
+                    k: WEIGHT_SETTINGS[k][1] for k in ("embedding_bits", "symmetric", "zero_points")}),
     LmPrecision("tflite", "fp32", "float32 prefill and decode signatures over a fixed-length KV cache (litert-torch)",
                 None, LM_FP32_BUDGET),
     LmPrecision("tflite", "a8w8", "int8 channel-wise weights (the weight plan's codes), int8 dynamic activations "
@@ -140,7 +146,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 "activations (ai-edge-quantizer's dynamic layout, XNNPACK; asymmetric blocks add their offsets as an "
                 "int8 matmul of block means); embedding (symmetric blocks) and head at embedding_bits (a tied head "
                 "reads the embedding's tensor, except 4-bit asymmetric blocks)", 4, LM_W4_BUDGET, activations="int8",
-                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | {"embedding_bits": (4, 8)} | {
+                reads=PLANNED | BLOCKS_OF_32 | SMOOTHED | RECOVERED | SOURCE_KEPT | {"embedding_bits": (4, 8)} | {
                     k: WEIGHT_SETTINGS[k][1] for k in ("symmetric", "zero_points")}),
     LmPrecision("coreml", "fp16", "stateful ML Program (iOS18), float16, the KV cache in Core ML states", None,
                 LM_FP16_BUDGET),
@@ -149,7 +155,7 @@ LM_PRECISION_ROWS: tuple[LmPrecision, ...] = (
                 reads=PLANNED | {"block_size": BLOCK_SIZES}),
     LmPrecision("coreml", "w4", "stateful ML Program, 4-bit weights of every linear in blocks of block_size, the "
                 "embedding table and head at embedding_bits (the weight plan's codes)", 4, LM_W4_BUDGET,
-                reads=PLANNED | RECOVERED | {k: WEIGHT_SETTINGS[k][1] for k in (
+                reads=PLANNED | RECOVERED | SOURCE_KEPT | {k: WEIGHT_SETTINGS[k][1] for k in (
                     "block_size", "embedding_bits", "symmetric", "zero_points")}),
 )
 LM_PRECISIONS: dict[str, dict[str, LmPrecision]] = {}
@@ -176,6 +182,7 @@ class LmSettings:
     smoothing: float = 0.0  # SMOOTHING_ALPHAS: SmoothQuant's alpha for int8-activation variants; 0: off
     rotation: int = 0  # ROTATION_BLOCKS: Hadamard block rotating int8-activation inputs; 0: off
     recovery: int = 0  # RECOVERY_STEPS: self-distillation steps learning a 4-bit plan's scales; 0: off
+    source_precision: str = "keep"  # SOURCE_PRECISIONS: a finer source grid (Q5_0, Q6_K, Q8_0) kept at 8 bits
     symmetric: bool = False  # 4-bit blocks without zero points (onnxruntime-genai's builder takes only these)
     blame_windows: int = 1  # eval windows the per-layer blame measures on (it runs once per decoder linear)
     diagnose: str = "always"  # per-layer blame of quantized variants: "always", "on-failure", "off"
@@ -207,6 +214,8 @@ class LmSettings:
             fail(f"rotation {self.rotation!r}; choose one of: {', '.join(map(str, ROTATION_BLOCKS))}")
         if self.recovery not in RECOVERY_STEPS or isinstance(self.recovery, bool):
             fail(f"recovery {self.recovery!r}; choose one of: {', '.join(map(str, RECOVERY_STEPS))}")
+        if self.source_precision not in SOURCE_PRECISIONS:
+            fail(f"source_precision {self.source_precision!r}; choose one of: {', '.join(SOURCE_PRECISIONS)}")
         if self.embedding_bits not in (4, 8, 32):
             fail(f"embedding_bits {self.embedding_bits}; choose 4, 8 or 32 (float)")
         if self.prefill_length > self.cache_length or self.window_length > self.cache_length:

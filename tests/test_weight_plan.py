@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.quant.plan import Scheme, gptq, round_to_nearest, source_grid
+from exporter.quant.plan import Scheme, gptq, round_to_nearest, source_bits, source_grid
 from tests.conftest import run_cli
 from tests.lm_models import lm_target
 
@@ -128,6 +128,33 @@ def test_k_quant_blocks_are_found_again_with_their_codes_where_float_zero_points
     assert float(steps.max()) < 1 / 64
     assert source_grid(stored, Scheme(4, 32, False)) is None  # a 6-bit minimum is no whole code
     assert source_grid(stored, Scheme(4, 32, True)) is None
+
+
+@pytest.mark.parametrize(("kind", "bits"), [("Q4_0", 4), ("Q4_1", 4), ("Q5_0", 5), ("Q5_1", 5), ("Q8_0", 8)])
+def test_source_bits_names_the_grid_a_gguf_type_stores_and_float_weights_have_none(kind, bits):
+    from gguf import GGMLQuantizationType, quants
+
+    weight = torch.randn(256, 256, generator=torch.Generator().manual_seed(4)).numpy() * 0.05
+    stored = torch.from_numpy(quants.dequantize(quants.quantize(weight, GGMLQuantizationType[kind]),
+                                                GGMLQuantizationType[kind]))
+    assert source_bits(stored) == bits
+    assert source_bits(_q4_k_blocks(64, 256, seed=6)[0]) == 4
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # a float source at any width: no grid
+        assert source_bits(torch.from_numpy(weight).to(dtype).float()) is None
+
+
+def test_a_q5_0_weight_is_found_again_in_8_bit_blocks_with_whole_zero_points():
+    """A Q4_K_M GGUF stores the linears whose rows are no multiple of 256 as Q5_0 (d * (q - 16), q in 0..31): an
+    8-bit block with uint8 zero points holds every one of its values exactly; 4-bit blocks cannot."""
+    from gguf import GGMLQuantizationType, quants
+
+    weight = torch.randn(48, 128, generator=torch.Generator().manual_seed(8)).numpy() * 0.05
+    q5_0 = GGMLQuantizationType.Q5_0
+    stored = torch.from_numpy(quants.dequantize(quants.quantize(weight, q5_0), q5_0))
+    found = source_grid(stored, Scheme(8, 32, False))
+    assert found is not None and found.method == "source"
+    assert float((found.dequantize() - stored).abs().max()) <= 1e-7
+    assert source_grid(stored, Scheme(4, 32, False)) is None and source_grid(stored, Scheme(4, 32, False, True)) is None
 
 
 def test_float_zero_points_run_on_the_fast_kernels_with_the_plans_codes():
@@ -285,6 +312,60 @@ def test_onnx_core_ml_and_litert_hold_the_plans_codes_and_gptq_beats_rtn_on_kl(t
         same = [found for found in in_litert if np.array_equal(found["codes"], arrays["codes"])]
         assert same, f"{path}: its codes are in no int4 tensor of the .tflite"
         np.testing.assert_allclose(same[0]["scales"], arrays["scales"], rtol=2 ** -8, err_msg=path)
+
+
+FINER_SOURCE_FACTORY = """
+import torch
+from gguf import GGMLQuantizationType, quants
+from exporter.lm.tinylm import load_tinylm
+
+
+def build():
+    # a mixed-precision GGUF's layout: the attention projections as Q5_0, the rest float
+    model, tokenizer = load_tinylm()
+    for layer in model.model.layers:
+        for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            raw = quants.quantize(projection.weight.detach().numpy(), GGMLQuantizationType.Q5_0)
+            stored = quants.dequantize(raw, GGMLQuantizationType.Q5_0)
+            projection.weight.data = torch.from_numpy(stored)
+    return model, tokenizer
+"""
+
+
+@pytest.mark.slow
+def test_a_finer_source_grid_stays_at_8_bits_with_its_own_codes_in_a_4_bit_variant(tmp_path):
+    """source_precision = "keep" (the default): the Q5_0 projections of the source are written at 8 bits on their
+    own grid (no second quantization), the rest at 4; "variant" pushes them to 4 bits too, and loses more."""
+    import onnx
+
+    from exporter.formats.onnx.graph import module_path
+
+    factory = tmp_path / "mixed.py"
+    factory.write_text(FINER_SOURCE_FACTORY)
+    reports, folders = {}, {}
+    for choice in ("keep", "variant"):
+        target = lm_target(tmp_path / f"{choice}.toml", ("w4",), builder="export", diagnose="off",
+                           source_precision=choice)
+        result = run_cli("export", "--model", f"{factory}:build", "--target", target, "--out", tmp_path / choice)
+        assert result.code == 0 or choice == "variant", result.stderr[-2000:]
+        folders[choice] = tmp_path / choice / "mixed" / "test-llm"
+        reports[choice] = json.loads((folders[choice] / "report.json").read_text())
+    keep = json.loads((folders["keep"] / "manifest.json").read_text())["artifacts"][0]["quantization"]
+    projections = 3 * 4  # q, k and v of tinylm's 4 layers
+    assert keep["source_precision"]["kept_at_8_bits"] == projections and keep["source_precision"]["source_bits"] == {
+        "5": projections}
+    assert keep["planned_by"]["source"] == projections  # Q5_0's grid found again in 8-bit blocks
+    assert f"source precision: {projections} decoder linears kept at 8 bits" in \
+        (folders["keep"] / "report.md").read_text()
+    nodes = onnx.load(str(folders["keep"] / "model.w4.onnx")).graph.node
+    bits = {module_path(n): next(a.i for a in n.attribute if a.name == "bits") for n in nodes
+            if n.op_type == "MatMulNBits"}
+    assert sorted(p for p, b in bits.items() if b == 8) == sorted(
+        f"model.layers.{i}.self_attn.{k}_proj" for i in range(4) for k in "qkv")
+    variant = json.loads((folders["variant"] / "manifest.json").read_text())["artifacts"][0]["quantization"]
+    assert "source_precision" not in variant and "source" not in variant["planned_by"]
+    kl = {choice: report["artifacts"][0]["metrics"]["kl_mean"] for choice, report in reports.items()}
+    assert kl["keep"] < kl["variant"], kl
 
 
 def test_calibration_text_too_short_or_shared_with_eval_is_refused(tmp_path):

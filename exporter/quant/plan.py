@@ -149,8 +149,9 @@ def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
     Each block is tried against the grids of llama.cpp's block types, as their quantizers lay them out: its
     magnitude at +-(2**(bits-1) - 1) (Q8_0), its signed extreme at code 0 (Q4_0: d = extreme / -8; a negative d
     is the same grid mirrored, codes 15 - q around zero point 7), and its range from minimum to maximum in
-    2**bits - 1 steps (Q4_1, zero point where the minimum falls). A symmetric scheme holds zero point 2**(bits-1) only,
-    uint8 zero points whole codes, float zero points any offset."""
+    2**bits - 1 steps (Q4_1, zero point where the minimum falls); then, for asymmetric schemes, a step found from the
+    gaps between the block's values (K-quants, and 5-bit Q5_0 blocks in 8-bit ones). A symmetric scheme holds zero
+    point 2**(bits-1) only, uint8 zero points whole codes, float zero points any offset."""
     import torch
 
     blocks = as_blocks(weight.detach(), scheme.block_size)
@@ -182,11 +183,16 @@ def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
         chosen_scales = torch.where(take, scales, chosen_scales)
         chosen_zeros = torch.where(take, zeros, chosen_zeros)
         found |= take
-    if scheme.float_zero_points and not bool(found.all()):
+    if not scheme.symmetric and not bool(found.all()):  # codes that need not reach the block's ends
         scales, take = _k_quant_grid(blocks, low, top)
+        zeros = -low / torch.where(take, scales, 1.0)
+        if not scheme.float_zero_points:  # a Q5_0 block in 8-bit blocks: a whole zero point, checked again
+            zeros = torch.round(zeros)
+            codes = _codes(blocks, scales[..., None], zeros[..., None], scheme.bits)
+            take &= ((codes - zeros[..., None]) * scales[..., None] - blocks).abs().amax(-1) <= ON_GRID * scales
         take &= ~found
         chosen_scales = torch.where(take, scales, chosen_scales)
-        chosen_zeros = torch.where(take, -low / torch.where(take, scales, 1.0), chosen_zeros)
+        chosen_zeros = torch.where(take, zeros, chosen_zeros)
         found |= take
     if not bool(found.all()):
         return None
@@ -197,12 +203,43 @@ def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
     return QuantizedWeight(codes, chosen_scales, chosen_zeros, scheme, "source")
 
 
+SOURCE_BITS = (4, 5, 6, 8)  # the grids a quantized GGUF's linears come on (Q4_*, Q5_*, Q6_K, Q8_0)
+SOURCE_BITS_BLOCK = 16  # the finest block of llama.cpp's types (Q6_K's): one step each
+SOURCE_BITS_SHARE = 0.999  # of the blocks: a few Q8_0 blocks have no gap a small fraction of which is their step
+SOURCE_BITS_ROWS = 64  # rows looked at, evenly spaced: a GGUF type is per tensor, and most blocks reach its top code
+
+
+def source_bits(weight: Any) -> int | None:
+    """The fewest bits of a grid the weight already sits on (a quantized GGUF's tensor, dequantized by its
+    loader): every block of 16 weights is `minimum + code * step` with codes below 2**bits. None for a float
+    weight, whose blocks are not on such a grid (bfloat16 ones included: their steps differ by exponent)."""
+    import torch
+
+    rows = weight.shape[0]
+    blocks = as_blocks(weight.detach()[::max(1, rows // SOURCE_BITS_ROWS)], SOURCE_BITS_BLOCK)
+    low = blocks.amin(-1)
+    steps, found = _grid_steps(blocks, low, 2 ** max(SOURCE_BITS) - 1, range(1, 9))
+    constant = low == blocks.amax(-1)
+    if float((found | constant).float().mean()) < SOURCE_BITS_SHARE:
+        return None
+    safe = torch.where(found, steps, 1.0)
+    top = int(torch.round((blocks - low[..., None]) / safe[..., None]).amax(-1)[found].max()) if found.any() else 0
+    return next(bits for bits in SOURCE_BITS if top < 2 ** bits)
+
+
 def _k_quant_grid(blocks: Any, low: Any, top: int) -> tuple[Any, Any]:
     """(float16 scales, which blocks are on such a grid) for blocks of llama.cpp's K-quants (Q4_K: scale and
     minimum per 32 weights, each a 6-bit multiple of its super-block's float16 factor), whose codes need not
-    reach 0 or 15: the step is the smallest gap between the block's values (or a half or third of it, where
-    neighbouring codes are missing), checked in float32 on every weight. The step and the minimum are then
-    stored as float16, as every plan's are: within 1/64 of a step of the source's values, the same codes."""
+    reach 0 or 15. The step and the minimum are then stored as float16, as every plan's are: within 1/64 of a
+    step of the source's values, the same codes."""
+    steps, found = _grid_steps(blocks, low, top, (1, 2, 3))
+    return _scale(steps), found
+
+
+def _grid_steps(blocks: Any, low: Any, top: int, divisors: Iterable[int]) -> tuple[Any, Any]:
+    """(float32 step, which blocks are on `low + code * step` with codes 0 .. top) per block: the step is the
+    smallest gap between the block's values or a whole fraction of it (neighbouring codes may be missing),
+    checked in float32 on every weight."""
     import torch
 
     values = blocks.sort(-1).values
@@ -210,15 +247,15 @@ def _k_quant_grid(blocks: Any, low: Any, top: int) -> tuple[Any, Any]:
     span = values[..., -1] - values[..., 0]
     gaps = torch.where(gaps > 1e-6 * span[..., None], gaps, torch.inf)
     smallest = gaps.amin(-1)
-    scales, found = torch.zeros_like(low), torch.zeros_like(low, dtype=torch.bool)
-    for divisor in (1, 2, 3):
+    steps, found = torch.zeros_like(low), torch.zeros_like(low, dtype=torch.bool)
+    for divisor in divisors:
         step = smallest / divisor
         codes = torch.round((blocks - low[..., None]) / step[..., None])
         on_grid = (codes * step[..., None] + low[..., None] - blocks).abs().amax(-1) <= ON_GRID * step
         take = torch.isfinite(step) & on_grid & (codes.amax(-1) <= top) & ~found
-        scales = torch.where(take, step, scales)
+        steps = torch.where(take, step, steps)
         found |= take
-    return _scale(scales), found
+    return steps, found
 
 
 def _codes(values: Any, scales: Any, zero_points: Any, bits: int) -> Any:

@@ -81,6 +81,10 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
     if q.get("planned_by"):
         lines.append("weight plan: " + ", ".join(f"{n} by {m}" for m, n in q["planned_by"].items())
                      + (f"; {q['source_grid']}" if q.get("source_grid") else ""))
+    if finer := q.get("source_precision"):
+        held = ", ".join(f"{n} on {bits}-bit grids" for bits, n in finer["source_bits"].items())
+        lines.append(f"source precision: {finer['kept_at_8_bits']} decoder linears kept at 8 bits, as the source "
+                     f"stores them ({held})")
     if recovery := q.get("recovery"):
         lines.append(f"recovery: {recovery['steps']} steps of self-distillation ({recovery['seconds']} s) learned the "
                      f"block scales of {recovery['linears']} linears: KL on {recovery['held_out_tokens']} held-out "

@@ -45,7 +45,8 @@ class OnnxLmBackend:
         use_builder, why = builder_choice(model_type, variant.precision, settings.embedding_bits, settings.builder,
                                           settings.symmetric, settings.method, settings.recovery)
         if kept:
-            use_builder, why = False, "auto precision keeps layers at higher precision: edgeport's own export"
+            use_builder, why = False, ("layers kept at higher precision (auto precision, or the source's own mix): "
+                                       "edgeport's own export")
         cache, built_by = lowered.cache, TRACED
         if variant.precision == "fp32":
             import onnx

@@ -24,7 +24,7 @@ from exporter.kinds import Written
 from exporter.lm.backend import HEAD, linear_modules
 from exporter.lm.source import CausalLM, causal_lm_from_module, is_causal_lm_spec, load_causal_lm
 from exporter.options import Progress
-from exporter.quant.plan import METHODS, Planner, weight_scheme
+from exporter.quant.plan import METHODS, Planner, source_bits, weight_scheme
 from exporter.quant.recover import RecoveredPlanner
 from targets.lm import LmTarget, LmVariant
 from validators.lm.metrics import TIE_MARGIN
@@ -282,6 +282,19 @@ class VariantBuilder:
         # (smoothing alpha, rotation block) -> the transformed model's lm, planner and records
         self.transformed: dict[tuple[float, int], tuple[CausalLM, Planner, dict]] = {(0.0, 0): (lm, self.plan, {})}
         self.recovered: dict[tuple[int, int], RecoveredPlanner] = {}  # (id of a planner, steps) -> its recovery
+        self.finer_source: dict[str, int] | None = None  # decoder linear -> bits of its source grid, above 4
+
+    def source_kept(self, variant: LmVariant) -> dict[str, int | None]:
+        """The decoder linears a 4-bit variant keeps at 8 bits (source_precision = "keep") because its source
+        holds them on a finer grid: a Q4_K_M GGUF's Q5_0, Q6_K and Q8_0 tensors are not pushed down to 4 bits."""
+        if variant.row.bits != 4 or variant.row.reads.get("source_precision") is None or \
+                variant.settings.source_precision != "keep":
+            return {}
+        if self.finer_source is None:
+            modules = dict(self.lm.model.named_modules())
+            found = {path: source_bits(modules[path].weight) for path in linear_modules(self.lm.model)}
+            self.finer_source = {path: bits for path, bits in found.items() if bits and bits > 4}
+        return dict.fromkeys(self.finer_source, 8)
 
     def source(self, variant: LmVariant) -> tuple[CausalLM, Planner, dict]:
         """The model a variant quantizes, the planner of its weights and what was done to the float model first
@@ -332,13 +345,23 @@ class VariantBuilder:
             scratch.mkdir()
             self.lowered[key] = backend.lower(lm, self.target.lm, scratch, self.progress)
             self.trace_seconds += time.perf_counter() - begun
+        finer = self.source_kept(variant)
         if steps := variant.settings.recovery:  # one recovery per planner and step count, shared by variants
             recovery = (id(plan), steps)
             if recovery not in self.recovered:
-                self.recovered[recovery] = RecoveredPlanner(plan, linear_modules(lm.model), steps, self.progress)
+                at_4 = [path for path in linear_modules(lm.model) if path not in finer]
+                self.recovered[recovery] = RecoveredPlanner(plan, at_4, steps, self.progress)
             plan = self.recovered[recovery]
+        if finer:
+            kept = finer | (kept or {})
         emitted = backend.emit(self.lowered[key], variant, variant.settings, out, kept, plan, self.progress)
         emitted.quantization.update(transforms)
+        if finer:
+            bits = [self.finer_source[path] for path in finer]
+            emitted.quantization["source_precision"] = {
+                "kept_at_8_bits": len(finer), "source_bits": {b: bits.count(b) for b in sorted(set(bits))},
+                "why": "the source holds these decoder linears on grids finer than 4 bits (source_precision = "
+                       "\"keep\")"}
         if steps and (record := plan.record()):
             emitted.quantization["recovery"] = record
         stamped = format_backend(variant.format).stamp(out, provenance(self.lm.name, self.lm.sha256,
@@ -432,6 +455,8 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
         last["judged"] = _judged(builder, last["entry"], reference, work)
         return last["judged"]["violations"]
 
+    finer = builder.source_kept(variant)  # at 8 bits already
+    rows = [row for row in rows if row["module"] not in finer]
     most = _most_kept(builder.lm.model, rows, variant.row.bits, keep_as or 32, entry)
     if most == 0:
         return entry, {"not_offered": f"max_bytes_ratio {entry['budget']['max_bytes_ratio']} leaves no room for a "
