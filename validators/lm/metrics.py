@@ -63,12 +63,18 @@ def repeated_ngram_rate(tokens: list[int], n: int = REPEAT_N) -> float:
     return repeats / len(grams) if grams else 0.0
 
 
+def first_difference(first: list[int], second: list[int]) -> int:
+    """The first position where two token lists differ; the shorter one's length where one begins the other."""
+    return next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+                min(len(first), len(second)))
+
+
 def free_running(reference_tokens: list[int], reference_logits: np.ndarray, artifact_tokens: list[int],
                  artifact_logits: np.ndarray, tie_paths: list[list[int]] = ()) -> dict:
     """Greedy generations from one prompt compared: logits are the ones each token was chosen from;
     tie_paths: the float model's own texts that part from the reference's at near ties."""
     count = min(len(reference_tokens), len(artifact_tokens))
-    diverged = next((i for i in range(count) if reference_tokens[i] != artifact_tokens[i]), count)
+    diverged = first_difference(reference_tokens, artifact_tokens)
     # up to and including the first differing position both were fed the same tokens, so their logits compare
     compared = min(diverged + 1, count)
     delta = np.abs(reference_logits[:compared].astype(np.float64) - artifact_logits[:compared]).max() if compared \
@@ -81,7 +87,7 @@ def repetition(reference_tokens: list[int], artifact_tokens: list[int], tie_path
     """The artifact's repeated 3-gram rate against the reference's, or against the float model's own text on the
     path the artifact took where it parted from the reference at a near tie (the tie path most like its text)."""
     count = min(len(reference_tokens), len(artifact_tokens))
-    diverged = next((i for i in range(count) if reference_tokens[i] != artifact_tokens[i]), count)
+    diverged = first_difference(reference_tokens, artifact_tokens)
     parted = [p for p in tie_paths if diverged < count and p[:diverged + 1] == artifact_tokens[:diverged + 1]]
     path = max(parted, key=lambda p: next((i for i, (a, b) in enumerate(zip(p, artifact_tokens, strict=False))
                                            if a != b), count), default=None)
