@@ -50,6 +50,11 @@ def test_fp32_generates_what_pytorch_generates(exported, family):
         assert run["max_abs_logit_delta"] < 1e-3
     assert fp32["lm"]["teacher_forced"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert fp32["lm"]["teacher_forced"]["top1_agreement"] >= 0.99
+    # the window as long as the 96-token cache: three prefill chunks of 32, then decode calls to its end
+    long = fp32["lm"]["long_context"]
+    assert (long["tokens"], long["decode_from"], len(long["kl_by_position"])) == (96, 71, 95)
+    assert long["ppl_ratio"] == pytest.approx(1.0, abs=1e-4) and long["drift"] is None
+    assert fp32["metrics"]["long_top1_agreement"] >= 0.99
     # a trained reference, not a near-uniform one: the verdict is not provisional
     assert not report["provisional"]
     assert fp32["lm"]["teacher_forced"]["reference_ppl"] < 60
@@ -78,11 +83,64 @@ def test_builder_and_export_paths_are_recorded(exported):
     assert by["w4"]["built_by"] == "onnxruntime-genai model builder"  # llama: the builder knows it
     assert by["w4"]["cache"]["io"]["position"] == "attention_mask"
     assert by["w8"]["built_by"].startswith("edgeport export") and "w4 only" in by["w8"]["why"]
-    assert by["fp32"]["cache"]["io"]["position"] == "cache_position"
+    assert by["fp32"]["cache"]["io"]["position"] == "position_ids"  # as onnxruntime-genai feeds a decoder
     assert manifest["lm"]["eval"]["positions"] == 3 * 31
     for entry in manifest["artifacts"]:
         assert [f["path"] for f in entry["files"]] == [entry["path"], entry["path"] + ".data"]
     check_provenance(exported["llama_gqa_tied"][1])  # the builder's graph and edgeport's, external data kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnxruntime_genai_opens_the_directory_and_writes_the_verdicts_tokens(exported, family):
+    """The directory is an onnxruntime-genai model folder: og.Model(dir) and its Generator, as an app runs them,
+    write each prompt's greedy tokens as the verdict's run of the artifact did (edgeport's own graph and the
+    builder's alike, each picked by its overlay); the verdict checked the same and recorded it."""
+    import onnxruntime_genai as og
+
+    _, directory, report = exported[family]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    bundle = manifest["lm"]["bundles"]["onnx"]
+    assert set(bundle["overlays"]) == {a["path"] for a in report["artifacts"]}
+    first = report["artifacts"][0]
+    model = og.Model(str(directory))  # genai_config.json names the first ONNX artifact
+    from common.files import load_npz
+
+    reference = load_npz(directory / "reference.npz")
+    for run in first["lm"]["free_running"]:
+        prompt = reference[f"gen/{run['prompt']}/prompt"]
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + len(run["generated"]), do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt.astype(np.int32))
+        tokens = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        assert tokens == run["generated"]
+    assert all(a["bundle"]["greedy_equal"] for a in report["artifacts"])
+    assert not [v for v in report["violations"] if "onnxruntime-genai" in v]  # the tokenizer round trip holds
+
+
+@pytest.mark.slow
+def test_a_wrong_tokenizer_in_the_bundle_fails_naming_the_first_differing_token(exported, tmp_path):
+    """The bundle's tokenizer.json with two tokens' ids swapped (what an app would load): the verdict fails on the
+    directory and names the token, though every artifact is as exported."""
+    directory = tmp_path / "wrong-tokenizer"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    e, t = vocab["e"], vocab["t"]
+    vocab["e"], vocab["t"] = t, e
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    _restamp(directory)
+    done = run_cli("validate", directory)
+    assert done.code == 1, done.stderr[-1500:]
+    violations = json.loads((directory / "report.json").read_text())["violations"]
+    named = [v for v in violations if "onnxruntime-genai's tokenizer encodes" in v]
+    found = re.search(r"prompt 0 differently from token \d+: (\d+) where the source tokenizer has (\d+) '(\w)'",
+                      named[0])
+    assert found and {int(found[1]), int(found[2])} == {e, t} and found[3] in "et", named
 
 
 @pytest.mark.slow
@@ -112,6 +170,9 @@ def test_validate_and_generate_from_the_directory_alone(exported, tmp_path):
     generated = run_cli("generate", directory, "--prompt", prompt, "--max-tokens", "12", "--artifact", "fp32")
     assert generated.code == 0, generated.stderr[-1500:]
     assert generated.stdout.rstrip("\n") == reference.split("</s>")[0]
+    # more tokens than the cache holds: the answer ends where the cache is full, and says so
+    overflow = run_cli("generate", directory, "--prompt", prompt, "--max-tokens", "500", "--artifact", "fp32")
+    assert overflow.code == 0 and "96-token KV cache" in overflow.stderr, overflow.stderr[-1500:]
 
 
 def _rewire_cache_outputs(path: Path) -> None:
@@ -132,15 +193,40 @@ def _rewire_cache_outputs(path: Path) -> None:
     save_onnx(model, path)
 
 
+def _cache_lost_from(path: Path, position: int) -> None:
+    """A broken artifact: every present.* output zeroed from `position` on, and attention reads it: from that
+    position on the model attends over keys and values it lost."""
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.formats.onnx.graph import save_onnx
+
+    model = onnx.load(str(path))
+    presents = {o.name: o for o in model.graph.output if o.name.startswith("present.")}
+    length = next(iter(presents.values())).type.tensor_type.shape.dim[2].dim_value
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name in presents:
+                node.output[i] = name + "_internal"
+    keep = np.ones((1, 1, length, 1), np.float32)
+    keep[:, :, position:] = 0
+    model.graph.initializer.append(numpy_helper.from_array(keep, "keep_before"))
+    for name in sorted(presents):
+        model.graph.node.append(onnx.helper.make_node("Mul", [name + "_internal", "keep_before"], [name]))
+    save_onnx(model, path)
+
+
 def _restamp(directory: Path) -> None:
-    """Make the manifest's hashes match the altered artifact: the verdict must fail on behaviour, not hashes."""
+    """Make the manifest's hashes match the altered artifact or bundle: the verdict must fail on behaviour, not
+    hashes."""
     from common.files import sha256_file, size_bytes
 
     manifest_path = directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    for entry in manifest["artifacts"]:
+    for entry in [*manifest["artifacts"], *manifest["lm"]["bundles"].values()]:
         entry["files"] = [{"path": f["path"], "bytes": size_bytes(directory / f["path"]),
                            "sha256": sha256_file(directory / f["path"])} for f in entry["files"]]
+    for entry in manifest["artifacts"]:
         entry["sha256"] = entry["files"][0]["sha256"]
     manifest_path.write_text(json.dumps(manifest))
 
@@ -181,6 +267,33 @@ def test_text_wrong_from_the_second_token_fails_though_teacher_forcing_passes(ex
     assert all(r["first_divergence"] is not None and r["first_divergence"] <= 2 for r in runs), runs
     fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")  # the untouched artifact
     assert fp32["budget"]["passed"] and all(r["decode_top1_agreement"] == 1.0 for r in fp32["lm"]["free_running"])
+
+
+@pytest.mark.slow
+def test_a_cache_lost_past_a_position_passes_short_windows_and_fails_at_long_context(exported, tmp_path):
+    """Right up to the last position the prompts and their greedy tokens reach, wrong after: the 32-token windows and
+    the prompts never get there, so every short-window figure holds; the cache-long window fails the same limits
+    and names where it drifts."""
+    from common.files import load_npz
+
+    directory = tmp_path / "forgets"
+    shutil.copytree(exported["llama_gqa_tied"][1], directory)
+    reference = load_npz(directory / "reference.npz")
+    reached = max(len(reference[f"gen/{k}/prompt"]) + len(reference[f"gen/{k}/tokens"]) for k in range(3))
+    assert 32 < reached < 80  # past the windows, short of the 96-token cache's end
+    _cache_lost_from(directory / "model.onnx", reached)
+    _restamp(directory)
+    done = run_cli("validate", directory)
+    assert done.code == 1, done.stderr[-1500:]
+    fp32 = next(a for a in json.loads((directory / "report.json").read_text())["artifacts"] if a["precision"] == "fp32")
+    violations, long = fp32["budget"]["violations"], fp32["lm"]["long_context"]
+    assert violations and all("at long context" in v for v in violations), violations  # the short figures pass
+    assert fp32["lm"]["teacher_forced"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    # the first run of 16 judged positions that drifts holds the first wrong one; every position before it is exact
+    drift = long["drift"]
+    assert drift["first"] <= reached <= drift["last"] and drift["kl_before"] < 1e-6 and long["ppl_ratio"] > 1.001
+    assert f"KL drifts from position {long['drift']['first']}" in violations[0]
+    assert "KL drifts from position" in (directory / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -219,7 +219,7 @@ def test_every_eval_window_starts_as_the_tokenizer_starts_a_text(adds_bos):
         assert tokenizer("a")["input_ids"][0] == bos
     lm = SimpleNamespace(tokenizer=tokenizer, eval_text="The quick brown fox jumps over the lazy dog. " * 20)
     target = SimpleNamespace(lm=LmSettings(eval_windows=4, window_length=32))
-    windows, described, _ = _eval_windows(lm, target, None)
+    windows, _, described, _ = _eval_windows(lm, target, None)
     assert windows.shape == (4, 32)
     assert (windows[:, 0] == bos).all() == adds_bos and not (windows[:, 1:] == bos).any()
     text = tokenizer(lm.eval_text, add_special_tokens=False)["input_ids"]

@@ -38,6 +38,10 @@ BOUNDS: dict[str, Bound] = {
     "max_kl_p99": Bound("kl_p99", True, "p99 KL"),
     "min_decode_top1_agreement": Bound("decode_top1_agreement", False, "decode top-1 agreement"),
     "max_repetition_increase": Bound("repetition_increase", True, "repetition increase"),
+    # a language model's limits applied again to the window as long as its KV cache (validators/lm/validate.py)
+    "max_long_ppl_ratio": Bound("long_ppl_ratio", True, "perplexity ratio at long context"),
+    "max_long_kl_mean": Bound("long_kl_mean", True, "mean KL at long context"),
+    "min_long_top1_agreement": Bound("long_top1_agreement", False, "top1_agreement at long context"),
 }
 
 

@@ -50,6 +50,36 @@ class LmBackend(Protocol):
     def emit(self, lowered: Any, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
              plan: Planner, progress: Progress) -> LmEmitted: ...
 
+    # Optional: `bundle(work, entries, model_config, tokenizer_dir, threads) -> dict | None` writes, beside the
+    # format's artifacts, what its runtime's own app-side loader opens (onnxruntime-genai's genai_config.json),
+    # and returns the manifest's record ({runtime, files, ...}).
+
+
+# the source tokenizer's files an app-side runtime loads from beside the artifacts (onnxruntime-genai's
+# onnxruntime-extensions and ExecuTorch's pytorch-tokenizers both read tokenizer.json and tokenizer_config.json)
+BUNDLED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def bundle_tokenizer(tokenizer_dir: Path, work: Path) -> tuple[Any, list[str]]:
+    """The source tokenizer's files copied beside the artifacts (the chat template written into
+    tokenizer_config.json: transformers keeps it in chat_template.jinja, which neither runtime reads); returns
+    (the tokenizer, the files copied). Every format's bundle writes the same files."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    copied = [name for name in BUNDLED_TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+    for name in copied:
+        shutil.copyfile(tokenizer_dir / name, work / name)
+    if getattr(tokenizer, "chat_template", None) and "tokenizer_config.json" in copied:
+        config_path = work / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config.setdefault("chat_template", tokenizer.chat_template)
+        config_path.write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+    return tokenizer, copied
+
 
 # module paths of the output head and the embedding table in transformers' decoders
 HEAD, EMBEDDING = "lm_head", "model.embed_tokens"

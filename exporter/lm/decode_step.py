@@ -30,6 +30,13 @@ def text_config(config: Any) -> Any:
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
+def eos_ids(model_config: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a generation: the model config's (one or several), else the tokenizer's."""
+    eos = getattr(text_config(model_config), "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
+
+
 def cache_shape(config: Any) -> tuple[int, int, int]:
     """(layers, kv heads, head dim) of a transformers decoder config."""
     text = text_config(config)

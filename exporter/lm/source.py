@@ -43,7 +43,7 @@ class CausalLM:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        from validators.lm.generate import encode_prompt  # the same encoding `edgeport generate` uses
+        from validators.lm.prompt_recipe import encode_prompt  # the same encoding `edgeport generate` uses
 
         return encode_prompt(self.tokenizer, prompt, self.chat)
 

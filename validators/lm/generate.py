@@ -3,6 +3,7 @@ own runtime and KV cache, so a person can try what was exported (greedy, stops a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,18 +11,8 @@ import numpy as np
 
 from common.artifact_dir import read_manifest
 from common.errors import ArtifactError, EdgeportError
+from validators.lm.prompt_recipe import encode_prompt
 from validators.lm.validate import TOKENIZER_DIR
-
-
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
-    """A user's message as the model reads it: through its chat template when it has one, else after BOS."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=True)
-        return [int(i) for i in (encoded["input_ids"] if hasattr(encoded, "keys") else encoded)]
-    ids = [int(i) for i in tokenizer(prompt)["input_ids"]]
-    bos = tokenizer.bos_token_id
-    return ([bos] if bos is not None and (not ids or ids[0] != bos) else []) + ids
 
 
 def _pick(manifest: dict, artifact: str | None) -> dict:
@@ -66,6 +57,10 @@ def stream(directory: Path, prompt: str, max_tokens: int, artifact: str | None =
             shown = text
         if len(generated) < min(max_tokens, room):
             logits = lm.forward([token])[-1]
+    if len(generated) == room < max_tokens:  # the cache is full: no sliding window, the answer ends here
+        print(f"\n[edgeport] stopped after {room} new tokens: the prompt's {len(ids)} and these fill the artifact's "
+              f"{lm.cache_length}-token KV cache (export with a larger cache_length for longer answers)",
+              file=sys.stderr)
 
 
 def generate(directory: Path, prompt: str, max_tokens: int, artifact: str | None, write: Callable[[str], None]) -> None:

@@ -22,6 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 REPEAT_N = 3
+# a long-context drift: DRIFT_ROWS judged positions in a row whose mean KL is DRIFT_FACTOR times the short windows'
+# (a mean over 16 positions moves by up to 4x with the text: demo:tinylm's .pte a8w4) and above DRIFT_FLOOR
+# (fp32's KL is ~1e-9)
+DRIFT_ROWS, DRIFT_FACTOR, DRIFT_FLOOR = 16, 10.0, 0.01
 TIE_MARGIN = 0.25  # logits: a greedy choice this close flips under any quantization (int8 SmolLM2: KL 3e-4 does)
 
 
@@ -32,9 +36,10 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def teacher_forced(reference_logprobs: np.ndarray, artifact_logits: np.ndarray, targets: np.ndarray,
-                   reference_target_logprobs: np.ndarray | None = None) -> dict:
+                   reference_target_logprobs: np.ndarray | None = None, positions: np.ndarray | None = None) -> dict:
     """reference_logprobs, artifact_logits: [positions, vocab]; targets: [positions] (the true next tokens);
-    reference_target_logprobs: the reference's exact log-probability of each target (perplexity), when stored."""
+    reference_target_logprobs: the reference's exact log-probability of each target (perplexity), when stored;
+    positions: each row's position in its window, to return KL per position ("kl_by_position": [[p, KL], ...])."""
     p_log = reference_logprobs.astype(np.float64)
     p_log = p_log - np.log(np.exp(p_log).sum(axis=-1, keepdims=True))  # stored as float16: renormalise
     q_log = log_softmax(artifact_logits)
@@ -44,12 +49,30 @@ def teacher_forced(reference_logprobs: np.ndarray, artifact_logits: np.ndarray, 
     artifact_nll = -q_log[rows, targets]
     kl = np.maximum((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), 0.0)
     reference_ppl, artifact_ppl = float(np.exp(reference_nll.mean())), float(np.exp(artifact_nll.mean()))
-    return {
+    figures = {
         "positions": int(len(targets)),
         "reference_ppl": reference_ppl, "artifact_ppl": artifact_ppl, "ppl_ratio": artifact_ppl / reference_ppl,
         "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
         "top1_agreement": float((p_log.argmax(-1) == q_log.argmax(-1)).mean()),
     }
+    if positions is not None:
+        figures["kl_by_position"] = [[int(p), round(float(k), 6)] for p, k in zip(positions, kl, strict=True)]
+    return figures
+
+
+def drift_onset(kl_by_position: list[list[float]], baseline: float, limit: float | None = None,
+                rows: int = DRIFT_ROWS) -> dict | None:
+    """The first run of `rows` consecutive judged positions whose mean KL exceeds DRIFT_FACTOR times baseline (the
+    short windows' mean KL), DRIFT_FLOOR and the budget's KL limit: where an artifact starts to go wrong with
+    position ({first, last, kl_mean, kl_before}); None when no run does."""
+    kl = np.array([k for _, k in kl_by_position])
+    threshold = max(DRIFT_FACTOR * baseline, DRIFT_FLOOR, limit or 0.0)
+    for start in range(0, len(kl), rows):
+        run = kl[start:start + rows]
+        if run.mean() > threshold:
+            return {"first": int(kl_by_position[start][0]), "last": int(kl_by_position[start + len(run) - 1][0]),
+                    "kl_mean": float(run.mean()), "kl_before": float(kl[:start].mean()) if start else None}
+    return None
 
 
 def repeated_ngram_rate(tokens: list[int], n: int = REPEAT_N) -> float:

@@ -41,6 +41,8 @@ def _lines(report: dict) -> list[str]:
              f"free-running: {data['prompts']} prompts, {data['new_tokens']} greedy tokens each"]
     if data["eval"].get("bos"):
         lines.append(f"eval windows: {data['eval']['bos']}")
+    for bundle in (report.get("bundles") or {}).values():
+        lines.append(f"{bundle['runtime']} bundle: {bundle['opens']}; a prompt is {bundle['prompt']}")
     if report["artifacts"]:
         tf = report["artifacts"][0]["lm"]["teacher_forced"]
         lines.append(f"reference (PyTorch) perplexity on the eval text: {tf['reference_ppl']:.3f}")
@@ -72,7 +74,7 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
              f" KL mean {tf['kl_mean']:.4g}, p99 {tf['kl_p99']:.4g}, max {tf['kl_max']:.4g}",
              f"decode {speed['decode_tokens_per_s']} tok/s{_speedup(a, report)}, prefill "
              f"{speed['prefill_tokens_per_s']} tok/s, TTFT {speed['ttft_ms']:.0f} ms, peak RSS "
-             f"{speed['peak_rss_mb']:.0f} MB, {speed['threads']} thread(s), onnxruntime (host)"]
+             f"{speed['peak_rss_mb']:.0f} MB, {speed['runtime']} (host)"]
     if q.get("decoder_linears_scheme"):
         table = q.get("embedding_bits", q.get("table_bits"))
         lines.append(f"weights: decoder linears {q['decoder_linears_scheme']} ({q.get('method')}), embedding table "
@@ -90,6 +92,14 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
                      f"block scales of {recovery['linears']} linears: KL on {recovery['held_out_tokens']} held-out "
                      f"calibration tokens {recovery['kl_before']:.4g} -> {recovery['kl_after']:.4g} (PyTorch, "
                      "weights only)")
+    if "kv_cache_bytes" in a["metrics"]:
+        lines.append(f"KV cache: {_size(a['metrics']['kv_cache_bytes'])} of K and V at the full cache length, held "
+                     "beside the weights while it runs")
+    if long := a["lm"].get("long_context"):
+        lines.append(_long_line(long))
+    if bundle := a.get("bundle"):
+        lines.append(f"{bundle['runtime']}, as an app calls it, generates the greedy text above "
+                     + ("exactly" if bundle["greedy_equal"] else "DIFFERENTLY (see the violations)"))
     for run in a["lm"]["free_running"]:
         divergence = run["first_divergence"]
         where = "all equal" if divergence is None else f"first divergence at token {divergence}"
@@ -112,6 +122,53 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
                      f"{_size(auto['bytes_before'])} -> {_size(auto['bytes_after'])}"
                      + ("" if auto["met_budget"] else "; the budget still fails at the limit of layers kept"))
     return lines
+
+
+def _long_line(long: dict) -> str:
+    """The long window's figures and its KL per eighth of the cache: a drift with position shows as a rising row."""
+    curve = long["kl_by_position"]
+    eighth = -(-long["tokens"] // 8)
+    spans = [[k for p, k in curve if lo <= p < lo + eighth] for lo in range(0, long["tokens"], eighth)]
+    by_span = ", ".join(f"{lo * eighth}-{(lo + 1) * eighth - 1}: {sum(ks) / len(ks):.3g}"
+                        for lo, ks in enumerate(spans) if ks)
+    drift = long["drift"]
+    onset = (f"; KL drifts from position {drift['first']} (mean {drift['kl_mean']:.3g} over {drift['first']}-"
+             f"{drift['last']})" if drift else "")
+    return (f"long context ({long['tokens']}-token cache: prefill in chunks of {long['prefill_length']} to position "
+            f"{long['decode_from']}, then decode to its end; {long['positions']} positions): PPL ratio "
+            f"{long['ppl_ratio']:.4f}, KL mean {long['kl_mean']:.4g}, same top-1 {100 * long['top1_agreement']:.1f}%; "
+            f"KL by position {by_span}{onset}")
+
+
+def kl_curve_svg(artifacts: list[dict], width: int = 640, height: int = 160) -> str:
+    """KL per position of the cache-long window, one line per artifact (log scale, 1e-6 .. the largest), as inline
+    SVG: a drift with position is visible at a glance."""
+    import math
+
+    curves = [(a["path"], a["lm"]["long_context"]["kl_by_position"]) for a in artifacts
+              if a["lm"].get("long_context")]
+    if not curves:
+        return ""
+    last = max(p for _, curve in curves for p, _ in curve) or 1
+    top = math.log10(max(1e-5, max(k for _, curve in curves for _, k in curve)))
+    bottom = -6.0
+
+    def y(kl: float) -> float:
+        return height - 20 - (height - 30) * (max(math.log10(max(kl, 1e-6)), bottom) - bottom) / (top - bottom)
+
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+    lines = [f"<polyline fill='none' stroke='{colours[i % len(colours)]}' stroke-width='1.2' points='"
+             + " ".join(f"{40 + (width - 50) * p / last:.1f},{y(k):.1f}" for p, k in curve) + "'/>"
+             for i, (_, curve) in enumerate(curves)]
+    legend = [f"<text x='{45 + 150 * i}' y='12' font-size='11' fill='{colours[i % len(colours)]}'>"
+              f"{html.escape(path)}</text>" for i, (path, _) in enumerate(curves)]
+    axes = (f"<line x1='40' y1='{height - 20}' x2='{width - 10}' y2='{height - 20}' stroke='#888'/>"
+            f"<text x='40' y='{height - 5}' font-size='10'>position 0</text>"
+            f"<text x='{width - 90}' y='{height - 5}' font-size='10'>position {last}</text>"
+            f"<text x='0' y='{y(10 ** top) + 4:.0f}' font-size='10'>{10 ** top:.2g}</text>"
+            f"<text x='0' y='{height - 20}' font-size='10'>1e-6</text>")
+    return (f"<h2>KL by position, cache-long window</h2><svg width='{width}' height='{height}' "
+            f"xmlns='http://www.w3.org/2000/svg'>{axes}{''.join(lines)}{''.join(legend)}</svg>")
 
 
 def to_markdown(report: dict, verdict: str) -> str:
@@ -176,6 +233,7 @@ def to_html(report: dict, verdict: str, style: str) -> str:
                      + f"<td class='{status}'>{e(row[-1])}</td></tr>")
     parts.append("</table>")
     parts.append(violations_html(report))
+    parts.append(kl_curve_svg(report["artifacts"]))
     parts.append("<h2>What the model now says</h2>")
     for row in report.get("texts", []):
         cells = [("reference (PyTorch)", row["reference"])] + list(row["artifacts"].items())

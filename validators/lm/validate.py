@@ -22,11 +22,14 @@ from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators import budgets
 from validators.latency import contention_note
-from validators.lm.metrics import forced_decoding, free_running, repetition, teacher_forced
+from validators.lm.metrics import drift_onset, forced_decoding, free_running, repetition, teacher_forced
 from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
 TOKENIZER_DIR = "tokenizer"
+# the long window's figures bounded by the same limits as the short windows' (budgets.BOUNDS names both)
+LONG_LIMITS = {"max_ppl_ratio": "max_long_ppl_ratio", "max_kl_mean": "max_long_kl_mean",
+               "min_top1_agreement": "min_long_top1_agreement"}
 
 
 def load_lm_reference(directory: Path, manifest: dict) -> tuple[dict, list[str]]:
@@ -67,33 +70,65 @@ def judge(lm, reference: dict, budget: dict, nbytes: int, float_bytes: int | Non
         runs.append({"prompt": int(key), "generated": tokens,
                      **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
-    return verdict(reference, budget, forced, runs, nbytes, float_bytes)
+    long = long_context(lm, reference, forced["kl_mean"], budget.get("max_kl_mean"))
+    return verdict(reference, budget, forced, runs, nbytes, float_bytes, long)
+
+
+def long_context(lm, reference: dict, short_kl_mean: float, kl_limit: float | None = None) -> dict | None:
+    """The cache-long window through the artifact as a device runs a long prompt and then generates: prefill in
+    chunks up to long/decode_from, then one decode call per token to the end of the cache; judged teacher-forced
+    at the stored positions, with KL per position and where it starts to drift. None: the reference has no long
+    window (exported before it, or an eval text shorter than the cache)."""
+    if "long/tokens" not in reference:
+        return None
+    tokens = [int(t) for t in reference["long/tokens"]]
+    decode_from, positions = int(reference["long/decode_from"]), reference["long/positions"]
+    lm.reset()
+    rows = [lm.prefill(tokens[:decode_from])] + [lm.forward([token]) for token in tokens[decode_from:-1]]
+    logits = np.concatenate(rows)  # row p predicts token p + 1
+    figures = teacher_forced(reference["long/logprobs"], logits[positions], np.array(tokens)[positions + 1],
+                             reference["long/target_logprobs"], positions=positions)
+    return {"tokens": len(tokens), "prefill_length": lm.prefill_length, "decode_from": decode_from, **figures,
+            "drift": drift_onset(figures["kl_by_position"], short_kl_mean, kl_limit)}
 
 
 def verdict(reference: dict, budget: dict, forced: dict, runs: list[dict], nbytes: int,
-            float_bytes: int | None = None) -> dict:
+            float_bytes: int | None = None, long: dict | None = None) -> dict:
     """judge's figures, metrics and violations from what it measured; the repetition of each run against the tie
     paths stored now (the export stores them after a first verdict, and only this part changes)."""
     for run in runs:
         key = str(run["prompt"])
         run.update(repetition([int(t) for t in reference[f"gen/{key}/tokens"]], run["generated"],
                               tie_paths(reference, key)))
-    metrics = lm_metrics(forced, runs, nbytes, float_bytes=float_bytes)
-    return {"teacher_forced": forced, "free_running": runs, "metrics": metrics,
-            "violations": violations(budget, metrics, forced, runs)}
+    metrics = lm_metrics(forced, runs, nbytes, float_bytes=float_bytes, long=long)
+    return {"teacher_forced": forced, "free_running": runs, "long_context": long, "metrics": metrics,
+            "violations": violations(budget, metrics, forced, runs, long)}
 
 
-def violations(budget: dict, metrics: dict, forced: dict, runs: list[dict]) -> list[str]:
+def violations(budget: dict, metrics: dict, forced: dict, runs: list[dict], long: dict | None = None) -> list[str]:
     """The one budget check (validators/budgets.py), told which prompts and positions its figures come from."""
-    limits = dict(budget)
+    limits = dict(budget) | {LONG_LIMITS[name]: value for name, value in budget.items() if name in LONG_LIMITS}
     if "min_greedy_tokens" in limits and runs:  # a prompt gives only new_tokens tokens
         limits["min_greedy_tokens"] = min(limits["min_greedy_tokens"], min(r["tokens"] for r in runs))
-    return budgets.check(limits, metrics, _why(limits, forced, runs))
+    return budgets.check(limits, metrics, _why(limits, forced, runs, long))
 
 
-def _why(limits: dict, forced: dict, runs: list[dict]) -> dict[str, str]:
+def _long_why(long: dict) -> str:
+    where = (f"the {long['tokens']}-token window filling the cache (prefill in chunks of {long['prefill_length']} to "
+             f"position {long['decode_from']}, then one decode call per token), {long['positions']} positions")
+    drift = long["drift"]
+    if drift is None:
+        return where
+    before = f" (before: {drift['kl_before']:.3g})" if drift["kl_before"] is not None else ""
+    return (f"{where}: KL drifts from position {drift['first']} (mean {drift['kl_mean']:.3g} over positions "
+            f"{drift['first']}-{drift['last']}{before})")
+
+
+def _why(limits: dict, forced: dict, runs: list[dict], long: dict | None = None) -> dict[str, str]:
     on_text = f"teacher-forced, {forced['positions']} positions"
     why = {metric: on_text for metric in ("ppl_ratio", "kl_mean", "kl_p99", "top1_agreement")}
+    if long is not None:
+        why |= {metric: _long_why(long) for metric in ("long_ppl_ratio", "long_kl_mean", "long_top1_agreement")}
     why["max_abs"] = "|logit delta| before the greedy runs diverge"
     if (limit := limits.get("min_greedy_tokens")) is not None:
         why["greedy_tokens"] = "; ".join(
@@ -154,10 +189,58 @@ def reference_problem(reference: dict) -> str:
     return ""
 
 
+def _bundle_violations(directory: Path, manifest: dict, reference: dict, results: list[dict],
+                       progress: Callable[[str], None]) -> list[str]:
+    """Each runtime bundle (the manifest's lm.bundles) opened by that runtime's own library: its files as hashed,
+    its tokenizer against the source's (the directory's violations), its generation loop against each artifact's
+    greedy run (that artifact's violations)."""
+    from transformers import AutoTokenizer
+
+    from validators.lm.bundle import open_bundle
+
+    problems = []
+    for fmt, bundle in (manifest["lm"].get("bundles") or {}).items():
+        changed = [f"{f['path']} ({bundle['runtime']} bundle) differs from the manifest's sha256 or is missing: "
+                   "re-export" for f in bundle["files"]
+                   if not (directory / f["path"]).is_file() or sha256_file(directory / f["path"]) != f["sha256"]]
+        if changed:
+            problems += changed
+            continue
+        progress(f"{bundle['runtime']} bundle: its tokenizer and its generation loop, as an app runs them")
+        source = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
+        runtime = open_bundle(fmt, directory, bundle, source)
+        problems += runtime.tokenizer_problems(bundle["prompt"], manifest, reference, source)
+        eos = set(bundle["eos_token_ids"])
+        for result in (r for r in results if r["format"] == fmt):
+            mismatched = runtime.generation_problems(result["path"], manifest, reference,
+                                                     result["lm"]["free_running"], eos, source)
+            result["bundle"] = {"runtime": bundle["runtime"], "greedy_equal": not mismatched}
+            result["budget"]["violations"] += mismatched
+            result["budget"]["passed"] = not result["budget"]["violations"]
+    return problems
+
+
+def _unchecked_long_context(lm_info: dict) -> str:
+    long = lm_info["eval"].get("long_context") or {
+        "checked": False, "why": "the directory was exported before the long-context window: re-export to check it"}
+    return "" if long["checked"] else f"long context NOT checked: {long['why']}"
+
+
+def kv_cache_bytes(cache: dict) -> int:
+    """The K and V the runtime holds at the artifact's cache length (the manifest's cache geometry; float32 unless
+    the format records another dtype: Core ML's float16 states)."""
+    element = {"float32": 4, "float16": 2}[cache.get("dtype", "float32")]
+    return 2 * cache["layers"] * cache["kv_heads"] * cache["head_dim"] * cache["cache_length"] * element
+
+
 def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None = None,
-               float_bytes: int | None = None) -> dict[str, float]:
-    speed = speed or {}
+               float_bytes: int | None = None, long: dict | None = None,
+               kv_bytes: int | None = None) -> dict[str, float]:
+    speed, long = speed or {}, long or {}
     return metrics_block(
+        kv_cache_bytes=kv_bytes,
+        long_ppl_ratio=long.get("ppl_ratio"), long_kl_mean=long.get("kl_mean"),
+        long_top1_agreement=long.get("top1_agreement"),
         bytes=nbytes, bytes_ratio=nbytes / float_bytes if float_bytes else None,
         max_abs=max((r["max_abs_logit_delta"] for r in runs), default=0.0),
         top1_agreement=forced["top1_agreement"], ppl_ratio=forced["ppl_ratio"], kl_mean=forced["kl_mean"],
@@ -197,11 +280,13 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
             "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
             "quantization": entry.get("quantization"),
             "metrics": lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed,
-                                  float_bytes),
-            "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"], "speed": speed},
+                                  float_bytes, judged["long_context"], kv_cache_bytes(entry["cache"])),
+            "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"],
+                   "long_context": judged["long_context"], "speed": speed},
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},
         })
+    run_violations += _bundle_violations(directory, manifest, reference, results, progress)
     export_log = read_export_log(directory)
     return {
         "kind": manifest["kind"],
@@ -211,10 +296,12 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         "provisional": provisional,
         "violations": run_violations,
         "data": {"eval": lm_info["eval"], "prompts": len(prompts_of(reference)), "new_tokens": lm_info["new_tokens"]},
+        "bundles": {fmt: {"runtime": b["runtime"], "opens": b["opens"], "prompt": b["prompt"]["steps"]}
+                    for fmt, b in (lm_info.get("bundles") or {}).items()},
         "artifacts": results,
         "texts": decode_texts(directory, reference, results),
         "eager": (export_log or {}).get("eager"),
-        "notes": lm_info.get("notes", []) + list(filter(None, [contention_note()])),
+        "notes": lm_info.get("notes", []) + list(filter(None, [contention_note(), _unchecked_long_context(lm_info)])),
         "latency_contended": bool(contention_note()),
         "export": export_log,
     }

@@ -4,6 +4,7 @@ and the portable kernels, as on a device's CPU."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,16 @@ def open_session(path: Path, threads: int) -> ExecutorchSession:
     return ExecutorchSession(path, threads)
 
 
+def llm_runner() -> tuple[Any, Any]:
+    """(TextLLMRunner, GenerationConfig) of ExecuTorch's LLM runner bindings, with the kernels an edgeport .pte
+    calls registered."""
+    with silenced():
+        import executorch.kernels.quantized  # noqa: F401
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+        from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    return TextLLMRunner, GenerationConfig
+
+
 class ExecutorchLM(CachedLM):
     """A language model's .pte (exporter/formats/executorch/lm.py): the KV cache is the program's mutable
     state, shared by its prefill and decode methods; a call passes the new tokens and their start position.
@@ -57,7 +68,9 @@ class ExecutorchLM(CachedLM):
         with silenced():
             import executorch.kernels.quantized  # noqa: F401  the quantized embedding lookups
             from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  update_cache, custom_sdpa
-        (self._prefill, self._decode), self.runtime = _load(path, threads, ("prefill", "decode"))
+        # one-token method: "forward" (what ExecuTorch's LLM runner calls), "decode" in directories exported before
+        decode = next((name for name, tokens in cache["io"]["methods"].items() if tokens == 1), "decode")
+        (self._prefill, self._decode), self.runtime = _load(path, threads, ("prefill", decode))
         self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
         self.reset()
 

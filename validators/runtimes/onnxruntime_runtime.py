@@ -84,7 +84,8 @@ class OnnxLM(CachedLM):
     """A language model's decode step in onnxruntime, the KV cache fed back through I/O binding (no copies).
 
     The manifest's `cache` entry says how the artifact is fed (exporter/lm/decode_step.py):
-      position "cache_position": the positions of the tokens in this call (edgeport's own export);
+      position "position_ids": the positions of the tokens in this call, [1, tokens] (edgeport's own export;
+      "cache_position", [tokens], in directories exported before it);
       position "attention_mask": ones over every position so far (onnxruntime-genai's builder; its
       GroupQueryAttention writes into the past buffer in place when past and present share it).
     """
@@ -123,7 +124,9 @@ class OnnxLM(CachedLM):
         if self.shared_buffer:
             binding.bind_cpu_input("attention_mask", np.ones((1, self.length + count), dtype=np.int64))
         else:
-            binding.bind_cpu_input("cache_position", np.arange(self.length, self.length + count, dtype=np.int64))
+            positions = np.arange(self.length, self.length + count, dtype=np.int64)
+            binding.bind_cpu_input(self.io["position"], positions[None] if self.io["position"] == "position_ids"
+                                   else positions)
         half = 2 * self.layers
         for name, value in zip(self.names[:half], self.past, strict=True):
             binding.bind_ortvalue_input(name, value)

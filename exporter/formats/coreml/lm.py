@@ -125,7 +125,8 @@ class CoremlLmBackend:
                                   f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug") from exc
         return CoremlLmLowered(model, {"io": IO, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                                        "cache_length": settings.cache_length,
-                                       "prefill_length": settings.prefill_length, "deployment_target": DEPLOYMENT})
+                                       "prefill_length": settings.prefill_length, "deployment_target": DEPLOYMENT,
+                                       "dtype": "float16"})
 
     def emit(self, lowered: CoremlLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
              plan: Planner, progress: Progress) -> LmEmitted:

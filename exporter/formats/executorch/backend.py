@@ -112,16 +112,19 @@ def lower_program(program, out: Path) -> dict:
     return lower_methods({"forward": program}, out)["forward"]
 
 
-def lower_methods(programs: dict, out: Path, shared_state: bool = False) -> dict[str, dict]:
+def lower_methods(programs: dict, out: Path, shared_state: bool = False,
+                  constant_methods: dict | None = None) -> dict[str, dict]:
     """Several methods lowered into one .pte (method name -> exported program); shared_state: every method
     reads and writes one copy of the mutable buffers (a language model's KV cache between its prefill and
-    decode methods). The delegation coverage of each method."""
+    decode methods); constant_methods: methods that return a value (a runner's metadata). The delegation
+    coverage of each method."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
     with partitioner_reasons() as reasons:
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=constant_methods)
     delegation = {name: coverage(edge.exported_program(name), reasons) for name in programs}
     config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
                                      emit_mutable_buffer_names=True) if shared_state else None

@@ -4,8 +4,11 @@ read by its `llama::custom_sdpa` (causal from the start position, grouped-query 
 passes only the new tokens and their start position.
 
     methods  prefill: input_ids [1, prefill_length], input_pos [1] -> logits [1, prefill_length, vocab]
-             decode:  input_ids [1, 1],              input_pos [1] -> logits [1, 1, vocab]
+             forward: input_ids [1, 1],              input_pos [1] -> logits [1, 1, vocab]
     state    k_cache_<i> / v_cache_<i> [1, cache_length, kv_heads, head_dim] float32, shared by both methods
+    metadata get_max_seq_len, get_max_context_len, get_vocab_size, get_bos_id, get_eos_ids, use_kv_cache,
+             enable_dynamic_shape: what ExecuTorch's LLM runner (TextLLMRunner) reads; it calls `forward`, one
+             token per call, for the prompt and for each new token
 
 Both methods have static shapes: XNNPACK then takes every view, slice and RoPE unsqueeze (with a dynamic
 sequence length it rejected them, and every rejected operator split a delegate: lowering SmolLM2-135M took
@@ -36,7 +39,7 @@ from exporter.quant.plan import Planner, QuantizedWeight, Scheme, planned_by, so
 from targets.lm import LmSettings, LmVariant
 
 ATTENTION = "edgeport_executorch_sdpa"  # the transformers attention implementation registered below
-METHODS = {"prefill": "prefill_length", "decode": 1}  # method -> tokens per call (recorded in the manifest)
+METHODS = {"prefill": "prefill_length", "forward": 1}  # method -> tokens per call (recorded in the manifest)
 IO = {"methods": METHODS, "inputs": ["input_ids", "input_pos"], "state": "k_cache_{layer}, v_cache_{layer}"}
 
 
@@ -61,7 +64,8 @@ class ExecutorchLmBackend:
             progress(f"executorch {variant.precision}: torch.export of the prefill and decode methods, lowering "
                      "to XNNPACK")
             programs, cache = _trace_methods(model, settings)
-            delegation = lower_methods(programs, out, shared_state=True)["decode"]
+            delegation = lower_methods(programs, out, shared_state=True,
+                                       constant_methods=runner_metadata(lowered, settings))["forward"]
         record["delegation"] = {key: delegation[key] for key in ("delegate", "delegated_operators",
                                                                  "portable_operators", "delegated_op_coverage")}
         record["delegation"]["portable_ops"] = dict(Counter(row["op"] for row in delegation["portable_fallback"])
@@ -71,6 +75,24 @@ class ExecutorchLmBackend:
                "the traced program lowered to XNNPACK")
         return LmEmitted(cache, record, "edgeport export (torchao -> torch.export -> ExecuTorch XNNPACK, KV cache "
                          "as mutable buffers with ExecuTorch's update_cache and custom_sdpa kernels)", why)
+
+    def bundle(self, work: Path, entries: list[dict], model_config: Any, tokenizer_dir: Path,
+               threads: int) -> dict | None:
+        """What ExecuTorch's LLM runner opens beside the .pte files (runner_bundle.py)."""
+        from exporter.formats.executorch.runner_bundle import write_bundle
+
+        return write_bundle(work, entries, model_config, tokenizer_dir, threads)
+
+
+def runner_metadata(lm: CausalLM, settings: LmSettings) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runner reads from a .pte (extension/llm/runner/constants.h)."""
+    from exporter.lm.decode_step import eos_ids, text_config
+
+    bos = lm.tokenizer.bos_token_id
+    return {"get_max_seq_len": settings.cache_length, "get_max_context_len": settings.cache_length,
+            "get_vocab_size": text_config(lm.model.config).vocab_size, "get_bos_id": bos if bos is not None else -1,
+            "get_eos_ids": eos_ids(lm.model.config, lm.tokenizer), "use_kv_cache": True,
+            "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": False}
 
 
 def _trace_methods(model: Any, settings: LmSettings) -> tuple[dict, dict]:
@@ -82,7 +104,7 @@ def _trace_methods(model: Any, settings: LmSettings) -> tuple[dict, dict]:
 
     layers, kv_heads, head_dim = cache_shape(model.config)
     step = _custom_op_step(model, settings.cache_length, layers, kv_heads, head_dim)
-    lengths = {"prefill": settings.prefill_length, "decode": 1}
+    lengths = {"prefill": settings.prefill_length, "forward": 1}
     programs = {}
     for method, length in lengths.items():
         example = (torch.zeros((1, length), dtype=torch.long), torch.zeros(1, dtype=torch.long))

@@ -27,14 +27,34 @@ def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: 
         raise not_exported(model, exc) from exc
     onnx_program.save(str(out), external_data=True)
     _tidy(out)
-    return cache
+    return cache | {"io": POSITION_IDS_IO}
+
+
+# onnxruntime-genai feeds a decoder's positions as position_ids [batch, tokens] (its past and present names are
+# configurable, this input's shape is not): the traced step's cache_position [tokens] is that input squeezed
+POSITION_IDS_IO = STATIC_CACHE_IO | {"position": "position_ids"}
+
+
+def _positions_as_ids(model: Any) -> None:
+    from onnx import TensorProto, helper
+
+    traced = next(i for i in model.graph.input if i.name == STATIC_CACHE_IO["position"])
+    index = list(model.graph.input).index(traced)
+    model.graph.input.remove(traced)
+    length = traced.type.tensor_type.shape.dim[0].dim_param or "sequence"
+    model.graph.input.insert(index, helper.make_tensor_value_info(POSITION_IDS_IO["position"], TensorProto.INT64,
+                                                                  [1, length]))
+    model.graph.initializer.append(helper.make_tensor("position_ids_batch_axis", TensorProto.INT64, [1], [0]))
+    model.graph.node.insert(0, helper.make_node("Squeeze", [POSITION_IDS_IO["position"], "position_ids_batch_axis"],
+                                                [traced.name]))
 
 
 def _tidy(path: Path) -> None:
-    """Two rewrites of the exported graph. A tied output head reads the embedding table through a Transpose
+    """Three rewrites of the exported graph. A tied output head reads the embedding table through a Transpose
     computed on every call (a whole vocab x hidden copy per token), and is then no constant a weight quantizer
-    can see: it is stored transposed. And the exporter's stack traces name files by their absolute path, so the
-    same export from two checkouts differed in bytes: they are dropped (name scopes stay, module_path reads them)."""
+    can see: it is stored transposed. The exporter's stack traces name files by their absolute path, so the
+    same export from two checkouts differed in bytes: they are dropped (name scopes stay, module_path reads them).
+    And the positions come in as onnxruntime-genai's position_ids."""
     import onnx
     from onnx import numpy_helper
 
@@ -51,6 +71,7 @@ def _tidy(path: Path) -> None:
         folded = numpy_helper.from_array(weight.transpose(perm) if perm else weight.T, node.output[0])
         model.graph.initializer.append(folded)
         model.graph.node.remove(node)
+    _positions_as_ids(model)
     save_onnx(model, path)
 
 

@@ -4,7 +4,7 @@ block-wise weights through MatMulNBits, or onnxruntime-genai's model builder whe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from exporter.lm.backend import Kept, LmEmitted, Progress
 from exporter.lm.source import CausalLM
@@ -68,6 +68,13 @@ class OnnxLmBackend:
             record = quantize_weights(lowered.fp32, out, policy, plan)
         data = out.with_name(out.name + ".data")
         return LmEmitted(cache, record, built_by, why, [data] if data.is_file() else [])
+
+    def bundle(self, work: Path, entries: list[dict], model_config: Any, tokenizer_dir: Path,
+               threads: int) -> dict | None:
+        """onnxruntime-genai's layout for the directory's ONNX artifacts (genai_bundle.py)."""
+        from exporter.formats.onnx.genai_bundle import write_bundle
+
+        return write_bundle(work, entries, model_config, tokenizer_dir, threads)
 
 
 BACKEND = OnnxLmBackend()

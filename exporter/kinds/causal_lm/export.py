@@ -32,6 +32,8 @@ from validators.lm.validate import REFERENCE, TOKENIZER_DIR, judge, tie_paths, v
 
 LIBRARIES = ("transformers", "tokenizers", "gguf", "torchao", "onnxruntime-genai")  # beside each format's own
 BLAME_ROWS_KEPT = 20  # the manifest keeps the worst rows; the count of all is recorded beside them
+DECODE_TAIL = 64  # the long window's last positions, each fed by one decode call (the cache's end, as decoding reads)
+LONG_ROWS = 256  # positions of the long window the reference stores distributions for (float16, vocabulary wide)
 
 
 def _lm_backend(fmt: str) -> Any:
@@ -91,7 +93,8 @@ def _prompts(lm: CausalLM, target: LmTarget) -> list[list[int]]:
     return encoded
 
 
-def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tuple[np.ndarray, dict, str]:
+def _eval_windows(lm: CausalLM, target: LmTarget,
+                  eval_path: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray], dict, str]:
     settings = target.lm
     if eval_path is not None:
         text = _read_text(eval_path, "--eval")
@@ -113,7 +116,28 @@ def _eval_windows(lm: CausalLM, target: LmTarget, eval_path: Path | None) -> tup
             "no BOS: the tokenizer adds none to text")
     described |= {"sha256": _text_sha(text), "windows": count, "window_length": length,
                   "positions": count * (length - 1), "bos": rule}
-    return windows, described, text
+    long, described["long_context"] = _long_window(ids, bos, settings)
+    return windows, long, described, text
+
+
+def _long_window(ids: list[int], bos: list[int], settings: Any) -> tuple[dict[str, np.ndarray], dict]:
+    """One window as long as the KV cache, from the start of the eval text: fed to an artifact as a device feeds a
+    long prompt (prefill in chunks) and then decoded to the cache's last position, it reads every cache position
+    and crosses every prefill boundary the short windows never reach. Judged at up to LONG_ROWS positions: the
+    last ones densely, each fed by a decode call (the end of the cache), the ones before at a stride.
+    Returns the reference's long/* arrays ({} when the text is too short) and the manifest's description."""
+    length = settings.cache_length
+    if len(bos) + len(ids) < length:
+        return {}, {"checked": False, "why": f"the eval text has {len(ids)} tokens, fewer than the {length}-token "
+                                             "cache: pass a longer --eval text to check long context"}
+    tail = min(DECODE_TAIL, length // 4)
+    decode_from = length - 1 - tail  # position p predicts token p + 1; the last judged position is length - 2
+    stride = max(1, -(-decode_from // (LONG_ROWS - tail)))
+    positions = np.concatenate([np.arange(0, decode_from, stride), np.arange(decode_from, length - 1)])
+    arrays = {"long/tokens": np.array(bos + ids[:length - len(bos)], dtype=np.int64), "long/positions": positions,
+              "long/decode_from": np.array(decode_from)}
+    return arrays, {"checked": True, "tokens": length, "prefill_length": settings.prefill_length,
+                    "decode_from": decode_from, "positions": len(positions), "stride": stride}
 
 
 def _bos_of_text(tokenizer: Any) -> list[int]:
@@ -130,21 +154,31 @@ def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _reference(lm: CausalLM, windows: np.ndarray, prompts: list[list[int]], new_tokens: int,
-               progress: Progress) -> dict:
-    """What the PyTorch model predicts: next-token log-probabilities on every eval window (float16), and
-    greedy tokens with the logits each was chosen from on every prompt."""
+def _reference(lm: CausalLM, windows: np.ndarray, long: dict[str, np.ndarray], prompts: list[list[int]],
+               new_tokens: int, progress: Progress) -> dict:
+    """What the PyTorch model predicts: next-token log-probabilities on every eval window and at the long
+    window's judged positions (float16), and greedy tokens with the logits each was chosen from on every prompt."""
     import torch
 
-    progress(f"reference: PyTorch on {len(windows)} eval windows and {len(prompts)} prompts")
-    arrays: dict[str, np.ndarray] = {"tf/tokens": windows}
+    progress(f"reference: PyTorch on {len(windows)} eval windows{', one cache-long window' if long else ''} and "
+             f"{len(prompts)} prompts")
+    arrays: dict[str, np.ndarray] = {"tf/tokens": windows, **long}
     rows, target_rows = [], []
+
+    def logprobs_at(window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the distributions, float16, for KL and top-1; each next token's exact log-probability, for perplexity)"""
+        logits = lm.model(input_ids=torch.from_numpy(window[None])).logits[0, torch.from_numpy(positions)]
+        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+        return logprobs.astype(np.float16), logprobs[np.arange(len(positions)), window[positions + 1]]
+
     with torch.no_grad():
         for window in windows:
-            logits = lm.model(input_ids=torch.from_numpy(window[None])).logits[0, :-1]
-            logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
-            rows.append(logprobs.astype(np.float16))  # the distributions, for KL and top-1
-            target_rows.append(logprobs[np.arange(len(window) - 1), window[1:]])  # exact, for perplexity
+            distributions, exact = logprobs_at(window, np.arange(len(window) - 1))
+            rows.append(distributions)
+            target_rows.append(exact)
+        if long:
+            arrays["long/logprobs"], arrays["long/target_logprobs"] = logprobs_at(long["long/tokens"],
+                                                                                 long["long/positions"])
         for index, prompt in enumerate(prompts):
             tokens, logits = _eager_greedy(lm.model, prompt, new_tokens)
             arrays |= {f"gen/{index}/prompt": np.array(prompt, np.int64), f"gen/{index}/tokens": np.array(tokens),
@@ -419,7 +453,8 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     judged = judge(artifact, reference, entry["budget"], *size)
     looping = [r for r in judged["free_running"] if r["repetition_increase"] > 0]
     if store_tie_paths(builder.lm.model, reference, looping):  # the runs are as measured: judged again by them
-        judged = verdict(reference, entry["budget"], judged["teacher_forced"], judged["free_running"], *size)
+        judged = verdict(reference, entry["budget"], judged["teacher_forced"], judged["free_running"], *size,
+                         judged["long_context"])
     return judged
 
 
@@ -508,18 +543,30 @@ class LmExport:
         settings = target.lm
         _refuse_unsupported_attention(lm, target)
         self.prompts = _prompts(lm, target)
-        windows, self.eval_info, eval_text = _eval_windows(lm, target, options.eval)
+        windows, long, self.eval_info, eval_text = _eval_windows(lm, target, options.eval)
         self.calibration, self.calibration_info = None, None
         if target.needs_calibration:
             calibration_text, self.calibration_info = _calibration_text(options, eval_text)
             self.calibration = _calibration_batches(lm, calibration_text, settings)
-        self.reference = _reference(lm, windows, self.prompts, settings.new_tokens, progress)
+        self.reference = _reference(lm, windows, long, self.prompts, settings.new_tokens, progress)
         self.eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]],
                                   settings.new_tokens, target.threads)
         progress(f"eager PyTorch: {self.eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
         self.name = lm.name
         self.model = {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
                       "architecture": lm.architecture, "float32_bytes": float32_bytes(lm.model)}
+
+    def _bundles(self, work: Path, entries: list[dict], progress: Progress) -> dict[str, dict]:
+        """Per format whose backend writes one (an optional `bundle` beside LmBackend's methods): what that
+        runtime's own app-side loader opens beside the artifacts, each file hashed."""
+        bundles = {}
+        for fmt in self.target.formats:
+            writer = getattr(_lm_backend(fmt), "bundle", None)
+            record = writer and writer(work, entries, self.lm.model.config, work / TOKENIZER_DIR, self.target.threads)
+            if record:
+                progress(f"[4/5] {fmt}: {record['runtime']} bundle ({', '.join(record['files'])})")
+                bundles[fmt] = record | {"files": _files([work / name for name in record["files"]])}
+        return bundles
 
     def write(self, work: Path, progress: Progress) -> Written:
         lm, target, settings = self.lm, self.target, self.target.lm
@@ -543,7 +590,7 @@ class LmExport:
         section = {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
                    "new_tokens": settings.new_tokens, "prefill_length": settings.prefill_length,
                    "eval": self.eval_info, "calibration": self.calibration_info, "tokenizer": TOKENIZER_DIR,
-                   "notes": lm.notes}
+                   "bundles": self._bundles(work, entries, progress), "notes": lm.notes}
         log = {"trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
                "weight_plan_seconds": builder.plan_seconds(),
                "diagnosis_seconds": diagnosis_seconds, "eager": self.eager}
