@@ -30,6 +30,10 @@ class LmBudget:
     # per decode call (validators/lm/metrics.py forced_decoding)
     min_decode_top1_agreement: float | None = None
     max_repetition_increase: float | None = None  # artifact's repeated 3-gram rate minus the reference's
+    # the window as long as the KV cache (validators/lm/validate.py long_context); None: the short windows' limit
+    max_long_ppl_ratio: float | None = None
+    max_long_kl_mean: float | None = None
+    min_long_top1_agreement: float | None = None
     max_size_mb: float | None = None
     # the artifact's bytes / the source's float32 weights' bytes (llama.cpp's Q4_K_M of SmolLM2-135M: 0.19); auto
     # precision keeps no more layers at higher precision than this leaves room for

@@ -27,7 +27,7 @@ from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
 TOKENIZER_DIR = "tokenizer"
-# the long window's figures bounded by the same limits as the short windows' (budgets.BOUNDS names both)
+# the long window's figures bounded by the short windows' limits unless the budget sets its own
 LONG_LIMITS = {"max_ppl_ratio": "max_long_ppl_ratio", "max_kl_mean": "max_long_kl_mean",
                "min_top1_agreement": "min_long_top1_agreement"}
 
@@ -70,7 +70,7 @@ def judge(lm, reference: dict, budget: dict, nbytes: int, float_bytes: int | Non
         runs.append({"prompt": int(key), "generated": tokens,
                      **free_running(expected, reference[f"gen/{key}/logits"], tokens, logits),
                      **forced_decoding(expected, reference[f"gen/{key}/logits"], fed)})
-    long = long_context(lm, reference, forced["kl_mean"], budget.get("max_kl_mean"))
+    long = long_context(lm, reference, forced["kl_mean"], budget.get("max_long_kl_mean", budget.get("max_kl_mean")))
     return verdict(reference, budget, forced, runs, nbytes, float_bytes, long)
 
 
@@ -107,7 +107,7 @@ def verdict(reference: dict, budget: dict, forced: dict, runs: list[dict], nbyte
 
 def violations(budget: dict, metrics: dict, forced: dict, runs: list[dict], long: dict | None = None) -> list[str]:
     """The one budget check (validators/budgets.py), told which prompts and positions its figures come from."""
-    limits = dict(budget) | {LONG_LIMITS[name]: value for name, value in budget.items() if name in LONG_LIMITS}
+    limits = {LONG_LIMITS[name]: value for name, value in budget.items() if name in LONG_LIMITS} | dict(budget)
     if "min_greedy_tokens" in limits and runs:  # a prompt gives only new_tokens tokens
         limits["min_greedy_tokens"] = min(limits["min_greedy_tokens"], min(r["tokens"] for r in runs))
     return budgets.check(limits, metrics, _why(limits, forced, runs, long))
