@@ -8,6 +8,7 @@ own run of the artifact wrote, up to end-of-sequence. One class per runtime: onn
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,18 @@ def until_end_of_sequence(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens[:next((i + 1 for i, t in enumerate(tokens) if t in eos), None)]
 
 
-class BundleRuntime:
-    """A runtime's app-side library on one bundle: encode, template, decode and generate as an app calls them."""
+class BundleRuntime(ABC):
+    """A runtime's app-side library on one bundle: encode, template, decode and generate as an app calls them.
+    A runtime class sets name and the three tokenizer callables, and implements generate."""
 
     name: str
     encode: Callable[[str], list[int]]  # text -> ids, nothing added
     template: Callable[[str], str]  # a user's message -> the chat-templated text
     decode: Callable[[list[int]], str]
 
+    @abstractmethod
     def generate(self, artifact: str, prompt: list[int], message: str, new_tokens: int) -> list[int] | str:
         """The runtime's greedy continuation: token ids, or text where the library gives only text."""
-        raise NotImplementedError
 
     def tokenizer_problems(self, recipe: dict, manifest: dict, reference: dict, source: Any) -> list[str]:
         """Each prompt as the app sends it and each eval window's text (BOS aside) against the source tokenizer;
@@ -98,15 +100,18 @@ class GenaiRuntime(BundleRuntime):
     name = "onnxruntime-genai"
 
     def __init__(self, directory: Path, bundle: dict) -> None:
-        self.directory, self.overlays = directory, bundle["overlays"]
+        self.directory, self.overlays, self.models = directory, bundle["overlays"], {}
         self.encode, self.template, self.decode = genai_encoders(self.model(next(iter(self.overlays))))
 
     def model(self, artifact: str) -> Any:
+        """The artifact's og.Model, loaded once (every prompt's Generator shares it, as an app's would)."""
         import onnxruntime_genai as og
 
-        config = og.Config(str(self.directory))
-        config.overlay((self.directory / self.overlays[artifact]).read_text())
-        return og.Model(config)
+        if artifact not in self.models:
+            config = og.Config(str(self.directory))
+            config.overlay((self.directory / self.overlays[artifact]).read_text())
+            self.models[artifact] = og.Model(config)
+        return self.models[artifact]
 
     def generate(self, artifact: str, prompt: list[int], message: str, new_tokens: int) -> list[int]:
         import onnxruntime_genai as og

@@ -75,6 +75,13 @@ def drift_onset(kl_by_position: list[list[float]], baseline: float, limit: float
     return None
 
 
+def drift_text(drift: dict) -> str:
+    """drift_onset's finding in words, as the verdict and the report say it."""
+    before = f" (before: {drift['kl_before']:.3g})" if drift["kl_before"] is not None else ""
+    return (f"KL drifts from position {drift['first']} (mean {drift['kl_mean']:.3g} over positions "
+            f"{drift['first']}-{drift['last']}{before})")
+
+
 def repeated_ngram_rate(tokens: list[int], n: int = REPEAT_N) -> float:
     """Share of the n-grams of tokens that already occurred earlier in tokens."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from validators.lm.metrics import TIE_MARGIN
+from validators.lm.metrics import TIE_MARGIN, drift_text
 from validators.report_parts import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
@@ -131,9 +131,7 @@ def _long_line(long: dict) -> str:
     spans = [[k for p, k in curve if lo <= p < lo + eighth] for lo in range(0, long["tokens"], eighth)]
     by_span = ", ".join(f"{lo * eighth}-{(lo + 1) * eighth - 1}: {sum(ks) / len(ks):.3g}"
                         for lo, ks in enumerate(spans) if ks)
-    drift = long["drift"]
-    onset = (f"; KL drifts from position {drift['first']} (mean {drift['kl_mean']:.3g} over {drift['first']}-"
-             f"{drift['last']})" if drift else "")
+    onset = f"; {drift_text(long['drift'])}" if long["drift"] else ""
     return (f"long context ({long['tokens']}-token cache: prefill in chunks of {long['prefill_length']} to position "
             f"{long['decode_from']}, then decode to its end; {long['positions']} positions): PPL ratio "
             f"{long['ppl_ratio']:.4f}, KL mean {long['kl_mean']:.4g}, same top-1 {100 * long['top1_agreement']:.1f}%; "

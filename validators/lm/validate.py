@@ -22,7 +22,7 @@ from common.errors import ArtifactError
 from common.files import load_npz, sha256_file
 from validators import budgets
 from validators.latency import contention_note
-from validators.lm.metrics import drift_onset, forced_decoding, free_running, repetition, teacher_forced
+from validators.lm.metrics import drift_onset, drift_text, forced_decoding, free_running, repetition, teacher_forced
 from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
@@ -116,12 +116,7 @@ def violations(budget: dict, metrics: dict, forced: dict, runs: list[dict], long
 def _long_why(long: dict) -> str:
     where = (f"the {long['tokens']}-token window filling the cache (prefill in chunks of {long['prefill_length']} to "
              f"position {long['decode_from']}, then one decode call per token), {long['positions']} positions")
-    drift = long["drift"]
-    if drift is None:
-        return where
-    before = f" (before: {drift['kl_before']:.3g})" if drift["kl_before"] is not None else ""
-    return (f"{where}: KL drifts from position {drift['first']} (mean {drift['kl_mean']:.3g} over positions "
-            f"{drift['first']}-{drift['last']}{before})")
+    return f"{where}: {drift_text(long['drift'])}" if long["drift"] else where
 
 
 def _why(limits: dict, forced: dict, runs: list[dict], long: dict | None = None) -> dict[str, str]:
