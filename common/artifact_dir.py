@@ -25,6 +25,17 @@ REPRODUCIBLE = "byte-identical for the same model, data and library versions"
 SCHEMA = 2  # 2: the resolved target and each artifact's budget are stored, not re-derived
 REFERENCE = "reference.npz"
 EXPORT_LOG = "export.json"
+
+
+def cache_io_names(layers: int, io: dict) -> tuple[list[str], list[str]]:
+    """A language model artifact's input and output names from its cache io (the manifest's cache["io"]):
+    ([tokens, positions, past caches], [logits, present caches])."""
+    kvs = io.get("kv", ("key", "value"))
+    past = [io["past"].format(layer=i, kv=kv) for i in range(layers) for kv in kvs]
+    present = [io["present"].format(layer=i, kv=kv) for i in range(layers) for kv in kvs]
+    return [io.get("tokens", "input_ids"), io["position"], *past], ["logits", *present]
+
+
 # The signature name every .tflite is written with and run by.
 LITERT_SIGNATURE = "serving_default"
 

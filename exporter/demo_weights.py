@@ -1,4 +1,4 @@
-"""The embedded demos' trained weights, shipped in the repository (exporter/weights/*.safetensors).
+"""The embedded demos' trained weights (and demo:tinylm's tokenizer), shipped in the repository (exporter/weights/).
 
 Training runs through CPU-specific kernels, so two machines of the same kind train different weights from the
 same seed (demo:digits hashed 5e701edc... on one machine and 2916fe3e... on another). Loading the shipped
@@ -18,6 +18,11 @@ DEMOS = {"digits": "exporter.demo", "tinylm": "exporter.lm.tinylm"}  # demo:NAME
 
 def weights_path(demo: str) -> Path:
     return WEIGHTS / f"{demo}.safetensors"
+
+
+def tokenizer_path(demo: str) -> Path:
+    """A demo language model's tokenizer, learned with its weights and shipped beside them."""
+    return WEIGHTS / f"{demo}.tokenizer.json"
 
 
 def load_into(module: Any, demo: str) -> Any:

@@ -13,7 +13,7 @@ from exporter.demo_weights import weights_path
 from exporter.sources import load_model, state_dict_sha256
 
 DIGITS_SHA256 = "d4aa96a515ce899fed680d21ff8661dd5e2218afef90c94d48dc0395cfa11e1b"  # state dict, as manifests record it
-TINYLM_SHA256 = "1653735b376bcd0bb435ee58b98c0df1a063b3457abb0b4a720c4082c494ac4b"
+TINYLM_SHA256 = "1d173890091c24fc81bb7c5017d5d11992cbb4b1c5b237c930748ef1b2038900"
 
 
 def test_demo_digits_loads_the_same_weights_everywhere():
@@ -53,13 +53,14 @@ def test_retraining_tinylm_reproduces_the_shipped_weights():
     from exporter.lm.tinylm import load_tinylm, train_tinylm
 
     shipped, tokenizer = load_tinylm()
-    retrained, _ = train_tinylm()
-    ids = torch.tensor(tokenizer(stdlib_text("eval"))["input_ids"][:8 * 96]).view(8, 96)
+    retrained, _ = train_tinylm(tokenizer)
+    ids = torch.tensor(tokenizer(stdlib_text("eval"))["input_ids"][:8 * 128]).view(8, 128)
     with torch.no_grad():
         ppl = {name: float(torch.exp(m(input_ids=ids, labels=ids).loss)) for name, m in
                (("shipped", shipped), ("retrained", retrained))}
     print(f"tinylm eval perplexity: {ppl}, identical weights: {state_dict_sha256(retrained) == TINYLM_SHA256}")
-    # float training takes another path on another CPU's kernels: retrained here (a Xeon with AVX-512 and AMX)
-    # the perplexity is 10.12 against the shipped 9.74 (+3.9%); the machine the weights were trained on matched
+    # float training takes another path on another CPU's kernels: the byte-level model it replaced retrained to
+    # perplexity 10.12 against its shipped 9.74 (+3.9%) on a Xeon with AVX-512 and AMX; the machine that trained
+    # this one (eval perplexity 29.48 per BPE token, 2.6 characters) retrains it bit for bit
     assert abs(ppl["retrained"] / ppl["shipped"] - 1) <= 0.05
-    assert ppl["shipped"] < 12  # trained, not a random init (a uniform byte model is ~259)
+    assert ppl["shipped"] < 40  # trained, not a random init (a uniform model over the 1024 tokens is 1024)

@@ -397,6 +397,11 @@ def test_demo_tinylm_on_android_llm(tmp_path):
         forced = artifact["lm"]["teacher_forced"]
         assert forced["ppl_ratio"] < (1.15 if "w4" in path else 1.03), (path, forced)
         assert artifact["budget"]["passed"] and artifact["lm"]["speed"]["decode_tokens_per_s"] > 0, path
+        # the demo says something: its reference text on every prompt is prose, not a loop
+        assert all(run["reference_repetition"] <= 0.2 for run in artifact["lm"]["free_running"]), path
+    # and each runtime's app-side bundle opens in that runtime and writes the verdict's text
+    assert {a["bundle"]["runtime"] for a in by.values() if a["bundle"]["greedy_equal"]} == {
+        "onnxruntime-genai", "ExecuTorch LLM runner", "LiteRT-LM"}
     assert report["eager"]["threads"] == 1
     assert "tinylm" in done.stdout and "PASSED" in done.stdout
 

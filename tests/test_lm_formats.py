@@ -5,6 +5,7 @@ both test families; a Core ML program whose KV cache is never written fails."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_float_variants_generate_what_pytorch_generates(exported, family):
     assert all(by[p]["bundle"] == {"runtime": "ExecuTorch LLM runner", "greedy_equal": True}
                for p in ("model.pte", "model.a8w4.pte"))
     assert not [v for v in report["violations"] if "runner" in v], report["violations"]
+    # each .tflite inside a .litertlm, as LiteRT-LM's engine (litert-lm-api) opens it: its session generates the
+    # verdict's greedy text from the recipe's prompt text; its tokenizer round-trips
+    assert all(by[p]["bundle"] == {"runtime": "LiteRT-LM", "greedy_equal": True}
+               for p in ("model.tflite", "model.a8w8.tflite"))
+    assert {"model.litertlm", "model.a8w8.litertlm"} <= {p.name for p in directory.iterdir()}
+    assert not [p for p in directory.iterdir() if "xnnpack_cache" in p.name]  # the engine's cache went elsewhere
+    assert not [v for v in report["violations"] if "LiteRT-LM" in v], report["violations"]
     assert code == (0 if report["passed"] else 1)
 
 
@@ -206,6 +214,30 @@ def test_a_core_ml_program_that_never_writes_its_cache_fails(exported, tmp_path)
     assert fp16["lm"]["teacher_forced"]["top1_agreement"] < 0.9, fp16["lm"]["teacher_forced"]
     untouched = next(a for a in report["artifacts"] if a["path"] == "model.pte")
     assert untouched["budget"]["passed"]
+
+
+def test_a_litertlm_with_a_wrong_tokenizer_fails_naming_the_first_differing_token(exported, tmp_path):
+    """The .litertlm rebuilt around a tokenizer.json with two tokens' ids swapped (a bundle built from the wrong
+    file): LiteRT-LM's own tokenizer, read from inside it, names the token, though the .tflite is as exported."""
+    from litert_torch.generative.utilities.litertlm_builder import build_litertlm
+
+    directory = tmp_path / "wrong-tokenizer"
+    shutil.copytree(exported[FAMILIES[0]][1], directory)
+    tokenizer = json.loads((directory / "tokenizer" / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    e, t = vocab["e"], vocab["t"]
+    vocab["e"], vocab["t"] = t, e
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    stop = json.loads((directory / "manifest.json").read_text())["lm"]["bundles"]["tflite"]["eos_token_ids"]
+    build_litertlm(str(directory / "model.tflite"), str(tmp_path), str(directory), 96,
+                   hf_tokenizer_model_path=str(tmp_path / "tokenizer.json"), stop_token_ids=stop)
+    _restamp(directory)
+    done = run_cli("validate", directory)
+    assert done.code == 1, done.stderr[-1500:]
+    violations = json.loads((directory / "report.json").read_text())["violations"]
+    named = [v for v in violations if "LiteRT-LM's tokenizer encodes" in v]
+    found = re.search(r"differently from token \d+: (\d+) where the source tokenizer has (\d+) '(\w)'", named[0])
+    assert found and {int(found[1]), int(found[2])} == {e, t} and found[3] in "et", named
 
 
 def test_auto_precision_keeps_layers_on_executorch_core_ml_and_litert(tmp_path):

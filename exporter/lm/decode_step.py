@@ -90,7 +90,12 @@ def _write_at(layer: Any, positions: Any, keys: Any, values: Any, *args: Any, **
     """The cache update as one ScatterElements along the sequence axis. StaticLayer's index_copy_ exports as
     Transpose -> ScatterND -> Transpose of the whole cache per layer and step (12% of w8 decode time measured
     on SmolLM2-135M); scatter writes the new rows into a copy, and the outputs are new tensors, not the inputs."""
-    index = positions.view(1, 1, -1, 1).expand_as(keys)
+    import torch
+
+    # rows at consecutive positions from the first: LiteRT-LM pads a short prefill chunk with position 0, which
+    # would overwrite position 0's row; at the cache's end, padding rows fold onto its last row
+    rows = (positions[:1].long() + torch.arange(keys.shape[2])).clamp(max=layer.keys.shape[2] - 1)
+    index = rows.view(1, 1, -1, 1).expand_as(keys)
     layer.keys = layer.keys.scatter(2, index, keys)
     layer.values = layer.values.scatter(2, index, values)
     return layer.keys, layer.values
@@ -112,12 +117,6 @@ def grouped_query_attention():
 
 
 FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-
-
-def io_names(layers: int, io: dict[str, str]) -> tuple[list[str], list[str]]:
-    past = [io["past"].format(layer=i, kv=kv) for i in range(layers) for kv in ("key", "value")]
-    present = [io["present"].format(layer=i, kv=kv) for i in range(layers) for kv in ("key", "value")]
-    return ["input_ids", io["position"], *past], ["logits", *present]
 
 
 def trace_decode_step(model: Any, cache_length: int, prefill_length: int) -> tuple[Any, dict]:

@@ -2,12 +2,15 @@
 tokenizer, loaded as that library loads it, must encode the prompts (by the bundle's recipe) and the eval text
 to the source tokenizer's ids and decode them to its text; its generation loop must write the tokens edgeport's
 own run of the artifact wrote, up to end-of-sequence. One class per runtime: onnxruntime-genai
-(exporter/formats/onnx/genai_bundle.py) and ExecuTorch's LLM runner (exporter/formats/executorch/runner_bundle.py).
+(exporter/formats/onnx/genai_bundle.py), ExecuTorch's LLM runner (exporter/formats/executorch/runner_bundle.py) and
+LiteRT-LM (exporter/formats/tflite/litertlm_bundle.py); a Core ML app's tokenizer file alone
+(exporter/formats/coreml/app_bundle.py), swift-transformers running only on Apple platforms.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -33,18 +36,14 @@ def until_end_of_sequence(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens[:next((i + 1 for i, t in enumerate(tokens) if t in eos), None)]
 
 
-class BundleRuntime(ABC):
-    """A runtime's app-side library on one bundle: encode, template, decode and generate as an app calls them.
-    A runtime class sets name and the three tokenizer callables, and implements generate."""
+class BundleTokenizer:
+    """A runtime's tokenizer on one bundle: encode, template and decode as an app calls them. A subclass sets
+    name and the three callables."""
 
     name: str
     encode: Callable[[str], list[int]]  # text -> ids, nothing added
     template: Callable[[str], str]  # a user's message -> the chat-templated text
     decode: Callable[[list[int]], str]
-
-    @abstractmethod
-    def generate(self, artifact: str, prompt: list[int], message: str, new_tokens: int) -> list[int] | str:
-        """The runtime's greedy continuation: token ids, or text where the library gives only text."""
 
     def tokenizer_problems(self, recipe: dict, manifest: dict, reference: dict, source: Any) -> list[str]:
         """Each prompt as the app sends it and each eval window's text (BOS aside) against the source tokenizer;
@@ -68,6 +67,14 @@ class BundleRuntime(ABC):
                 problems.append(f"{self.name}'s tokenizer decodes eval window {number} to different text (from "
                                 f"character {first_difference(list(source.decode(expected)), list(decoded))})")
         return problems
+
+
+class BundleRuntime(BundleTokenizer, ABC):
+    """A runtime's app-side library on one bundle: its tokenizer and its generation loop."""
+
+    @abstractmethod
+    def generate(self, artifact: str, prompt: list[int], message: str, new_tokens: int) -> list[int] | str:
+        """The runtime's greedy continuation: token ids, or text where the library gives only text."""
 
     def generation_problems(self, artifact: str, manifest: dict, reference: dict, runs: list[dict], eos: set[int],
                             source: Any) -> list[str]:
@@ -174,11 +181,71 @@ def runner_encoders(folder: Path, source: Any) -> tuple[Callable, Callable, Call
 
         tokenizer = HFTokenizer()
         tokenizer.load(str(folder))
-    return (lambda text: [int(t) for t in tokenizer.encode(text, 0, 0)],
-            lambda message: source.apply_chat_template([{"role": "user", "content": message}],
-                                                       add_generation_prompt=True, tokenize=False),
+    return (lambda text: [int(t) for t in tokenizer.encode(text, 0, 0)], _source_template(source),
             lambda ids: "".join(tokenizer.decode(token) for token in ids))
 
 
-def open_bundle(fmt: str, directory: Path, bundle: dict, source: Any) -> BundleRuntime:
-    return GenaiRuntime(directory, bundle) if fmt == "onnx" else RunnerRuntime(directory, bundle, source)
+class LiteRtLmRuntime(BundleRuntime):
+    """LiteRT-LM: an Engine per .litertlm (its tokenizer is the one inside), a Session per prompt fed the recipe's
+    text, greedy (top_k 1); the app applies the chat template (the source's Jinja, also stored in the metadata)."""
+
+    name = "LiteRT-LM"
+
+    def __init__(self, directory: Path, bundle: dict, source: Any) -> None:
+        self.directory, self.models, self.recipe, self.engines = directory, bundle["models"], bundle.get("prompt"), {}
+        # the engine caches its XNNPACK weight packing beside the model unless told where: never in the artifacts
+        self.scratch = tempfile.TemporaryDirectory(prefix="edgeport-litert-lm-")
+        engine = self.engine(next(iter(self.models)))
+        self.encode, self.decode = engine.tokenize, engine.detokenize
+        self.template = _source_template(source)
+
+    def engine(self, artifact: str) -> Any:
+        """The artifact's Engine, loaded once (every prompt's Session shares it, as an app's would)."""
+        import litert_lm
+
+        if artifact not in self.engines:
+            litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
+            self.engines[artifact] = litert_lm.Engine(str(self.directory / self.models[artifact]),
+                                                      cache_dir=self.scratch.name)
+        return self.engines[artifact]
+
+    def generate(self, artifact: str, prompt: list[int], message: str, new_tokens: int) -> str:
+        import litert_lm
+
+        session = self.engine(artifact).create_session(apply_prompt_template=False, max_output_tokens=new_tokens,
+                                                       sampler_config=litert_lm.SamplerConfig(top_k=1))
+        try:
+            session.run_prefill([recipe_text(self.recipe, message, self.template)])
+            return "".join(session.run_decode().texts)
+        finally:
+            session.close()
+
+
+class TokenizerFile(BundleTokenizer):
+    """A bundle whose runtime is not installable here (swift-transformers runs on Apple platforms only): its
+    tokenizer.json read by the Hugging Face tokenizers library, the same file's other reader, special tokens added
+    as an app's encode adds them; no generation loop to run."""
+
+    name = "the Core ML app"
+
+    def __init__(self, directory: Path, bundle: dict, source: Any) -> None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(directory / bundle["tokenizer"]))
+        self.encode = lambda text: tokenizer.encode(text, add_special_tokens=True).ids
+        self.decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+        self.template = _source_template(source)
+
+
+def _source_template(source: Any) -> Callable[[str], str]:
+    """The source's Jinja chat template, rendered as an app renders it."""
+    return lambda message: source.apply_chat_template([{"role": "user", "content": message}],
+                                                      add_generation_prompt=True, tokenize=False)
+
+
+def open_bundle(fmt: str, directory: Path, bundle: dict, source: Any) -> BundleTokenizer:
+    """The bundle's runtime: a BundleRuntime where its library installs here, else its tokenizer file alone."""
+    if fmt == "onnx":
+        return GenaiRuntime(directory, bundle)
+    return {"executorch": RunnerRuntime, "tflite": LiteRtLmRuntime, "coreml": TokenizerFile}[fmt](
+        directory, bundle, source)

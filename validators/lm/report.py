@@ -97,7 +97,9 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
                      "beside the weights while it runs")
     if long := a["lm"].get("long_context"):
         lines.append(_long_line(long))
-    if bundle := a.get("bundle"):
+    if (bundle := a.get("bundle")) and bundle["greedy_equal"] is None:
+        lines.append(f"NOT checked: {bundle['not_checked']} (its tokenizer file is)")
+    elif bundle:
         lines.append(f"{bundle['runtime']}, as an app calls it, generates the greedy text above "
                      + ("exactly" if bundle["greedy_equal"] else "DIFFERENTLY (see the violations)"))
     for run in a["lm"]["free_running"]:

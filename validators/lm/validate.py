@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.artifact_dir import read_export_log, read_manifest, reference_file
-from common.errors import ArtifactError
+from common.errors import ArtifactError, first_line
 from common.files import load_npz, sha256_file
 from validators import budgets
 from validators.latency import contention_note
@@ -191,7 +191,7 @@ def _bundle_violations(directory: Path, manifest: dict, reference: dict, results
     greedy run (that artifact's violations)."""
     from transformers import AutoTokenizer
 
-    from validators.lm.bundle import open_bundle
+    from validators.lm.bundle import BundleRuntime, open_bundle
 
     problems = []
     for fmt, bundle in (manifest["lm"].get("bundles") or {}).items():
@@ -203,12 +203,25 @@ def _bundle_violations(directory: Path, manifest: dict, reference: dict, results
             continue
         progress(f"{bundle['runtime']} bundle: its tokenizer and its generation loop, as an app runs them")
         source = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
-        runtime = open_bundle(fmt, directory, bundle, source)
-        problems += runtime.tokenizer_problems(bundle["prompt"], manifest, reference, source)
+        try:
+            runtime = open_bundle(fmt, directory, bundle, source)
+            problems += runtime.tokenizer_problems(bundle["prompt"], manifest, reference, source)
+        except RuntimeError as exc:  # the runtime's library refuses the bundle, as it would in the app
+            problems.append(f"{bundle['runtime']} cannot open its bundle ({type(exc).__name__}: {first_line(exc)}): "
+                            "re-export")
+            continue
         eos = set(bundle["eos_token_ids"])
         for result in (r for r in results if r["format"] == fmt):
-            mismatched = runtime.generation_problems(result["path"], manifest, reference,
-                                                     result["lm"]["free_running"], eos, source)
+            if not isinstance(runtime, BundleRuntime):
+                result["bundle"] = {"runtime": bundle["runtime"], "greedy_equal": None,
+                                    "not_checked": f"{bundle['runtime']} does not run here: its generation loop"}
+                continue
+            try:
+                mismatched = runtime.generation_problems(result["path"], manifest, reference,
+                                                         result["lm"]["free_running"], eos, source)
+            except RuntimeError as exc:
+                mismatched = [f"{bundle['runtime']} cannot generate with {result['path']} ({type(exc).__name__}: "
+                              f"{first_line(exc)})"]
             result["bundle"] = {"runtime": bundle["runtime"], "greedy_equal": not mismatched}
             result["budget"]["violations"] += mismatched
             result["budget"]["passed"] = not result["budget"]["violations"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.artifact_dir import LITERT_SIGNATURE as SIGNATURE
+from common.artifact_dir import cache_io_names
 from common.errors import ArtifactError, first_line
 from common.quiet import silenced
 from targets.profile import TFLITE_DELEGATES as DELEGATES
@@ -113,10 +114,8 @@ class LiteRtLM(CachedLM):
         io = cache["io"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
         self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
-        self.position = io["position"]
-        self.past_names = [io["past"].format(layer=i, kv=kv) for i in range(self.layers) for kv in ("key", "value")]
-        self.present_names = [io["present"].format(layer=i, kv=kv) for i in range(self.layers)
-                              for kv in ("key", "value")]
+        inputs, outputs = cache_io_names(self.layers, io)
+        self.tokens, self.position, self.past_names, self.present_names = inputs[0], inputs[1], inputs[2:], outputs[1:]
         self.prefill_runner, self.decode_runner = (_signature(interp, path, name) for name in ("prefill", "decode"))
         self.reset()
 
@@ -134,7 +133,7 @@ class LiteRtLM(CachedLM):
         positions = self.length + np.arange(width, dtype=np.int32)
         # padding writes cache rows past the real tokens; never past the cache's end
         positions = np.minimum(positions, self.cache_length - 1)
-        feeds = {"input_ids": np.asarray([list(tokens) + [0] * (width - count)], np.int32),
+        feeds = {self.tokens: np.asarray([list(tokens) + [0] * (width - count)], np.int32),
                  self.position: positions, **dict(zip(self.past_names, self.past, strict=True))}
         results = (self.decode_runner if width == 1 else self.prefill_runner)(**feeds)
         self.past = [results[name] for name in self.present_names]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.artifact_dir import cache_io_names
 from common.errors import ArtifactError, first_line
 from validators.lm.runtime import CachedLM
 
@@ -102,8 +103,8 @@ class OnnxLM(CachedLM):
         self.io = cache["io"]
         self.layers, self.kv_heads, self.head_dim = cache["layers"], cache["kv_heads"], cache["head_dim"]
         self.cache_length, self.prefill_length = cache["cache_length"], cache["prefill_length"]
-        self.names = [self.io[side].format(layer=i, kv=kv) for side in ("past", "present")
-                      for i in range(self.layers) for kv in ("key", "value")]
+        inputs, outputs = cache_io_names(self.layers, self.io)
+        self.names = inputs[2:] + outputs[1:]
         self.shared_buffer = self.io["position"] == "attention_mask"
         self.reset()
 

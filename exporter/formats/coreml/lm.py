@@ -143,6 +143,13 @@ class CoremlLmBackend:
         return LmEmitted(lowered.cache, record, "edgeport export (torch.jit.trace -> coremltools, Core ML states "
                          "for the KV cache)", why)
 
+    def bundle(self, work: Path, entries: list[dict], model_config: Any, tokenizer_dir: Path,
+               threads: int) -> dict | None:
+        """The tokenizer and generation config an app loads beside the .mlpackage files (app_bundle.py)."""
+        from exporter.formats.coreml.app_bundle import write_bundle
+
+        return write_bundle(work, entries, model_config, tokenizer_dir, threads)
+
 
 def weight_constant(module: str) -> str:
     """The float16 weight constant coremltools names after a traced module path."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from exporter.lm.decode_step import STATIC_CACHE_IO, grouped_query_attention, io_names, not_exported, trace_decode_step
+from common.artifact_dir import cache_io_names
+from exporter.lm.decode_step import STATIC_CACHE_IO, grouped_query_attention, not_exported, trace_decode_step
 
 # Opset 23 has Attention, RMSNormalization and RotaryEmbedding: the exporter writes one node where opset 20 has
 # a dozen, and onnxruntime runs them as fused kernels (w8 decode of SmolLM2-135M: 49-51 -> 57-59 tokens/s).
@@ -20,7 +21,7 @@ def export_decode_step(model: Any, cache_length: int, prefill_length: int, out: 
     program, cache = trace_decode_step(model, cache_length, prefill_length)
     try:
         with torch.no_grad(), grouped_query_attention():
-            inputs, outputs = io_names(cache["layers"], STATIC_CACHE_IO)
+            inputs, outputs = cache_io_names(cache["layers"], STATIC_CACHE_IO)
             onnx_program = torch.onnx.export(program, (), input_names=inputs, output_names=outputs, dynamo=True,
                                              optimize=True, verbose=False, opset_version=OPSET)
     except Exception as exc:  # the ONNX exporter on a program it cannot take

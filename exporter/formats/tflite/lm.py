@@ -1,12 +1,15 @@
 """Language models as LiteRT (.tflite): the decode step of exporter/lm/decode_step.py (static KV cache as
 named inputs and outputs) converted by litert-torch with two signatures over shared weights:
 
-    prefill  input_ids [1, prefill_length], cache_position [prefill_length]  (a shorter chunk is padded;
-             the padding's cache rows lie past the last real position, masked by causality until a later
-             token overwrites them)
-    decode   input_ids [1, 1], cache_position [1]
-    both     past_<i>_key / past_<i>_value [1, kv_heads, cache_length, head_dim] in, logits and
-             present_<i>_key / present_<i>_value out (names Python keywords can carry)
+    prefill  tokens [1, prefill_length], input_pos [prefill_length]  (int32; a shorter chunk is padded, and the
+             cache rows follow the chunk's first position, so padding lands past the last real row, masked by
+             causality until a later token overwrites it)
+    decode   tokens [1, 1], input_pos [1]
+    both     kv_cache_k_<i> / kv_cache_v_<i> [1, kv_heads, cache_length, head_dim] in and (with these tokens
+             written) out, logits out
+
+the names LiteRT-LM's executor binds (its CPU signature without a mask input), so the .tflite runs in its engine
+(litertlm_bundle.py) as it runs in edgeport's verdict.
 
 Attention regroups the query heads per key/value head instead of repeating the cache (exporter/lm/attention.py:
 LiteRT's BROADCAST_TO made SmolLM2-135M decode 6x slower). Weights are the weight plan's codes (exporter/quant/
@@ -33,8 +36,8 @@ from targets.lm import LmSettings, LmVariant
 NO_FLOAT_KEEP = ("not offered for LiteRT 8-bit language-model variants: a linear kept in float cannot be picked out "
                  "of the program by name; the variant is judged as quantized")
 ATTENTION = "edgeport_grouped_query_attention"  # exporter/lm/attention.py: no BROADCAST_TO of the cache
-IO = {"position": "cache_position", "past": "past_{layer}_{kv}", "present": "present_{layer}_{kv}",
-      "signatures": {"prefill": "prefill_length", "decode": 1}}
+IO = {"tokens": "tokens", "position": "input_pos", "past": "kv_cache_{kv}_{layer}", "present": "kv_cache_{kv}_{layer}",
+      "kv": ("k", "v"), "signatures": {"prefill": "prefill_length", "decode": 1}}
 
 
 class TfliteLmLowered:
@@ -88,6 +91,13 @@ class TfliteLmBackend:
         return LmEmitted(lowered.cache, record, "edgeport export (torch.export -> litert-torch, two signatures, "
                          "static KV cache)", why)
 
+    def bundle(self, work: Path, entries: list[dict], model_config: Any, tokenizer_dir: Path,
+               threads: int) -> dict | None:
+        """A .litertlm per .tflite, what LiteRT-LM's engine opens (litertlm_bundle.py)."""
+        from exporter.formats.tflite.litertlm_bundle import write_bundle
+
+        return write_bundle(work, entries, model_config, tokenizer_dir, threads)
+
 
 def _replica(model: Any) -> Any:
     """A copy of `model` whose attention is the one LiteRT converts: what `_convert` takes."""
@@ -100,17 +110,18 @@ def _convert(replica: Any, settings: LmSettings, path: Path) -> None:
     """`replica`'s decode step (a `_replica`) as a .tflite at `path`."""
     import torch
 
+    from common.artifact_dir import cache_io_names
     from exporter.formats.tflite.quantize import quiet
-    from exporter.lm.decode_step import decode_step, io_names
+    from exporter.lm.decode_step import decode_step
 
     step, layers, kv_heads, head_dim = decode_step(replica, settings.cache_length)
-    inputs, outputs = io_names(layers, IO)
-    named = _named(step, inputs[2:], outputs).eval()
+    inputs, outputs = cache_io_names(layers, IO)
+    named = _named(step, inputs, outputs).eval()
     past = {name: torch.zeros(1, kv_heads, settings.cache_length, head_dim) for name in inputs[2:]}
 
     def sample(length: int) -> dict:
-        return {"input_ids": torch.zeros((1, length), dtype=torch.long), "cache_position": torch.arange(length),
-                **past}
+        return {inputs[0]: torch.zeros((1, length), dtype=torch.int32),
+                inputs[1]: torch.arange(length, dtype=torch.int32), **past}
 
     try:
         import litert_torch
@@ -126,7 +137,7 @@ def _convert(replica: Any, settings: LmSettings, path: Path) -> None:
                               f"({type(exc).__name__}: {first_line(exc, 200)}); rerun with --debug") from exc
 
 
-def _named(step: Any, past_names: list[str], output_names: list[str]) -> Any:
+def _named(step: Any, input_names: list[str], output_names: list[str]) -> Any:
     """The decode step with named inputs and outputs (litert-torch names a signature's tensors after them)."""
     import torch
 
@@ -135,9 +146,9 @@ def _named(step: Any, past_names: list[str], output_names: list[str]) -> Any:
             super().__init__()
             self.step = step
 
-        def forward(self, input_ids, cache_position, **past):
-            results = self.step(input_ids, cache_position, tuple(past[name] for name in past_names))
-            return dict(zip(output_names, results, strict=True))
+        def forward(self, **feeds):
+            tokens, positions, *past = (feeds[name] for name in input_names)
+            return dict(zip(output_names, self.step(tokens, positions, tuple(past)), strict=True))
 
     return Named()
 
