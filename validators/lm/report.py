@@ -98,7 +98,7 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
     if long := a["lm"].get("long_context"):
         lines.append(_long_line(long))
     if (bundle := a.get("bundle")) and bundle["greedy_equal"] is None:
-        lines.append(f"NOT checked: {bundle['not_checked']} (its tokenizer file is)")
+        lines.append(f"NOT checked: {bundle['not_checked']}; its tokenizer file is checked")
     elif bundle:
         lines.append(f"{bundle['runtime']}, as an app calls it, generates the greedy text above "
                      + ("exactly" if bundle["greedy_equal"] else "DIFFERENTLY (see the violations)"))

@@ -214,7 +214,8 @@ def _bundle_violations(directory: Path, manifest: dict, reference: dict, results
         for result in (r for r in results if r["format"] == fmt):
             if not isinstance(runtime, BundleRuntime):
                 result["bundle"] = {"runtime": bundle["runtime"], "greedy_equal": None,
-                                    "not_checked": f"{bundle['runtime']} does not run here: its generation loop"}
+                                    "not_checked": f"the generation loop of {bundle['runtime']}, which does "
+                                                   "not run on this host"}
                 continue
             try:
                 mismatched = runtime.generation_problems(result["path"], manifest, reference,

@@ -19,6 +19,7 @@ SUFFIX = ".litertlm"
 def write_bundle(work: Path, entries: list[dict], model_config: Any, tokenizer_dir: Path,
                  threads: int) -> dict | None:
     from litert_torch.generative.utilities.litertlm_builder import build_litertlm
+    from transformers import AutoTokenizer
 
     from common.quiet import silenced
     from exporter.lm.decode_step import eos_ids
@@ -28,21 +29,19 @@ def write_bundle(work: Path, entries: list[dict], model_config: Any, tokenizer_d
     models = [e for e in entries if e["format"] == "tflite"]
     if not models or not (tokenizer_dir / "tokenizer.json").is_file():
         return None
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    bundles = {}
+    stop, bundles = eos_ids(model_config, tokenizer), {}
     for entry in models:
         with tempfile.TemporaryDirectory() as scratch, silenced():
             build_litertlm(str(work / entry["path"]), scratch, str(work), entry["cache"]["cache_length"],
                            hf_tokenizer_model_path=str(tokenizer_dir / "tokenizer.json"),
-                           stop_token_ids=eos_ids(model_config, tokenizer),
+                           stop_token_ids=stop,
                            jinja_prompt_template=getattr(tokenizer, "chat_template", None))
         bundles[entry["path"]] = Path(entry["path"]).stem + SUFFIX
     runtime = LiteRtLmRuntime(work, {"models": bundles}, tokenizer)
     return {"runtime": "LiteRT-LM", "models": bundles,
             "prompt": prompt_recipe(tokenizer, runtime.encode, runtime.template,
                                     "Session.run_prefill([text]) (apply_prompt_template=False), then run_decode"),
-            "eos_token_ids": eos_ids(model_config, tokenizer),
+            "eos_token_ids": stop,
             "opens": "litert_lm.Engine(<artifact>.litertlm) opens each, its tokenizer and metadata inside",
             "files": list(bundles.values())}
