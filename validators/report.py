@@ -46,6 +46,9 @@ def artifact_row(a: dict) -> list[str]:
     verdict = "pass" if a["budget"]["passed"] else "FAIL"
     if a["budget"]["passed"] and a["budget"].get("unjudged"):
         verdict = "pass (partly unjudged)"
+    decision = a.get("auto_precision") or {}
+    if decision and decision["int8_layers"] < decision["weighted_layers"] / 2:  # mostly float: said where it is judged
+        verdict += f" ({a['precision']}: {decision['int8_layers']} of {decision['weighted_layers']} layers quantized)"
     return [
         a["path"], a["precision"], _size(a["bytes"]), _num(p["max_abs"]), _fixed(p["sqnr_db"], 1),
         _fixed(p["cosine"], 6), _agreement(p), _pct(acc["artifact"]) if acc else "–",
@@ -74,6 +77,14 @@ def _output_lines(report: dict) -> list[str]:
             f"{', '.join(JUDGED_BY[o['kind']])}" for o in report.get("outputs", []) if o.get("kind") in JUDGED_BY]
 
 
+def _transformer_line(record: dict) -> str:
+    """A static int8 variant's transformer-block recipe (exporter/formats/transformer_blocks.py)."""
+    return (f"transformer blocks: {record['norms']} norms, {record['residual_adds']} residual adds, "
+            f"{record['attention_scores']} attention score paths and {record['down_projections']} down projections "
+            f"kept float ({record['float_operators']} operators): {record['reason']}; {record['norms_smoothed']} norm "
+            f"outputs smoothed: {record['smoothing']}")
+
+
 def _pass_lines(a: dict) -> list[str]:
     conv = a.get("conversion", {})
     lines = [f"exporter: {conv.get('exporter', '?')} ({conv.get('reason', '')})"] if conv else []
@@ -83,7 +94,10 @@ def _pass_lines(a: dict) -> list[str]:
     if a.get("quantization"):
         q = dict(a["quantization"])
         recurrent = q.pop("recurrent_layers", None)
+        transformer = q.pop("transformer_blocks", None)
         lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+        if transformer:
+            lines.append(_transformer_line(transformer))
         if recurrent:
             lines.append(f"recurrent layers ({recurrent['operators']} operators, unrolled): {recurrent['recipe']}, "
                          f"because {recurrent['reason']}")

@@ -70,7 +70,7 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     if entry.get("npu_compiled") and target.npu is not None:
         npu, npu_violations = _npu_section(directory, path, entry["npu_compiled"], target)
         violations += npu_violations
-    violations += _float_island(entry)
+    violations += _float_island(entry) + _nothing_quantized(entry)
     nbytes = size_bytes(path)  # a directory walk for an .mlpackage
     delegation = entry.get("delegation") or {}
     metrics = judged.metrics(bytes=nbytes, latency_ms=timing["median"],
@@ -107,6 +107,16 @@ def _float_island(entry: dict) -> list[str]:
     listed = "; ".join(f"{module}: {' -> '.join(ops)}" for module, ops in by_module.items())
     return [f"not full-integer: {len(float_ops)} operator(s) compute in float ({listed}); a BatchNorm after a "
             "ReLU is fixed by the tflite pass affine_as_depthwise, other ops need an int8 kernel or a rewrite"]
+
+
+def _nothing_quantized(entry: dict) -> list[str]:
+    """Auto precision that kept every weighted layer float: the fp32 model under a quantized name."""
+    decision = (entry.get("diagnosis") or {}).get("auto_precision") or {}
+    if decision.get("weighted_layers") and decision.get("int8_layers") == 0:
+        return [f"{entry['precision']}: no layer could be quantized within the budget (auto precision kept all "
+                f"{decision['weighted_layers']} weighted layers float); ship the fp32 or fp16 variant, or relax "
+                "the budget"]
+    return []
 
 
 def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: CandidateResult, metrics: dict,

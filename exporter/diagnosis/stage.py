@@ -12,7 +12,7 @@ from common.artifact_dir import Reference
 from common.files import size_bytes
 from exporter.diagnosis.blame import BlameRow, blame_feeds
 from exporter.diagnosis.contract import LayerQuantizer, Progress
-from exporter.diagnosis.search import fewest_kept
+from exporter.diagnosis.search import fewest_kept_set
 from targets import Target, Variant
 from validators.candidate import Candidate
 
@@ -30,18 +30,26 @@ class AutoPrecisionDecision:
     violations_before: list[str]
     violations_after: list[str]
     candidates_tried: int
+    put_back: int = 0  # layers of the shortest meeting prefix of the blame order found quantizable after all
 
     def to_json(self) -> dict:
         int8_layers = self.weighted_layers - len(self.kept_float)
+        met = self.met and int8_layers > 0  # an "int8" variant with every layer float is the fp32 model
+        note = ("" if met else NONE_QUANTIZED if self.met
+                else "the budget is not met even with every weighted layer in float")
         return {
-            "met": self.met, "kept_float": self.kept_float, "excluded_nodes": self.excluded_nodes,
+            "met": met, "kept_float": self.kept_float, "excluded_nodes": self.excluded_nodes,
             "int8_layers": int8_layers, "weighted_layers": self.weighted_layers,
             "int8_layer_share": round(int8_layers / self.weighted_layers, 4) if self.weighted_layers else 0.0,
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
             "violations_before": self.violations_before, "violations_after": self.violations_after,
-            "candidates_tried": self.candidates_tried,
-            "note": "" if self.met else "the budget is not met even with every weighted layer in float",
+            "candidates_tried": self.candidates_tried, "put_back": self.put_back, "minimal": met,
+            "note": note,
         }
+
+
+# the validator turns this note into a violation: the variant would ship the float model under an int8 name
+NONE_QUANTIZED = "no layer could be quantized within the budget: every weighted layer is float"
 
 
 @dataclass
@@ -98,13 +106,14 @@ def auto_precision(quantizer: LayerQuantizer, rows: list[BlameRow], out: Path, c
     bytes_before = size_bytes(out)
     excluded: list[str] = []  # the graph nodes the variant on disk keeps out of the quantized scheme
 
-    def attempt(count: int) -> list[str]:
-        excluded[:] = quantizer.keep_float(rows[:count], out)
+    def attempt(indices: list[int]) -> list[str]:
+        excluded[:] = quantizer.keep_float([rows[i] for i in indices], out)
         return candidate.violations(out)
 
     # every weighted layer in float first: if that misses too, the miss is elsewhere (activations between layers)
-    kept = fewest_kept(len(rows), attempt)
+    kept = fewest_kept_set(len(rows), attempt)
     return AutoPrecisionDecision(
-        met=not kept.violations, kept_float=[r.name for r in rows[:kept.count]], excluded_nodes=list(excluded),
+        met=not kept.violations, kept_float=[rows[i].name for i in kept.indices], excluded_nodes=list(excluded),
         weighted_layers=quantizer.weighted_layers, bytes_before=bytes_before, bytes_after=size_bytes(out),
-        violations_before=before, violations_after=kept.violations, candidates_tried=kept.candidates_tried)
+        violations_before=before, violations_after=kept.violations, candidates_tried=kept.candidates_tried,
+        put_back=kept.put_back)

@@ -97,12 +97,17 @@ def _input_maxima(model: Any, batches: list[Any]) -> dict[int, Any]:
     return maxima
 
 
+def divisors(activation_max: Any, weight_max: Any, alpha: float) -> Any:
+    """SmoothQuant's s_j = max|x_j|^alpha / max|w_j|^(1 - alpha), for numpy arrays or torch tensors (the static
+    int8 encoder recipes smooth in the ONNX and LiteRT graphs: exporter/formats/*/smoothing.py)."""
+    return activation_max.clip(min=1e-5) ** alpha / weight_max.clip(min=1e-5) ** (1 - alpha)
+
+
 def _scales(activation_max: Any, weights: list[Any], alpha: float) -> Any:
     import torch
 
     weight_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).float()
-    scales = activation_max.clamp(min=1e-5) ** alpha / weight_max.clamp(min=1e-5) ** (1 - alpha)
-    return scales.clamp(min=1e-5).to(weights[0].dtype)
+    return divisors(activation_max, weight_max, alpha).clamp(min=1e-5).to(weights[0].dtype)
 
 
 def _norm_offset(norm: Any) -> float | None:

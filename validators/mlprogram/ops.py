@@ -77,6 +77,7 @@ _UNARY = {
     "cos": np.cos, "tan": np.tan, "square": np.square, "logical_not": np.logical_not, "identity": lambda x: x,
     "erf": np.vectorize(math.erf, otypes=[np.float32]), "silu": lambda x: x * _sigmoid(x),
     "softsign": lambda x: x / (1 + np.abs(x)), "softplus": lambda x: np.logaddexp(0, x),
+    "acos": np.arccos, "asin": np.arcsin, "atan": np.arctan, "atanh": np.arctanh, "cosh": np.cosh, "sinh": np.sinh,
 }
 for _name, _fn in _UNARY.items():
     OPS[_name] = (lambda fn: lambda a: [fn(_f(a["x"]))])(_fn)
@@ -374,7 +375,8 @@ for _name, _fn in {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": n
                    "reduce_prod": np.prod, "reduce_l1_norm": lambda x, **k: np.abs(x).sum(**k),
                    "reduce_l2_norm": lambda x, **k: np.sqrt((x * x).sum(**k)),
                    "reduce_sum_square": lambda x, **k: (x * x).sum(**k),
-                   "reduce_log_sum_exp": lambda x, **k: np.log(np.exp(x).sum(**k))}.items():
+                   "reduce_log_sum_exp": lambda x, **k: np.log(np.exp(x).sum(**k)),
+                   "reduce_log_sum": lambda x, **k: np.log(x.sum(**k))}.items():
     OPS[_name] = _reduce(_fn)
 
 
@@ -564,6 +566,14 @@ def _shape(a):
 @op("fill")
 def _fill(a):
     return [np.full([int(s) for s in np.atleast_1d(a["shape"])], a.get("value", 0.0), np.float32)]
+
+
+@op("fill_like")
+def _fill_like(a):
+    value = np.asarray(a.get("value", 0.0))
+    narrow = {np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}  # MIL has fp32 and int32 scalars
+    dtype = _CAST[str(a["dtype"])] if a.has("dtype") else narrow.get(value.dtype, value.dtype)
+    return [np.full(np.shape(a["ref_tensor"]), value, dtype)]
 
 
 @op("range_1d")
@@ -768,3 +778,125 @@ def _rnn(a):
 
     steps, final = _recur(x, step, (_f(a["initial_h"]),), str(a.get("direction", "forward")) == "reverse")
     return _recurrent_outputs(a, steps, final)
+
+
+# --- ops the converter emits for less common layers (positions, masks, selection) ---------------------------
+
+@op("clamped_relu")
+def _clamped_relu(a):
+    x = _f(a["x"])
+    return [np.minimum(np.where(x >= 0, x, a.get("alpha", 0.0) * x), a.get("beta", 6.0))]
+
+
+@op("softplus_parametric")
+def _softplus_parametric(a):
+    x = _f(a["x"])  # alpha and beta per channel, axis -3 ([C, H, W] or [N, C, H, W])
+    shape = (-1,) + (1,) * (x.ndim - 2 if x.ndim == 4 else x.ndim - 1)
+    alpha, beta = (np.reshape(_f(a[name]), shape) for name in ("alpha", "beta"))
+    return [alpha * np.logaddexp(0, beta * x)]
+
+
+@op("l2_norm")
+def _l2_norm(a):
+    x = _f(a["x"])  # normalized over the last three dimensions, the ones before them are batch
+    axes = tuple(range(x.ndim - 3, x.ndim))
+    return [x / np.sqrt((x * x).sum(axis=axes, keepdims=True) + a.get("epsilon", 1e-6))]
+
+
+@op("cumsum")
+def _cumsum(a):
+    x = np.asarray(a["x"])
+    axis = int(a.get("axis", 0)) % x.ndim
+    if a.get("reverse", False):
+        x = np.flip(x, axis)
+    out = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if a.get("exclusive", False):
+        out = out - x
+    return [np.flip(out, axis) if a.get("reverse", False) else out]
+
+
+@op("one_hot")
+def _one_hot(a):
+    indices = np.asarray(a["indices"]).astype(np.int64)
+    depth, axis = int(a["one_hot_vector_size"]), int(a.get("axis", -1))
+    on, off = np.asarray(a.get("on_value", 1)), np.asarray(a.get("off_value", 0))
+    hot = np.arange(depth) == indices[..., None]
+    out = np.where(hot, on, off).astype(np.result_type(on, off))
+    return [np.moveaxis(out, -1, axis % out.ndim)]
+
+
+def _sort_order(x: np.ndarray, axis: int, ascending: bool) -> np.ndarray:
+    """A stable order along `axis` (descending keeps equal values in index order, as the spec's examples do)."""
+    return np.argsort(x if ascending else -x, axis=axis, kind="stable")
+
+
+@op("argsort")
+def _argsort(a):
+    return [_sort_order(_f(a["x"]), int(a.get("axis", -1)), bool(a.get("ascending", False))).astype(np.int32)]
+
+
+@op("topk")
+def _topk(a):
+    x = _f(a["x"])
+    axis, k = int(a.get("axis", -1)), int(a.get("k", 1))
+    indices = np.take(_sort_order(x, axis, bool(a.get("ascending", False))), np.arange(k), axis=axis)
+    return [np.take_along_axis(x, indices, axis=axis), indices.astype(np.int32)]
+
+
+@op("band_part")
+def _band_part(a):
+    x = np.asarray(a["x"])
+    lower, upper = int(a.get("lower", -1)), int(a.get("upper", -1))
+    rows, cols = np.indices(x.shape[-2:])
+    keep = ((lower < 0) | (rows - cols <= lower)) & ((upper < 0) | (cols - rows <= upper))
+    return [np.where(keep, x, np.zeros((), x.dtype))]
+
+
+@op("scatter_along_axis")
+def _scatter_along_axis(a):
+    data = np.array(a["data"], copy=True)
+    indices, updates = np.asarray(a["indices"]).astype(np.int64), np.asarray(a["updates"])
+    axis = int(a.get("axis", 0)) % data.ndim
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    mode = str(a.get("mode", "add"))
+    if mode == "update":
+        np.put_along_axis(data, indices, updates, axis)
+        return [data]
+    combine = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+               "min": np.minimum}[mode]
+    grid = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = indices
+    combine.at(data, tuple(grid), updates)
+    return [data]
+
+
+@op("non_zero")
+def _non_zero(a):
+    return [np.argwhere(np.asarray(a["x"])).astype(np.int32)]
+
+
+@op("pixel_shuffle")
+def _pixel_shuffle(a):
+    x, r = np.asarray(a["x"]), int(a["upscale_factor"])
+    n, c, h, w = x.shape
+    out = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return [out.reshape(n, c // (r * r), h * r, w * r)]
+
+
+@op("pixel_unshuffle")
+def _pixel_unshuffle(a):
+    x, r = np.asarray(a["x"]), int(a["downscale_factor"])
+    n, c, h, w = x.shape
+    out = x.reshape(n, c, h // r, r, w // r, r).transpose(0, 1, 3, 5, 2, 4)
+    return [out.reshape(n, c * r * r, h // r, w // r)]
+
+
+@op("scaled_dot_product_attention")
+def _scaled_dot_product_attention(a):
+    query, key, value = _f(a["query"]), _f(a["key"]), _f(a["value"])
+    scores = query @ np.swapaxes(key, -1, -2) / np.sqrt(query.shape[-1])
+    if a.has("attn_mask"):
+        mask = np.asarray(a["attn_mask"])
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + _f(mask)
+    (weights,) = _softmax(Args({"x": [scores]}, {}))
+    return [weights @ value]

@@ -18,7 +18,9 @@ from typing import ClassVar
 import numpy as np
 
 from common.batching import sample_count, whole_batches
+from exporter.formats import transformer_blocks as blocks
 from exporter.formats.base import UNREPRESENTABLE_RANGE, UNREPRESENTABLE_REASON
+from exporter.formats.onnx import smoothing
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "int16": "QInt16"}
 _CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -72,6 +74,8 @@ class StaticQuantConfig:
     per_channel: bool = True
     calibration_method: str = "minmax"
     max_samples: int = 512
+    transformer_recipe: bool = True  # norms, residual adds and down projections float (transformer_blocks.py)
+    smoothing_alpha: float = 0.5  # SmoothQuant's migration strength for the matmuls reading a norm (smoothing.py)
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,14 @@ class StaticQuantVariant:
         self.precision = precision
         self.config = config
         self.ranges = scratch / f"calibration-{precision}.json"
+        self.smoothed = scratch / f"smoothed-{precision}.onnx"
+        self.source: Path | None = None  # the fp32 graph quantized: the lowered one, or it smoothed
+        self.norms_smoothed = 0
         self.calibration: CalibrationFeeds | None = None
         self.float_nodes: list[str] = []  # producers and readers of tensors int8 cannot hold
         self.float_tensors: list[str] = []
-        self.recurrent_weight_nodes: list[str] | None = None  # what computes an LSTM/GRU/RNN's weights
+        self.recurrent_weight_nodes: list[str] = []  # what computes an LSTM/GRU/RNN's weights
+        self.transformer: blocks.FloatRegions | None = None
 
     def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None,
             selection: NodeSelection = None) -> dict:
@@ -113,15 +121,16 @@ class StaticQuantVariant:
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
         self.calibration = calibration  # diagnosis re-quantizes with the same data
-        if self.recurrent_weight_nodes is None:
-            self.recurrent_weight_nodes = _recurrent_weight_nodes(fp32)
+        if self.source is None:
+            self._prepare(fp32, calibration)
+        source = self.source
         reader = calibration.reader(self.config.max_samples)
         calibrated = self.ranges.exists()
-        self._quantize(fp32, out, reader, selection)
+        self._quantize(source, out, reader, selection)
         if not calibrated:
-            self.float_tensors, self.float_nodes = _unrepresentable(fp32, self.ranges)
+            self.float_tensors, self.float_nodes = _unrepresentable(source, self.ranges)
             if self.float_nodes:
-                self._quantize(fp32, out, reader, selection)
+                self._quantize(source, out, reader, selection)
         record = {"scheme": f"static_qdq_{self.precision}", "calibration_samples": reader.samples_used,
                   **asdict(self.config)}
         if self.float_tensors:
@@ -130,7 +139,25 @@ class StaticQuantVariant:
         if self.recurrent_weight_nodes:
             record["recurrent_weight_nodes"] = len(self.recurrent_weight_nodes)
             record["recurrent_weight_nodes_reason"] = RECURRENT_WEIGHTS_REASON
+        if self.transformer:
+            record["transformer_blocks"] = self.transformer.record(
+                self.norms_smoothed, blocks.SMOOTHING_REASON.format(alpha=self.config.smoothing_alpha))
         return record
+
+    def _prepare(self, fp32: Path, calibration: CalibrationFeeds) -> None:
+        """What the graph needs, found once: recurrent weights, and for a transformer its float regions
+        and the matmuls reading its norms smoothed (node names are kept, so diagnosis selects the
+        same nodes)."""
+        self.recurrent_weight_nodes = _recurrent_weight_nodes(fp32)
+        self.source = fp32
+        regions = blocks.float_regions(_graph_ops(fp32)) if self.config.transformer_recipe else None
+        if not regions:
+            return
+        if regions.norm_outputs and self.config.smoothing_alpha > 0:
+            maxima = _channel_maxima(fp32, list(regions.norm_outputs), calibration.reader(self.config.max_samples))
+            self.norms_smoothed = smoothing.smooth(fp32, self.smoothed, maxima, self.config.smoothing_alpha)
+            self.source = self.smoothed
+        self.transformer = blocks.float_regions(_graph_ops(self.source))
 
     def _quantize(self, fp32: Path, out: Path, reader, selection: NodeSelection) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -140,7 +167,8 @@ class StaticQuantVariant:
             options["nodes_to_quantize"] = list(selection.nodes)
         else:
             excluded = set(selection.nodes) if isinstance(selection, KeepFloat) else set()
-            excluded |= set(self.float_nodes) | set(self.recurrent_weight_nodes or ())
+            excluded |= set(self.float_nodes) | set(self.recurrent_weight_nodes)
+            excluded |= set(self.transformer.keys if self.transformer else ())
             if excluded:
                 options["nodes_to_exclude"] = sorted(excluded)
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
@@ -182,6 +210,46 @@ def _recurrent_weight_nodes(fp32: Path) -> list[str]:
             chosen.add(node.name)
             stack.extend(node.input)
     return sorted(chosen)
+
+
+_KINDS = {"LayerNormalization": blocks.NORM, "SimplifiedLayerNormalization": blocks.NORM,
+          "RMSNormalization": blocks.NORM, "Add": blocks.ADD, "Gelu": blocks.FFN_ACTIVATION,
+          "FastGelu": blocks.FFN_ACTIVATION, "Erf": blocks.FFN_ACTIVATION, "Tanh": blocks.FFN_ACTIVATION,
+          "Sigmoid": blocks.FFN_ACTIVATION, "Softmax": blocks.SOFTMAX, "MatMul": blocks.ACTIVATION_MATMUL}
+
+
+def _graph_ops(fp32: Path) -> list[blocks.GraphOp]:
+    import onnx
+
+    from exporter.formats.onnx.layers import WEIGHTED_OPS
+
+    graph = onnx.load(str(fp32)).graph
+    constant = {i.name for i in graph.initializer} | {""}
+    constant |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    ops = []
+    for node in graph.node:
+        weighted = node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constant
+        kind = blocks.WEIGHTED if weighted else _KINDS.get(node.op_type, blocks.OTHER)
+        ops.append(blocks.GraphOp(node.name, kind, tuple(i for i in node.input if i not in constant),
+                                  tuple(node.output)))
+    return ops
+
+
+def _channel_maxima(fp32: Path, tensors: list[str], reader) -> dict[str, np.ndarray]:
+    """max |value| per channel (last axis) of each tensor over the calibration samples, by onnxruntime
+    on the fp32 graph with those tensors made outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32))
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    maxima: dict[str, np.ndarray] = {}
+    while (feeds := reader.get_next()) is not None:
+        for tensor, value in zip(tensors, session.run(tensors, feeds), strict=True):
+            peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            maxima[tensor] = np.maximum(maxima[tensor], peak) if tensor in maxima else peak
+    return maxima
 
 
 def _unrepresentable(fp32: Path, ranges: Path) -> tuple[list[str], list[str]]:
@@ -234,7 +302,7 @@ def _static(precision: str, activation_type: str):
     def build(options, scratch: Path) -> StaticQuantVariant:
         return StaticQuantVariant(precision, StaticQuantConfig(
             activation_type=activation_type, calibration_method=options.calibration_method,
-            max_samples=options.calibration_samples), scratch)
+            max_samples=options.calibration_samples, transformer_recipe=activation_type != "int16"), scratch)
     return build
 
 

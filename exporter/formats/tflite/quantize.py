@@ -20,6 +20,7 @@ from common.batching import sample_count
 from common.errors import first_line
 from common.quiet import quiet as _quiet
 from exporter.errors import ConversionError
+from exporter.formats import transformer_blocks
 from exporter.formats.base import UNREPRESENTABLE_RANGE, UNREPRESENTABLE_REASON
 from exporter.formats.tflite.layers import RECURRENT_LOCATION, RecurrentScopes
 from exporter.trace import TracedModel
@@ -97,6 +98,45 @@ def _recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[str] 
     return manager.get_quantization_recipe()
 
 
+SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength, as ONNX's StaticQuantConfig.smoothing_alpha
+_KINDS = {"RSQRT": transformer_blocks.NORM_CORE, "ADD": transformer_blocks.ADD,
+          "GELU": transformer_blocks.FFN_ACTIVATION, "TANH": transformer_blocks.FFN_ACTIVATION,
+          "LOGISTIC": transformer_blocks.FFN_ACTIVATION, "SOFTMAX": transformer_blocks.SOFTMAX,
+          "BATCH_MATMUL": transformer_blocks.ACTIVATION_MATMUL}
+
+
+def _graph_ops(operators) -> list[transformer_blocks.GraphOp]:
+    """The operators as transformer_blocks reads them (LiteRT decomposes a LayerNorm around an RSQRT)."""
+    from exporter.formats.tflite.layers import WEIGHTED_OPS, is_weighted
+
+    ops = []
+    for op in operators:
+        dynamic = [name for k, name in enumerate(op.inputs) if name and k not in op.constant_inputs]
+        if is_weighted(op):  # its activation input first
+            first = op.inputs[WEIGHTED_OPS[op.op][0]]
+            dynamic = [first, *(name for name in dynamic if name != first)]
+        kind = transformer_blocks.WEIGHTED if is_weighted(op) else _KINDS.get(op.op, transformer_blocks.OTHER)
+        ops.append(transformer_blocks.GraphOp(op.scope, kind, tuple(dynamic), op.outputs))
+    return ops
+
+
+def _fill_constants(path: Path) -> list[str]:
+    """Constant tensors beyond UNREPRESENTABLE_RANGE (a mask's finfo.min that a SELECT_V2 writes into the
+    scores): calibration records no range for them, and an int8 SELECT_V2 wrote all-MiniLM-L6-v2's mask as
+    zeros, so padded keys were attended (cosine 0.84 with the rest of the transformer recipe, 0.998 with this)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    model = flatbuffer.read_model(path)
+    found = []
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is not None and len(data) and tensor.type == 0:  # float32 constants
+            values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32)
+            if values.size and float(np.max(np.abs(values))) > UNREPRESENTABLE_RANGE:
+                found.append(flatbuffer.get_tensor_name(tensor))
+    return found
+
+
 class AiEdgeQuantizer:
     """ai-edge-quantizer for one precision of one fp32 .tflite. A static precision calibrates once;
     every model built after (the whole model, one layer alone, some layers in float) uses those ranges."""
@@ -115,11 +155,14 @@ class AiEdgeQuantizer:
             from ai_edge_quantizer import calibrator, quantizer
             from ai_edge_quantizer.utils import qsv_utils
 
-            q = quantizer.Quantizer(str(fp32))
-            q.load_quantization_recipe(_recipe(precision, recurrent=self.recurrent))
             samples = [{name: value.astype(dtype, copy=False)
                         for (name, dtype), value in zip(signature_inputs.items(), feeds.values(), strict=True)}
                        for feeds in batches]
+            regions = None
+            if precision == "int8":  # float I/O, run on a CPU: float operators are allowed and fast
+                regions = self._transformer_blocks(samples)
+            q = quantizer.Quantizer(str(self.fp32))
+            q.load_quantization_recipe(_recipe(precision, recurrent=self.recurrent))
             # The Quantizer's calibrate() offers only the moving-average update; its Calibrator takes the
             # global min/max update (the library's own pieces, used as its calibrate() uses them).
             calib = calibrator.Calibrator(q._float_model_buffer, num_threads=1,
@@ -128,14 +171,37 @@ class AiEdgeQuantizer:
             self.qsvs = calib.get_model_qsvs()
             self.config |= {"calibration": "global min/max", "calibration_batches": len(samples)}
             self.float_scopes = self._unrepresentable()
+            if regions:
+                self.float_scopes = sorted(set(self.float_scopes) | set(regions.keys))
+
+    def _transformer_blocks(self, samples: list[dict]) -> transformer_blocks.FloatRegions | None:
+        """For a transformer: the matmuls reading its norms smoothed (self.fp32 becomes the smoothed
+        program, beside the lowered one), and the operators to keep float."""
+        from exporter.formats.tflite import smoothing
+        from exporter.formats.tflite.layers import read_operators
+
+        regions = transformer_blocks.float_regions(_graph_ops(read_operators(self.fp32)))
+        if not regions:
+            return None
+        smoothed = 0
+        if regions.norm_outputs and SMOOTHING_ALPHA > 0:
+            path = self.fp32.with_name(f"smoothed-{self.precision}.tflite")
+            maxima = smoothing.channel_maxima(self.fp32, list(regions.norm_outputs), samples)
+            smoothed = smoothing.smooth(self.fp32, path, maxima, SMOOTHING_ALPHA)
+            self.fp32 = path
+            regions = transformer_blocks.float_regions(_graph_ops(read_operators(self.fp32)))
+        self.config["transformer_blocks"] = regions.record(
+            smoothed, transformer_blocks.SMOOTHING_REASON.format(alpha=SMOOTHING_ALPHA))
+        return regions
 
     def _unrepresentable(self) -> list[str]:
         """Scopes of the operators that write or read a tensor whose calibrated range int8 cannot hold
         (an attention mask's fill value): kept in float, and said so in the config."""
         from exporter.formats.tflite.layers import read_operators
 
-        tensors = sorted(name for name, qsv in self.qsvs.items() if "min" in qsv and max(
-            float(np.max(np.abs(qsv["min"]))), float(np.max(np.abs(qsv["max"])))) > UNREPRESENTABLE_RANGE)
+        tensors = sorted({name for name, qsv in self.qsvs.items() if "min" in qsv and max(
+            float(np.max(np.abs(qsv["min"]))), float(np.max(np.abs(qsv["max"])))) > UNREPRESENTABLE_RANGE}
+                         | set(_fill_constants(self.fp32)))
         if not tensors:
             return []
         reason = UNREPRESENTABLE_REASON
