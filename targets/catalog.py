@@ -97,8 +97,9 @@ class Precision:
 
     @property
     def diagnosable(self) -> bool:
-        """Per-layer blame and auto precision apply: layers can be quantized (or compressed) one by one."""
-        return self.kind in (STATIC, WEIGHT_ONLY)
+        """Per-layer blame and auto precision apply: layers can be quantized (or compressed) one by one (a
+        dynamic variant keeps a layer float by leaving its weights float)."""
+        return self.kind in (STATIC, DYNAMIC, WEIGHT_ONLY)
 
     @property
     def option_names(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,6 +62,50 @@ def cnn():
     model = ConvBNDepthwise()
     _randomize_batchnorm(model)
     return model.eval(), (torch.randn(1, 3, 32, 32),)
+
+
+def offset_images(rng, count: int) -> np.ndarray:
+    """Noise images whose colour channels are each shifted by -2..2: what outlier_cnn learned to classify."""
+    shifts = rng.uniform(-2.0, 2.0, (count, 3, 1, 1))
+    return (rng.standard_normal((count, 3, 32, 32)) + shifts).astype(np.float32)
+
+
+def offset_classes(images: torch.Tensor) -> torch.Tensor:
+    """8 classes: the signs of the three channel shifts."""
+    signs = (images.mean(dim=(2, 3)) > 0).long()
+    return signs[:, 0] * 4 + signs[:, 1] * 2 + signs[:, 2]
+
+
+def outlier_cnn():
+    """The depthwise CNN, trained in a few seconds, then given one activation channel 1000x the others before
+    the pointwise conv (as trained CNNs have a few). The function is unchanged; one int8 range for that tensor
+    loses every other channel."""
+    model, example = cnn()
+    generator = np.random.default_rng(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        images = torch.from_numpy(offset_images(generator, 64))
+        loss = nn.functional.cross_entropy(model(images), offset_classes(images))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.features[4].bias[0] = 3.0  # the channel stays active after the ReLU6...
+        model.features[6].weight[:, :1].div_(1000.0)  # ...and the pointwise conv reads it back at its old size
+    return _ScaledChannel(model, channel=0, factor=1000.0).eval(), example
+
+
+class _ScaledChannel(nn.Module):
+    def __init__(self, model: ConvBNDepthwise, channel: int, factor: float) -> None:
+        super().__init__()
+        self.features, self.head = model.features, model.head
+        scale = torch.ones(1, self.features[6].in_channels, 1, 1)
+        scale[:, channel] = factor
+        self.register_buffer("channel_scale", scale)
+
+    def forward(self, image):
+        hidden = self.features[:6](image) * self.channel_scale
+        return self.head(torch.flatten(self.features[6:](hidden), 1))
 
 
 class TinyEncoder(nn.Module):

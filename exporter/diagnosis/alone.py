@@ -32,6 +32,11 @@ class InputQuant:
     zero_point: int
     qmin: int
     qmax: int
+    per_sample: bool = False  # scale and zero point chosen per run from each sample's range (dynamic range)
+
+
+# a dynamic-range kernel's input: asymmetric 8 bits over each sample's own range (0 included)
+DYNAMIC_INPUT = InputQuant(0.0, 0, -128, 127, per_sample=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,13 @@ def substitute_weight(layer: QuantizedLayer, parameter: np.ndarray) -> np.ndarra
 def _fake_quant(x, quant: InputQuant):
     import torch
 
+    if quant.per_sample:
+        rows = x.reshape(len(x), -1)
+        low, high = rows.amin(1).clamp(max=0.0), rows.amax(1).clamp(min=0.0)
+        scale = ((high - low) / (quant.qmax - quant.qmin)).clamp(min=1e-12)
+        zero = torch.round(quant.qmin - low / scale)
+        q = torch.clamp(torch.round(rows / scale[:, None]) + zero[:, None], quant.qmin, quant.qmax)
+        return ((q - zero[:, None]) * scale[:, None]).reshape(x.shape)
     q = torch.clamp(torch.round(x / quant.scale) + quant.zero_point, quant.qmin, quant.qmax)
     return (q - quant.zero_point) * quant.scale
 

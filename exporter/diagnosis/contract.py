@@ -4,9 +4,10 @@ implements it and the diagnosis stage never imports a format."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -41,3 +42,22 @@ class LayerQuantizer(Protocol):
 
     def record_kept(self, quantization: dict | None, kept: list[str]) -> dict | None:
         """The variant's quantization record once `kept` stayed float."""
+
+
+Node = TypeVar("Node")
+
+
+def feeding_chain(inputs: Iterable[str], producers: Mapping[str, Node], is_weighted: Callable[[Node], bool],
+                  name: Callable[[Node], str], inputs_of: Callable[[Node], Iterable[str]]) -> list[str]:
+    """The names of the non-weighted nodes producing `inputs`, and theirs, back to the previous weighted
+    node: a quantizer quantizes a tensor where it is produced (a Mul, a Relu), so a layer kept in float
+    needs that chain in float too. One walk for every format's graph."""
+    found: list[str] = []
+    stack = list(inputs)
+    while stack:
+        producer = producers.get(stack.pop())
+        if producer is None or is_weighted(producer) or name(producer) in found:
+            continue
+        found.append(name(producer))
+        stack.extend(inputs_of(producer))
+    return found

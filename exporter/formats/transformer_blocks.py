@@ -111,6 +111,7 @@ def float_regions(ops: list[GraphOp]) -> FloatRegions | None:
     return FloatRegions(tuple(kept), len(norms), len(residual), scores, down, tuple(norm_outputs))
 
 
+SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength for the matmuls reading a norm, in every format
 SMOOTHING_REASON = ("the input of each matmul reading a norm divided per channel by SmoothQuant's scale "
                     "(alpha {alpha}), its weights multiplied by it")
 

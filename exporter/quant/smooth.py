@@ -15,6 +15,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 # (linears reading one normalized input, the norms that may produce it: first present wins). Gemma 2/3 put a
 # norm after attention (post_attention_layernorm) and another before the MLP (pre_feedforward_layernorm).
 GROUPS = ((("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("input_layernorm",)),
@@ -101,6 +103,12 @@ def divisors(activation_max: Any, weight_max: Any, alpha: float) -> Any:
     """SmoothQuant's s_j = max|x_j|^alpha / max|w_j|^(1 - alpha), for numpy arrays or torch tensors (the static
     int8 encoder recipes smooth in the ONNX and LiteRT graphs: exporter/formats/*/smoothing.py)."""
     return activation_max.clip(min=1e-5) ** alpha / weight_max.clip(min=1e-5) ** (1 - alpha)
+
+
+def matmul_divisors(activation_max: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
+    """The float32 divisors of one activation's channels for the [out, in] weights that read it."""
+    weight_max = np.max([np.abs(w).max(axis=0) for w in weights], axis=0)  # per input channel
+    return divisors(activation_max, weight_max, alpha).astype(np.float32)
 
 
 def _scales(activation_max: Any, weights: list[Any], alpha: float) -> Any:

@@ -60,7 +60,7 @@ class ExecutorchBackend:
         return Emitted(quantization)
 
     def layer_quantizer(self, lowered: Lowered, variant: Variant, emitted: Emitted, progress: Progress):
-        """Static int8 only (the catalog's diagnosable rows): PT2E quantizes and keeps float by module name."""
+        """Static or dynamic int8 (the catalog's diagnosable rows): PT2E quantizes and keeps float by module name."""
         from exporter.formats.executorch.blame import ExecutorchLayerQuantizer
 
         state: _ExecutorchState = lowered.state
@@ -69,7 +69,8 @@ class ExecutorchBackend:
             with _lowering(variant.precision):
                 state.delegation[variant.precision] = lower_program(program, out)
 
-        return ExecutorchLayerQuantizer(lowered.traced, state.batches[variant.precision], relower)
+        return ExecutorchLayerQuantizer(lowered.traced, state.batches[variant.precision], relower,
+                                        dynamic=variant.precision == "int8_dynamic")
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         from common.files import sha256_file

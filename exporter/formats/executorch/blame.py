@@ -1,4 +1,4 @@
-"""Per-layer blame and auto precision for ExecuTorch static int8.
+"""Per-layer blame and auto precision for ExecuTorch int8 (static, or dynamic: activations quantized at run time).
 
 PT2E quantizes by module name, so a layer alone is the traced module with only that module quantized,
 and keeping layers in float is a filter on the whole-model quantizer. The blame figures are measured in
@@ -17,8 +17,8 @@ import torch
 from common.batching import run_batched, sample_count
 from exporter.diagnosis import blame
 from exporter.diagnosis.blame import BlameRow
-from exporter.diagnosis.contract import Layer, Progress
-from exporter.formats.executorch.quantize import quantized_module
+from exporter.diagnosis.contract import Layer, Progress, feeding_chain
+from exporter.formats.executorch.quantize import inside, layer_nodes, quantized_module
 from exporter.trace import TracedModel
 
 ALONE_BY = "pytorch, PT2E fake quantization of that layer alone"
@@ -26,16 +26,28 @@ _QDQ = ("quantize_per_", "dequantize_per_", "choose_qparams")
 
 
 def _module_nodes(graph_module: torch.fx.GraphModule, paths: list[str]) -> dict[str, tuple[str, str]]:
-    """Module path -> (the name of the last computing node made inside it, its class name), in graph
-    order, skipping the quantize/dequantize pairs PT2E inserts."""
-    found: dict[str, tuple[str, str]] = {}
-    for node in graph_module.graph.nodes:
-        stack = list(node.meta.get("nn_module_stack", {}).values())
-        if node.op == "call_function" and stack and stack[-1][0] in paths \
-                and not any(part in str(node.target) for part in _QDQ):
-            kind = stack[-1][1]
-            found[stack[-1][0]] = (node.name, getattr(kind, "__name__", str(kind).rpartition(".")[2]))
-    return found
+    """Module path -> (the name of the layer's last computing node, its class name), in graph order. The
+    last node includes the BatchNorm / ReLU the quantizer fuses with it: PT2E folds a BatchNorm into the
+    conv, so the conv's own output is comparable with the float program's only after them."""
+    order = {node.name: k for k, node in enumerate(graph_module.graph.nodes)}
+    found = []
+    for path in paths:
+        names = [n for n in layer_nodes(graph_module.graph, path) if not any(part in n for part in _QDQ)]
+        own = [n for n in graph_module.graph.nodes if n.name in names and inside(n, [path])]
+        if own:
+            kind = list(own[0].meta["nn_module_stack"].values())[-1][1]
+            found.append((order[own[0].name], path, max(names, key=order.__getitem__),
+                          getattr(kind, "__name__", str(kind).rpartition(".")[2])))
+    return {path: (last, kind) for _, path, last, kind in sorted(found)}
+
+
+def _feeding_nodes(graph: torch.fx.Graph, modules: list[str], weighted: set[str]) -> list[str]:
+    """The non-weighted nodes feeding these modules' inputs, back to the previous weighted module (a Mul
+    between two layers is annotated on its own, and its int8 output is what the kept layer would read)."""
+    producers = {n.name: n for n in graph.nodes if n.op == "call_function"}
+    entries = [a.name for n in graph.nodes if inside(n, modules) for a in n.all_input_nodes if not inside(a, modules)]
+    return feeding_chain(entries, producers, lambda n: inside(n, weighted), lambda n: n.name,
+                         lambda n: [a.name for a in n.all_input_nodes])
 
 
 class _Capture(torch.fx.Interpreter):
@@ -70,10 +82,10 @@ def module_values(graph_module: torch.fx.GraphModule, paths: list[str], feeds: d
 
 
 class ExecutorchLayerQuantizer:
-    """The diagnosis stage's view of an ExecuTorch static int8 variant."""
+    """The diagnosis stage's view of an ExecuTorch int8 variant, static or `dynamic`."""
 
-    def __init__(self, traced: TracedModel, batches: list[dict], relower: Callable[..., None]):
-        self.traced, self.batches, self.relower = traced, batches, relower
+    def __init__(self, traced: TracedModel, batches: list[dict], relower: Callable[..., None], dynamic: bool = False):
+        self.traced, self.batches, self.relower, self.dynamic = traced, batches, relower, dynamic
         self.weighted_layers = 0
 
     def _layers(self, reference: torch.fx.GraphModule) -> dict[str, str]:
@@ -89,11 +101,11 @@ class ExecutorchLayerQuantizer:
         progress(f"per-layer blame over {len(paths)} weighted layers (PT2E fake quantization in PyTorch)")
         batch, samples = self.traced.batch, sample_count(feeds)
         reference_outputs, reference_layers = module_values(reference, paths, feeds, batch)
-        _, accumulated = module_values(quantized_module(self.traced, self.batches), paths, feeds, batch)
+        _, accumulated = module_values(quantized_module(self.traced, self.batches, self.dynamic), paths, feeds, batch)
         rows = []
         for path in paths:
-            alone_outputs, alone_layer = module_values(quantized_module(self.traced, self.batches, only=path),
-                                                       [path], feeds, batch)
+            alone = quantized_module(self.traced, self.batches, self.dynamic, only=path)
+            alone_outputs, alone_layer = module_values(alone, [path], feeds, batch)
             if path not in alone_layer or path not in accumulated:
                 continue
             measured = blame.alone_from_values(reference_layers[path], alone_layer[path], reference_outputs,
@@ -107,7 +119,9 @@ class ExecutorchLayerQuantizer:
 
     def keep_float(self, rows: list[BlameRow], out: Path) -> list[str]:
         kept = sorted(row.layer.module for row in rows)
-        converted = quantized_module(self.traced, self.batches, keep_float=kept)
+        reference = self.traced.program.module()
+        chain = _feeding_nodes(reference.graph, kept, set(self._layers(reference)))
+        converted = quantized_module(self.traced, self.batches, self.dynamic, keep_float=kept, float_nodes=chain)
         self.relower(torch.export.export(converted, self.traced.example_inputs, strict=False), out)
         return kept
 

@@ -10,7 +10,7 @@ import onnx
 from exporter.errors import UnsupportedOp
 from exporter.formats.base import REPRODUCIBLE, Conversion, Emitted, Finished, Lowered, Progress, model_io
 from exporter.formats.onnx import export as onnx_export
-from exporter.formats.onnx.quantize import QUANTIZERS, CalibrationFeeds, StaticQuantVariant
+from exporter.formats.onnx.quantize import QUANTIZERS, CalibrationFeeds, DynamicInt8Variant, StaticQuantVariant
 from exporter.trace import TracedModel
 from targets import Target, Variant
 
@@ -70,7 +70,7 @@ class OnnxBackend:
 
         state: _OnnxState = lowered.state
         quantizer = state.quantizers.get(variant.precision)
-        if not isinstance(quantizer, StaticQuantVariant):
+        if not isinstance(quantizer, StaticQuantVariant | DynamicInt8Variant):
             return None
         calibration = quantizer.calibration
 

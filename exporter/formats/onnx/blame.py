@@ -49,14 +49,15 @@ def _run_named(path: Path, names: list[str], feeds: dict, batch: int | None) -> 
     return dict(zip(outputs, run_batched(run, feeds, batch), strict=True))
 
 
-def layer_tensor(model: onnx.ModelProto, node_name: str, fp32_tensors: set[str]) -> tuple[str, str]:
+def layer_tensor(model: onnx.ModelProto, layer: Layer, fp32_tensors: set[str]) -> tuple[str, str]:
     """(tensor in the quantized model, its counterpart in the fp32 model) for a layer's output.
 
     onnxruntime's QDQ quantizer can fold the activation after a layer into the Q/DQ pair that follows
     it: the Gemm then writes the Relu's tensor name, unclamped, and the clamp happens when that tensor
-    is quantized. So the layer's value is the dequantized tensor where a Q/DQ pair follows."""
-    node = next(n for n in model.graph.node if n.name == node_name)
-    name = node.output[0]
+    is quantized. So the layer's value is the dequantized tensor where a Q/DQ pair follows. Dynamic
+    quantization replaces the node (ConvInteger, MatMulInteger and a rescale) under the same output name."""
+    node = next((n for n in model.graph.node if n.name == layer.node), None)
+    name = node.output[0] if node is not None else layer.tensor
     for quantize in (n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name):
         for dequantize in (n for n in model.graph.node
                            if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]):
@@ -65,7 +66,7 @@ def layer_tensor(model: onnx.ModelProto, node_name: str, fp32_tensors: set[str])
                 return dequantize.output[0], counterpart
     if name in fp32_tensors:
         return name, name
-    raise RuntimeError(f"no fp32 counterpart for the output of {node_name} in the quantized model")
+    raise RuntimeError(f"no fp32 counterpart for the output of {layer.node} in the quantized model")
 
 
 _QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
@@ -129,7 +130,7 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
     fp32_model = onnx.load(str(fp32))
     fp32_tensors = {o for n in fp32_model.graph.node for o in n.output}
     quantized_model = onnx.load(str(quantized))
-    accumulated_names = {layer.node: layer_tensor(quantized_model, layer.node, fp32_tensors) for layer in layers}
+    accumulated_names = {layer.node: layer_tensor(quantized_model, layer, fp32_tensors) for layer in layers}
     accumulated = _run_named(quantized, [q for q, _ in accumulated_names.values()], feeds, batch)
     in_pytorch = blame.alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds)
     alone_path = scratch / "blame-one-layer.onnx"
@@ -137,7 +138,7 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
     for layer, measured in zip(layers, in_pytorch, strict=True):
         if measured is None:  # measured in the runtime: the model quantized at this layer only
             quantize(alone_path, Only((layer.node,)))
-            names = layer_tensor(onnx.load(str(alone_path)), layer.node, fp32_tensors)
+            names = layer_tensor(onnx.load(str(alone_path)), layer, fp32_tensors)
             alone_names[layer.node] = names
             alone_values[layer.node] = _run_named(alone_path, [names[0]], feeds, batch)
     wanted = {f for _, f in accumulated_names.values()} | {f for _, f in alone_names.values()} | set(model_outputs)

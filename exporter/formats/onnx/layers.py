@@ -7,7 +7,7 @@ import ast
 
 import onnx
 
-from exporter.diagnosis.contract import Layer
+from exporter.diagnosis.contract import Layer, feeding_chain
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -59,17 +59,11 @@ def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[Layer
 
 
 def float_island(model: onnx.ModelProto, node_name: str) -> list[str]:
-    """The node and every non-weighted node feeding its activation input, back to the previous
-    weighted node: onnxruntime quantizes an activation at its producer too (a Mul, a Relu), so
-    keeping a layer in float means keeping that chain in float."""
+    """The node and the non-weighted chain feeding its activation input (onnxruntime quantizes an
+    activation at its producer too)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     constants = {i.name for i in model.graph.initializer}
-    by_name = {n.name: n for n in model.graph.node}
-    island, stack = [node_name], [by_name[node_name].input[0]]
-    while stack:
-        producer = producers.get(stack.pop())
-        if producer is None or producer.op_type in WEIGHTED_OPS or producer.name in island:
-            continue
-        island.append(producer.name)
-        stack.extend(i for i in producer.input if i and i not in constants)
-    return island
+    node = next(n for n in model.graph.node if n.name == node_name)
+    chain = feeding_chain([node.input[0]], producers, lambda n: n.op_type in WEIGHTED_OPS or n is node,
+                          lambda n: n.name, lambda n: [i for i in n.input if i and i not in constants])
+    return [node_name, *chain]

@@ -54,16 +54,20 @@ class DynamicInt8Config:
 
 class DynamicInt8Variant:
     precision: ClassVar[str] = "int8_dynamic"
+    calibration: ClassVar[None] = None  # activation ranges are chosen per run: nothing to calibrate
 
     def __init__(self, config: DynamicInt8Config = DynamicInt8Config()):
         self.config = config
 
-    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None) -> dict:
+    def run(self, fp32: Path, out: Path, calibration: CalibrationFeeds | None,
+            selection: NodeSelection = None) -> dict:
+        """selection: for diagnosis, quantize only some nodes, or keep some in float (auto precision)."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
             quantize_dynamic(str(fp32), str(out), per_channel=self.config.per_channel,
-                             weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]))
+                             weight_type=getattr(QuantType, _QUANT_TYPES[self.config.weight_type]),
+                             **_selected(selection))
         return {"scheme": "dynamic_int8", **asdict(self.config)}
 
 
@@ -75,7 +79,7 @@ class StaticQuantConfig:
     calibration_method: str = "minmax"
     max_samples: int = 512
     transformer_recipe: bool = True  # norms, residual adds and down projections float (transformer_blocks.py)
-    smoothing_alpha: float = 0.5  # SmoothQuant's migration strength for the matmuls reading a norm (smoothing.py)
+    smoothing_alpha: float = blocks.SMOOTHING_ALPHA  # SmoothQuant's migration strength (smoothing.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,15 @@ class KeepFloat:
 
 
 NodeSelection = Only | KeepFloat | None
+
+
+def _selected(selection: NodeSelection, always_float: set[str] = frozenset()) -> dict:
+    """onnxruntime's quantize_* arguments for a selection; `always_float`: nodes no selection quantizes."""
+    if isinstance(selection, Only):
+        return {"nodes_to_quantize": list(selection.nodes)}
+    excluded = set(selection.nodes) if isinstance(selection, KeepFloat) else set()
+    excluded |= always_float
+    return {"nodes_to_exclude": sorted(excluded)} if excluded else {}
 
 
 
@@ -162,15 +175,9 @@ class StaticQuantVariant:
     def _quantize(self, fp32: Path, out: Path, reader, selection: NodeSelection) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        options: dict = {}
-        if isinstance(selection, Only):
-            options["nodes_to_quantize"] = list(selection.nodes)
-        else:
-            excluded = set(selection.nodes) if isinstance(selection, KeepFloat) else set()
-            excluded |= set(self.float_nodes) | set(self.recurrent_weight_nodes)
-            excluded |= set(self.transformer.keys if self.transformer else ())
-            if excluded:
-                options["nodes_to_exclude"] = sorted(excluded)
+        always_float = {*self.float_nodes, *self.recurrent_weight_nodes, *(self.transformer.keys if self.transformer
+                                                                            else ())}
+        options = _selected(selection, always_float)
         with _root_logging_at(logging.ERROR):  # the quantizer warns on the root logger about pre-processing
             quantize_static(
                 str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,

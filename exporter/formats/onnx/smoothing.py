@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.quant.smooth import divisors
+from exporter.quant.smooth import matmul_divisors
 
 
 def smooth(source: Path, out: Path, channel_max: dict[str, np.ndarray], alpha: float) -> int:
@@ -33,8 +33,7 @@ def smooth(source: Path, out: Path, channel_max: dict[str, np.ndarray], alpha: f
         if not gemms:
             continue
         weights = {g.name: numpy_helper.to_array(initializers[g.input[1]]).astype(np.float32) for g in gemms}
-        weight_max = np.max([np.abs(w).max(axis=0) for w in weights.values()], axis=0)  # per input channel
-        scale = divisors(maxima, weight_max, alpha).astype(np.float32)
+        scale = matmul_divisors(maxima, list(weights.values()), alpha)
         inverse, smoothed = f"{tensor}__inverse_scale", f"{tensor}__smoothed"
         graph.initializer.append(numpy_helper.from_array(1.0 / scale, inverse))
         producer = next(n for n in graph.node if tensor in n.output)

@@ -1,4 +1,4 @@
-"""Per-layer quantization blame for static int8 .tflite variants, and automatic mixed precision.
+"""Per-layer quantization blame for int8 .tflite variants (static and dynamic), and automatic mixed precision.
 
 Intermediate tensors are read with LiteRT's builtin kernels (XNNPACK computes its partition
 internally and keeps no intermediates) and dequantized with each tensor's own scale and zero point.
@@ -61,7 +61,7 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
     from ai_edge_litert.schema_py_generated import TensorType
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
-    from exporter.diagnosis.alone import InputQuant, QuantizedLayer
+    from exporter.diagnosis.alone import DYNAMIC_INPUT, InputQuant, QuantizedLayer
     from exporter.formats.tflite.layers import WEIGHTED_OPS
 
     type_names = {code: name for name, code in vars(TensorType).items() if not name.startswith("_")}
@@ -86,7 +86,9 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
         weight_index, input_index = op.inputs[weight_at], op.inputs[activation_at]
         weight_params, input_params = params(weight_index), params(input_index)
         input_type = type_names.get(subgraph.tensors[input_index].type, "")
-        if weight_params is None or input_params is None or input_type not in _QRANGES or len(input_params[0]) != 1:
+        dynamic = input_type == "FLOAT32" and input_params is None  # a hybrid kernel: int8 weights, float input
+        if weight_params is None or not dynamic and (
+                input_params is None or input_type not in _QRANGES or len(input_params[0]) != 1):
             found.append(None)
             continue
         tensor = subgraph.tensors[weight_index]
@@ -95,7 +97,8 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
         shape = [1] * q.ndim
         shape[axis] = -1
         dequantized = ((q - zero.reshape(shape if zero.size > 1 else [1])) * scale.reshape(shape)).astype(np.float32)
-        activation = InputQuant(float(input_params[0][0]), int(input_params[1][0]), *_QRANGES[input_type])
+        activation = DYNAMIC_INPUT if dynamic else InputQuant(float(input_params[0][0]), int(input_params[1][0]),
+                                                               *_QRANGES[input_type])
         found.append(QuantizedLayer(layer.module, fp32_op.weight, dequantized, activation))
     return found
 
@@ -128,7 +131,7 @@ def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers:
 
 
 class TfliteLayerQuantizer:
-    """The diagnosis stage's view of a static .tflite variant, quantized with ai-edge-quantizer: one
+    """The diagnosis stage's view of an int8 .tflite variant, quantized with ai-edge-quantizer: one
     layer at a time for the blame table, or all but some (with the operators feeding each)."""
 
     def __init__(self, fp32: Path, quantizer: AiEdgeQuantizer, traced, scratch: Path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.diagnosis.contract import Layer
+from exporter.diagnosis.contract import Layer, feeding_chain
 
 # Operators whose second input is a weight when it is a constant. TRANSPOSE_CONV takes
 # (output shape, weights, input); the rest take (input, weights, ...).
@@ -33,6 +33,19 @@ class Operator:
     weight_buffer: int
     weight: np.ndarray | None = field(default=None, compare=False, repr=False)  # a weighted op's float weight
     computes_in_float: bool = False  # reads or writes a float tensor
+
+
+def float32_constant(model, tensor) -> np.ndarray | None:
+    """A tensor's constant float32 values in its shape (flatbuffer object API), or None: not a constant, or
+    not float32."""
+    from ai_edge_litert.schema_py_generated import TensorType
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+    buffer = model.buffers[tensor.buffer] if tensor.buffer else None
+    if buffer is None or tensor.type != TensorType.FLOAT32 or (
+            (buffer.data is None or len(buffer.data) == 0) and not getattr(buffer, "offset", 0)):
+        return None
+    return np.asarray(flatbuffer.get_tensor_data(tensor, model.buffers), np.float32).reshape(tuple(tensor.shape))
 
 
 def read_operators(path: Path) -> list[Operator]:
@@ -61,11 +74,8 @@ def read_operators(path: Path) -> list[Operator]:
         inputs = list(op.inputs)
         weight = WEIGHTED_OPS.get(op_name, (0, 1))[1]
         weight_index = inputs[weight] if len(inputs) > weight else -1
-        values = None
-        if op_name in WEIGHTED_OPS and constant(weight_index):
-            tensor = subgraph.tensors[weight_index]
-            values = np.asarray(flatbuffer.get_tensor_data(tensor, model.buffers))
-            values = values.reshape(tuple(tensor.shape)) if values.dtype == np.float32 else None
+        values = float32_constant(model, subgraph.tensors[weight_index]) \
+            if op_name in WEIGHTED_OPS and weight_index >= 0 else None
         operators.append(Operator(
             index=i, op=op_name, scope=flatbuffer.get_op_scope(op, subgraph.tensors),
             inputs=tuple(name(t) for t in inputs), outputs=tuple(name(t) for t in op.outputs),
@@ -180,16 +190,11 @@ def weighted_layers(operators: list[Operator], paths: dict[str, str],
 
 
 def float_island(operators: list[Operator], layer: Layer) -> list[str]:
-    """The scopes of the layer's operators and of every non-weighted operator feeding their
-    activation inputs, back to the previous weighted operator: the quantizer quantizes a tensor
-    where it is produced, so a layer kept in float needs its producers' outputs in float too."""
+    """The scopes of the layer's operators and of the non-weighted chain feeding their activation inputs
+    (the quantizer quantizes a tensor where it is produced)."""
     producers = {name: op for op in operators for name in op.outputs if name}
-    island = {operators[i].scope for i in layer.operators}
-    stack = [operators[i].inputs[WEIGHTED_OPS[operators[i].op][0]] for i in layer.operators]
-    while stack:
-        producer = producers.get(stack.pop())
-        if producer is None or is_weighted(producer) or producer.scope in island:
-            continue
-        island.add(producer.scope)
-        stack.extend(name for k, name in enumerate(producer.inputs) if name and k not in producer.constant_inputs)
-    return sorted(island)
+    own = {operators[i].scope for i in layer.operators}
+    chain = feeding_chain([operators[i].inputs[WEIGHTED_OPS[operators[i].op][0]] for i in layer.operators], producers,
+                          lambda op: is_weighted(op) or op.scope in own, lambda op: op.scope,
+                          lambda op: [n for k, n in enumerate(op.inputs) if n and k not in op.constant_inputs])
+    return sorted(own | set(chain))

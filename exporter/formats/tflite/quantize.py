@@ -22,7 +22,7 @@ from common.quiet import quiet as _quiet
 from exporter.errors import ConversionError
 from exporter.formats import transformer_blocks
 from exporter.formats.base import UNREPRESENTABLE_RANGE, UNREPRESENTABLE_REASON
-from exporter.formats.tflite.layers import RECURRENT_LOCATION, RecurrentScopes
+from exporter.formats.tflite.layers import RECURRENT_LOCATION, RecurrentScopes, float32_constant
 from exporter.trace import TracedModel
 from targets import Variant
 from targets.catalog import precision as precision_row
@@ -98,7 +98,6 @@ def _recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[str] 
     return manager.get_quantization_recipe()
 
 
-SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength, as ONNX's StaticQuantConfig.smoothing_alpha
 _KINDS = {"RSQRT": transformer_blocks.NORM_CORE, "ADD": transformer_blocks.ADD,
           "GELU": transformer_blocks.FFN_ACTIVATION, "TANH": transformer_blocks.FFN_ACTIVATION,
           "LOGISTIC": transformer_blocks.FFN_ACTIVATION, "SOFTMAX": transformer_blocks.SOFTMAX,
@@ -129,11 +128,9 @@ def _fill_constants(path: Path) -> list[str]:
     model = flatbuffer.read_model(path)
     found = []
     for tensor in model.subgraphs[0].tensors:
-        data = model.buffers[tensor.buffer].data if tensor.buffer else None
-        if data is not None and len(data) and tensor.type == 0:  # float32 constants
-            values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32)
-            if values.size and float(np.max(np.abs(values))) > UNREPRESENTABLE_RANGE:
-                found.append(flatbuffer.get_tensor_name(tensor))
+        values = float32_constant(model, tensor)
+        if values is not None and values.size and float(np.max(np.abs(values))) > UNREPRESENTABLE_RANGE:
+            found.append(flatbuffer.get_tensor_name(tensor))
     return found
 
 
@@ -184,14 +181,14 @@ class AiEdgeQuantizer:
         if not regions:
             return None
         smoothed = 0
-        if regions.norm_outputs and SMOOTHING_ALPHA > 0:
+        if regions.norm_outputs and transformer_blocks.SMOOTHING_ALPHA > 0:
             path = self.fp32.with_name(f"smoothed-{self.precision}.tflite")
             maxima = smoothing.channel_maxima(self.fp32, list(regions.norm_outputs), samples)
-            smoothed = smoothing.smooth(self.fp32, path, maxima, SMOOTHING_ALPHA)
+            smoothed = smoothing.smooth(self.fp32, path, maxima, transformer_blocks.SMOOTHING_ALPHA)
             self.fp32 = path
             regions = transformer_blocks.float_regions(_graph_ops(read_operators(self.fp32)))
         self.config["transformer_blocks"] = regions.record(
-            smoothed, transformer_blocks.SMOOTHING_REASON.format(alpha=SMOOTHING_ALPHA))
+            smoothed, transformer_blocks.SMOOTHING_REASON.format(alpha=transformer_blocks.SMOOTHING_ALPHA))
         return regions
 
     def _unrepresentable(self) -> list[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.quant.smooth import divisors
+from exporter.formats.tflite.layers import float32_constant
+from exporter.quant.smooth import matmul_divisors
 
 
 def channel_maxima(fp32: Path, tensors: list[str], samples: list[dict]) -> dict[str, np.ndarray]:
@@ -59,8 +60,7 @@ def smooth(fp32: Path, out: Path, channel_max: dict[str, np.ndarray], alpha: flo
         if not readers:
             continue
         weights = [_weight(model, subgraph, op) for _, op in readers]  # [out, in] float32
-        weight_max = np.max([np.abs(w).max(axis=0) for w in weights], axis=0)  # per input channel
-        scale = divisors(maxima, weight_max, alpha).astype(np.float32)
+        scale = matmul_divisors(maxima, weights, alpha)
         inverse = _constant(model, subgraph, f"{tensor}__inverse_scale", list(scale.shape),
                             np.frombuffer((1.0 / scale).astype(np.float32).tobytes(), np.uint8))
         original = subgraph.tensors[source]
@@ -87,11 +87,7 @@ def smooth(fp32: Path, out: Path, channel_max: dict[str, np.ndarray], alpha: flo
 
 def _weight(model, subgraph, op) -> np.ndarray | None:
     """A fully connected operator's constant float32 weight [out, in], or None."""
-    tensor = subgraph.tensors[op.inputs[1]]
-    data = model.buffers[tensor.buffer].data if tensor.buffer else None
-    if data is None or len(data) == 0 or tensor.type != 0:  # 0: FLOAT32
-        return None
-    return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(tuple(tensor.shape))
+    return float32_constant(model, subgraph.tensors[op.inputs[1]])
 
 
 def _empty_buffer(model) -> int:
