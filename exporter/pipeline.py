@@ -13,6 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from exporter.errors import UserInputError
 from exporter.lm.source import refuse_encoder_folder
 from exporter.options import ExportOptions, Progress
 from exporter.staging import check_output_place
@@ -36,6 +37,9 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
     refuse_encoder_folder(options.model)  # a source no kind exports
     kind = model_kind(target.kind)
+    for flag, path in (("--calib", options.calib), ("--eval", options.eval)):
+        if path is not None and not Path(path).exists():  # a typo fails now, not after loading and tracing
+            raise UserInputError(f"{flag} {path} does not exist; pass {kind.data_files}")
     if options.model is None:
         options.model = kind.default_model
     export = kind_of_source(options.model, kind).prepare(options, target, progress)

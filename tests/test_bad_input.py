@@ -152,3 +152,12 @@ def test_generate_checks_the_directory_before_loading_libraries():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == ["/no/such/dir is not a directory; pass an artifact directory such as "
                                         "artifacts/digits/android", "[]"]
+
+
+def test_missing_data_is_refused_before_the_model_is_loaded(tmp_path):
+    """zoo:raises fails when loaded: the path error comes first, in the words of the target's kind."""
+    out = tmp_path / "out"
+    _assert_clean_failure(run_cli("export", "--model", f"{ZOO}:raises", "--eval", tmp_path / "absent.npz",
+                                  "--target", "android", "--out", out), out, "--eval", "an .npz or a folder")
+    _assert_clean_failure(run_cli("export", "--calib", tmp_path / "absent.txt", "--target", "android-llm",
+                                  "--out", out), out, "--calib", "a UTF-8 text file")

@@ -45,6 +45,7 @@ class ModelKind(Protocol):
     default_model: str  # the embedded demo `edgeport export` uses without --model
     sources: str  # what it exports, for messages: "a causal language model"
     targets: str  # what its targets are called, for messages: "a language-model target"
+    data_files: str  # what its --calib and --eval read, for messages: "a UTF-8 text file"
 
     def claims(self, spec: Any) -> bool:
         """Whether this model source is of this kind whatever the target (a source no kind claims is tensor's)."""

@@ -15,6 +15,7 @@ class CausalLmKind:
     default_model = "demo:tinylm"
     sources = "a causal language model"
     targets = "a language-model target"
+    data_files = "a UTF-8 text file"  # what --calib and --eval read
 
     def claims(self, spec: Any) -> bool:
         from exporter.lm.source import is_causal_lm_spec

@@ -13,6 +13,7 @@ class TensorKind:
     default_model = "demo:digits"
     sources = "an image, audio or text model"
     targets = "an image, audio or text target"
+    data_files = "an .npz or a folder of .npy files"  # what --calib and --eval read
 
     def claims(self, spec: Any) -> bool:
         return False  # every source no other kind claims
