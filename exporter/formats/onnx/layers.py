@@ -60,10 +60,16 @@ def weighted_layers(model: onnx.ModelProto, paths: dict[str, str]) -> list[Layer
 
 def float_island(model: onnx.ModelProto, node_name: str) -> list[str]:
     """The node and the non-weighted chain feeding its activation input (onnxruntime quantizes an
-    activation at its producer too)."""
+    activation at its producer too). An embedding lookup (a Gather from a constant table) ends the chain
+    like a weighted node: through a transformer's residual stream the chain reaches it, and all-mpnet-base-v2
+    kept its 94 MB table float for one kept linear (int8 ONNX 195 -> 274 MB)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     constants = {i.name for i in model.graph.initializer}
     node = next(n for n in model.graph.node if n.name == node_name)
-    chain = feeding_chain([node.input[0]], producers, lambda n: n.op_type in WEIGHTED_OPS or n is node,
-                          lambda n: n.name, lambda n: [i for i in n.input if i and i not in constants])
+
+    def ends_chain(n) -> bool:
+        return n.op_type in WEIGHTED_OPS or n is node or n.op_type == "Gather" and n.input[0] in constants
+
+    chain = feeding_chain([node.input[0]], producers, ends_chain, lambda n: n.name,
+                          lambda n: [i for i in n.input if i and i not in constants])
     return [node_name, *chain]
