@@ -10,6 +10,7 @@ validation and the report are this module's, the same for every kind."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
     refuse_encoder_folder(options.model)  # a source no kind exports
     kind = model_kind(target.kind)
-    for flag, path in (("--calib", options.calib), ("--eval", options.eval)):
-        if path is not None and not Path(path).exists():  # a typo fails now, not after loading and tracing
+    for flag, path in (("--calib", options.calib), ("--eval", options.eval)):  # arrays from the Python API pass
+        if isinstance(path, str | os.PathLike) and not Path(path).exists():  # a typo fails now, not after tracing
             raise UserInputError(f"{flag} {path} does not exist; pass {kind.data_files}")
     if options.model is None:
         options.model = kind.default_model
