@@ -392,10 +392,34 @@ def bench_report_html(out: Path) -> dict:
             "charts": charted, "passed": report["passed"]}
 
 
+def bench_device_estimates(out: Path) -> dict:
+    """The device profiles' effective figures, fitted on devices/calibration.toml's "fit" points, and the error of
+    the estimate on every held-out published point (never in the fit)."""
+    from devices import builtin_device_names, fit, held_out_errors, load_device, load_points
+
+    rows = held_out_errors()
+    fitted = {}
+    for name in builtin_device_names():
+        device = load_device(name)
+        if device.runs_language_models:
+            effective = fit(device)
+            fitted[name] = {"bandwidth_fraction": round(effective.bandwidth_fraction, 3),
+                            "effective_bandwidth_gbs": round(effective.bandwidth_fraction * device.peak_bandwidth_gbs,
+                                                             1),
+                            "bandwidth_from": effective.bandwidth_from,
+                            "compute_gops": {k: round(v, 1) for k, v in effective.compute_gops.items()}}
+    decode = [abs(r["decode_error"]) for r in rows]
+    return {"points": len(load_points()), "held_out": rows, "devices": fitted,
+            "max_abs_decode_error": max(decode), "median_abs_decode_error": statistics.median(decode),
+            "max_abs_prefill_error": max(abs(r["prefill_error"]) for r in rows if "prefill_error" in r),
+            "every_held_out_decode_within_35_percent": max(decode) <= 0.35}
+
+
 # `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
             "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
-            "lm_long_context": bench_lm_long_context, "report_html": bench_report_html}
+            "lm_long_context": bench_lm_long_context, "report_html": bench_report_html,
+            "device_estimates": bench_device_estimates}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -437,6 +461,7 @@ def main() -> None:
         results["lm_vs_llamacpp"] = bench_lm_vs_llamacpp(Path(tmp))
         results["lm_long_context"] = bench_lm_long_context(Path(tmp))
         results["report_html"] = bench_report_html(Path(tmp))
+        results["device_estimates"] = bench_device_estimates(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

@@ -301,7 +301,38 @@ def list_targets(debug: Debug = False) -> None:
             print(f"{t.name}: {t.description}")
             for line in model_kind(t.kind).describe(t):
                 print(line)
+            if t.devices:
+                print(f"  estimates for: {', '.join(t.devices)} (edgeport estimate DIR --device NAME)")
         print("\nYour own target: copy targets/android.toml, edit it, pass --target ./my.toml")
+        return 0
+
+    _guarded(debug, action)
+
+
+@app.command()
+def estimate(
+    directory: Annotated[Path, typer.Argument(help="An artifact directory holding manifest.json.")],
+    device: Annotated[list[str] | None, typer.Option("--device", help="A device profile: a name from devices/ or a "
+                                                     ".toml file (repeat for several). Default: every built-in "
+                                                     "device.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimates as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """What a device will do with each artifact, estimated from the artifact itself (its bytes, its KV cache,
+    its parameters) and the device's published figures: language-model decode and prefill tokens/s, time to
+    first token and a peak-memory floor against the device's app limit; vela's figures on an Ethos-U. The
+    effective bandwidth and throughput are fitted on published measurements (devices/calibration.toml); the
+    held-out error is in the README. Estimates, never measurements."""
+
+    def action() -> int:
+        import json
+
+        from devices import builtin_device_names, load_device
+        from validators.estimate import estimate_directory, render
+
+        devices = [load_device(name) for name in device or builtin_device_names()]
+        rows = estimate_directory(directory, devices)
+        print(json.dumps(rows, indent=1) if as_json else render(rows, devices))
         return 0
 
     _guarded(debug, action)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.errors import TargetError
+from devices import device_list
 from targets.catalog import artifact_filename
 
 
@@ -38,6 +39,10 @@ class LmBudget:
     # the artifact's bytes / the source's float32 weights' bytes (llama.cpp's Q4_K_M of SmolLM2-135M: 0.19); auto
     # precision keeps no more layers at higher precision than this leaves room for
     max_bytes_ratio: float | None = None
+    # estimates on the target's devices (validators/estimate.py), never measurements: the slowest device's decode
+    # at a full cache, and the weights + KV cache floor of peak memory (each device's app limit applies as well)
+    min_est_decode_tokens_per_s: float | None = None
+    max_est_peak_memory_mb: float | None = None
 
     def merged(self, overrides: dict[str, Any]) -> LmBudget:
         return dataclasses.replace(self, **overrides)
@@ -294,6 +299,7 @@ class LmTarget:
     lm: LmSettings
     threads: int = 1  # runtime threads for the speed figures (decode is measured as a device runs it)
     auto_precision: bool = False  # keep the most harmful decoder linears at 8 bits until a variant passes
+    devices: tuple[str, ...] = ()  # device profiles (devices/) the report estimates speed and memory for
     origin: str = ""
 
     @property
@@ -307,7 +313,7 @@ class LmTarget:
 
     def to_profile(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "auto_precision": self.auto_precision,
-                "runtime": {"threads": self.threads},
+                "runtime": {"threads": self.threads}, "devices": list(self.devices),
                 # the weight settings as each variant resolved them, not as the [lm] table gave them
                 "lm": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.lm).items()
                        if k not in WEIGHT_SETTINGS},
@@ -316,7 +322,7 @@ class LmTarget:
 
 
 def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
-    allowed = ["name", "description", "runtime", "lm", "budgets", "variants", "auto_precision"]
+    allowed = ["name", "description", "runtime", "lm", "budgets", "variants", "auto_precision", "devices"]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise TargetError(f"{origin}: unknown key {unknown[0]!r} in a language-model target; valid keys: "
@@ -364,7 +370,8 @@ def lm_target_from_dict(data: dict[str, Any], origin: str) -> LmTarget:
         variants.append(LmVariant(fmt, precision_id, budget, dataclasses.replace(settings, **unread | resolved)))
     _refuse_unread_settings(lm_table, variants, origin)
     return LmTarget(name=name, description=str(data.get("description", "")), variants=tuple(variants),
-                    lm=settings, threads=threads, auto_precision=auto_precision, origin=origin)
+                    lm=settings, threads=threads, auto_precision=auto_precision,
+                    devices=device_list(data.get("devices", []), origin), origin=origin)
 
 
 def _accepts(values: tuple, value: Any) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.errors import TargetError
+from devices import device_list
 from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
 from targets.lm import lm_target_from_dict
 
@@ -100,6 +101,7 @@ class Target:
     coreml: CoremlSettings = CoremlSettings()
     auto_precision: bool = False  # keep the most harmful layers in float until a quantized variant passes
     diagnose: str = "always"  # per-layer blame: "always", "on-failure" (only a variant missing its budget), "off"
+    devices: tuple[str, ...] = ()  # device profiles (devices/) the report estimates latency for
     origin: str = ""  # the file it was read from
 
     @property
@@ -118,7 +120,7 @@ class Target:
         shape target_from_dict reads: what the manifest stores, so validation judges by the export's terms."""
         profile: dict[str, Any] = {
             "name": self.name, "description": self.description, "auto_precision": self.auto_precision,
-            "diagnose": self.diagnose,
+            "diagnose": self.diagnose, "devices": list(self.devices),
             "runtime": {**dataclasses.asdict(self.runtime), "tflite_delegates": list(self.runtime.tflite_delegates)},
             "coreml": dataclasses.asdict(self.coreml),
             "passes": {fmt: list(ids) for fmt, ids in self.passes.items()},
@@ -304,7 +306,7 @@ def _setting(value: Any, config: type, key: str, where: str, origin: str) -> Any
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
     _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
-                       "auto_precision", "diagnose", "pass_options"], "the top level", origin)
+                       "auto_precision", "diagnose", "pass_options", "devices"], "the top level", origin)
     auto_precision = data.get("auto_precision", False)
     if not isinstance(auto_precision, bool):
         raise TargetError(f"{origin}: auto_precision must be true or false")
@@ -341,6 +343,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         coreml=_coreml(data.get("coreml", {}), origin),
         auto_precision=auto_precision,
         diagnose=diagnose,
+        devices=device_list(data.get("devices", []), origin),
         origin=origin,
     )
 

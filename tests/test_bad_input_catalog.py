@@ -136,6 +136,14 @@ CASES = [
     ("generate-missing", ["generate", "{tmp}/absent", "--prompt", "hi"], None, "is not a directory"),
     ("generate-no-manifest", ["generate", "{input}", "--prompt", "hi"], _folder({"notes.txt": "x"}),
      "has no manifest.json"),
+    ("estimate-missing", ["estimate", "{tmp}/absent"], None, "is not a directory"),
+    ("estimate-no-manifest", ["estimate", "{input}"], _folder({"notes.txt": "x"}), "has no manifest.json"),
+    ("estimate-unknown-device", ["estimate", "{tmp}", "--device", "pixel9"], None, "unknown device 'pixel9'"),
+    ("estimate-device-not-toml", ["estimate", "{tmp}", "--device", "{input}"], _bytes("d.toml", b"name = [unclosed"),
+     "d.toml: not a device profile"),
+    ("target-unknown-device", [*EXPORT, "--target", "{input}"],
+     _bytes("t.toml", TARGET_THREADS.replace("threads = 2.5", "threads = 1").replace(
+         '[runtime]', 'devices = ["pixel9"]\n[runtime]').encode()), "unknown device 'pixel9'"),
 ]
 
 
@@ -190,7 +198,7 @@ def test_a_report_names_the_artifacts_it_has():
 
 def test_the_catalog_covers_every_command():
     commands = {args[0] for _, args, _, _ in CASES} | {"targets"}
-    assert commands >= {"export", "validate", "diff", "report", "build", "generate", "targets"}
+    assert commands >= {"export", "validate", "diff", "report", "build", "generate", "targets", "estimate"}
     assert len(CASES) + 1 + len(API_CASES) + 1 >= 40
 
 

@@ -13,7 +13,7 @@ from exporter.demo_weights import weights_path
 from exporter.sources import load_model, state_dict_sha256
 
 DIGITS_SHA256 = "d4aa96a515ce899fed680d21ff8661dd5e2218afef90c94d48dc0395cfa11e1b"  # state dict, as manifests record it
-TINYLM_SHA256 = "1d173890091c24fc81bb7c5017d5d11992cbb4b1c5b237c930748ef1b2038900"
+TINYLM_SHA256 = "b1a7eddb5ed0a70437d6dd83d59c078cf126376bf57f1e9701c76b64c742577d"
 
 
 def test_demo_digits_loads_the_same_weights_everywhere():
@@ -58,9 +58,11 @@ def test_retraining_tinylm_reproduces_the_shipped_weights():
     with torch.no_grad():
         ppl = {name: float(torch.exp(m(input_ids=ids, labels=ids).loss)) for name, m in
                (("shipped", shipped), ("retrained", retrained))}
-    print(f"tinylm eval perplexity: {ppl}, identical weights: {state_dict_sha256(retrained) == TINYLM_SHA256}")
+    print(f"tinylm eval perplexity: {ppl}, identical weights once rounded to float16 as shipped: "
+          f"{state_dict_sha256(retrained.half().float()) == TINYLM_SHA256}")
     # float training takes another path on another CPU's kernels: the byte-level model it replaced retrained to
     # perplexity 10.12 against its shipped 9.74 (+3.9%) on a Xeon with AVX-512 and AMX; the machine that trained
-    # this one (eval perplexity 29.48 per BPE token, 2.6 characters) retrains it bit for bit
+    # this one (eval perplexity 29.48 per BPE token, 2.6 characters) retrains it bit for bit before the float16
+    # rounding of the shipped file
     assert abs(ppl["retrained"] / ppl["shipped"] - 1) <= 0.05
     assert ppl["shipped"] < 40  # trained, not a random init (a uniform model over the 1024 tokens is 1024)

@@ -62,6 +62,24 @@ def test_fp32_generates_what_pytorch_generates(exported, family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_stores_a_tied_table_once(exported, family):
+    """The lookup reads the head's copy of a tied table (llama_gqa_tied): one vocab x hidden tensor in the file,
+    not two; an untied head (qwen2_untied) keeps its own."""
+    import onnx
+
+    _, directory, report = exported[family]
+    model = onnx.load(str(directory / "model.onnx"), load_external_data=False)
+    vocab = next(i for i in model.graph.output if i.name == "logits").type.tensor_type.shape.dim[-1].dim_value
+    tables = [t.name for t in model.graph.initializer if vocab in t.dims and len(t.dims) == 2]
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    tied = family == "llama_gqa_tied"
+    assert len(tables) == (1 if tied else 2), tables
+    assert ("tied_table" in fp32["quantization"]) == tied
+    assert fp32["budget"]["passed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
 def test_weight_quantized_variants_shrink_and_stay_close(exported, family):
     code, directory, report = exported[family]
     by = {a["precision"]: a for a in report["artifacts"]}

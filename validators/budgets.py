@@ -42,6 +42,10 @@ BOUNDS: dict[str, Bound] = {
     "max_long_ppl_ratio": Bound("long_ppl_ratio", True, "perplexity ratio at long context"),
     "max_long_kl_mean": Bound("long_kl_mean", True, "mean KL at long context"),
     "min_long_top1_agreement": Bound("long_top1_agreement", False, "top1_agreement at long context"),
+    # estimates on the target's devices (validators/estimate.py), named as estimates
+    "min_est_decode_tokens_per_s": Bound("est_decode_tokens_per_s", False,
+                                         "estimated decode tokens/s (slowest target device)"),
+    "max_est_peak_memory_mb": Bound("est_peak_memory_mb", True, "estimated peak memory (weights + KV cache)", " MB"),
 }
 
 

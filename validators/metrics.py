@@ -39,6 +39,9 @@ METRICS = {
     "prefill_tokens_per_s": "host prefill speed, tokens/s",
     "ttft_ms": "host time to first token, ms",
     "peak_rss_mb": "peak resident memory of the process running the artifact, MB",
+    # estimates on the target's devices (validators/estimate.py), never measurements
+    "est_decode_tokens_per_s": "ESTIMATE: decode tokens/s at a full cache on the slowest of the target's devices",
+    "est_peak_memory_mb": "ESTIMATE: peak memory floor on the device, weights + KV cache, MB",
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.errors import ArtifactError
 from common.files import write_atomic, write_json
+from validators.estimate import estimate_line
 from validators.report_parts import violations_html
 
 JSON, MARKDOWN, HTML = "report.json", "report.md", "report.html"
@@ -121,6 +122,8 @@ def _pass_lines(a: dict) -> list[str]:
     for delegate, lat in a.get("latency_ms_by_delegate", {}).items():
         lines.append(f"latency with {delegate}: median {lat['median']:.3f} ms, p99 {lat['p99']:.3f} ms "
                      f"({lat['runtime']})")
+    for estimate in a.get("estimates", []):
+        lines.append(f"ESTIMATE on {estimate['device']} (not a measurement): " + estimate_line(estimate))
     if a.get("npu"):
         n = a["npu"]
         lines.append(f"NPU ({n['accelerator']}, {n['system_config']}; vela estimates): {n['npu_operators']} operators "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+from validators.estimate import estimate_line
 from validators.lm.metrics import TIE_MARGIN, drift_text
 from validators.report_parts import violations_html
 
@@ -75,6 +76,9 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
              f"decode {speed['decode_tokens_per_s']} tok/s{_speedup(a, report)}, prefill "
              f"{speed['prefill_tokens_per_s']} tok/s, TTFT {speed['ttft_ms']:.0f} ms, peak RSS "
              f"{speed['peak_rss_mb']:.0f} MB, {speed['runtime']} (host)"]
+    for estimate in a.get("estimates", []):
+        lines.append(f"ESTIMATE on {estimate['device']} (not a measurement): {estimate_line(estimate)}; bandwidth "
+                     f"{estimate['bandwidth']}")
     if q.get("decoder_linears_scheme"):
         table = q.get("embedding_bits", q.get("table_bits"))
         lines.append(f"weights: decoder linears {q['decoder_linears_scheme']} ({q.get('method')}), embedding table "
@@ -171,6 +175,37 @@ def kl_curve_svg(artifacts: list[dict], width: int = 640, height: int = 160) -> 
             f"xmlns='http://www.w3.org/2000/svg'>{axes}{''.join(lines)}{''.join(legend)}</svg>")
 
 
+def estimates_svg(artifacts: list[dict], width: int = 640, height: int = 200) -> str:
+    """Each variant's bytes against its ESTIMATED decode tokens/s, one colour per device, as inline SVG: which
+    variant buys how much speed on the target's devices."""
+    points = [(a["path"], a["bytes"], e["device"], e["decode_tokens_per_s"]) for a in artifacts
+              for e in a.get("estimates", []) if e.get("decode_tokens_per_s")]
+    if not points:
+        return ""
+    devices = list(dict.fromkeys(device for _, _, device, _ in points))
+    most_bytes, fastest = max(p[1] for p in points), max(p[3] for p in points)
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+    def xy(nbytes: float, speed: float) -> tuple[float, float]:
+        return 50 + (width - 70) * nbytes / most_bytes, height - 25 - (height - 45) * speed / fastest
+
+    marks = []
+    for path, nbytes, device, speed in points:
+        x, y = xy(nbytes, speed)
+        colour = colours[devices.index(device) % len(colours)]
+        marks.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='4' fill='{colour}'/><text x='{x + 6:.1f}' y='{y + 4:.1f}' "
+                     f"font-size='10'>{html.escape(path)} {speed:g}</text>")
+    legend = [f"<text x='{55 + 200 * i}' y='12' font-size='11' fill='{colours[i % len(colours)]}'>"
+              f"{html.escape(device)} (estimate)</text>" for i, device in enumerate(devices)]
+    axes = (f"<line x1='50' y1='{height - 25}' x2='{width - 10}' y2='{height - 25}' stroke='#888'/>"
+            f"<line x1='50' y1='20' x2='50' y2='{height - 25}' stroke='#888'/>"
+            f"<text x='50' y='{height - 8}' font-size='10'>0 MB</text>"
+            f"<text x='{width - 90}' y='{height - 8}' font-size='10'>{most_bytes / 1e6:.0f} MB</text>"
+            f"<text x='0' y='28' font-size='10'>{fastest:g} tok/s</text>")
+    return (f"<h2>Bytes against estimated decode tokens/s (ESTIMATES on the target's devices)</h2><svg width='{width}' "
+            f"height='{height}' xmlns='http://www.w3.org/2000/svg'>{axes}{''.join(marks)}{''.join(legend)}</svg>")
+
+
 def to_markdown(report: dict, verdict: str) -> str:
     out = [f"# edgeport report: {report['model']['name']} → {report['target']} (language model)", "",
            f"**{verdict}** · model `{report['model']['source']}` · sha256 `{report['model']['sha256'][:16]}…`", ""]
@@ -234,6 +269,7 @@ def to_html(report: dict, verdict: str, style: str) -> str:
     parts.append("</table>")
     parts.append(violations_html(report))
     parts.append(kl_curve_svg(report["artifacts"]))
+    parts.append(estimates_svg(report["artifacts"]))
     parts.append("<h2>What the model now says</h2>")
     for row in report.get("texts", []):
         cells = [("reference (PyTorch)", row["reference"])] + list(row["artifacts"].items())

@@ -20,7 +20,9 @@ import numpy as np
 from common.artifact_dir import read_export_log, read_manifest, reference_file
 from common.errors import ArtifactError, first_line
 from common.files import load_npz, sha256_file
+from devices import load_device
 from validators import budgets
+from validators.estimate import estimate_violations, kv_cache_bytes, lm_estimate
 from validators.latency import contention_note
 from validators.lm.metrics import drift_onset, drift_text, forced_decoding, free_running, repetition, teacher_forced
 from validators.metrics import metrics_block
@@ -235,19 +237,14 @@ def _unchecked_long_context(lm_info: dict) -> str:
     return "" if long["checked"] else f"long context NOT checked: {long['why']}"
 
 
-def kv_cache_bytes(cache: dict) -> int:
-    """The K and V the runtime holds at the artifact's cache length (the manifest's cache geometry; float32 unless
-    the format records another dtype: Core ML's float16 states)."""
-    element = {"float32": 4, "float16": 2}[cache.get("dtype", "float32")]
-    return 2 * cache["layers"] * cache["kv_heads"] * cache["head_dim"] * cache["cache_length"] * element
-
-
 def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None = None,
                float_bytes: int | None = None, long: dict | None = None,
-               kv_bytes: int | None = None) -> dict[str, float]:
-    speed, long = speed or {}, long or {}
+               kv_bytes: int | None = None, estimates: list[dict] | None = None) -> dict[str, float]:
+    speed, long, estimates = speed or {}, long or {}, estimates or []
     return metrics_block(
         kv_cache_bytes=kv_bytes,
+        est_decode_tokens_per_s=min((e["decode_tokens_per_s"] for e in estimates), default=None),
+        est_peak_memory_mb=max((e["peak_memory_mb"] for e in estimates), default=None),
         long_ppl_ratio=long.get("ppl_ratio"), long_kl_mean=long.get("kl_mean"),
         long_top1_agreement=long.get("top1_agreement"),
         bytes=nbytes, bytes_ratio=nbytes / float_bytes if float_bytes else None,
@@ -267,6 +264,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
     manifest = read_manifest(directory)
     lm_info = manifest["lm"]
     threads = manifest["target"]["profile"]["runtime"]["threads"]
+    devices = [load_device(name) for name in manifest["target"]["profile"].get("devices", [])]
     float_bytes = manifest["model"].get("float32_bytes")  # absent in directories exported before it
     reference, run_violations = load_lm_reference(directory, manifest)
     provisional = reference_problem(reference)
@@ -283,15 +281,18 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         judged = judge(lm, reference, entry["budget"], entry["bytes"], float_bytes)
         progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
         speed = measure_speed(directory, entry, speed_prompt, lm_info["new_tokens"], threads)
-        problems = files_problem + judged["violations"]
+        estimates = [lm_estimate(entry, float_bytes / 4, device) for device in devices] if float_bytes else []
+        metrics = lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed, float_bytes,
+                             judged["long_context"], kv_cache_bytes(entry["cache"]), estimates)
+        problems = files_problem + judged["violations"] + estimate_violations(entry["budget"], metrics, estimates)
         results.append({
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
             "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
             "quantization": entry.get("quantization"),
-            "metrics": lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed,
-                                  float_bytes, judged["long_context"], kv_cache_bytes(entry["cache"])),
+            "metrics": metrics,
             "lm": {"teacher_forced": judged["teacher_forced"], "free_running": judged["free_running"],
                    "long_context": judged["long_context"], "speed": speed},
+            "estimates": estimates,
             "diagnosis": entry.get("diagnosis"),
             "budget": {"passed": not problems, "violations": problems, "limits": entry["budget"]},
         })

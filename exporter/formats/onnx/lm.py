@@ -37,7 +37,7 @@ class OnnxLmBackend:
     def emit(self, lowered: OnnxLmLowered, variant: LmVariant, settings: LmSettings, out: Path, kept: Kept | None,
              plan: Planner, progress: Progress) -> LmEmitted:
         from exporter.formats.onnx.genai_builder import build, builder_choice
-        from exporter.formats.onnx.graph import save_onnx
+        from exporter.formats.onnx.graph import save_onnx, share_tied_table, tied_table_note
         from exporter.formats.onnx.weights import WeightPlan, quantize_weights, to_fp16
 
         lm = lowered.lm
@@ -51,8 +51,9 @@ class OnnxLmBackend:
         if variant.precision == "fp32":
             import onnx
 
-            save_onnx(onnx.load(str(lowered.fp32)), out)
-            record, why = {"scheme": "fp32"}, "the traced program itself"
+            model = onnx.load(str(lowered.fp32))
+            record, why = {"scheme": "fp32", **tied_table_note(share_tied_table(model))}, "the traced program itself"
+            save_onnx(model, out)
         elif variant.precision == "fp16":
             record, why = to_fp16(lowered.fp32, out), "the traced program in float16"
         elif use_builder:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.formats.onnx.graph import module_path, save_onnx
+from exporter.formats.onnx.graph import module_path, save_onnx, share_tied_table, tied_table_note
 from exporter.lm.backend import EMBEDDING, HEAD
 from exporter.quant.plan import METHODS, Planner, Scheme, planned_by, source_grid_note
 
@@ -188,6 +188,7 @@ def to_fp16(fp32: Path, out: Path) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    save_onnx(model, out)
-    return {"scheme": "fp16", "keep_io_types": True}
+    model = onnx.load(str(fp32))
+    saved = share_tied_table(model)
+    save_onnx(convert_float_to_float16(model, keep_io_types=True), out)
+    return {"scheme": "fp16", "keep_io_types": True, **tied_table_note(saved // 2)}

@@ -14,6 +14,7 @@ from typing import Any
 from common.artifact_dir import Reference
 from common.files import sha256_file, size_bytes
 from exporter.artifacts import ArtifactRecord, provenance
+from exporter.costs import op_costs
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
 from exporter.diagnosis.stage import Diagnosis, diagnose, wanted
 from exporter.errors import UnsupportedOpsError, UserInputError
@@ -164,6 +165,7 @@ class TensorExport:
         sections = {
             "trace": {"method": traced.method, "dynamic_batch": traced.dynamic_batch, "batch": traced.batch,
                       "notes": traced.notes},
+            "costs": op_costs(traced.program),
             "inputs": [s.to_json() for s in traced.inputs],
             "outputs": [s.to_json() for s in traced.outputs],
             "data": {"eval": data.describe() | ({"synthetic_allowed": True} if self.options.allow_synthetic_eval
