@@ -66,7 +66,8 @@ def _on_sigterm(signum, frame) -> None:
 
 def _guarded(debug: bool, action: Callable[[], int]) -> None:
     """Run a command; map errors to a one-line message and an exit code (traceback with --debug):
-    2 for what the user can fix, 3 for a bug, 130/143 when interrupted or terminated."""
+    2 for what the user can fix, 3 for a bug, 130/143 when interrupted or terminated, 141 when the reader of its
+    output closed the pipe."""
     import signal
 
     import common.quiet
@@ -83,6 +84,11 @@ def _guarded(debug: bool, action: Callable[[], int]) -> None:
         _fail(debug, MissingDependencyError(exc), "error", 2)
     except EdgeportError as exc:
         _fail(debug, exc, "error", exc.exit_code)
+    except BrokenPipeError:  # the reader stopped reading (`edgeport targets | head -1`): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        raise typer.Exit(141) from None  # as a Unix tool killed by SIGPIPE
     except (KeyboardInterrupt, Terminated) as exc:
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         print(f"edgeport: {what}; nothing was left half-written", file=sys.stderr)

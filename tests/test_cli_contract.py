@@ -34,6 +34,15 @@ def test_an_internal_error_exits_3_with_one_line():
     assert "internal error: ZeroDivisionError: edgeport bug (rerun with --debug and report it)" in result.stderr
 
 
+def test_a_reader_that_stops_reading_is_not_an_internal_error():
+    """`edgeport targets | head -1`: the closed pipe ends the command quietly with 141, as SIGPIPE ends a Unix
+    tool (it was "internal error: BrokenPipeError", exit 3)."""
+    setup = "import os\nread_end, write_end = os.pipe()\nos.close(read_end)\nsys.stdout = os.fdopen(write_end, 'w')"
+    result = _guarded(setup, "print('android: ...', flush=True)")
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
 def test_a_missing_converter_names_the_pip_package():
     result = _guarded("sys.modules['litert_torch'] = None", "import litert_torch")
     assert result.returncode == 2, result.stderr

@@ -153,7 +153,9 @@ def lm_line(row: dict) -> str:
     limit = row["app_limit_mb"]
     fits = "" if limit is None else \
         (" (within" if row["peak_memory_mb"] <= limit else " (EXCEEDS") + f" the app limit {limit:g} MB)"
-    return (f"decode {row['decode_tokens_per_s']:g} tokens/s at {row['decode_at']}; {prefill}; peak memory >= "
+    return (f"decode {row['decode_tokens_per_s']:g} tokens/s at {row['decode_at']} (bound by memory bandwidth; "
+            f"per-token runtime overhead is not counted, so a model of a few MB runs far below it); {prefill}; "
+            "peak memory >= "
             f"{row['peak_memory_mb']:g} MB{fits}")
 
 
