@@ -404,8 +404,7 @@ def bench_device_estimates(out: Path) -> dict:
         if device.runs_language_models:
             effective = fit(device)
             fitted[name] = {"bandwidth_fraction": round(effective.bandwidth_fraction, 3),
-                            "effective_bandwidth_gbs": round(effective.bandwidth_fraction * device.peak_bandwidth_gbs,
-                                                             1),
+                            "effective_bandwidth_gbs": round(effective.bytes_per_s / 1e9, 1),
                             "bandwidth_from": effective.bandwidth_from,
                             "compute_gops": {k: round(v, 1) for k, v in effective.compute_gops.items()}}
     decode = [abs(r["decode_error"]) for r in rows]

@@ -70,10 +70,20 @@ def compute_class(precision: str, int8_activations: bool = False) -> str:
 class Fit:
     """A device's effective figures and where each came from."""
 
-    bandwidth_fraction: float  # of the profile's peak bandwidth
+    peak_bandwidth_gbs: float  # the profile's
+    bandwidth_fraction: float  # of that peak
     bandwidth_from: str  # "fitted on N points" or "prior: ..."
     compute_gops: dict[str, float] = field(default_factory=dict)  # arithmetic -> effective GOPS
     compute_from: dict[str, str] = field(default_factory=dict)  # arithmetic -> "N published prefill point(s)"
+
+    @property
+    def bytes_per_s(self) -> float:
+        """The effective bandwidth every estimate divides by."""
+        return self.bandwidth_fraction * self.peak_bandwidth_gbs * 1e9
+
+    @property
+    def bandwidth(self) -> str:
+        return f"{self.bandwidth_fraction:.0%} of {self.peak_bandwidth_gbs:g} GB/s ({self.bandwidth_from})"
 
 
 @dataclass(frozen=True)
@@ -149,11 +159,12 @@ def fit(device: Device, points: list[Point] | None = None) -> Fit:
         compute[kind], compute_from[kind] = statistics.median(rates), f"{len(rates)} published prefill point(s)"
     if own:
         fraction = statistics.median(p.bandwidth_gbs for p in own) / device.peak_bandwidth_gbs
-        return Fit(fraction, f"fitted on {len(own)} published decode point(s)", compute, compute_from)
+        return Fit(device.peak_bandwidth_gbs, fraction, f"fitted on {len(own)} published decode point(s)", compute,
+                   compute_from)
     peaks = {d.name: d.peak_bandwidth_gbs for d in map(load_device, sorted({p.device for p in fitted}))}
     by_device = {name: statistics.median(p.bandwidth_gbs for p in fitted if p.device == name) / peak
                  for name, peak in peaks.items()}
-    return Fit(statistics.median(by_device.values()),
+    return Fit(device.peak_bandwidth_gbs, statistics.median(by_device.values()),
                f"prior: no published point on this device; the median fraction of peak over {len(by_device)} "
                f"calibrated devices", compute, compute_from)
 
@@ -165,7 +176,7 @@ def held_out_errors(points: list[Point] | None = None) -> list[dict]:
     for point in (p for p in points if p.use == "held-out"):
         device = load_device(point.device)
         effective = fit(device, points)
-        decode = effective.bandwidth_fraction * device.peak_bandwidth_gbs * 1e9 / point.bytes
+        decode = effective.bytes_per_s / point.bytes
         row = {"device": point.device, "model": point.model, "runtime": point.runtime, "source": point.source,
                "decode_measured": point.decode_tokens_per_s, "decode_estimated": round(decode, 2),
                "decode_error": round(decode / point.decode_tokens_per_s - 1, 3)}

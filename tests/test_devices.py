@@ -101,6 +101,24 @@ def test_a_variant_over_the_app_limit_fails_with_the_figure_and_the_limit():
     assert "NOT checked" in estimate_violations({"max_est_peak_memory_mb": 100.0}, {}, [])[0]
 
 
+def test_a_language_model_on_an_npu_device_is_not_estimated_and_its_limits_not_passed(tmp_path):
+    from validators.estimate import estimate
+    from validators.lm.validate import lm_metrics
+
+    manifest = {"kind": "causal-lm", "model": {"float32_bytes": 538e6}}
+    row = estimate(_lm_entry(100_000_000), manifest, tmp_path, load_device("ethos-u55"))
+    assert "Ethos-U runs full-integer int8 .tflite only" in row["not_estimated"]
+    forced = {"top1_agreement": 1.0, "ppl_ratio": 1.0, "kl_mean": 0.0, "kl_p99": 0.0}
+    metrics = lm_metrics(forced, [], 100_000_000, estimates=[row])
+    assert "est_decode_tokens_per_s" not in metrics and "est_peak_memory_mb" not in metrics
+    (violation,) = estimate_violations({"min_est_decode_tokens_per_s": 10.0}, metrics, [row])
+    assert "NOT checked" in violation
+    # the phone next to it is estimated, whatever else the target lists
+    phone = estimate(_lm_entry(100_000_000), manifest, tmp_path, load_device("snapdragon-8-gen-3"))
+    assert phone["decode_tokens_per_s"] > 0 and lm_metrics(forced, [], 1, estimates=[row, phone])[
+        "est_decode_tokens_per_s"] == phone["decode_tokens_per_s"]
+
+
 @pytest.mark.slow
 def test_android_and_iot_npu_reports_carry_estimates_and_the_graph_macs_match_vela(tmp_path):
     target = fast_target(tmp_path, "iot-npu")

@@ -18,7 +18,7 @@ from targets import Budget, Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
 from validators.candidate import CandidateResult, ModelIO, evaluate, parity_violations
-from validators.estimate import npu_estimate, roofline_estimate
+from validators.estimate import estimate
 from validators.runtimes import extra_sessions, open_session
 
 
@@ -44,7 +44,7 @@ def _open(directory: Path, entry: dict, target: Target):
 
 
 def _validate_artifact(directory: Path, entry: dict, target: Target, reference: Reference,
-                       output_kinds: dict[str, str | None], costs: dict | None) -> dict:
+                       output_kinds: dict[str, str | None], manifest: dict) -> dict:
     path, delegates, session = _open(directory, entry, target)
     io = ModelIO([spec["name"] for spec in entry["inputs"]], list(output_kinds), _fixed_batch(entry["inputs"]),
                  {name: kind for name, kind in output_kinds.items() if kind})
@@ -80,8 +80,7 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
                              npu_sram_kib=(npu or {}).get("sram_kib"), npu_flash_kib=(npu or {}).get("flash_kib"),
                              delegated_op_coverage=delegation.get("delegated_op_coverage"))
     violations += parity_violations(judged.overall, budget.limits(), metrics, _fallback(npu, delegation))
-    estimates = [npu_estimate(entry, directory, device) if device.npu else roofline_estimate(entry, costs, device)
-                 for device in map(load_device, target.devices)]
+    estimates = [estimate(entry, manifest, directory, device) for device in map(load_device, target.devices)]
     for runtime, other in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in other.violations]
     return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, metrics, by_runtime, by_delegate,
@@ -221,7 +220,7 @@ def validate_tensor_directory(directory: Path, progress: Callable[[str], None], 
     results = []
     for entry in manifest["artifacts"]:
         progress(f"validating {entry['path']} with its runtime")
-        results.append(_validate_artifact(directory, entry, target, reference, output_kinds, manifest.get("costs")))
+        results.append(_validate_artifact(directory, entry, target, reference, output_kinds, manifest))
     ref_accuracy = None
     if reference.labels is not None:
         kinds = {name: kind or parity.infer_output_kind(reference.outputs[name])[0]

@@ -77,8 +77,8 @@ def _artifact_lines(a: dict, report: dict) -> list[str]:
              f"{speed['prefill_tokens_per_s']} tok/s, TTFT {speed['ttft_ms']:.0f} ms, peak RSS "
              f"{speed['peak_rss_mb']:.0f} MB, {speed['runtime']} (host)"]
     for estimate in a.get("estimates", []):
-        lines.append(f"ESTIMATE on {estimate['device']} (not a measurement): {estimate_line(estimate)}; bandwidth "
-                     f"{estimate['bandwidth']}")
+        lines.append(f"ESTIMATE on {estimate['device']} (not a measurement): {estimate_line(estimate)}"
+                     + (f"; bandwidth {estimate['bandwidth']}" if "bandwidth" in estimate else ""))
     if q.get("decoder_linears_scheme"):
         table = q.get("embedding_bits", q.get("table_bits"))
         lines.append(f"weights: decoder linears {q['decoder_linears_scheme']} ({q.get('method')}), embedding table "

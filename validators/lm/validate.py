@@ -22,7 +22,7 @@ from common.errors import ArtifactError, first_line
 from common.files import load_npz, sha256_file
 from devices import load_device
 from validators import budgets
-from validators.estimate import estimate_violations, kv_cache_bytes, lm_estimate
+from validators.estimate import estimate, estimate_violations, kv_cache_bytes
 from validators.latency import contention_note
 from validators.lm.metrics import drift_onset, drift_text, forced_decoding, free_running, repetition, teacher_forced
 from validators.metrics import metrics_block
@@ -243,8 +243,9 @@ def lm_metrics(forced: dict, runs: list[dict], nbytes: int, speed: dict | None =
     speed, long, estimates = speed or {}, long or {}, estimates or []
     return metrics_block(
         kv_cache_bytes=kv_bytes,
-        est_decode_tokens_per_s=min((e["decode_tokens_per_s"] for e in estimates), default=None),
-        est_peak_memory_mb=max((e["peak_memory_mb"] for e in estimates), default=None),
+        est_decode_tokens_per_s=min((e["decode_tokens_per_s"] for e in estimates if "decode_tokens_per_s" in e),
+                                    default=None),
+        est_peak_memory_mb=max((e["peak_memory_mb"] for e in estimates if "peak_memory_mb" in e), default=None),
         long_ppl_ratio=long.get("ppl_ratio"), long_kl_mean=long.get("kl_mean"),
         long_top1_agreement=long.get("top1_agreement"),
         bytes=nbytes, bytes_ratio=nbytes / float_bytes if float_bytes else None,
@@ -281,7 +282,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         judged = judge(lm, reference, entry["budget"], entry["bytes"], float_bytes)
         progress(f"measuring {entry['path']}: time to first token, prefill and decode tokens/s, peak memory")
         speed = measure_speed(directory, entry, speed_prompt, lm_info["new_tokens"], threads)
-        estimates = [lm_estimate(entry, float_bytes / 4, device) for device in devices] if float_bytes else []
+        estimates = [estimate(entry, manifest, directory, device) for device in devices]
         metrics = lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed, float_bytes,
                              judged["long_context"], kv_cache_bytes(entry["cache"]), estimates)
         problems = files_problem + judged["violations"] + estimate_violations(entry["budget"], metrics, estimates)

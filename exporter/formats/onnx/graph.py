@@ -108,7 +108,8 @@ def share_tied_table(model: Any) -> int:
             continue
         table = initializers[table_name]
         head = heads.get(tuple(reversed(table.dims)))
-        if head is None or not (numpy_helper.to_array(table) == numpy_helper.to_array(initializers[head]).T).all():
+        values = numpy_helper.to_array(table) if head else None
+        if head is None or not (values == numpy_helper.to_array(initializers[head]).T).all():
             continue
         rows = node.output[0] + "_by_column"
         rank = next((len(v.type.tensor_type.shape.dim) for v in model.graph.input if v.name == node.input[1]), None)
@@ -122,7 +123,7 @@ def share_tied_table(model: Any) -> int:
         model.graph.node.insert(position, back)
         model.graph.node.insert(position, lookup)
         model.graph.initializer.remove(table)
-        saved += numpy_helper.to_array(table).nbytes
+        saved += values.nbytes
     return saved
 
 
