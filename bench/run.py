@@ -19,6 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.lm_scale import bench_lm_scale  # noqa: E402
 from exporter.pipeline import ExportOptions, run_export  # noqa: E402
 from exporter.sources import load_model  # noqa: E402
 from targets import load_target  # noqa: E402
@@ -418,7 +419,7 @@ def bench_device_estimates(out: Path) -> dict:
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
             "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
             "lm_long_context": bench_lm_long_context, "report_html": bench_report_html,
-            "device_estimates": bench_device_estimates}
+            "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:

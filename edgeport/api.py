@@ -93,7 +93,7 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
            calib: Any = None, out: str | Path = "artifacts", name: str | None = None, dynamic_batch: bool = False,
            auto_precision: bool | None = None, allow_synthetic_eval: bool = False,
            output_kinds: dict[str, str] | None = None, inputs: list[str] | None = None,
-           weights: str | Path | None = None, trust_pickle: bool = False,
+           weights: str | Path | None = None, trust_pickle: bool = False, memory_limit: float | None = None,
            progress: Callable[[str], None] | None = _stderr) -> Report:
     """Export `model` (an nn.Module with example_inputs, or a SPEC string as the CLI takes) to a target,
     validate every artifact and return the report. eval / calib: a path (.npz or .npy folder) or a
@@ -105,7 +105,8 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     metrics are token-level (ppl_ratio, kl_mean, ...; the detail in Report.json["artifacts"][i]["lm"]).
     Every other keyword is the export option of that name (exporter/options.py, the CLI's flag): output_kinds
     {output name: kind} as --output-kind NAME:KIND; inputs ["NAME:1x3x224x224:float32", ...] as --input; weights,
-    a state dict for a factory SPEC, as --weights; trust_pickle as --trust-pickle."""
+    a state dict for a factory SPEC, as --weights; trust_pickle as --trust-pickle; memory_limit (GB) as
+    --memory-limit."""
     from exporter.errors import UserInputError
     from exporter.pipeline import ExportOptions, run_export
 
@@ -121,7 +122,8 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
                             example_inputs=example_inputs, dynamic_batch=dynamic_batch, name=name,
                             auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval,
                             output_kinds=dict(output_kinds or {}), inputs=list(inputs or []),
-                            weights=Path(weights) if weights is not None else None, trust_pickle=trust_pickle)
+                            weights=Path(weights) if weights is not None else None, trust_pickle=trust_pickle,
+                            memory_limit=memory_limit)
     directory, report = run_export(options, progress or (lambda _: None))
     return _report(directory, report)
 

@@ -55,6 +55,10 @@ class ExportOptions:
     allow_synthetic_eval: bool = _option(False, flag="--allow-synthetic-eval", build=FLAG, help=(
         "Let a verdict rest on synthetic eval inputs (no --eval and no bundled data). Without it such a run is "
         "provisional: exit 1, report.json passed=false with the reason."))
+    memory_limit: float | None = _option(flag="--memory-limit", help=(
+        "The memory (GB) the export may use. A language model whose export is estimated to need more (from its "
+        "parameter count and vocabulary, read before loading) is refused before any long step. Default: what this "
+        "machine has available (MemAvailable, or the cgroup's limit)."))
     output_kinds: dict = _option(flag="--output-kind", build=LIST, factory=dict, help=(
         "NAME:KIND, how an output is judged: classification (top-1 agreement, cosine, SQNR, max_abs), embedding "
         "(cosine, SQNR, max_abs; never its argmax), regression (SQNR, max_abs), tensor. Default: inferred "

@@ -25,13 +25,14 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     """The one entry for every model kind: the target names its kind, the kind's plug-in prepares and writes."""
     from common.artifact_dir import EXPORT_LOG, MANIFEST
     from common.files import write_json
+    from exporter import memory
     from exporter.kinds import kind_of_source, model_kind
     from exporter.manifest import build_manifest
     from exporter.staging import staged_directory
     from validators.report import write_reports
     from validators.validate import validate_directory
 
-    started = time.perf_counter()
+    started, meter = time.perf_counter(), memory.begin()
     target = load_target(options.target)  # fail on a bad target before any heavy work
     check_output_place(options.out)
     if options.auto_precision is not None:
@@ -43,13 +44,20 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
             raise UserInputError(f"{flag} {path} does not exist; pass {kind.data_files}")
     if options.model is None:
         options.model = kind.default_model
-    export = kind_of_source(options.model, kind).prepare(options, target, progress)
+    preflight = memory.preflight(kind.memory_need(options.model, target), options.memory_limit, options.model)
+    with memory.step("load and reference"):
+        export = kind_of_source(options.model, kind).prepare(options, target, progress)
     final = options.out / export.name / target.name
     with staged_directory(final) as work:
-        written = export.write(work, progress)
+        with memory.step("write"):
+            written = export.write(work, progress)
         write_json(work / MANIFEST, build_manifest(target, export, written, work))
-        write_json(work / EXPORT_LOG, {"export_seconds": round(time.perf_counter() - started, 3), **written.log})
+        log = {"export_seconds": round(time.perf_counter() - started, 3), **written.log}
+        write_json(work / EXPORT_LOG, log | {"memory": meter.record() | {"preflight": preflight}})
         progress(f"[5/5] validating {len(written.artifacts)} artifact(s), each with its own runtime")
-        report = validate_directory(work, progress)
+        with memory.step("validation"):
+            report = validate_directory(work, progress)
+        report["export"] = log | {"memory": meter.record() | {"preflight": preflight}}  # validation's peak too
+        write_json(work / EXPORT_LOG, report["export"])
         write_reports(work, report)
     return final, report

@@ -13,10 +13,21 @@ FAMILIES = ("llama_gqa_tied", "qwen2_untied")
 # global rotary bases; its sliding window (512) is longer than the tests' caches, so every format takes it
 SCALED_EMBEDDING = "gemma3_scaled_embedding"
 SLIDING_WINDOW = "mistral_window_8"  # every layer attends through an 8-token window, shorter than the tests' caches
+# Phi-3: q/k/v in one fused linear and gate/up in another; Qwen3: RMSNorms on queries and keys; Gemma 2: attention
+# and final-logit soft-capping, (1 + w) norms, norms after attention and feed-forward too, the embedding scaled
+MORE_FAMILIES = ("phi3_fused", "qwen3_qk_norm", "gemma2_softcap")
 
 
 def _config(family: str, vocab: int):
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=512, bos_token_id=vocab - 3, eos_token_id=vocab - 2,
@@ -28,6 +39,13 @@ def _config(family: str, vocab: int):
                                 layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
     if family == SLIDING_WINDOW:
         return MistralConfig(**common, num_key_value_heads=2, head_dim=16, sliding_window=8)
+    if family == "phi3_fused":
+        return Phi3Config(**common, num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False)
+    if family == "qwen3_qk_norm":
+        return Qwen3Config(**common, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    if family == "gemma2_softcap":
+        return Gemma2Config(**common, num_key_value_heads=2, head_dim=16, sliding_window=512,
+                            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
     return Qwen2Config(**common, num_key_value_heads=1, tie_word_embeddings=False)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.lm_models import FAMILIES, causal_lm_folder, check_provenance, lm_target
+from tests.lm_models import FAMILIES, MORE_FAMILIES, causal_lm_folder, check_provenance, lm_target
 from tests.test_lm import _restamp
 
 pytestmark = [pytest.mark.hf, pytest.mark.slow]
@@ -238,6 +238,35 @@ def test_a_litertlm_with_a_wrong_tokenizer_fails_naming_the_first_differing_toke
     named = [v for v in violations if "LiteRT-LM's tokenizer encodes" in v]
     found = re.search(r"differently from token \d+: (\d+) where the source tokenizer has (\d+) '(\w)'", named[0])
     assert found and {int(found[1]), int(found[2])} == {e, t} and found[3] in "et", named
+
+
+@pytest.mark.parametrize("family", MORE_FAMILIES)
+def test_more_families_compute_in_every_format_or_are_refused_by_name(tmp_path, family):
+    """Phi-3's fused q/k/v and gate/up linears, Qwen3's query/key norms and Gemma 2's soft-capping: the float
+    variant of every format writes PyTorch's logits, or the format refuses the model before any work, naming why."""
+    folder = causal_lm_folder(family, tmp_path / family)
+    variants = ["onnx/fp32", "executorch/fp32", "tflite/fp32", "coreml/fp16"]
+    if family == "gemma2_softcap":
+        done = run_cli("export", "--model", folder, "--target", lm_target(tmp_path / "all.toml", tuple(variants)),
+                       "--out", tmp_path / "refused")
+        assert done.code == 2 and "soft-caps its attention scores" in done.stderr, done.stderr[-1500:]
+        assert "executorch" in done.stderr and not (tmp_path / "refused").exists()
+        variants.remove("executorch/fp32")
+    done = run_cli("export", "--model", folder, "--target", lm_target(tmp_path / "float.toml", tuple(variants)),
+                   "--out", tmp_path / "out")
+    assert done.code == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / family / "test-llm" / "report.json").read_text())
+    assert len(report["artifacts"]) == len(variants)
+    for artifact in report["artifacts"]:
+        forced = artifact["lm"]["teacher_forced"]
+        assert forced["top1_agreement"] == 1.0 and forced["kl_mean"] < 1e-5, (artifact["path"], forced)
+        assert artifact["metrics"]["max_abs"] < (2e-2 if artifact["format"] == "coreml" else 1e-3), artifact["path"]
+        assert all(run["matching_tokens"] == run["tokens"] for run in artifact["lm"]["free_running"])
+    # the export's own memory, per step, with the estimate made before loading beside it
+    memory = report["export"]["memory"]
+    assert {a["path"] for a in report["artifacts"]} | {"load and reference", "validation"} <= set(memory["steps_mb"])
+    assert memory["peak_rss_mb"] == max(memory["steps_mb"].values()) and memory["preflight"]["checked"]
+    assert "export peak memory" in (tmp_path / "out" / family / "test-llm" / "report.md").read_text()
 
 
 def test_auto_precision_keeps_layers_on_executorch_core_ml_and_litert(tmp_path):

@@ -8,6 +8,7 @@ never set). Pickled *.bin weights are loaded only with --trust-pickle.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,34 @@ def load_causal_lm(spec: str, *, trust_pickle: bool = False) -> CausalLM:
         return _hf_folder(Path(spec.removeprefix("hf:")), spec, trust_pickle)
     raise UserInputError(f"--model {spec!r} is not a language-model source; use a Hugging Face folder "
                          "(config.json + *.safetensors + tokenizer), a .gguf file, demo:tinylm or file.py:factory")
+
+
+def source_size(spec: str) -> tuple[int, int] | None:
+    """(parameters, vocabulary) of a folder or GGUF source, read from tensor headers without loading a weight; None
+    for a source whose size is only known once it is built (demo:tinylm, a factory) or that cannot be read (the
+    loader then names what is wrong)."""
+    path = Path(spec.removeprefix("hf:"))
+    try:
+        if spec.endswith(".gguf") and path.is_file():
+            from gguf import GGUFReader
+
+            tensors = GGUFReader(str(path)).tensors
+            table = next(t for t in tensors if t.name == "token_embd.weight")
+            return sum(int(t.n_elements) for t in tensors), int(max(table.shape))  # (hidden, vocabulary) in GGUF order
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)
+        parameters = 0
+        for weights in sorted(path.glob("*.safetensors")):
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="np") as opened:
+                parameters += sum(math.prod(opened.get_slice(k).get_shape()) for k in opened.keys())  # noqa: SIM118
+        if not parameters:  # pickled weights: their bytes at the config's dtype
+            width = {"float32": 4, "float16": 2, "bfloat16": 2}.get(config.get("torch_dtype"), 4)
+            parameters = sum(f.stat().st_size for f in path.glob("*.bin")) // width
+        return parameters, int(config["vocab_size"])
+    except Exception:  # noqa: BLE001  a damaged source is named by its loader, after this estimate is skipped
+        return None
 
 
 def causal_lm_from_module(module: Any, tokenizer: Any, spec: str, name: str) -> CausalLM:

@@ -26,6 +26,7 @@ REPEAT_N = 3
 # (a mean over 16 positions moves by up to 4x with the text: demo:tinylm's .pte a8w4) and above DRIFT_FLOOR
 # (fp32's KL is ~1e-9)
 DRIFT_ROWS, DRIFT_FACTOR, DRIFT_FLOOR = 16, 10.0, 0.01
+CHUNK_ROWS = 32  # positions per step of teacher_forced's float64 arithmetic
 TIE_MARGIN = 0.25  # logits: a greedy choice this close flips under any quantization (int8 SmolLM2: KL 3e-4 does)
 
 
@@ -40,20 +41,26 @@ def teacher_forced(reference_logprobs: np.ndarray, artifact_logits: np.ndarray, 
     """reference_logprobs, artifact_logits: [positions, vocab]; targets: [positions] (the true next tokens);
     reference_target_logprobs: the reference's exact log-probability of each target (perplexity), when stored;
     positions: each row's position in its window, to return KL per position ("kl_by_position": [[p, KL], ...])."""
-    p_log = reference_logprobs.astype(np.float64)
-    p_log = p_log - np.log(np.exp(p_log).sum(axis=-1, keepdims=True))  # stored as float16: renormalise
-    q_log = log_softmax(artifact_logits)
-    rows = np.arange(len(targets))
-    reference_nll = -(p_log[rows, targets] if reference_target_logprobs is None
-                      else reference_target_logprobs.astype(np.float64))
-    artifact_nll = -q_log[rows, targets]
-    kl = np.maximum((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), 0.0)
+    kl, reference_nll, artifact_nll, agree = (np.empty(len(targets)) for _ in range(4))
+    for start in range(0, len(targets), CHUNK_ROWS):  # float64 rows of a 262k vocabulary are 2 MB each
+        part = slice(start, start + CHUNK_ROWS)
+        p_log = reference_logprobs[part].astype(np.float64)
+        p_log -= np.log(np.exp(p_log).sum(axis=-1, keepdims=True))  # stored as float16: renormalise
+        q_log = log_softmax(artifact_logits[part])
+        rows, chosen = np.arange(len(p_log)), targets[part]
+        reference_nll[part] = -(p_log[rows, chosen] if reference_target_logprobs is None
+                                else reference_target_logprobs[part].astype(np.float64))
+        artifact_nll[part] = -q_log[rows, chosen]
+        kl[part] = np.maximum((np.exp(p_log) * (p_log - q_log)).sum(axis=-1), 0.0)
+        # the artifact's choice is one the reference ranks first at the precision it is stored in (float16: two
+        # tokens whose log-probabilities round alike are tied there, and argmax would pick one of them at random)
+        agree[part] = p_log[rows, q_log.argmax(-1)] == p_log.max(-1)
     reference_ppl, artifact_ppl = float(np.exp(reference_nll.mean())), float(np.exp(artifact_nll.mean()))
     figures = {
         "positions": int(len(targets)),
         "reference_ppl": reference_ppl, "artifact_ppl": artifact_ppl, "ppl_ratio": artifact_ppl / reference_ppl,
         "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
-        "top1_agreement": float((p_log.argmax(-1) == q_log.argmax(-1)).mean()),
+        "top1_agreement": float(agree.mean()),
     }
     if positions is not None:
         figures["kl_by_position"] = [[int(p), round(float(k), 6)] for p, k in zip(positions, kl, strict=True)]

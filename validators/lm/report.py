@@ -55,6 +55,15 @@ def _lines(report: dict) -> list[str]:
                   (log.get("diagnosis_seconds") or {}).items()]
         lines.append(f"export {log['export_seconds']} s before validation: {', '.join(steps)} (an artifact's "
                      "time includes its weight plan)")
+    if (log := report.get("export")) and (memory := log.get("memory")):
+        steps = ", ".join(f"{name} {mb / 1000:.2f}" for name, mb in memory["steps_mb"].items())
+        preflight = memory.get("preflight") or {}
+        estimate = (f"estimated before loading: {preflight['needed_gb']} GB, with {preflight['available_gb']} GB "
+                    f"available ({preflight['available_from']})" if preflight.get("checked") else
+                    f"not estimated before loading: {preflight.get('why', 'no preflight record')}")
+        lines.append(f"export peak memory {memory['peak_rss_mb'] / 1000:.2f} GB resident on this host ({estimate}); "
+                     f"per step (GB): {steps}" + ("" if memory["per_step"] else " (each the peak so far: the kernel "
+                                                                                "refused the per-step reset)"))
     if report.get("eager"):
         e = report["eager"]
         lines.append(f"eager PyTorch, {e['threads']} thread(s): {e['decode_tokens_per_s']} decode tok/s, "

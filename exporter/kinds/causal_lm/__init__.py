@@ -9,6 +9,13 @@ from typing import Any
 
 from targets.lm import LmTarget
 
+# What an export holds, measured here (exporter/memory.py's per-step peaks in export.json): the libraries of every
+# format (a tiny model's whole export peaks at 1.07 GB), bytes per parameter at the heaviest step (SmolLM2-135M),
+# and bytes per vocabulary entry per judged position (the reference's and the verdict's distributions)
+LIBRARIES_BYTES = 1.1e9
+BYTES_PER_PARAMETER = 16.0
+BYTES_PER_LOGIT = 16.0
+
 
 class CausalLmKind:
     name = LmTarget.kind
@@ -32,6 +39,19 @@ class CausalLmKind:
             lines.append(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}" + (f"; {settings}" if settings
                                                                                       else ""))
         return lines
+
+    def memory_need(self, spec: Any, target: LmTarget) -> tuple[int, str] | None:
+        from exporter.lm.source import source_size
+
+        size = isinstance(spec, str) and source_size(spec)
+        if not size:
+            return None
+        parameters, vocabulary = size
+        lm = target.lm
+        positions = lm.eval_windows * lm.window_length + lm.cache_length
+        need = LIBRARIES_BYTES + BYTES_PER_PARAMETER * parameters + BYTES_PER_LOGIT * vocabulary * positions
+        return int(need), (f"{parameters / 1e9:.2f}B parameters x {BYTES_PER_PARAMETER:g} bytes, a {vocabulary}-token "
+                           f"vocabulary at {positions} judged positions, and the formats' libraries")
 
     def prepare(self, options: Any, target: LmTarget, progress: Callable[[str], None]) -> Any:
         from exporter.kinds.causal_lm.export import LmExport

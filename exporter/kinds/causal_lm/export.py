@@ -16,6 +16,7 @@ import numpy as np
 
 from common.artifact_dir import REPRODUCIBLE
 from common.files import save_npz, sha256_file, size_bytes
+from exporter import memory
 from exporter.artifacts import provenance
 from exporter.diagnosis.search import fewest_kept
 from exporter.errors import UserInputError
@@ -578,10 +579,12 @@ class LmExport:
             for variant in target.variants:
                 progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
                 begun = time.perf_counter()
-                entry = builder.emit(variant, work / variant.filename)
+                with memory.step(variant.filename):
+                    entry = builder.emit(variant, work / variant.filename)
                 if variant.row.quantized:
                     diagnosed = time.perf_counter()
-                    entry = _diagnose(builder, variant, entry, self.reference, work)
+                    with memory.step(f"diagnosis of {variant.filename}"):
+                        entry = _diagnose(builder, variant, entry, self.reference, work)
                     diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
                 entries.append(entry)
                 seconds[entry["path"]] = round(time.perf_counter() - begun, 1)

@@ -1,0 +1,56 @@
+"""The export's own memory: each step's peak (not the largest so far), and the preflight that refuses, before the
+model is loaded, a language-model export estimated to need more than the memory it may use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporter import memory
+from tests.conftest import run_cli
+from tests.lm_models import causal_lm_folder
+
+MB = 1e6
+
+
+def test_each_step_reports_its_own_peak_and_an_outer_step_the_peaks_inside_it():
+    meter = memory.begin()
+    with memory.step("outer"):
+        with memory.step("large"):
+            block = np.ones(int(400 * MB) // 8)  # 400 MB written, so resident
+            del block
+        with memory.step("small"):
+            np.ones(1000)
+    record = meter.record()
+    steps = record["steps_mb"]
+    assert record["per_step"], "this Linux refused the per-step reset"
+    assert steps["large"] - steps["small"] >= 350, steps  # the small step does not inherit the large one's peak
+    assert steps["outer"] >= steps["large"] and record["peak_rss_mb"] >= steps["outer"]
+
+
+def test_the_memory_available_is_read_from_the_machine():
+    available, where = memory.available_bytes()
+    assert 100 * MB < available < 1 << 50 and ("MemAvailable" in where or "cgroup" in where)
+
+
+def test_an_export_estimated_above_its_memory_limit_is_refused_before_loading(tmp_path):
+    """The estimate is read from the source's tensor headers; nothing is loaded, traced or written."""
+    from exporter.kinds.causal_lm import KIND, LIBRARIES_BYTES
+    from targets import load_target
+
+    folder = causal_lm_folder("llama_gqa_tied", tmp_path / "model", steps=0)
+    needed, how = KIND.memory_need(str(folder), load_target("android-llm"))
+    assert LIBRARIES_BYTES < needed < LIBRARIES_BYTES + 200 * MB and "parameters" in how
+    done = run_cli("export", "--model", folder, "--target", "android-llm", "--out", tmp_path / "out",
+                   "--memory-limit", "0.5")
+    assert done.code == 2, done.stderr[-1500:]
+    assert f"needs about {needed / 1e9:.1f} GB of memory" in done.stderr and "--memory-limit leaves it 0.5 GB" in \
+        done.stderr, done.stderr[-800:]
+    assert "loading" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_source_of_unknown_size_is_not_estimated_and_says_so():
+    record = memory.preflight(None, 0.5, "demo:tinylm")
+    assert record["checked"] is False and "no estimate before loading" in record["why"]
+    with pytest.raises(Exception, match="needs about 2.0 GB"):
+        memory.preflight((2 * 10**9, "two"), 1.0, "model")
