@@ -9,13 +9,14 @@ from typing import Any
 
 from targets.lm import LmTarget
 
-# What an export holds, measured here (exporter/memory.py's per-step peaks in export.json): the libraries of every
-# format (a tiny model's whole export peaks at 1.07 GB), bytes per parameter at the heaviest step (SmolLM2-135M),
-# and bytes per vocabulary entry per judged position (the reference's and the verdict's distributions)
+# What an export holds at its heaviest step, measured here with exporter/memory.py's per-step peaks: the formats'
+# libraries (a tiny model's whole export peaks at 1.07 GB); resident bytes per parameter at each format's heaviest
+# step (ONNX: a Qwen2.5-0.5B-shaped model, 10.9 GB, and SmolLM2-135M; ExecuTorch and LiteRT: SmolLM2-135M's a8w4
+# variants, 5.4 and 6.2 GB, each step after the formats before it; Core ML not measured at this size, taken as
+# LiteRT's); and the reference's and the verdict's distributions, bytes per vocabulary entry per judged position
 LIBRARIES_BYTES = 1.1e9
-BYTES_PER_PARAMETER = 16.0
-BYTES_PER_LOGIT = 16.0
-
+BYTES_PER_PARAMETER = {"onnx": 18.0, "executorch": 30.0, "tflite": 36.0, "coreml": 36.0}
+BYTES_PER_LOGIT = 8.0
 
 class CausalLmKind:
     name = LmTarget.kind
@@ -49,9 +50,11 @@ class CausalLmKind:
         parameters, vocabulary = size
         lm = target.lm
         positions = lm.eval_windows * lm.window_length + lm.cache_length
-        need = LIBRARIES_BYTES + BYTES_PER_PARAMETER * parameters + BYTES_PER_LOGIT * vocabulary * positions
-        return int(need), (f"{parameters / 1e9:.2f}B parameters x {BYTES_PER_PARAMETER:g} bytes, a {vocabulary}-token "
-                           f"vocabulary at {positions} judged positions, and the formats' libraries")
+        heaviest = max(target.formats, key=BYTES_PER_PARAMETER.__getitem__)
+        per_parameter = BYTES_PER_PARAMETER[heaviest]
+        need = LIBRARIES_BYTES + per_parameter * parameters + BYTES_PER_LOGIT * vocabulary * positions
+        return int(need), (f"{parameters / 1e9:.2f}B parameters x {per_parameter:g} bytes at the {heaviest} step, a "
+                           f"{vocabulary}-token vocabulary at {positions} judged positions, and the formats' libraries")
 
     def prepare(self, options: Any, target: LmTarget, progress: Callable[[str], None]) -> Any:
         from exporter.kinds.causal_lm.export import LmExport
