@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from exporter.errors import UserInputError
 
@@ -91,17 +92,6 @@ def step(name: str) -> contextlib.AbstractContextManager[None]:
     return _meter.step(name)
 
 
-def give_back() -> None:
-    """Collect what is unreachable and return freed heap pages to the system (glibc keeps them otherwise, and the
-    resident set then shows memory no longer used)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def available_bytes() -> tuple[int, str]:
     """What an export may use here: the kernel's estimate of memory available without swapping, or the cgroup's
     limit when that is lower; with where the figure came from."""
@@ -118,17 +108,29 @@ def available_bytes() -> tuple[int, str]:
     return min(figures) if figures else (1 << 62, "unknown (no /proc/meminfo)")
 
 
-def preflight(need: tuple[int, str] | None, limit_gb: float | None, spec: object) -> dict:
-    """Refuse, before the model is loaded, an export whose estimated need is above the memory it may use (the
-    --memory-limit given, or what this machine has available). Returns export.json's memory.preflight record."""
+class Need(NamedTuple):
+    """What an export is estimated to need, before its model is loaded."""
+
+    at_least: int  # bytes: the estimate at the most favourable error measured; above the memory, it is refused
+    about: int  # bytes: the estimate
+    how: str  # how it was estimated, for the message and the report
+
+
+def preflight(need: Need | None, limit_gb: float | None, spec: object, progress: Callable[[str], None]) -> dict:
+    """Refuse, before the model is loaded, an export that needs at least more than the memory it may use (the
+    --memory-limit given, or what this machine has available); say so where only the estimate is above it. Returns
+    export.json's memory.preflight record."""
     available, where = (int(limit_gb * GB), "--memory-limit") if limit_gb else available_bytes()
     record = {"available_gb": round(available / GB, 2), "available_from": where}
     if need is None:
         return record | {"checked": False, "why": "this source's size is only known once it is built (demo, "
                                                   "factory or a tensor model): no estimate before loading"}
-    needed, how = need
-    if needed > available:
-        raise UserInputError(f"{spec}: this export needs about {needed / GB:.1f} GB of memory ({how}), and "
-                             f"{where} leaves it {available / GB:.1f} GB: export on a machine with more memory, or "
-                             "pass --memory-limit GB if more will be free when it runs")
-    return record | {"checked": True, "needed_gb": round(needed / GB, 2), "estimate": how}
+    figures = f"at least {need.at_least / GB:.1f} GB, about {need.about / GB:.1f} GB: {need.how}"
+    if need.at_least > available:
+        raise UserInputError(f"{spec}: this export needs {figures}; {where} leaves it {available / GB:.1f} GB: "
+                             "export on a machine with more memory, or pass --memory-limit GB if more will be free "
+                             "when it runs")
+    if need.about > available:
+        progress(f"memory: this export may not fit ({figures}; {available / GB:.1f} GB available, {where}); going on")
+    return record | {"checked": True, "needed_gb": round(need.about / GB, 2),
+                     "at_least_gb": round(need.at_least / GB, 2), "estimate": need.how}

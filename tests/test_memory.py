@@ -39,18 +39,21 @@ def test_an_export_estimated_above_its_memory_limit_is_refused_before_loading(tm
     from targets import load_target
 
     folder = causal_lm_folder("llama_gqa_tied", tmp_path / "model", steps=0)
-    needed, how = KIND.memory_need(str(folder), load_target("android-llm"))
-    assert LIBRARIES_BYTES < needed < LIBRARIES_BYTES + 200 * MB and "parameters" in how
+    need = KIND.memory_need(str(folder), load_target("android-llm"))
+    assert LIBRARIES_BYTES < need.at_least < need.about < LIBRARIES_BYTES + 200 * MB and "6 variants" in need.how
     done = run_cli("export", "--model", folder, "--target", "android-llm", "--out", tmp_path / "out",
                    "--memory-limit", "0.5")
     assert done.code == 2, done.stderr[-1500:]
-    assert f"needs about {needed / 1e9:.1f} GB of memory" in done.stderr and "--memory-limit leaves it 0.5 GB" in \
-        done.stderr, done.stderr[-800:]
+    assert f"needs at least {need.at_least / 1e9:.1f} GB, about" in done.stderr and \
+        "--memory-limit leaves it 0.5 GB" in done.stderr, done.stderr[-800:]
     assert "loading" not in done.stderr and not (tmp_path / "out").exists()
 
 
-def test_a_source_of_unknown_size_is_not_estimated_and_says_so():
-    record = memory.preflight(None, 0.5, "demo:tinylm")
-    assert record["checked"] is False and "no estimate before loading" in record["why"]
-    with pytest.raises(Exception, match="needs about 2.0 GB"):
-        memory.preflight((2 * 10**9, "two"), 1.0, "model")
+def test_a_source_of_unknown_size_is_not_estimated_and_one_that_may_not_fit_goes_on_saying_so():
+    said = []
+    record = memory.preflight(None, 0.5, "demo:tinylm", said.append)
+    assert record["checked"] is False and "no estimate before loading" in record["why"] and not said
+    with pytest.raises(Exception, match="needs at least 1.5 GB, about 2.0 GB"):
+        memory.preflight(memory.Need(15 * 10**8, 2 * 10**9, "two"), 1.0, "model", said.append)
+    record = memory.preflight(memory.Need(8 * 10**8, 2 * 10**9, "two"), 1.0, "model", said.append)
+    assert record["checked"] and record["at_least_gb"] == 0.8 and len(said) == 1 and "may not fit" in said[0]

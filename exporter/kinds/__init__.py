@@ -53,9 +53,9 @@ class ModelKind(Protocol):
     def describe(self, target: Any) -> list[str]:
         """`edgeport targets`: the lines under the target's name."""
 
-    def memory_need(self, spec: Any, target: Any) -> tuple[int, str] | None:
-        """The bytes the export of `spec` to `target` is estimated to need, and how that was estimated; read before
-        the model is loaded (None: no estimate for this source)."""
+    def memory_need(self, spec: Any, target: Any) -> Any:
+        """What the export of `spec` to `target` is estimated to need (exporter/memory.Need), read before the model
+        is loaded; None: no estimate for this source."""
 
     def prepare(self, options: Any, target: Any, progress: Callable[[str], None]) -> Export:
         """Load the model, read the data, check the formats and compute the reference; nothing written yet

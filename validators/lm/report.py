@@ -58,8 +58,9 @@ def _lines(report: dict) -> list[str]:
     if (log := report.get("export")) and (memory := log.get("memory")):
         steps = ", ".join(f"{name} {mb / 1000:.2f}" for name, mb in memory["steps_mb"].items())
         preflight = memory.get("preflight") or {}
-        estimate = (f"estimated before loading: {preflight['needed_gb']} GB, with {preflight['available_gb']} GB "
-                    f"available ({preflight['available_from']})" if preflight.get("checked") else
+        estimate = (f"estimated before loading: about {preflight['needed_gb']} GB, at least "
+                    f"{preflight['at_least_gb']} GB, with {preflight['available_gb']} GB available "
+                    f"({preflight['available_from']})" if preflight.get("checked") else
                     f"not estimated before loading: {preflight.get('why', 'no preflight record')}")
         lines.append(f"export peak memory {memory['peak_rss_mb'] / 1000:.2f} GB resident on this host ({estimate}); "
                      f"per step (GB): {steps}" + ("" if memory["per_step"] else " (each the peak so far: the kernel "

@@ -370,15 +370,6 @@ class VariantBuilder:
             total["recovery"] = sum(recovered)
         return {step: round(seconds, 1) for step, seconds in total.items()}
 
-    def release(self, remaining: list[LmVariant]) -> None:
-        """Drop the lowerings no remaining variant's format needs and hand the freed memory back to the system, so
-        the export holds one format's state at a time (SmolLM2-135M's android-llm export grew to 12.4 GB holding
-        every format's)."""
-        formats = {variant.format for variant in remaining}
-        for key in [key for key in self.lowered if key[0] not in formats]:
-            del self.lowered[key]
-        memory.give_back()
-
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = _lm_backend(variant.format)
         lm, plan, transforms = self.source(variant)
@@ -597,7 +588,6 @@ class LmExport:
                     diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
                 entries.append(entry)
                 seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
-                builder.release(target.variants[len(entries):])
         lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)
         save_npz(work / REFERENCE, self.reference)
         section = {"prompts": settings.prompts or list(lm.prompts), "chat_template": lm.chat,
