@@ -44,7 +44,8 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
             raise UserInputError(f"{flag} {path} does not exist; pass {kind.data_files}")
     if options.model is None:
         options.model = kind.default_model
-    preflight = memory.preflight(kind.memory_need(options.model, target), options.memory_limit, options.model,
+    estimate = getattr(kind, "memory_need", None)  # optional: a kind from outside may have no estimate
+    preflight = memory.preflight(estimate and estimate(options.model, target), options.memory_limit, options.model,
                                  progress)
     with memory.step("load and reference"):
         export = kind_of_source(options.model, kind).prepare(options, target, progress)

@@ -55,7 +55,7 @@ class ModelKind(Protocol):
 
     def memory_need(self, spec: Any, target: Any) -> Any:
         """What the export of `spec` to `target` is estimated to need (exporter/memory.Need), read before the model
-        is loaded; None: no estimate for this source."""
+        is loaded; None: no estimate for this source. Optional: a kind without it is not estimated."""
 
     def prepare(self, options: Any, target: Any, progress: Callable[[str], None]) -> Export:
         """Load the model, read the data, check the formats and compute the reference; nothing written yet
