@@ -26,9 +26,6 @@ class TensorKind:
             lines.append(f"  {v.format:5} {v.precision:13} {v.filename:22} {limits}")
         return lines
 
-    def memory_need(self, spec: Any, target: Any) -> None:
-        return None  # image, audio and text encoders here are far below any machine's memory; not estimated
-
     def prepare(self, options: Any, target: Any, progress: Callable[[str], None]) -> Any:
         from exporter.kinds.tensor.export import TensorExport
 
