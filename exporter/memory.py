@@ -7,7 +7,10 @@ sandbox) the figures are the running peak, and the record says so."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import resource
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -90,6 +93,23 @@ def begin() -> StepMemory:
 def step(name: str) -> contextlib.AbstractContextManager[None]:
     """Measure the peak RSS of what runs inside, under `name`, in the current export's meter."""
     return _meter.step(name)
+
+
+def hand_back() -> None:
+    """Free what the libraries keep between lowerings and return freed heap to the system. torch's fake-tensor
+    dispatch cache (one dict for the process) and ExecuTorch's unbounded lru_cache of node comparisons hold, in
+    their keys, the graphs they saw, ExecuTorch's lowered delegates among them with their programs' weights: every
+    .pte variant stayed alive to the end of the export."""
+    if "torch" in sys.modules:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        FakeTensorMode.cache_clear()
+    if backend_utils := sys.modules.get("executorch.exir.backend.utils"):
+        with contextlib.suppress(AttributeError):
+            backend_utils.is_same_node.cache_clear()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed arenas otherwise
 
 
 def available_bytes() -> tuple[int, str]:

@@ -57,3 +57,39 @@ def test_a_source_of_unknown_size_is_not_estimated_and_one_that_may_not_fit_goes
         memory.preflight(memory.Need(15 * 10**8, 2 * 10**9, "two"), 1.0, "model", said.append)
     record = memory.preflight(memory.Need(8 * 10**8, 2 * 10**9, "two"), 1.0, "model", said.append)
     assert record["checked"] and record["at_least_gb"] == 0.8 and len(said) == 1 and "may not fit" in said[0]
+
+
+def _alive(kind: type) -> int:
+    import gc
+
+    gc.collect()
+    return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
+def test_hand_back_frees_the_lowered_programs_torchs_fake_tensor_cache_keeps(tmp_path):
+    """torch's fake-tensor dispatch cache holds, in its keys, ExecuTorch's lowered delegates with their weights:
+    without hand_back every .pte variant of an export stays alive to its end."""
+    import torch
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    from exporter.formats.executorch.backend import lower_methods
+
+    memory.hand_back()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    example = (torch.randn(2, 64),)
+    lower_methods({"forward": torch.export.export(model, example, strict=False)}, tmp_path / "m.pte")
+    assert _alive(LoweredBackendModule) >= 1  # nothing of ours refers to it any more: the cache does
+    memory.hand_back()
+    assert _alive(LoweredBackendModule) == 0
+
+
+def test_a_transformed_copy_is_released_after_the_last_variant_that_reads_it():
+    """android-llm: the float model's plans after the .tflite a8w4 (index 4); the smoothed copy after the .pte a8w8
+    (index 3), where the rotated copy is made from it; the rotated copy after the last variant."""
+    from exporter.kinds.causal_lm.export import _last_readers
+    from targets import load_target
+
+    variants = load_target("android-llm").variants
+    assert [(v.settings.smoothing, v.settings.rotation) for v in variants] == [
+        (0.0, 0), (0.6, 0), (0.0, 0), (0.6, 128), (0.0, 0), (0.6, 128)]
+    assert _last_readers(variants) == {(0.0, 0): 4, (0.6, 0): 3, (0.6, 128): 5}

@@ -41,7 +41,9 @@ def blame_linears(model: Any, paths: list[str], plan_of: Callable[[str], Quantiz
     for index, path in enumerate(paths):
         linear = modules[path]
         planned = plan_of(path)  # before the swap: the plan reads the float weight
-        original = linear.weight.data.clone()
+        # the float tensor itself, put back as it was: a lowering that traced the model may hold it too, and a
+        # clone put back in its place would leave two copies of every linear alive
+        original = linear.weight.data
         with torch.no_grad():
             linear.weight.data = planned.dequantize().to(original.dtype)
         try:

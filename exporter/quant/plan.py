@@ -327,7 +327,8 @@ class Hessians:
 
     def __init__(self, model: Any, paths: Iterable[str]) -> None:
         self.model, self.paths = model, list(paths)
-        self.products: dict[str, Any] = {}  # first reader's path -> X^T X (float64)
+        # first reader's path -> X^T X, float32: half of float64's bytes, and GPTQ works on it in float64
+        self.products: dict[str, Any] = {}
         self.reader_of: dict[str, str] = {}  # path -> the path whose product it shares
         self.tokens = 0
 
@@ -352,9 +353,11 @@ class Hessians:
                 first_reader[key] = (path, x)
                 self.reader_of[path] = path
                 rotation = getattr(_module, "rotation", None)  # a RotatedLinear's weight reads x rotated (rotate.py)
-                flat = (x if rotation is None else rotation(x)).reshape(-1, x.shape[-1]).double()
-                product = flat.T @ flat
-                self.products[path] = self.products[path] + product if path in self.products else product
+                flat = (x if rotation is None else rotation(x)).reshape(-1, x.shape[-1]).float()
+                if path in self.products:
+                    self.products[path].addmm_(flat.T, flat)
+                else:
+                    self.products[path] = flat.T @ flat
             return record
 
         handles = [modules[p].register_forward_hook(hook(p)) for p in self.paths]

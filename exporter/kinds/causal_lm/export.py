@@ -309,6 +309,8 @@ class VariantBuilder:
     def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress,
                  calibration: list[Any] | None = None) -> None:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
+        self.last_reader = _last_readers(target.variants)
+        self.released_seconds: dict[str, float] = {}  # plan steps of the planners already released
         self.calibration = calibration or []
         self.lowered: dict[tuple[str, int], Any] = {}
         self.trace_seconds = 0.0
@@ -360,15 +362,36 @@ class VariantBuilder:
         return self.transformed[(alpha, rotation)]
 
     def plan_seconds(self) -> dict[str, float]:
-        """Seconds of each weight-plan step (calibration, gptq, rtn, smoothing, rotation) over every planner."""
-        total: dict[str, float] = {}
+        """Seconds of each weight-plan step (calibration, gptq, rtn, recovery, smoothing, rotation) over every
+        planner, released ones included."""
+        total = dict(self.released_seconds)
         for plan in {id(p): p for _, p, _ in self.transformed.values()}.values():
-            for step, seconds in plan.seconds.items():
-                total[step] = total.get(step, 0.0) + seconds
-        total.update(self.transform_seconds)
-        if recovered := [r["seconds"] for p in self.recovered.values() for r in p.records.values()]:
-            total["recovery"] = sum(recovered)
-        return {step: round(seconds, 1) for step, seconds in total.items()}
+            _add_seconds(total, plan.seconds)
+        for recovered in self.recovered.values():
+            _add_seconds(total, {"recovery": sum(r["seconds"] for r in recovered.records.values())})
+        _add_seconds(total, self.transform_seconds)
+        return {step: round(seconds, 1) for step, seconds in total.items() if seconds}
+
+    def release(self, index: int) -> None:
+        """Free what no variant after the `index`-th reads: a transformed copy of the model with its planner
+        (plans, calibration Hessians), recoveries and lowerings; the float model's plans and Hessians (the model
+        itself stays: the report's tie paths read it). Memory then follows the variants still to come, not all
+        of them (SmolLM2-135M to android-llm held two model copies, three planners' plans and two sets of
+        Hessians to its last variant)."""
+        for key in [key for key, last in self.last_reader.items() if last == index and key in self.transformed]:
+            lm, plan, records = self.transformed[key]
+            _add_seconds(self.released_seconds, plan.seconds)
+            for recovery in [r for r in self.recovered if r[0] == id(plan)]:
+                _add_seconds(self.released_seconds, {"recovery": sum(
+                    r["seconds"] for r in self.recovered.pop(recovery).records.values())})
+            if lm is self.lm:  # the float model: a fresh planner, should anything ask it again
+                self.plan = Planner(lm.model, lambda: self.calibration, self.progress)
+                self.transformed[key] = (lm, self.plan, records)
+            else:
+                del self.transformed[key]
+                for lowering in [k for k in self.lowered if k[1] == id(lm.model)]:
+                    del self.lowered[lowering]
+        memory.hand_back()
 
     def emit(self, variant: LmVariant, out: Path, kept: dict[str, int | None] | None = None) -> dict:
         backend = _lm_backend(variant.format)
@@ -406,6 +429,23 @@ class VariantBuilder:
                 "bytes": sum(f["bytes"] for f in files), "sha256": files[0]["sha256"], "cache": emitted.cache,
                 "built_by": emitted.built_by, "why": emitted.why, "quantization": emitted.quantization,
                 "budget": variant.budget.limits(), "reproducible": REPRODUCIBLE}
+
+
+def _last_readers(variants: list[LmVariant]) -> dict[tuple[float, int], int]:
+    """(smoothing alpha, rotation block) -> the index of the last variant that reads that copy of the model; a
+    smoothed copy is also read where the first rotation made from it is."""
+    last: dict[tuple[float, int], int] = {}
+    for index, variant in enumerate(variants):
+        key = (variant.settings.smoothing, variant.settings.rotation)
+        if key[1] and key not in last:
+            last[(key[0], 0)] = index
+        last[key] = index
+    return last
+
+
+def _add_seconds(total: dict[str, float], seconds: dict[str, float]) -> None:
+    for step, value in seconds.items():
+        total[step] = total.get(step, 0.0) + value
 
 
 def _diagnose(builder: VariantBuilder, variant: LmVariant, entry: dict, reference: dict, work: Path) -> dict:
@@ -576,7 +616,7 @@ class LmExport:
                      f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
             builder = VariantBuilder(lm, target, Path(scratch), progress, self.calibration)
             entries, seconds, diagnosis_seconds = [], {}, {}
-            for variant in target.variants:
+            for index, variant in enumerate(target.variants):
                 progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
                 begun = time.perf_counter()
                 with memory.step(variant.filename):
@@ -586,6 +626,7 @@ class LmExport:
                     with memory.step(f"diagnosis of {variant.filename}"):
                         entry = _diagnose(builder, variant, entry, self.reference, work)
                     diagnosis_seconds[entry["path"]] = round(time.perf_counter() - diagnosed, 1)
+                builder.release(index)
                 entries.append(entry)
                 seconds[entry["path"]] = round(time.perf_counter() - begun, 1)
         lm.tokenizer.save_pretrained(work / TOKENIZER_DIR)

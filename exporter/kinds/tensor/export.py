@@ -13,6 +13,7 @@ from typing import Any
 
 from common.artifact_dir import Reference
 from common.files import sha256_file, size_bytes
+from exporter import memory
 from exporter.artifacts import ArtifactRecord, provenance
 from exporter.costs import op_costs
 from exporter.data import Dataset, dataset_from_arrays, load_dataset, synthetic_dataset
@@ -162,6 +163,7 @@ class TensorExport:
         for fmt in target.formats:
             progress(f"[4/5] converting to {fmt}")
             records += _emit_format(backend(fmt), traced, target, calib_inputs, self.reference, work, progress)
+            memory.hand_back()  # the format's lowering, and what the libraries cached of it
         sections = {
             "trace": {"method": traced.method, "dynamic_batch": traced.dynamic_batch, "batch": traced.batch,
                       "notes": traced.notes},
