@@ -66,6 +66,7 @@ def export_figures(size: str, target: str, out: Path) -> dict:
             "ru_maxrss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
             "peak_rss_gb": round(report["export"]["memory"]["peak_rss_mb"] / 1000, 2),
             "export_seconds": export["export_seconds"], "artifact_seconds": export["artifact_seconds"],
+            "weight_plan_seconds": export.get("weight_plan_seconds"),
             "memory": export["memory"],
             "artifacts": {a["path"]: {"bytes": a["bytes"], "passed": a["budget"]["passed"]}
                           for a in report["artifacts"]},

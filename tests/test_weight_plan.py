@@ -221,6 +221,63 @@ def test_asymmetric_blocks_run_on_xnnpacks_symmetric_int4_with_the_plans_codes(t
     assert float((got - eager).abs().max() / expected.abs().max()) < 5e-3  # XNNPACK rounds block scales to bfloat16
 
 
+def test_plans_made_a_slice_of_rows_at_a_time_are_the_whole_weights_plans(monkeypatch):
+    """round_to_nearest and source_grid work on slices of rows (a large output head's temporaries): the same
+    codes as the whole weight's, and a grid missed by one slice (here the last) is missed by the weight."""
+    from exporter.quant import plan as plan_module
+
+    weight, _ = _layer(3)
+    scheme = Scheme(4, 32, False, True)
+    on_grid = round_to_nearest(weight, scheme).dequantize()
+    wholes = round_to_nearest(weight, scheme), source_grid(on_grid, scheme)
+    off_at_the_end = on_grid.clone()
+    off_at_the_end[-1, 5] += 0.1 * float(wholes[1].scales[-1, 0])
+    assert source_grid(off_at_the_end, scheme) is None
+    monkeypatch.setattr(plan_module, "PLAN_SLICE_WEIGHTS", 5 * 128)  # 10 slices of at most 5 rows
+    for whole, sliced in zip(wholes, (round_to_nearest(weight, scheme), source_grid(on_grid, scheme)), strict=True):
+        assert sliced.method == whole.method
+        for name in ("codes", "scales", "zero_points"):
+            assert torch.equal(getattr(sliced, name), getattr(whole, name)), name
+    assert source_grid(off_at_the_end, scheme) is None and source_grid(weight, scheme) is None
+
+
+def test_hessians_gathered_a_group_at_a_time_give_the_plans_of_one_pass_and_stop_the_forward_early():
+    """GPTQ's Hessians for a model too big to hold them all: groups of consecutive linears, one calibration pass
+    each that ends after the group's last linear, and plans identical to those of one pass over every linear."""
+    from exporter.kinds.causal_lm.export import _calibration_batches
+    from exporter.lm.corpus import stdlib_text
+    from exporter.lm.source import load_causal_lm
+    from exporter.quant import plan as plan_module
+    from targets.lm import LmSettings
+
+    lm = load_causal_lm("demo:tinylm")
+    batches = _calibration_batches(lm, stdlib_text("train"), LmSettings(window_length=32, calibration_windows=8))
+    scheme = Scheme(4, 32, False)
+    one_pass = plan_module.Planner(lm.model, lambda: batches, lambda _: None)
+    paths = [path for group in plan_module.hessian_groups(lm.model) for path in group]
+    assert len(plan_module.hessian_groups(lm.model)) == 1 and len(paths) == len(set(paths)) > 8
+    expected = {path: one_pass.weight(path, scheme, "gptq") for path in paths}
+
+    # a budget of two 192-wide products: q/k/v and o of a layer apart, gate/up apart from down (4 x 768 wide)
+    budget = 2 * 4 * 192 ** 2
+    groups = plan_module.hessian_groups(lm.model, budget)
+    assert [p for g in groups for p in g] == paths and len(groups) > len(paths) // 3
+    layers_run = []
+    hooks = [layer.register_forward_pre_hook(lambda module, _args: layers_run.append(module))
+             for layer in lm.model.model.layers]
+    grouped = plan_module.Planner(lm.model, lambda: batches, lambda _: None, hessian_bytes=budget)
+    first = grouped.weight(paths[0], scheme, "gptq")
+    for hook in hooks:
+        hook.remove()
+    assert layers_run == [lm.model.model.layers[0]] * len(batches)  # the first group's pass ended in layer 0
+    assert len(grouped.hessians.products) <= 2
+    for path in paths:
+        got = grouped.weight(path, scheme, "gptq")
+        assert torch.equal(got.codes, expected[path].codes) and torch.equal(got.scales, expected[path].scales)
+    assert first is grouped.plans[(paths[0], scheme, "gptq")]
+    assert grouped.hessians.paths == groups[-1]  # one group held at a time
+
+
 def test_blame_replaces_each_linear_by_the_plan_the_artifact_writes():
     """Blame costs each linear its own plan: a weight already on the scheme's grid (a quantized source's) keeps its
     codes and costs nothing; round to nearest of the others costs KL."""

@@ -24,6 +24,7 @@ inputs, in act-order (largest Hessian diagonal first), with the block scales fix
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,11 @@ METHODS = ("rtn", "gptq")
 ON_GRID = 1e-3  # of a step: how far a weight may sit from its block's grid and still count as on it
 GPTQ_DAMPING = 0.01  # of the Hessian's mean diagonal, added before the Cholesky factorization
 GPTQ_COLUMNS = 128  # columns updated together (the lazy batch update of the paper)
+# X^T X held at once: the linears are gathered in groups of at most this many bytes, one calibration pass
+# each that stops after the group's last linear (a Qwen2.5-1.5B-shaped model's down projections alone are
+# 28 x 321 MB); a model whose Hessians fit is gathered in one pass
+HESSIAN_GROUP_BYTES = 1 << 30
+PLAN_SLICE_WEIGHTS = 1 << 22  # weights a row-wise plan works on at once (_by_rows)
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,38 @@ def block_parameters(weight: Any, scheme: Scheme) -> tuple[Any, Any]:
 
 
 def source_grid(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
+    """The weight's own block grid in `scheme` where every block is on one (_source_grid_rows), else None;
+    checked a slice of rows at a time, so that a float weight is turned down at its first slice."""
+    return _by_rows(_source_grid_rows, weight, scheme)
+
+
+def round_to_nearest(weight: Any, scheme: Scheme) -> QuantizedWeight:
+    """Each block's codes by round-to-nearest over its range (block_parameters), a slice of rows at a time."""
+    return _by_rows(_round_to_nearest_rows, weight, scheme)
+
+
+def _by_rows(plan_rows: Callable[[Any, Scheme], QuantizedWeight | None], weight: Any,
+             scheme: Scheme) -> QuantizedWeight | None:
+    """A plan made of row-independent blocks, made PLAN_SLICE_WEIGHTS at a time: a 151936 x 896 output head's
+    float temporaries (sorted blocks, codes, errors: several times the weight) stay a slice's, not the whole's.
+    None as soon as a slice has none."""
+    import torch
+
+    rows, columns = weight.shape
+    step = max(1, PLAN_SLICE_WEIGHTS // columns)
+    parts = []
+    for start in range(0, rows, step):
+        part = plan_rows(weight[start:start + step], scheme)
+        if part is None:
+            return None
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    return QuantizedWeight(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]),
+                           torch.cat([p.zero_points for p in parts]), scheme, parts[0].method)
+
+
+def _source_grid_rows(weight: Any, scheme: Scheme) -> QuantizedWeight | None:
     """The weight's own block grid in `scheme`, when every block is on one the scheme holds, else None.
 
     Each block is tried against the grids of llama.cpp's block types, as their quantizers lay them out: its
@@ -264,7 +302,7 @@ def _codes(values: Any, scales: Any, zero_points: Any, bits: int) -> Any:
     return torch.round(values / scales + zero_points).clamp(0, 2 ** bits - 1)
 
 
-def round_to_nearest(weight: Any, scheme: Scheme) -> QuantizedWeight:
+def _round_to_nearest_rows(weight: Any, scheme: Scheme) -> QuantizedWeight:
     import torch
 
     scales, zero_points = block_parameters(weight, scheme)
@@ -321,9 +359,14 @@ def _upper_inverse_cholesky(h: Any, damping: float) -> Any:
     raise RuntimeError("GPTQ: the calibration Hessian is not positive definite even with 10^5 x damping")
 
 
+class _GroupGathered(Exception):
+    """Raised by the last hook of a group to end the calibration forward pass early."""
+
+
 class Hessians:
-    """X^T X of every named linear's inputs over calibration batches, gathered with forward hooks in one pass;
-    linears that read the same tensor (q/k/v, gate/up) share one product."""
+    """X^T X of the inputs of a group of named linears over calibration batches, gathered with forward hooks in
+    one pass that ends once every linear of the group has read its input; linears that read the same tensor
+    (q/k/v, gate/up) share one product."""
 
     def __init__(self, model: Any, paths: Iterable[str]) -> None:
         self.model, self.paths = model, list(paths)
@@ -331,6 +374,9 @@ class Hessians:
         self.products: dict[str, Any] = {}
         self.reader_of: dict[str, str] = {}  # path -> the path whose product it shares
         self.tokens = 0
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.paths
 
     def __getitem__(self, path: str) -> Any:
         return self.products[self.reader_of[path]]
@@ -342,22 +388,26 @@ class Hessians:
         # this batch: input tensor -> (the first linear that read it, the tensor: held, so that no later tensor
         # of the same forward pass takes its address)
         first_reader: dict[tuple, tuple[str, Any]] = {}
+        read: set[str] = set()  # the group's linears that have read their input in this batch
 
         def hook(path: str) -> Callable:
             def record(_module: Any, inputs: tuple, _output: Any) -> None:
+                read.add(path)
                 x = inputs[0].detach()
                 key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
                 if key in first_reader:
                     self.reader_of[path] = first_reader[key][0]
-                    return
-                first_reader[key] = (path, x)
-                self.reader_of[path] = path
-                rotation = getattr(_module, "rotation", None)  # a RotatedLinear's weight reads x rotated (rotate.py)
-                flat = (x if rotation is None else rotation(x)).reshape(-1, x.shape[-1]).float()
-                if path in self.products:
-                    self.products[path].addmm_(flat.T, flat)
                 else:
-                    self.products[path] = flat.T @ flat
+                    first_reader[key] = (path, x)
+                    self.reader_of[path] = path
+                    rotation = getattr(_module, "rotation", None)  # a RotatedLinear's weight reads x rotated
+                    flat = (x if rotation is None else rotation(x)).reshape(-1, x.shape[-1]).float()
+                    if path in self.products:
+                        self.products[path].addmm_(flat.T, flat)
+                    else:
+                        self.products[path] = flat.T @ flat
+                if len(read) == len(self.paths):
+                    raise _GroupGathered
             return record
 
         handles = [modules[p].register_forward_hook(hook(p)) for p in self.paths]
@@ -365,25 +415,52 @@ class Hessians:
             with torch.no_grad():
                 for index, batch in enumerate(batches):
                     first_reader.clear()
-                    self.model(input_ids=batch)
+                    read.clear()
+                    with contextlib.suppress(_GroupGathered):
+                        self.model(input_ids=batch)
                     self.tokens += batch.numel()
                     if (index + 1) % max(1, len(batches) // 4) == 0 or index + 1 == len(batches):
                         progress(f"calibration: batch {index + 1}/{len(batches)}, {self.tokens} tokens")
         finally:
+            first_reader.clear()
             for handle in handles:
                 handle.remove()
+
+
+def hessian_groups(model: Any, budget: int = HESSIAN_GROUP_BYTES) -> list[list[str]]:
+    """The model's linears in module order, cut into consecutive groups whose X^T X (float32, in_features^2
+    bytes each, a product shared by q/k/v counted for each: an upper bound) stay within `budget` bytes; a linear
+    larger than the budget is a group of its own."""
+    import torch
+
+    groups: list[list[str]] = [[]]
+    held = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        size = 4 * module.in_features ** 2
+        if groups[-1] and held + size > budget:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return [group for group in groups if group]
 
 
 class Planner:
     """Each linear's plan for a (scheme, method), computed once per export and shared by every format that
     writes it: the weight's own grid when it is on one the scheme holds (source_grid), else the method's codes;
-    GPTQ's Hessians are gathered on the first GPTQ plan that needs them, over every linear at once."""
+    GPTQ's Hessians are gathered on the first GPTQ plan that needs them, one group of linears at a time
+    (hessian_groups): the group of the linear asked for replaces the one held."""
 
-    def __init__(self, model: Any, calibration: Callable[[], list[Any]], progress: Callable[[str], None]) -> None:
+    def __init__(self, model: Any, calibration: Callable[[], list[Any]], progress: Callable[[str], None],
+                 hessian_bytes: int = HESSIAN_GROUP_BYTES) -> None:
         self.model, self.calibration, self.progress = model, calibration, progress
+        self.hessian_bytes = hessian_bytes
         self.plans: dict[tuple[str, Scheme, str], QuantizedWeight] = {}
         self.modules = dict(model.named_modules())
-        self.hessians: Hessians | None = None
+        self.hessians: Hessians | None = None  # the group held
+        self.groups: list[list[str]] | None = None
         self.seconds: dict[str, float] = {}  # step -> seconds (calibration, gptq, rtn)
 
     def weight(self, path: str, scheme: Scheme, method: str) -> QuantizedWeight:
@@ -392,33 +469,38 @@ class Planner:
         key = (path, scheme, method)
         if key not in self.plans:
             weight = self.modules[path].weight.detach()
-            begun = time.perf_counter()
+            begun, calibrated = time.perf_counter(), self.seconds.get("calibration", 0.0)
             if (own := source_grid(weight, scheme)) is not None:
                 self.plans[key] = own
             elif method == "gptq":
-                self.plans[key] = gptq(weight, self._hessians()[path], scheme)
+                self.plans[key] = gptq(weight, self._hessians(path)[path], scheme)
             elif method == "rtn":
                 self.plans[key] = round_to_nearest(weight, scheme)
             else:
                 raise ValueError(f"no PyTorch plan for method {method!r}; choose one of {', '.join(METHODS)}")
             done = self.plans[key].method  # "source" where the weight kept its own grid
-            self.seconds[done] = self.seconds.get(done, 0.0) + time.perf_counter() - begun
+            took = time.perf_counter() - begun - (self.seconds.get("calibration", 0.0) - calibrated)
+            self.seconds[done] = self.seconds.get(done, 0.0) + took  # the calibration a plan waited for apart
         return self.plans[key]
 
-    def _hessians(self) -> Hessians:
+    def _hessians(self, path: str) -> Hessians:
         import time
 
-        import torch
-
-        if self.hessians is None:
-            begun = time.perf_counter()
-            paths = [name for name, module in self.model.named_modules() if isinstance(module, torch.nn.Linear)]
-            batches = self.calibration()
-            self.progress(f"gptq: gathering the inputs of {len(paths)} linears on {sum(b.numel() for b in batches)} "
-                          "calibration tokens")
-            self.hessians = Hessians(self.model, paths)
-            self.hessians.gather(batches, self.progress)
-            self.seconds["calibration"] = time.perf_counter() - begun
+        if self.hessians is not None and path in self.hessians:
+            return self.hessians
+        self.hessians = None  # before the next group is gathered: one group held at a time
+        if self.groups is None:
+            self.groups = hessian_groups(self.model, self.hessian_bytes)
+        begun = time.perf_counter()
+        index = next(i for i, group in enumerate(self.groups) if path in group)
+        group = self.groups[index]
+        batches = self.calibration()
+        of = f", group {index + 1} of {len(self.groups)}" if len(self.groups) > 1 else ""
+        self.progress(f"gptq: gathering the inputs of {len(group)} linears{of} on "
+                      f"{sum(b.numel() for b in batches)} calibration tokens")
+        self.hessians = Hessians(self.model, group)
+        self.hessians.gather(batches, self.progress)
+        self.seconds["calibration"] = self.seconds.get("calibration", 0.0) + time.perf_counter() - begun
         return self.hessians
 
 

@@ -104,7 +104,8 @@ class RecoveredPlanner:
             return self.base.weight(path, scheme, method)
         key = (scheme, method)
         if key not in self.recovered:
-            plans = {p: self.base.weight(p, scheme, method) for p in sorted(self.paths)}
+            # in module order: the base planner gathers GPTQ's Hessians a group of consecutive linears at a time
+            plans = {p: self.base.weight(p, scheme, method) for p in self.modules if p in self.paths}
             self.progress(f"recovery: learning the block scales of {len(plans)} linears ({scheme.describe()}, "
                           f"{method}) by self-distillation, {self.steps} steps")
             self.recovered[key], self.records[key] = recover(self.base.model, plans, self.base.calibration(),

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quant.plan import QuantizedWeight, as_blocks
+from exporter.quant.plan import QuantizedWeight
 
 
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -45,7 +45,10 @@ def _arrays(weight: QuantizedWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray
     import torch
 
     scheme = weight.scheme
-    codes = as_blocks(weight.codes, scheme.block_size).to(torch.uint8).numpy()
+    rows, columns = weight.codes.shape
+    # padded as uint8: as_blocks would make a float copy of every code (a 151936-token head's: 0.5 GB)
+    padded = torch.nn.functional.pad(weight.codes, (0, -columns % scheme.block_size))
+    codes = padded.reshape(rows, -1, scheme.block_size).numpy()
     scales = weight.scales.numpy().astype(np.float32)
     if scheme.symmetric:
         return codes, scales, None

@@ -90,10 +90,14 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     from the PyTorch plan (round-to-nearest or GPTQ, exporter/quant/plan.py), written as they are; hqq and
     k_quant are onnxruntime's own quantizers, run on the graph."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     from exporter.formats.onnx.nbits import gather_block_quantized, matmul_nbits
 
-    model = onnx.load(str(fp32))
+    # the float weights stay in fp32's data file: the plan's codes replace most of them, and a protobuf does not
+    # give back the memory of an initializer it deletes (a 0.5B-shaped model's w4 step held 2.5 GB for nothing)
+    model = onnx.load(str(fp32), load_external_data=False)
+    weights_in = str(fp32.parent)
     linears = linear_nodes(model)
     body = [p for p in linears if p != HEAD and p not in plan.kept]
     at_8 = [p for p in linears if p != HEAD and plan.kept.get(p, 0) == 8]
@@ -101,7 +105,7 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     if HEAD in linears:
         head_bits = (plan.kept[HEAD] or 32) if HEAD in plan.kept else plan.embedding_bits
     embedding = next((n for n in model.graph.node if n.op_type == "Gather" and module_path(n) == EMBEDDING), None)
-    tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding)
+    tied = head_bits is not None and embedding is not None and _tied(model, linears[HEAD], embedding, weights_in)
     in_pytorch = plan.method in METHODS
     body_scheme = Scheme(plan.bits, plan.block_size, plan.symmetric_4bit and plan.bits == 4,
                          plan.float_zero_points and plan.bits == 4 and not plan.symmetric_4bit)
@@ -109,7 +113,8 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
     # method when it is a PyTorch one
     side_method = plan.method if in_pytorch else "rtn"
     level = ACCURACY_LEVELS[plan.activations]
-    if not in_pytorch:
+    if not in_pytorch:  # onnxruntime's quantizers read the float weights from the graph
+        load_external_data_for_model(model, weights_in)
         model = _quantize(model, [linears[p].name for p in body], plan.bits, plan.block_size, plan.method,
                           symmetric=plan.symmetric_4bit, accuracy_level=level)
     passes = [(body if in_pytorch else [], body_scheme, plan.method),
@@ -132,6 +137,7 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
         written.append(table)
         gather_block_quantized(model, embedding, table)
     embedding_bits = head_bits if shared else plan.embedding_bits if plan.embedding_bits in (4, 8) else 32
+    load_external_data_for_model(model, weights_in)  # what stays float: norms, kept layers, a float table
     save_onnx(model, out)
     planned = planned_by(written)  # method -> weights (the source's own grid: "source")
     return {"scheme": f"w{plan.bits}", "block_size": plan.block_size, "method": plan.method,
@@ -146,13 +152,13 @@ def quantize_weights(fp32: Path, out: Path, plan: WeightPlan, planner: Planner) 
             "kept": {p: (b if b else "float") for p, b in sorted(plan.kept.items())}}
 
 
-def _tied(model: Any, head: Any, embedding: Any) -> bool:
+def _tied(model: Any, head: Any, embedding: Any, weights_in: str) -> bool:
     from onnx import numpy_helper
 
     arrays = {init.name: init for init in model.graph.initializer if init.name in (head.input[1], embedding.input[0])}
     if len(arrays) != 2:
         return False
-    weight, table = (numpy_helper.to_array(arrays[n]) for n in (head.input[1], embedding.input[0]))
+    weight, table = (numpy_helper.to_array(arrays[n], weights_in) for n in (head.input[1], embedding.input[0]))
     return weight.shape == table.shape[::-1] and bool((table == weight.T).all())
 
 
