@@ -10,10 +10,11 @@ from typing import Any
 from targets.lm import LmTarget
 
 # What an export holds, measured here with exporter/memory.py's per-step peaks: the formats' libraries (a tiny
-# model's whole export peaks at 1.07 GB); resident bytes per parameter per variant (a Qwen2.5-0.5B-shaped model's
-# ONNX fp32 + w4: 10.6 GB, 8.6 bytes; SmolLM2-135M cut to 8 layers, 57M parameters, to android-llm's 6 variants:
-# 3.9 GB, 7.4 bytes; both after the copies an export held to its end were released); and the reference's and the
-# verdict's distributions, bytes per vocabulary entry per judged position
+# model's whole export peaks at 1.07 GB); resident bytes per parameter per variant (SmolLM2-135M cut to 8 layers,
+# 57M parameters, to android-llm's 6 variants: 3.9 GB, 7.4 bytes; a Qwen2.5-0.5B-shaped model's ONNX fp32 + w4:
+# 10.6 GB, 8.6 bytes with round-to-nearest w4, and 7.8 GB, 5.8 bytes with GPTQ w4 since the w4 step leaves the
+# float graph on disk and gathers Hessians a group at a time); and the reference's and the verdict's
+# distributions, bytes per vocabulary entry per judged position
 LIBRARIES_BYTES = 1.1e9
 BYTES_PER_PARAMETER_PER_VARIANT = 9.0
 BYTES_PER_LOGIT = 8.0
