@@ -415,11 +415,50 @@ def bench_device_estimates(out: Path) -> dict:
             "every_held_out_decode_within_35_percent": max(decode) <= 0.35}
 
 
+PRUNING_TARGET = REPO / "bench" / "pruning.toml"
+
+
+def bench_pruning(out: Path) -> dict:
+    """demo:digits exported twice in one run, as it is and pruned to half its MACs (--prune max_macs_ratio=0.5),
+    distilled on the train split's images without their labels: what pruning removed, what it cost against the
+    unpruned model, and each artifact's 1-thread latency beside the unpruned export's."""
+    from exporter.demo import digits_splits
+
+    calib = {"image": digits_splits()[0]}
+    print("bench: demo:digits with and without pruning", file=sys.stderr)
+    reports = {}
+    for label, prune in (("unpruned", []), ("pruned", ["max_macs_ratio=0.5"])):
+        _, reports[label] = run_export(ExportOptions(model="demo:digits", target=str(PRUNING_TARGET), out=out / label,
+                                                     calib=calib, prune=prune, name=f"digits-{label}"),
+                                       lambda _: None)
+    pruning, unpruned = reports["pruned"]["pruning"], {a["path"]: a for a in reports["unpruned"]["artifacts"]}
+    artifacts = {}
+    for a in reports["pruned"]["artifacts"]:
+        before = unpruned[a["path"]]
+        artifacts[a["path"]] = {
+            "passed": a["budget"]["passed"], "bytes": a["bytes"], "unpruned_bytes": before["bytes"],
+            "accuracy_drop_against_unpruned": a["against_unpruned"]["metrics"].get("accuracy_drop"),
+            "latency_ms": round(a["latency_ms"]["median"], 4),
+            "unpruned_latency_ms": round(before["latency_ms"]["median"], 4),
+            "latency_speedup": round(before["latency_ms"]["median"] / a["latency_ms"]["median"], 3)}
+    return {"model": "demo:digits", "threads": 1, "prune": "max_macs_ratio=0.5",
+            "calibration": "the train split's 1347 images, without labels (distillation needs none)",
+            "met": pruning["met"],
+            "macs_ratio": pruning["after_recovery"]["macs_ratio"],
+            "params_ratio": pruning["after_recovery"]["params_ratio"],
+            "modules": pruning["modules"],
+            "accuracy_drop_after_pruning": pruning["after_pruning"]["quality"].get("accuracy_drop"),
+            "accuracy_drop_after_recovery": pruning["after_recovery"]["quality"].get("accuracy_drop"),
+            "seconds": pruning["seconds"], "export_seconds": reports["pruned"]["export"]["export_seconds"],
+            "unpruned_export_seconds": reports["unpruned"]["export"]["export_seconds"],
+            "passed": reports["pruned"]["passed"], "artifacts": artifacts}
+
+
 # `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
             "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
             "lm_long_context": bench_lm_long_context, "report_html": bench_report_html,
-            "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale}
+            "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale, "pruning": bench_pruning}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -462,6 +501,7 @@ def main() -> None:
         results["lm_long_context"] = bench_lm_long_context(Path(tmp))
         results["report_html"] = bench_report_html(Path(tmp))
         results["device_estimates"] = bench_device_estimates(Path(tmp))
+        results["pruning"] = bench_pruning(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

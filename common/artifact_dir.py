@@ -46,6 +46,11 @@ class Reference:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     labels: np.ndarray | None
+    # a pruned export's reference is the pruned model; the unpruned model's outputs judge what pruning cost
+    unpruned: dict[str, np.ndarray] | None = None
+
+    def of_unpruned(self) -> Reference:
+        return Reference(self.inputs, self.unpruned or {}, self.labels)
 
     def degenerate(self) -> str:
         """Why the reference outputs prove nothing ('' when they are usable): NaN or Inf, all zero, or the
@@ -73,6 +78,7 @@ class Reference:
     def save(self, directory: Path) -> Path:
         arrays = {f"input/{k}": v for k, v in self.inputs.items()}
         arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
+        arrays |= {f"unpruned/{k}": v for k, v in (self.unpruned or {}).items()}
         if self.labels is not None:
             arrays["labels"] = self.labels
         path = directory / REFERENCE
@@ -84,7 +90,8 @@ class Reference:
         arrays = load_npz(path)
         inputs = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
         outputs = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
-        return cls(inputs, outputs, arrays.get("labels"))
+        unpruned = {k.removeprefix("unpruned/"): v for k, v in arrays.items() if k.startswith("unpruned/")}
+        return cls(inputs, outputs, arrays.get("labels"), unpruned or None)
 
 
 def reference_file(directory: Path, manifest: dict) -> tuple[Path, list[str]]:

@@ -89,12 +89,21 @@ def _stderr(message: str) -> None:
     print(f"edgeport: {message}", file=sys.stderr, flush=True)
 
 
+def _prune_pairs(settings: dict[str, Any]) -> list[str]:
+    """export(prune={...}) as the command line's --prune KEY=NUMBER pairs (budget.KEY for the prune budget)."""
+    pairs = []
+    for key, value in settings.items():
+        inner = value.items() if key == "budget" and isinstance(value, dict) else [(None, value)]
+        pairs += [f"{key}.{name}={number}" if name else f"{key}={number}" for name, number in inner]
+    return pairs
+
+
 def export(model: Any, example_inputs: Any = None, *, target: str = "android", eval: Any = None,
            calib: Any = None, out: str | Path = "artifacts", name: str | None = None, dynamic_batch: bool = False,
            auto_precision: bool | None = None, allow_synthetic_eval: bool = False,
            output_kinds: dict[str, str] | None = None, inputs: list[str] | None = None,
            weights: str | Path | None = None, trust_pickle: bool = False, memory_limit: float | None = None,
-           progress: Callable[[str], None] | None = _stderr) -> Report:
+           prune: dict[str, Any] | None = None, progress: Callable[[str], None] | None = _stderr) -> Report:
     """Export `model` (an nn.Module with example_inputs, or a SPEC string as the CLI takes) to a target,
     validate every artifact and return the report. eval / calib: a path (.npz or .npy folder) or a
     dict of arrays keyed by input name, with an optional `labels` array. A missed budget is a Report
@@ -106,7 +115,8 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     Every other keyword is the export option of that name (exporter/options.py, the CLI's flag): output_kinds
     {output name: kind} as --output-kind NAME:KIND; inputs ["NAME:1x3x224x224:float32", ...] as --input; weights,
     a state dict for a factory SPEC, as --weights; trust_pickle as --trust-pickle; memory_limit (GB) as
-    --memory-limit."""
+    --memory-limit; prune {key: number} as --prune KEY=NUMBER ({"max_macs_ratio": 0.5, "budget": {"min_cosine":
+    0.98}})."""
     from exporter.errors import UserInputError
     from exporter.pipeline import ExportOptions, run_export
 
@@ -123,7 +133,7 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
                             auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval,
                             output_kinds=dict(output_kinds or {}), inputs=list(inputs or []),
                             weights=Path(weights) if weights is not None else None, trust_pickle=trust_pickle,
-                            memory_limit=memory_limit)
+                            memory_limit=memory_limit, prune=_prune_pairs(prune or {}))
     directory, report = run_export(options, progress or (lambda _: None))
     return _report(directory, report)
 

@@ -146,6 +146,7 @@ def export(
     output_kinds: Annotated[list[str] | None, typer.Option("--output-kind", help=help_of("output_kinds"))] = None,
     memory_limit: Annotated[float | None, typer.Option("--memory-limit", min=0.1,
                                                        help=help_of("memory_limit"))] = None,
+    prune: Annotated[list[str] | None, typer.Option("--prune", help=help_of("prune"))] = None,
     allow_synthetic_eval: AllowSynthetic = False,
     debug: Debug = False,
 ) -> None:
@@ -157,7 +158,7 @@ def export(
         options = ExportOptions(model=model, target=target, out=out, calib=calib, eval=eval_data, inputs=inputs,
                                 dynamic_batch=dynamic_batch, weights=weights, trust_pickle=trust_pickle, name=name,
                                 auto_precision=auto_precision, allow_synthetic_eval=allow_synthetic_eval,
-                                output_kinds=output_kinds, memory_limit=memory_limit)
+                                output_kinds=output_kinds, memory_limit=memory_limit, prune=prune or [])
         directory, report = run_export(options, _progress)
         _print_summary(directory, report)
         return 0 if report["passed"] else 1

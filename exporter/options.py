@@ -52,6 +52,12 @@ class ExportOptions:
         "Keep the most harmful layers of a quantized variant (static int8 ONNX/TFLite, compressed Core ML; a "
         "language model's decoder linears at 8 bits) at higher precision until it meets its budget (default: the "
         "target's auto_precision)."))  # None: as the target profile says
+    prune: list = _option(flag="--prune", build=LIST, factory=list, help=(
+        "KEY=VALUE of the target's [prune] table, once per key (over the target's own): structured pruning before "
+        "lowering, recovered by distillation on --calib, e.g. --prune max_macs_ratio=0.5 (or max_params_ratio, "
+        "max_latency_ms; recovery_steps, budget.min_cosine, ...). Artifacts are judged against the pruned model by "
+        "their budgets and against the unpruned one by the prune budget (default: accuracy drop <= 0.005, top-1 "
+        "agreement >= 0.95)."))
     allow_synthetic_eval: bool = _option(False, flag="--allow-synthetic-eval", build=FLAG, help=(
         "Let a verdict rest on synthetic eval inputs (no --eval and no bundled data). Without it such a run is "
         "provisional: exit 1, report.json passed=false with the reason."))

@@ -19,6 +19,7 @@ from exporter.lm.source import refuse_encoder_folder
 from exporter.options import ExportOptions, Progress
 from exporter.staging import check_output_place
 from targets import load_target
+from targets.profile import pruned_with
 
 
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
@@ -37,6 +38,8 @@ def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:
     check_output_place(options.out)
     if options.auto_precision is not None:
         target = dataclasses.replace(target, auto_precision=options.auto_precision)
+    if options.prune:
+        target = dataclasses.replace(target, prune=pruned_with(target, options.prune))
     refuse_encoder_folder(options.model)  # a source no kind exports
     kind = model_kind(target.kind)
     for flag, path in (("--calib", options.calib), ("--eval", options.eval)):  # arrays from the Python API pass

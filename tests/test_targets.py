@@ -11,7 +11,7 @@ import pytest
 from targets import TargetError, builtin_target_names, load_target
 from targets.catalog import FP32_BUDGET, PRECISIONS, FoldConstantsConfig, SimplifyConfig
 from targets.lm import LmTarget, lm_target_from_dict
-from targets.profile import target_from_dict
+from targets.profile import pruned_with, target_from_dict
 
 
 def test_builtin_targets_load_with_expected_variants():
@@ -82,6 +82,13 @@ def _minimal(**extra):
     ({"name": "t"}, "needs at least one [[variants]]"),
     ({"variants": [{"format": "onnx", "precision": "fp32"}]}, "the target needs a name"),
     ({"name": "t", "variants": [{"format": "onnx", "precision": "fp32"}] * 2}, "onnx/fp32 is listed twice"),
+    (_minimal(prune={"recovery_steps": 10}), "[prune] needs a limit to prune towards: max_macs_ratio"),
+    (_minimal(prune={"max_macs_ratio": 1.5}), "prune.max_macs_ratio is a share of the source's, between 0 and 1"),
+    (_minimal(prune={"max_macs_ratio": 0.5, "step": 0.95}), "[prune] needs 0 < step <= max_pruned < 1"),
+    (_minimal(prune={"max_macs_ratio": 0.5, "recovery_steps": 2.5}), "prune.recovery_steps must be a whole number"),
+    (_minimal(prune={"max_macs_ratio": 0.5, "budget": {"max_size_mb": 3}}),
+     "unknown key(s) max_size_mb in [prune.budget]; valid keys: max_accuracy_drop, min_top1_agreement, min_cosine"),
+    (_minimal(prune={"max_macs": 0.5}), "unknown key(s) max_macs in [prune]; valid keys: max_macs_ratio"),
 ])
 def test_bad_profiles_say_what_is_valid(data, expected):
     with pytest.raises(TargetError) as info:
@@ -134,6 +141,23 @@ def test_the_resolved_target_round_trips_through_the_manifest_profile():
             continue
         again = target_from_dict(target.to_profile(), "manifest.json")
         assert again.variants == target.variants and again.runtime == target.runtime and again.npu == target.npu
+
+
+def test_prune_settings_round_trip_and_the_command_line_goes_over_them():
+    target = target_from_dict(_minimal(prune={"max_params_ratio": 0.6, "budget": {"min_cosine": 0.98}}), "t.toml")
+    assert target.prune.budget.limits() == {"min_cosine": 0.98, "min_top1_agreement": 0.95,  # over the defaults
+                                            "max_accuracy_drop": 0.005}
+    assert target_from_dict(target.to_profile(), "manifest").prune == target.prune
+    overridden = pruned_with(target, ["max_params_ratio=0.5", "recovery_steps=20", "budget.max_accuracy_drop=0.01"])
+    assert (overridden.max_params_ratio, overridden.recovery_steps) == (0.5, 20)
+    assert overridden.budget.limits() == {"min_cosine": 0.98, "min_top1_agreement": 0.95, "max_accuracy_drop": 0.01}
+    plain = target_from_dict(_minimal(), "t.toml")
+    assert pruned_with(plain, ["max_macs_ratio=0.5", "budget.min_cosine=0.9"]).budget.limits() == {
+        "min_cosine": 0.9, "min_top1_agreement": 0.95, "max_accuracy_drop": 0.005}
+    with pytest.raises(TargetError, match="write KEY=NUMBER"):
+        pruned_with(plain, ["max_macs_ratio"])
+    with pytest.raises(TargetError, match="android-llm is a causal-lm target"):
+        pruned_with(load_target("android-llm"), ["max_macs_ratio=0.5"])
 
 
 def test_language_model_targets_are_data_with_token_level_budgets():

@@ -83,6 +83,16 @@ def evaluate(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> Can
     return result
 
 
+def judge_change(run: Run, reference: Reference, io: ModelIO, budget: Budget) -> tuple[dict[str, float], list[str]]:
+    """A model judged for how far it moved from the reference (a pruned model against the unpruned one): top-1
+    agreement over every sample, since here the error is the change judged, not noise that excuses a flip."""
+    result = evaluate(run, reference, io, Budget())
+    metrics = result.metrics()
+    if result.overall.get("top1_agreement_all") is not None:
+        metrics["top1_agreement"] = result.overall["top1_agreement_all"]
+    return metrics, parity_violations(result.overall, budget.limits(), metrics)
+
+
 class Candidate:
     """A model file of one format judged as the validator judges its artifact: same eval data, same
     runtime settings. What auto precision asks of every model it tries."""

@@ -17,7 +17,7 @@ from devices import load_device
 from targets import Budget, Target
 from targets.profile import target_from_dict
 from validators import budgets, latency, parity
-from validators.candidate import CandidateResult, ModelIO, evaluate, parity_violations
+from validators.candidate import CandidateResult, ModelIO, evaluate, judge_change, parity_violations
 from validators.estimate import estimate
 from validators.runtimes import extra_sessions, open_session
 
@@ -49,8 +49,9 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     io = ModelIO([spec["name"] for spec in entry["inputs"]], list(output_kinds), _fixed_batch(entry["inputs"]),
                  {name: kind for name, kind in output_kinds.items() if kind})
     budget = _budget(entry)
+    recorded = _Recorded(session.run)
     try:
-        judged = evaluate(session.run, reference, io, budget)
+        judged = evaluate(recorded, reference, io, budget)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     by_runtime = {session.runtime: judged}
@@ -83,8 +84,42 @@ def _validate_artifact(directory: Path, entry: dict, target: Target, reference: 
     estimates = [estimate(entry, manifest, directory, device) for device in map(load_device, target.devices)]
     for runtime, other in list(by_runtime.items())[1:]:
         violations += [f"{runtime}: {v}" for v in other.violations]
+    pruning_cost, missed = _pruning_cost(recorded, reference, io, target)
+    violations += missed
     return _artifact_result(entry, nbytes, actual_sha, session.runtime, judged, metrics, by_runtime, by_delegate,
-                            npu, budget, violations) | ({"estimates": estimates} if estimates else {})
+                            npu, budget, violations) | ({"estimates": estimates} if estimates else {}) | pruning_cost
+
+
+class _Recorded:
+    """A session's run that keeps what it returned, so the same outputs can be judged against a second reference."""
+
+    def __init__(self, run) -> None:
+        self.run, self.returned = run, []
+
+    def __call__(self, feeds: dict) -> list:
+        self.returned.append(self.run(feeds))
+        return self.returned[-1]
+
+    def replay(self):
+        returned = iter(self.returned)
+        return lambda _feeds: next(returned)
+
+
+def _pruning_cost(recorded: _Recorded, reference: Reference, io: ModelIO, target: Target) -> tuple[dict, list[str]]:
+    """A pruned export's artifact judged again, on the same outputs, against the unpruned model by [prune.budget]:
+    what pruning, recovery and this variant's conversion cost together."""
+    if target.prune is None:
+        return {}, []
+    if reference.unpruned is None:
+        return {}, ["the target prunes, but the stored reference holds no unpruned outputs to judge what pruning "
+                    "cost; re-export"]
+    metrics, missed = judge_change(recorded.replay(), reference.of_unpruned(), io, target.prune.budget)
+    violations = [f"against the unpruned model: {v}" for v in missed]
+    if not any(budgets.BOUNDS[limit].metric in metrics for limit in target.prune.budget.limits()):
+        violations.append("what pruning cost is not judged: no limit of [prune.budget] was measured for this model "
+                          "(accuracy needs --eval labels; set min_cosine or min_sqnr_db for outputs without classes)")
+    return {"against_unpruned": {"metrics": metrics, "budget": target.prune.budget.limits(),
+                                 "violations": missed}}, violations
 
 
 def _fallback(npu: dict | None, delegation: dict) -> dict[str, str]:
@@ -216,6 +251,8 @@ def validate_tensor_directory(directory: Path, progress: Callable[[str], None], 
     manifest = read_manifest(directory)
     target = target_from_dict(manifest["target"]["profile"], f"{directory}/manifest.json (target)")
     reference, run_violations = _load_reference(directory, manifest)
+    if (pruning := manifest.get("pruning")) and not pruning["met"]:
+        run_violations.append(f"pruning: {pruning['not_met']}")
     output_kinds = {o["name"]: o.get("kind") for o in manifest["outputs"]}
     results = []
     for entry in manifest["artifacts"]:
@@ -241,6 +278,7 @@ def validate_tensor_directory(directory: Path, progress: Callable[[str], None], 
         "provisional": provisional,
         "violations": run_violations,
         "data": manifest.get("data", {}),
+        **({"pruning": manifest["pruning"]} if "pruning" in manifest else {}),
         "outputs": [{k: o[k] for k in ("name", "kind", "kind_basis") if k in o} for o in manifest["outputs"]],
         "reference_accuracy": ref_accuracy,
         "artifacts": results,

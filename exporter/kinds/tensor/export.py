@@ -136,6 +136,69 @@ def _preflight(traced: TracedModel, target: Target, progress: Progress) -> None:
         raise UnsupportedOpsError(unsupported)
 
 
+def _model_io(traced: TracedModel) -> ModelIO:
+    return ModelIO([s.name for s in traced.inputs], [s.name for s in traced.outputs], traced.batch,
+                   {s.name: s.kind for s in traced.outputs})
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _pruned(traced: TracedModel, target: Target, calibration: Dataset, reference: Reference,
+            progress: Progress) -> tuple[TracedModel, dict]:
+    """The target's [prune] step: the pruned and recovered module traced again for every format, and what it
+    removed and cost. Each candidate's quality is judged against the unpruned reference on the eval inputs (a
+    report figure: labels, where given, are read only by the verdict's accuracy)."""
+    from exporter.prune import prune
+    from validators.candidate import judge_change
+
+    loaded, io = traced.loaded, _model_io(traced)
+    if loaded.kind != "module":
+        raise UserInputError(f"[prune] needs the model as a PyTorch module; {loaded.source} is a {loaded.kind} "
+                             "(pass its factory, Hugging Face folder or nn.Module, or drop [prune] from the target)")
+
+    def quality(module) -> dict:
+        candidate = dataclasses.replace(traced, loaded=dataclasses.replace(loaded, module=module))
+        metrics, _ = judge_change(candidate.reference_outputs, reference, io, target.prune.budget)
+        return {k: v for k, v in metrics.items() if k != "mean_abs"}
+
+    first = target.variants[0]
+
+    def latency_ms(module) -> float:  # the target's first variant, as it would be emitted, timed as validated
+        fmt = backend(first.format)
+        candidate = trace(dataclasses.replace(loaded, module=module), traced.dynamic_batch)
+        with tempfile.TemporaryDirectory(prefix="edgeport-prune-") as scratch:
+            out = Path(scratch) / first.filename
+            fmt.emit(fmt.lower(candidate, target, Path(scratch), _quiet), first, calibration.inputs, out, _quiet)
+            return Candidate(first.format, reference, io, first.budget, target.runtime).latency_ms(out)
+
+    limits = ", ".join(f"{k} {v:g}" for k, v in target.prune.limits().items())
+    progress(f"[3/5] pruning {loaded.name} towards {limits}")
+    pruned = prune(loaded.module, loaded.example_inputs, loaded.input_names, [s.kind for s in traced.outputs],
+                   calibration.inputs, target.prune, quality, latency_ms if target.prune.max_latency_ms else None,
+                   progress)
+    retraced = trace(dataclasses.replace(loaded, module=pruned.module), traced.dynamic_batch)
+    retraced.outputs = traced.outputs  # the same outputs, judged as the unpruned model's were
+    measured_on = {"latency_measured_on": f"{first.format}/{first.precision} ({target.runtime.threads} thread(s))"} \
+        if target.prune.max_latency_ms else {}
+    return retraced, pruned.section | {"calibration": calibration.describe()} | measured_on
+
+
+def _pruned_program(traced: TracedModel, work: Path) -> dict:
+    """The pruned model as a PyTorch program, to fine-tune further (torch.export.load)."""
+    if traced.program is None:
+        return {"program": None, "program_note": "the pruned model traced only as TorchScript: no .pt2 written"}
+    import torch
+
+    path = work / PRUNED_PROGRAM
+    torch.export.save(traced.program, path)
+    return {"program": {"path": path.name, "sha256": sha256_file(path), "bytes": size_bytes(path)}}
+
+
+PRUNED_PROGRAM = "model.pruned.pt2"
+
+
 class TensorExport:
     """Prepared: traced once, eval and calibration data read, every format's operators checked, the reference
     computed and judged sane. write() emits every format's variants, diagnoses and stamps them."""
@@ -146,11 +209,17 @@ class TensorExport:
         self.options, self.target = options, target
         self.traced = _load(options, progress)
         self.eval_data = _eval_data(options, self.traced, progress)
-        self.calibration = _calibration_data(options, self.traced, target.needs_calibration, progress)
+        self.calibration = _calibration_data(options, self.traced, target.needs_calibration or bool(target.prune),
+                                             progress)
         _preflight(self.traced, target, progress)
         self.reference = _reference(self.traced, self.eval_data)
         _judge_outputs_as(self.traced, self.reference, options, progress)
         _check_labels(self.traced, self.reference)
+        self.pruning = None
+        if target.prune is not None:
+            self.traced, self.pruning = _pruned(self.traced, target, self.calibration, self.reference, progress)
+            unpruned = self.reference.outputs
+            self.reference = dataclasses.replace(_reference(self.traced, self.eval_data), unpruned=unpruned)
         loaded = self.traced.loaded
         self.name = loaded.name
         self.model = {"name": loaded.name, "source": loaded.source, "kind": loaded.kind, "sha256": loaded.sha256}
@@ -173,6 +242,8 @@ class TensorExport:
             "data": {"eval": data.describe() | ({"synthetic_allowed": True} if self.options.allow_synthetic_eval
                                                 else {}),
                      "calibration": self.calibration.describe() if self.calibration else None}}
+        if self.pruning is not None:
+            sections["pruning"] = self.pruning | _pruned_program(traced, work)
         return Written([_artifact_entry(r, work) for r in records], sections,
                        {"path": reference_path.name, "samples": data.samples}, _export_log(records))
 
@@ -195,9 +266,7 @@ def _emit_variant(fmt_backend: Backend, lowered: Lowered, variant: Variant, cali
     emitted = fmt_backend.emit(lowered, variant, calibration, out, progress)
     record = ArtifactRecord(variant, emitted.conversion or lowered.conversion, emitted.quantization, [], [],
                             fmt_backend.reproducible)
-    io = ModelIO([s.name for s in traced.inputs], [s.name for s in traced.outputs], traced.batch,
-                 {s.name: s.kind for s in traced.outputs})
-    candidate = Candidate(variant.format, reference, io, variant.budget, target.runtime)
+    candidate = Candidate(variant.format, reference, _model_io(traced), variant.budget, target.runtime)
     if wanted(target, variant, candidate, out):
         _diagnose(fmt_backend, lowered, emitted, record, candidate, reference, out, progress)
     fmt_backend.stamp(out, provenance(traced.loaded.name, traced.loaded.sha256, target.name, variant.precision))

@@ -1,0 +1,121 @@
+"""Structured pruning before lowering ([prune]): the pruned model is traced for every format, its artifacts judged
+against the pruned model by their own budgets and against the unpruned one by [prune.budget]; a limit no pruning
+level reaches fails with the closest candidate's figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, read_json, run_cli
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = """
+[[variants]]
+format = "onnx"
+precision = "fp32"
+
+[[variants]]
+format = "onnx"
+precision = "int8"
+calibration_method = "minmax"
+budget = { max_accuracy_drop = 0.005, min_top1_agreement = 0.97, min_sqnr_db = 18.0 }
+"""
+
+
+def _target(tmp_path, prune: str) -> str:
+    path = tmp_path / "pruned.toml"
+    path.write_text('name = "pruned"\ndescription = "android with pruning"\n'
+                    "[runtime]\nthreads = 1\nwarmup_runs = 3\nmin_runs = 20\nmin_seconds = 0.05\n"
+                    f"[prune]\n{prune}\n{VARIANTS}")
+    return str(path)
+
+
+def _unlabelled_train_images(tmp_path) -> str:
+    """The digits' whole train split as calibration images, without its labels: distillation needs none."""
+    from exporter.demo import digits_splits
+
+    path = tmp_path / "calib.npz"
+    np.savez(path, image=digits_splits()[0])
+    return str(path)
+
+
+def test_digits_pruned_to_half_its_macs_keeps_its_accuracy(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    done = run_cli("export", "--target", _target(tmp_path, "max_macs_ratio = 0.5"), "--calib",
+                   _unlabelled_train_images(tmp_path), "--out", tmp_path / "out")
+    assert done.code == 0, done.stderr[-2000:]
+    directory = tmp_path / "out" / "digits" / "pruned"
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    assert pruning["met"] and pruning["after_recovery"]["macs_ratio"] <= 0.5
+    assert pruning["steps"][-1]["macs_ratio"] <= 0.5 < pruning["steps"][-2]["macs_ratio"]  # no step further than needed
+    # every prunable layer gave up units, the classifier's 10 outputs stayed
+    assert {"features.0", "features.3", "features.7", "classifier.1"} == set(pruning["modules"])
+    assert all(m["units_after"] < m["units_before"] for m in pruning["modules"].values())
+    # distillation recovered what pruning cost (labels read only by the verdict)
+    assert pruning["after_pruning"]["quality"]["accuracy_drop"] > 0.02
+    assert pruning["after_recovery"]["quality"]["accuracy_drop"] <= 0.005
+    recovery = pruning["recovery"]  # judged on held-out calibration rows, not only the ones it trained on
+    assert min(held for _, _, held in recovery["curve"]) < recovery["held_out_before"] / 10
+    report = read_json(directory / "report.json")
+    for artifact in report["artifacts"]:
+        assert artifact["budget"]["passed"], artifact["budget"]["violations"]
+        assert artifact["against_unpruned"]["metrics"]["accuracy_drop"] <= 0.005
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["metrics"]["max_abs"] < 1e-4  # the artifact computes the pruned model
+    assert fp32["against_unpruned"]["metrics"]["cosine"] < 0.9999  # which is not the unpruned one
+    # the pruned model as a PyTorch program computes what the ONNX artifact computes
+    program = torch.export.load(directory / pruning["program"]["path"])
+    image = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: image})[0]
+    np.testing.assert_allclose(program.module()(torch.from_numpy(image)).detach().numpy(), onnx_out, atol=1e-4)
+    text = (directory / "report.md").read_text()
+    assert "## Pruning" in text and "after 1000 distillation steps" in text
+
+
+def test_a_latency_no_pruning_reaches_fails_with_the_closest_candidate(tmp_path):
+    done = run_cli("export", "--target", _target(tmp_path, "max_latency_ms = 0.0001\nstep = 0.15\nmax_pruned = 0.3\n"
+                                                            "recovery_steps = 20"),
+                   "--out", tmp_path / "out")
+    assert done.code == 1, done.stderr[-2000:]
+    directory = tmp_path / "out" / "digits" / "pruned"
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    assert not pruning["met"] and len(pruning["steps"]) == 2
+    assert all(row["latency_ms"] > 0.0001 for row in [pruning["before"], *pruning["steps"]])
+    assert pruning["latency_measured_on"] == "onnx/fp32 (1 thread(s))"
+    assert "pruning stopped at 30% of each layer's units" in pruning["not_met"], pruning["not_met"]
+    report = read_json(directory / "report.json")
+    assert [v for v in report["violations"] if v.startswith("pruning: ") and "latency_ms" in v], report["violations"]
+    again = run_cli("validate", directory)  # the verdict comes from the directory, not from the export's memory
+    assert again.code == 1 and "pruning stopped at 30%" in again.stdout + again.stderr
+
+
+@pytest.mark.hf
+def test_a_transformer_gives_up_feed_forward_width_and_keeps_its_heads(tmp_path):
+    """Through the Python API, on a target without [prune]: export(prune={...}) as --prune KEY=NUMBER."""
+    from edgeport import api
+    from tests import hf_zoo
+
+    data = {role: hf_zoo.eval_arrays("bert", 48, seed) for role, seed in (("eval", 0), ("calib", 1))}
+    target = tmp_path / "fp32.toml"
+    target.write_text('name = "fp32"\n[runtime]\nthreads = 1\nmin_runs = 20\nmin_seconds = 0.05\n'
+                      '[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
+    report = api.export(f"{REPO}/tests/hf_zoo.py:bert", target=str(target), eval=data["eval"], calib=data["calib"],
+                        out=tmp_path / "out", progress=None,
+                        prune={"max_params_ratio": 0.8, "recovery_steps": 30,  # random weights: a loose budget
+                               "budget": {"min_cosine": 0.5, "min_top1_agreement": 0.5}})
+    assert report.passed, report.json["violations"]
+    directory = tmp_path / "out" / "hf_zoo-bert" / "fp32"
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    assert pruning["after_recovery"]["params_ratio"] <= 0.8
+    assert pruning["settings"]["budget"] == {"min_cosine": 0.5, "min_top1_agreement": 0.5, "max_accuracy_drop": 0.005}
+    assert pruning["settings"]["recovery_steps"] == 30
+    pruned = set(pruning["modules"])
+    assert any(name.endswith("intermediate.dense") for name in pruned)  # feed-forward width
+    assert not [name for name in pruned if name.split(".")[-1] in ("query", "key", "value")]  # heads kept
+    fp32 = report.json["artifacts"][0]
+    assert fp32["metrics"]["max_abs"] < 1e-4 and fp32["against_unpruned"]["metrics"]["cosine"] >= 0.5
