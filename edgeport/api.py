@@ -90,7 +90,7 @@ def _stderr(message: str) -> None:
 
 
 def _prune_pairs(settings: dict[str, Any]) -> list[str]:
-    """export(prune={...}) as the command line's --prune KEY=NUMBER pairs (budget.KEY for the prune budget)."""
+    """export(prune={...}) as the command line's --prune KEY=VALUE pairs (budget.KEY for the prune budget)."""
     pairs = []
     for key, value in settings.items():
         inner = value.items() if key == "budget" and isinstance(value, dict) else [(None, value)]
@@ -115,7 +115,7 @@ def export(model: Any, example_inputs: Any = None, *, target: str = "android", e
     Every other keyword is the export option of that name (exporter/options.py, the CLI's flag): output_kinds
     {output name: kind} as --output-kind NAME:KIND; inputs ["NAME:1x3x224x224:float32", ...] as --input; weights,
     a state dict for a factory SPEC, as --weights; trust_pickle as --trust-pickle; memory_limit (GB) as
-    --memory-limit; prune {key: number} as --prune KEY=NUMBER ({"max_macs_ratio": 0.5, "budget": {"min_cosine":
+    --memory-limit; prune {key: number} as --prune KEY=VALUE ({"max_macs_ratio": 0.5, "budget": {"min_cosine":
     0.98}})."""
     from exporter.errors import UserInputError
     from exporter.pipeline import ExportOptions, run_export

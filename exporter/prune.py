@@ -1,12 +1,14 @@
-"""Structured pruning before lowering ([prune] in a target): output channels of convolutions (their BatchNorm,
-depthwise groups and consumers with them) and widths of linears are removed a step at a time, ranked by a measured
-importance, until every limit of the target's [prune] table holds (MACs, parameters, or the target's first variant
-lowered and timed with its own runtime); then the pruned model learns the unpruned one's outputs on the calibration
-data (distillation: no labels). torch-pruning's dependency graph keeps every coupled layer consistent.
+"""Structured pruning before lowering ([prune] in a target), a step at a time until every limit of the table holds
+(MACs, parameters, or the target's first variant lowered and timed with its own runtime), then distillation of the
+pruned model from the unpruned one on the calibration data (no labels). Two kinds of units:
 
-The importance is first-order Taylor (|weight x gradient| summed over a unit's coupled weights) of the loss against
-the unpruned model's own top-1 on calibration batches where the first output is a classifier, else the units'
-weight magnitude: both cheap on a CPU, neither needs a label."""
+- channels (default): output channels of convolutions (their BatchNorm, depthwise groups and consumers with them)
+  and widths of linears, kept consistent by torch-pruning's dependency graph, ranked by first-order Taylor
+  importance (|weight x gradient| over a unit's coupled weights) of the loss against the unpruned model's own top-1
+  where the first output is a classifier, else by weight magnitude;
+- layers: whole blocks of the model's stack of identical blocks, the one whose removal moves the outputs least
+  (measured on a calibration batch) first.
+"""
 
 from __future__ import annotations
 
@@ -168,56 +170,171 @@ def _widths(module: Any) -> dict[str, int]:
             for name, m in module.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.modules.conv._ConvNd)}
 
 
+class _ChannelSteps:
+    """Output channels and widths: torch-pruning's MetaPruner, each step removing `step` more of every prunable
+    layer's units, ranked on the step's calibration batch."""
+
+    def __init__(self, student: Any, example: tuple, shapes: list[tuple], classifier: bool, batches: Any,
+                 settings: PruneSettings) -> None:
+        import torch_pruning as tp
+
+        self.student, self.classifier, self.batches, self.settings = student, classifier, batches, settings
+        self.count = math.floor(settings.max_pruned / settings.step + 1e-9)
+        ignored = _attention_layers(student)
+        ignored += _interface_layers(student, example, ignored, shapes)
+        importance = _taylor_importance() if classifier else tp.importance.GroupMagnitudeImportance(p=2)
+        self.pruner = tp.pruner.MetaPruner(student, example, importance=importance,
+                                           pruning_ratio=self.count * settings.step, iterative_steps=self.count,
+                                           ignored_layers=ignored,
+                                           round_to=settings.round_to if settings.round_to > 1 else None)
+        self.done = 0
+
+    def step(self) -> dict:
+        if self.classifier:
+            args, teacher = next(self.batches)
+            _taylor_gradients(self.student, args, teacher[0].argmax(-1))
+        self.pruner.step()
+        self.student.zero_grad()
+        self.done += 1
+        return {"removed_share": round(self.done * self.settings.step, 4)}
+
+    @property
+    def units(self) -> str:
+        return ("output channels of convolutions and widths of linears, the hidden and feed-forward widths of "
+                "transformer blocks among them (attention projections keep their heads)")
+
+    @property
+    def importance(self) -> str:
+        return "taylor on the unpruned model's top-1" if self.classifier else "weight magnitude (L2)"
+
+    def said(self, row: dict) -> str:
+        return f"{row['removed_share']:.0%} of each layer's units removed"
+
+    def extent(self) -> str:
+        return f"{self.done * self.settings.step:.0%} of each layer's units"
+
+    def kept(self, widths_before: dict[str, int]) -> dict:
+        after = _widths(self.student)
+        return {name: {"units_before": width, "units_after": after[name]}
+                for name, width in widths_before.items() if after.get(name) != width}
+
+
+class _LayerSteps:
+    """Whole blocks of the model's stack of identical blocks (an encoder's layers), one a step: the block whose
+    removal moves the outputs least on the step's calibration batch (each remaining block tried), up to
+    `max_pruned` of them. A config's num_hidden_layers follows the stack."""
+
+    def __init__(self, student: Any, distance: Any, batches: Any, settings: PruneSettings) -> None:
+        self.student, self.distance, self.batches = student, distance, batches
+        found = _block_stack(student)
+        if found is None:
+            raise UserInputError("[prune] units = \"layers\" needs a stack of identical blocks (an nn.ModuleList of "
+                                 "two or more layers of one class); this model has none: use units = \"channels\"")
+        self.name, self.stack = found
+        self.original = list(range(len(self.stack)))  # each remaining block's index in the unpruned stack
+        self.total = len(self.stack)
+        self.count = min(math.floor(self.total * settings.max_pruned + 1e-9), self.total - 1)
+        self.removed: list[int] = []
+
+    def _without(self, index: int, args: tuple) -> list:
+        import torch
+
+        block = self.stack[index]
+        del self.stack[index]
+        try:
+            with torch.no_grad():
+                return _outputs(self.student, args)
+        finally:
+            self.stack.insert(index, block)
+
+    def step(self) -> dict:
+        args, teacher = next(self.batches)
+        moved = [self.distance(self._without(i, args), teacher).item() for i in range(len(self.stack))]
+        least = int(np.argmin(moved))
+        del self.stack[least]
+        self.removed.append(self.original.pop(least))
+        _follow_depth(self.student, self.total - len(self.removed), len(self.stack))
+        return {"removed_share": round(len(self.removed) / self.total, 4),
+                "removed_layer": f"{self.name}.{self.removed[-1]}", "output_distance": round(moved[least], 6)}
+
+    units = "whole layers of the model's stack of blocks"
+    importance = "the distance the outputs move when the layer alone is removed (calibration batch)"
+
+    def said(self, row: dict) -> str:
+        return f"{row['removed_layer']} removed (output distance {row['output_distance']:.4g})"
+
+    def extent(self) -> str:
+        return f"{len(self.removed)} of {self.total} layers of {self.name}"
+
+    def kept(self, widths_before: dict[str, int]) -> dict:
+        return {self.name: {"units_before": self.total, "units_after": len(self.stack),
+                            "removed": [f"{self.name}.{i}" for i in sorted(self.removed)]}}
+
+
+def _block_stack(module: Any) -> tuple[str, Any] | None:
+    """The nn.ModuleList of two or more blocks of one class holding the most parameters: the model's layers."""
+    import torch
+
+    stacks = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) >= 2
+              and len({type(block) for block in m}) == 1]
+    if not stacks:
+        return None
+    return max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def _follow_depth(module: Any, before: int, after: int) -> None:
+    """A config that counted the removed block counts the stack as it is now (code may read it at run time)."""
+    for config in {id(c): c for m in module.modules() if (c := getattr(m, "config", None)) is not None}.values():
+        if getattr(config, "num_hidden_layers", None) == before:
+            config.num_hidden_layers = after
+
+
+def _batches(calibration: dict[str, np.ndarray], teacher: list, input_names: list[str], batch: int) -> Any:
+    """Calibration batches with the unpruned model's outputs on them, cycling through the rows in order."""
+    samples = len(next(iter(calibration.values())))
+    rows = np.arange(min(batch, samples))
+    while True:
+        yield _tensors(calibration, input_names, rows), [t[rows] for t in teacher]
+        rows = (rows + len(rows)) % samples
+
+
 def prune(module: Any, example: tuple, input_names: list[str], output_kinds: list[str],
           calibration: dict[str, np.ndarray], settings: PruneSettings, quality: Callable[[Any], dict],
           latency_ms: Callable[[Any], float] | None, progress: Progress) -> Pruned:
     """Prune a copy of `module` step by step until the settings' limits hold (or max_pruned is reached: the closest
     candidate, recorded as not met), then distill it from `module` on the calibration arrays."""
     import torch
-    import torch_pruning as tp
 
     started = time.perf_counter()
     torch.manual_seed(0)
     student = copy.deepcopy(module).eval()
     student.requires_grad_(True)
-    samples = len(next(iter(calibration.values())))
-    batch_rows = np.arange(min(settings.batch, samples))
     classifier = output_kinds[0] == "classification"
     with torch.no_grad():
         teacher_calibration = _outputs(module, _tensors(calibration, input_names))
-    importance = _taylor_importance() if classifier else tp.importance.GroupMagnitudeImportance(p=2)
-    steps = math.floor(settings.max_pruned / settings.step + 1e-9)
     shapes = [tuple(t.shape) for t in _outputs(module, example)]
-    ignored = _attention_layers(student)
-    ignored += _interface_layers(student, example, ignored, shapes)
-    pruner = tp.pruner.MetaPruner(student, example, importance=importance, pruning_ratio=steps * settings.step,
-                                  iterative_steps=steps, ignored_layers=ignored,
-                                  round_to=settings.round_to if settings.round_to > 1 else None)
+    batches = _batches(calibration, teacher_calibration, input_names, settings.batch)
     base_macs, base_params = _size(student, example)
     widths_before = _widths(student)
+    steps = _LayerSteps(student, _Distance(output_kinds), batches, settings) if settings.units == "layers" else \
+        _ChannelSteps(student, example, shapes, classifier, batches, settings)
 
-    def measured(step: int) -> dict:
+    def measured(step: int, removed: dict) -> dict:
         macs, params = _size(student, example)
-        row = {"step": step, "removed_share": round(step * settings.step, 4), "macs_ratio": round(macs / base_macs, 4),
+        row = {"step": step, **removed, "macs_ratio": round(macs / base_macs, 4),
                "params_ratio": round(params / base_params, 4)}
         if latency_ms is not None:
             row["latency_ms"] = latency_ms(student)
         return row | {"quality": quality(student)}
 
-    rows = [measured(0)]
-    while not _meets(rows[-1], settings) and len(rows) <= steps:
-        if classifier:
-            args = _tensors(calibration, input_names, batch_rows)
-            _taylor_gradients(student, args, teacher_calibration[0][batch_rows].argmax(-1))
-            batch_rows = (batch_rows + len(batch_rows)) % samples  # the next step ranks on the next batch
-        pruner.step()
-        student.zero_grad()
+    rows = [measured(0, {"removed_share": 0.0})]
+    while not _meets(rows[-1], settings) and len(rows) <= steps.count:
+        removed = steps.step()
         _check_forward(student, example, shapes)
-        rows.append(measured(len(rows)))
+        rows.append(measured(len(rows), removed))
         row = rows[-1]
-        progress(f"pruning: step {row['step']}: {row['removed_share']:.0%} of each layer's units removed, MACs "
-                 f"x{row['macs_ratio']:.2f}, parameters x{row['params_ratio']:.2f}"
-                 + (f", {row['latency_ms']:.3f} ms" if "latency_ms" in row else ""))
+        progress(f"pruning: step {row['step']}: {steps.said(row)}, MACs x{row['macs_ratio']:.2f}, parameters "
+                 f"x{row['params_ratio']:.2f}" + (f", {row['latency_ms']:.3f} ms" if "latency_ms" in row else ""))
     pruned_seconds = time.perf_counter() - started
     recovery = _distill(student, calibration, teacher_calibration, input_names, output_kinds, settings, progress) \
         if len(rows) > 1 else {"steps": 0, "seconds": 0.0, "curve": []}
@@ -225,31 +342,26 @@ def prune(module: Any, example: tuple, input_names: list[str], output_kinds: lis
     final = rows[-1] | {"quality": quality(student)}
     if latency_ms is not None and len(rows) > 1:
         final["latency_ms"] = latency_ms(student)  # distillation changes no shape; measured again, as shipped
-    widths_after = _widths(student)
     met = _meets(final, settings)
     section = {
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}
         | {"budget": settings.budget.limits()},
-        "units": "output channels of convolutions and widths of linears, the hidden and feed-forward widths of "
-                 "transformer blocks among them (attention projections keep their heads)",
-        "importance": "taylor on the unpruned model's top-1" if classifier else "weight magnitude (L2)",
+        "units": steps.units,
+        "importance": steps.importance,
         "met": met,
         "before": {"macs": base_macs, "params": base_params, **{k: v for k, v in rows[0].items() if k != "step"}},
         "after_pruning": rows[-1],
         "after_recovery": final,
         "steps": rows[1:],
-        "modules": {name: {"units_before": width, "units_after": widths_after[name]}
-                    for name, width in widths_before.items() if widths_after.get(name) != width},
+        "modules": steps.kept(widths_before),
         "recovery": recovery,
         "seconds": {"pruning": round(pruned_seconds, 3), "recovery": recovery["seconds"]},
     }
     if not met:
-        section["not_met"] = (f"pruning stopped at {final['removed_share']:.0%} of each layer's units (max_pruned "
-                              f"{settings.max_pruned:g}) with " + ", ".join(
-                                  f"{key.removeprefix('max_')} {final[key.removeprefix('max_')]:g} > {limit:g}"
-                                  for key, limit in settings.limits().items()
-                                  if final[key.removeprefix("max_")] > limit)
-                              + "; the closest candidate was exported")
+        missed = ", ".join(f"{key.removeprefix('max_')} {final[key.removeprefix('max_')]:g} > {limit:g}"
+                           for key, limit in settings.limits().items() if final[key.removeprefix("max_")] > limit)
+        section["not_met"] = (f"pruning stopped at {steps.extent()} (max_pruned {settings.max_pruned:g}) with "
+                              f"{missed}; the closest candidate was exported")
     return Pruned(student, section)
 
 

@@ -98,7 +98,8 @@ class PruneSettings:
     max_params_ratio: float | None = None  # its parameters / the source's
     max_latency_ms: float | None = None    # the target's first variant, lowered and timed with its own runtime
     step: float = 0.1                      # share of every prunable layer's units each step removes
-    max_pruned: float = 0.9                # the most of a layer's units any step may have removed
+    units: str = "channels"                # or "layers": whole blocks of the model's stack (an encoder's layers)
+    max_pruned: float = 0.9                # the most of a layer's units (or of the layers) pruning may remove
     # a pruned layer keeps a multiple of this many units: demo:digits at half its MACs with widths 11/22/22/44 ran
     # 1.3x slower in ONNX Runtime fp32 than unpruned, with 8/20/20/44 1.09x faster (1 thread)
     round_to: int = 4
@@ -242,6 +243,7 @@ def _npu(table: Any, origin: str) -> NpuSettings | None:
     return settings
 
 
+PRUNE_UNITS = ("channels", "layers")
 PRUNING_COST_LIMITS = ("max_accuracy_drop", "min_top1_agreement", "min_cosine", "min_sqnr_db")
 
 
@@ -257,7 +259,10 @@ def _prune(table: Any, origin: str) -> PruneSettings | None:
             raise TargetError(f"{origin}: [prune.budget] must be a table of limits, e.g. {{ min_cosine = 0.98 }}")
         _check_keys(table["budget"], list(PRUNING_COST_LIMITS), "[prune.budget]", origin)
         values["budget"] = PruneSettings.budget.merged(_budget_overrides(table["budget"], "[prune.budget]", origin))
-    values |= _numbers(table, PruneSettings, "prune", origin, skip=("budget",))
+    if table.get("units", "channels") not in PRUNE_UNITS:
+        raise TargetError(f"{origin}: prune.units {table['units']!r}; choose one of: {', '.join(PRUNE_UNITS)}")
+    values["units"] = table.get("units", "channels")
+    values |= _numbers(table, PruneSettings, "prune", origin, skip=("budget", "units"))
     settings = PruneSettings(**values)
     if not settings.limits():
         raise TargetError(f"{origin}: [prune] needs a limit to prune towards: max_macs_ratio, max_params_ratio or "
@@ -281,18 +286,18 @@ def pruned_with(target: Any, pairs: list[str]) -> PruneSettings:
                           "models (tensor targets) so far")
     table = dict(target.to_profile().get("prune", {}))
     for pair in pairs:
-        key, sep, value = (part.strip() for part in pair.partition("="))
+        key, sep, text = (part.strip() for part in pair.partition("="))
+        if not sep or not text:
+            raise TargetError(f"--prune {pair!r}: write KEY=VALUE, e.g. --prune max_macs_ratio=0.5")
         try:
-            number = float(value)
+            value: Any = float(text)
         except ValueError:
-            number = None
-        if not sep or number is None:
-            raise TargetError(f"--prune {pair!r}: write KEY=NUMBER, e.g. --prune max_macs_ratio=0.5")
+            value = text  # a word setting (units); a number's key says so when it gets one
         inner, dot, budget_key = key.partition(".")
         if dot and inner == "budget":
-            table["budget"] = table.get("budget", {}) | {budget_key: number}
+            table["budget"] = table.get("budget", {}) | {budget_key: value}
         else:
-            table[key] = number
+            table[key] = value
     return _prune(table, "--prune")
 
 

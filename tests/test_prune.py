@@ -87,7 +87,7 @@ def test_a_latency_no_pruning_reaches_fails_with_the_closest_candidate(tmp_path)
     assert not pruning["met"] and len(pruning["steps"]) == 2
     assert all(row["latency_ms"] > 0.0001 for row in [pruning["before"], *pruning["steps"]])
     assert pruning["latency_measured_on"] == "onnx/fp32 (1 thread(s))"
-    assert "pruning stopped at 30% of each layer's units" in pruning["not_met"], pruning["not_met"]
+    assert "pruning stopped at 30% of each layer's units (max_pruned 0.3)" in pruning["not_met"], pruning["not_met"]
     report = read_json(directory / "report.json")
     assert [v for v in report["violations"] if v.startswith("pruning: ") and "latency_ms" in v], report["violations"]
     again = run_cli("validate", directory)  # the verdict comes from the directory, not from the export's memory
@@ -96,7 +96,7 @@ def test_a_latency_no_pruning_reaches_fails_with_the_closest_candidate(tmp_path)
 
 @pytest.mark.hf
 def test_a_transformer_gives_up_feed_forward_width_and_keeps_its_heads(tmp_path):
-    """Through the Python API, on a target without [prune]: export(prune={...}) as --prune KEY=NUMBER."""
+    """Through the Python API, on a target without [prune]: export(prune={...}) as --prune KEY=VALUE."""
     from edgeport import api
     from tests import hf_zoo
 
@@ -119,3 +119,30 @@ def test_a_transformer_gives_up_feed_forward_width_and_keeps_its_heads(tmp_path)
     assert not [name for name in pruned if name.split(".")[-1] in ("query", "key", "value")]  # heads kept
     fp32 = report.json["artifacts"][0]
     assert fp32["metrics"]["max_abs"] < 1e-4 and fp32["against_unpruned"]["metrics"]["cosine"] >= 0.5
+
+
+@pytest.mark.hf
+def test_whole_layers_go_least_harmful_first(tmp_path):
+    """units = "layers" on a two-layer encoder: the layer whose removal moved the outputs least is gone, the artifact
+    computes the one-layer model, and the command line's word value reaches the setting."""
+    from tests import hf_zoo
+
+    for role, seed in (("eval", 0), ("calib", 1)):
+        np.savez(tmp_path / f"{role}.npz", **hf_zoo.eval_arrays("bert", 48, seed))
+    target = tmp_path / "fp32.toml"
+    target.write_text('name = "fp32"\n[runtime]\nthreads = 1\nmin_runs = 20\nmin_seconds = 0.05\n'
+                      '[[variants]]\nformat = "onnx"\nprecision = "fp32"\n')
+    done = run_cli("export", "--model", f"{REPO}/tests/hf_zoo.py:bert", "--target", target, "--eval",
+                   tmp_path / "eval.npz", "--calib", tmp_path / "calib.npz", "--out", tmp_path / "out",
+                   "--prune", "units=layers", "--prune", "max_params_ratio=0.95", "--prune", "recovery_steps=20",
+                   "--prune", "budget.min_top1_agreement=0", "--prune", "budget.min_cosine=0")
+    assert done.code == 0, done.stderr[-2000:]
+    directory = tmp_path / "out" / "hf_zoo-bert" / "fp32"
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    (stack, kept), = pruning["modules"].items()
+    assert stack.endswith("encoder.layer") and (kept["units_before"], kept["units_after"]) == (2, 1)
+    step, = pruning["steps"]
+    assert kept["removed"] == [step["removed_layer"]] and step["output_distance"] > 0
+    assert pruning["after_pruning"]["params_ratio"] <= 0.95 and pruning["settings"]["units"] == "layers"
+    fp32 = read_json(directory / "report.json")["artifacts"][0]
+    assert fp32["metrics"]["max_abs"] < 1e-4 and fp32["budget"]["passed"], fp32["budget"]["violations"]
