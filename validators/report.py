@@ -205,8 +205,11 @@ def _pruning_tables(pruning: dict, artifacts: list[dict]) -> tuple[str, list[lis
                            for name, m in pruning["modules"].items())
                + f". Pruning {pruning['seconds']['pruning']:.1f} s, distillation "
                f"{pruning['seconds']['recovery']:.1f} s "
-               f"({pruning['recovery'].get('loss', '')}). Every figure here is against the unpruned model; each "
-               "artifact's own row above is against the pruned one.")
+               f"({pruning['recovery'].get('loss', '')}"
+               + ("; too few calibration samples to hold any out, so the held-out loss is the training rows'"
+                  if pruning["recovery"].get("held_out_samples") == 0 else "")
+               + "). Every figure here is against the unpruned model; each artifact's own row above is against the "
+               "pruned one.")
     judged = []
     for a in artifacts:
         cost = a.get("against_unpruned")
