@@ -90,9 +90,9 @@ class NpuSettings:
 
 @dataclass(frozen=True)
 class PruneSettings:
-    """Structured pruning before lowering (exporter/prune.py): output channels of convolutions and widths of
-    linears removed a step at a time until every limit set here holds, then recovered by distillation from the
-    unpruned model (no labels). The verdict still judges the artifacts against the unpruned model."""
+    """Structured pruning before lowering (exporter/prune.py): channels (or whole layers) removed a step at a time
+    until every limit set here holds, then recovered by distillation from the unpruned model (no labels). Each
+    artifact is judged by its own budget against the pruned model and by `budget` against the unpruned one."""
 
     max_macs_ratio: float | None = None    # the pruned model's multiply-accumulates / the source's
     max_params_ratio: float | None = None  # its parameters / the source's
