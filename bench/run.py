@@ -36,6 +36,7 @@ RECURRENT_TARGET = REPO / "bench" / "recurrent.toml"
 EXECUTORCH_TARGET = REPO / "bench" / "executorch-all.toml"
 LM_VS_LLAMACPP_TARGET = REPO / "bench" / "lm-vs-llamacpp.toml"
 LM_LONG_TARGET = REPO / "bench" / "lm-long.toml"
+LM_PRUNING_TARGET = REPO / "bench" / "lm-pruning.toml"
 GOALS = {"int8_to_fp32_bytes_max": 0.3, "fp32_onnx_to_eager_latency_max": 1.0, "help_seconds_max": 0.5,
          "make_export_seconds_max": 60.0}
 
@@ -454,11 +455,55 @@ def bench_pruning(out: Path) -> dict:
             "passed": reports["pruned"]["passed"], "artifacts": artifacts}
 
 
+# the share of all parameters that leaves 80% of the decoder's (a tied table counted once): tinylm has 4 layers, so
+# one goes (75% of its decoder kept); SmolLM2-135M loses 6 of its 30
+LM_PRUNE_LIMITS = {"demo:tinylm": "max_params_ratio=0.8", "smollm2-135m (local HF folder)": "max_params_ratio=0.85"}
+
+
+def _pruning_row(a: dict, ppl_ratio: float, source_bytes: int) -> dict:
+    return {"bytes": a["bytes"], "bytes_ratio_to_unpruned_fp32": round(a["bytes"] / source_bytes, 4),
+            "ppl_ratio_against_unpruned_float": round(ppl_ratio, 4), "passed": a["budget"]["passed"]}
+
+
+def bench_lm_pruning(out: Path) -> dict:
+    """Each language model exported twice in one run (bench/lm-pruning.toml), as it is and with a fifth of its decoder
+    parameters pruned as whole layers, distilled on the calibration text (at most 15 minutes): the perplexity ratio
+    against the unpruned model after pruning and after distillation, and every variant's bytes and perplexity ratio
+    against the unpruned model beside the unpruned export's, so pruning and quantization compare at equal bytes."""
+    figures = {}
+    for label, spec in _lm_specs(out).items():
+        print(f"bench: language model {label} with and without pruning", file=sys.stderr)
+        reports = {}
+        for run, prune in (("unpruned", []), ("pruned", [LM_PRUNE_LIMITS[label]])):
+            _, reports[run] = run_export(ExportOptions(model=spec, target=str(LM_PRUNING_TARGET), out=out / run,
+                                                       prune=prune), lambda _: None)
+        pruning = reports["pruned"]["pruning"]
+        source_bytes = reports["unpruned"]["artifacts"][0]["bytes"]  # the unpruned fp32 ONNX
+        variants = {f"unpruned {a['format']}/{a['precision']}":
+                    _pruning_row(a, a["lm"]["teacher_forced"]["ppl_ratio"], source_bytes)
+                    for a in reports["unpruned"]["artifacts"]}
+        variants |= {f"pruned {a['format']}/{a['precision']}":
+                     _pruning_row(a, a["against_unpruned"]["metrics"]["ppl_ratio"], source_bytes)
+                     for a in reports["pruned"]["artifacts"]}
+        figures[label] = {
+            "prune": LM_PRUNE_LIMITS[label], "met": pruning["met"], "modules": pruning["modules"],
+            "decoder_params_ratio": pruning["decoder_params"]["ratio"],
+            "params_ratio": pruning["after_recovery"]["params_ratio"],
+            "after_pruning": pruning["after_pruning"]["quality"],
+            "after_recovery": pruning["after_recovery"]["quality"],
+            "recovery": {k: pruning["recovery"][k] for k in ("steps", "kept_step", "learning_rate", "batch",
+                                                             "held_out_samples", "seconds", "loss")},
+            "seconds": pruning["seconds"], "export_seconds": reports["pruned"]["export"]["export_seconds"],
+            "unpruned_export_seconds": reports["unpruned"]["export"]["export_seconds"], "variants": variants}
+    return figures
+
+
 # `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
 SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
             "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
             "lm_long_context": bench_lm_long_context, "report_html": bench_report_html,
-            "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale, "pruning": bench_pruning}
+            "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale, "pruning": bench_pruning,
+            "lm_pruning": bench_lm_pruning}
 
 
 def wall_seconds(command: list[str], repeats: int) -> list[float]:
@@ -502,6 +547,7 @@ def main() -> None:
         results["report_html"] = bench_report_html(Path(tmp))
         results["device_estimates"] = bench_device_estimates(Path(tmp))
         results["pruning"] = bench_pruning(Path(tmp))
+        results["lm_pruning"] = bench_lm_pruning(Path(tmp))
         edgeport = str(Path(sys.executable).parent / "edgeport")
         help_times = wall_seconds([edgeport, "--help"], 7)
         export_times = wall_seconds(["make", "export", "TARGET=android", f"OUT={tmp}/make"], 1)

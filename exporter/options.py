@@ -57,7 +57,8 @@ class ExportOptions:
         "lowering, recovered by distillation on --calib, e.g. --prune max_macs_ratio=0.5 (or max_params_ratio, "
         "max_latency_ms; recovery_steps, budget.min_cosine, ...). Artifacts are judged against the pruned model by "
         "their budgets and against the unpruned one by the prune budget (default: accuracy drop <= 0.005, top-1 "
-        "agreement >= 0.95)."))
+        "agreement >= 0.95; a language model loses whole decoder layers, distilled on the calibration text, judged by "
+        "budget.max_ppl_ratio, default 1.5)."))
     allow_synthetic_eval: bool = _option(False, flag="--allow-synthetic-eval", build=FLAG, help=(
         "Let a verdict rest on synthetic eval inputs (no --eval and no bundled data). Without it such a run is "
         "provisional: exit 1, report.json passed=false with the reason."))

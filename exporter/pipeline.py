@@ -19,7 +19,7 @@ from exporter.lm.source import refuse_encoder_folder
 from exporter.options import ExportOptions, Progress
 from exporter.staging import check_output_place
 from targets import load_target
-from targets.profile import pruned_with
+from targets.prune import pruned_with
 
 
 def run_export(options: ExportOptions, progress: Progress) -> tuple[Path, dict]:

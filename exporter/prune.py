@@ -23,12 +23,17 @@ import numpy as np
 
 from exporter.errors import UserInputError
 from exporter.options import Progress
-from targets.profile import PruneSettings
+from targets.prune import PruneSettings
 
 DISTILLATION_TEMPERATURE = 2.0  # softened classifier outputs carry the teacher's ranking of the other classes
 CURVE_POINTS = 30  # distillation loss values kept for the report
 HELD_OUT_SHARE = 5  # one calibration row in this many judges the distillation instead of training it
+HELD_OUT_BATCHES = 4  # and at most this many batches of them: each check runs them (SmolLM2: 102 windows, 13 s)
 MIN_HELD_OUT_SAMPLES = 20
+NEXT_TOKEN = "next_token"  # the output kind of a language model's logits [batch, positions, vocabulary]
+# the unpruned model's outputs on every calibration row are kept when they fit here (an image model's); a language
+# model's are computed on each batch (64 windows x 64 positions x a 49k vocabulary are 0.8 GB)
+TEACHER_CACHE_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass
@@ -99,6 +104,7 @@ def _interface_layers(module: Any, example: tuple, ignored: list, shapes: list[t
 
 class _Distance:
     """How far the student's outputs are from the teacher's: KL of softened distributions for classifier outputs,
+    KL of a language model's next-token distributions per position (at temperature 1, the one perplexity reads),
     squared error relative to the teacher's variance for every other output."""
 
     def __init__(self, kinds: list[str]) -> None:
@@ -109,7 +115,11 @@ class _Distance:
 
         total = 0.0
         for kind, s, t in zip(self.kinds, student, teacher, strict=True):
-            if kind == "classification" and s.dim() == 2:
+            if kind == NEXT_TOKEN:
+                total = total + F.kl_div(F.log_softmax(s.float().flatten(0, -2), -1),
+                                         F.log_softmax(t.float().flatten(0, -2), -1), log_target=True,
+                                         reduction="batchmean")
+            elif kind == "classification" and s.dim() == 2:
                 temperature = DISTILLATION_TEMPERATURE
                 total = total + F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
                                          log_target=True, reduction="batchmean") * temperature ** 2
@@ -226,7 +236,7 @@ class _LayerSteps:
 
     def __init__(self, student: Any, distance: Any, batches: Any, settings: PruneSettings) -> None:
         self.student, self.distance, self.batches = student, distance, batches
-        found = _block_stack(student)
+        found = block_stack(student)
         if found is None:
             raise UserInputError("[prune] units = \"layers\" needs a stack of identical blocks (an nn.ModuleList of "
                                  "two or more layers of one class); this model has none: use units = \"channels\"")
@@ -253,7 +263,7 @@ class _LayerSteps:
         least = int(np.argmin(moved))
         del self.stack[least]
         self.removed.append(self.original.pop(least))
-        _follow_depth(self.student, self.total - len(self.removed), len(self.stack))
+        _follow_depth(self.student, self.stack, least)
         return {"removed_share": round(len(self.removed) / self.total, 4),
                 "removed_layer": f"{self.name}.{self.removed[-1]}", "output_distance": round(moved[least], 6)}
 
@@ -271,7 +281,7 @@ class _LayerSteps:
                             "removed": [f"{self.name}.{i}" for i in sorted(self.removed)]}}
 
 
-def _block_stack(module: Any) -> tuple[str, Any] | None:
+def block_stack(module: Any) -> tuple[str, Any] | None:
     """The nn.ModuleList of two or more blocks of one class holding the most parameters: the model's layers."""
     import torch
 
@@ -282,19 +292,54 @@ def _block_stack(module: Any) -> tuple[str, Any] | None:
     return max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
-def _follow_depth(module: Any, before: int, after: int) -> None:
-    """A config that counted the removed block counts the stack as it is now (code may read it at run time)."""
+def _follow_depth(module: Any, stack: Any, removed: int) -> None:
+    """What counted or numbered the blocks follows the stack as it is now: a config's num_hidden_layers and per-layer
+    lists (layer_types: which layers slide their attention window), and each block's layer_idx (the slot of its
+    key/value cache), which code reads at run time."""
+    before = len(stack) + 1
     for config in {id(c): c for m in module.modules() if (c := getattr(m, "config", None)) is not None}.values():
         if getattr(config, "num_hidden_layers", None) == before:
-            config.num_hidden_layers = after
+            config.num_hidden_layers = before - 1
+        for name, value in vars(config).items():
+            if isinstance(value, list) and len(value) == before and name.startswith("layer"):
+                setattr(config, name, value[:removed] + value[removed + 1:])
+    for index, block in enumerate(stack):
+        for inner in block.modules():
+            if isinstance(getattr(inner, "layer_idx", None), int):
+                inner.layer_idx = index
 
 
-def _batches(calibration: dict[str, np.ndarray], teacher: list, input_names: list[str], batch: int) -> Any:
+class _Teacher:
+    """The unpruned model's outputs on calibration rows: computed once for every row where they fit in
+    TEACHER_CACHE_BYTES, else on each call."""
+
+    def __init__(self, module: Any, calibration: dict[str, np.ndarray], input_names: list[str], batch: int) -> None:
+        import torch
+
+        self.module, self.calibration, self.input_names = module, calibration, input_names
+        samples = len(next(iter(calibration.values())))
+        first = self._run(np.arange(1))
+        self.cached = None
+        if samples * sum(t.numel() * t.element_size() for t in first) <= TEACHER_CACHE_BYTES:
+            parts = [self._run(np.arange(start, min(start + batch, samples))) for start in range(0, samples, batch)]
+            self.cached = [torch.cat(outputs) for outputs in zip(*parts, strict=True)]
+
+    def _run(self, rows: np.ndarray) -> list:
+        import torch
+
+        with torch.no_grad():
+            return _outputs(self.module, _tensors(self.calibration, self.input_names, rows))
+
+    def __call__(self, rows: np.ndarray) -> list:
+        return [t[rows] for t in self.cached] if self.cached is not None else self._run(rows)
+
+
+def _batches(calibration: dict[str, np.ndarray], teacher: _Teacher, input_names: list[str], batch: int) -> Any:
     """Calibration batches with the unpruned model's outputs on them, cycling through the rows in order."""
     samples = len(next(iter(calibration.values())))
     rows = np.arange(min(batch, samples))
     while True:
-        yield _tensors(calibration, input_names, rows), [t[rows] for t in teacher]
+        yield _tensors(calibration, input_names, rows), teacher(rows)
         rows = (rows + len(rows)) % samples
 
 
@@ -310,10 +355,9 @@ def prune(module: Any, example: tuple, input_names: list[str], output_kinds: lis
     student = copy.deepcopy(module).eval()
     student.requires_grad_(True)
     classifier = output_kinds[0] == "classification"
-    with torch.no_grad():
-        teacher_calibration = _outputs(module, _tensors(calibration, input_names))
+    teacher = _Teacher(module, calibration, input_names, settings.batch)
     shapes = [tuple(t.shape) for t in _outputs(module, example)]
-    batches = _batches(calibration, teacher_calibration, input_names, settings.batch)
+    batches = _batches(calibration, teacher, input_names, settings.batch)
     base_macs, base_params = _size(student, example)
     widths_before = _widths(student)
     steps = _LayerSteps(student, _Distance(output_kinds), batches, settings) if settings.units == "layers" else \
@@ -336,7 +380,7 @@ def prune(module: Any, example: tuple, input_names: list[str], output_kinds: lis
         progress(f"pruning: step {row['step']}: {steps.said(row)}, MACs x{row['macs_ratio']:.2f}, parameters "
                  f"x{row['params_ratio']:.2f}" + (f", {row['latency_ms']:.3f} ms" if "latency_ms" in row else ""))
     pruned_seconds = time.perf_counter() - started
-    recovery = _distill(student, calibration, teacher_calibration, input_names, output_kinds, settings, progress) \
+    recovery = _distill(student, calibration, teacher, input_names, output_kinds, settings, progress) \
         if len(rows) > 1 else {"steps": 0, "seconds": 0.0, "curve": []}
     student.eval().requires_grad_(False)
     final = rows[-1] | {"quality": quality(student)}
@@ -365,12 +409,12 @@ def prune(module: Any, example: tuple, input_names: list[str], output_kinds: lis
     return Pruned(student, section)
 
 
-def _distill(student: Any, calibration: dict[str, np.ndarray], teacher: list, input_names: list[str],
+def _distill(student: Any, calibration: dict[str, np.ndarray], teacher: _Teacher, input_names: list[str],
              output_kinds: list[str], settings: PruneSettings, progress: Progress) -> dict:
     """Adam on the distance to the unpruned model's outputs, batches drawn in a seeded order from four fifths of the
-    calibration rows; the other fifth (drawn at random) is held out, and the weights of the step where its distance
-    was least are the ones kept (on a few hundred samples the training distance keeps falling long after the held-out
-    one rose: MiniLM on 313 sentences, training 0.005, held-out cosine 0.79)."""
+    calibration rows; the other fifth (drawn at random, at most HELD_OUT_BATCHES batches) is held out, and the weights
+    of the step where its distance was least are the ones kept (on a few hundred samples the training distance keeps
+    falling long after the held-out one rose: MiniLM on 313 sentences, training 0.005, held-out cosine 0.79)."""
     import torch
 
     started = time.perf_counter()
@@ -379,25 +423,31 @@ def _distill(student: Any, calibration: dict[str, np.ndarray], teacher: list, in
     generator = torch.Generator().manual_seed(0)
     samples = len(next(iter(calibration.values())))
     order = np.random.default_rng(0).permutation(samples)  # calibration files are often ordered (by class, by source)
-    held_count = samples // HELD_OUT_SHARE if samples >= MIN_HELD_OUT_SAMPLES else 0
+    held_count = min(samples // HELD_OUT_SHARE, HELD_OUT_BATCHES * settings.batch) \
+        if samples >= MIN_HELD_OUT_SAMPLES else 0
     held, train = (order[:held_count], order[held_count:]) if held_count else (order, order)  # too few: said
-    held_inputs, held_teacher = _tensors(calibration, input_names, held), [t[held] for t in teacher]
+    held_batches = [held[start:start + settings.batch] for start in range(0, len(held), settings.batch)]
 
-    def held_out_distance() -> float:
+    def held_out_distance() -> float:  # a batch at a time: a language model's logits are vocabulary wide
         with torch.no_grad():
-            return distance(_outputs(student, held_inputs), held_teacher).item()
+            return sum(distance(_outputs(student, _tensors(calibration, input_names, rows)), teacher(rows)).item()
+                       * len(rows) for rows in held_batches) / len(held)
 
     student.eval()  # BatchNorm keeps the statistics of the channels it kept; the calibration batches are small
     curve, every, out_of_time = [], max(1, settings.recovery_steps // CURVE_POINTS), False
+    checked = time.perf_counter()
     before = held_out_distance()
+    check_seconds = time.perf_counter() - checked
     best = (before, 0, copy.deepcopy(student.state_dict()))
     for step in range(1, settings.recovery_steps + 1):
         rows = train[torch.randint(0, len(train), (min(settings.batch, len(train)),), generator=generator).numpy()]
-        loss = distance(_outputs(student, _tensors(calibration, input_names, rows)), [t[rows] for t in teacher])
+        loss = distance(_outputs(student, _tensors(calibration, input_names, rows)), teacher(rows))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        out_of_time = time.perf_counter() - started > settings.max_recovery_seconds
+        # stopped where the next step and the last held-out check would not fit in max_recovery_seconds any more
+        elapsed = time.perf_counter() - started
+        out_of_time = elapsed * (step + 1) / step + check_seconds > settings.max_recovery_seconds
         if step % every == 0 or step == settings.recovery_steps or out_of_time:
             held_out = held_out_distance()
             if held_out < best[0]:
@@ -411,8 +461,12 @@ def _distill(student: Any, calibration: dict[str, np.ndarray], teacher: list, in
     return {"steps": curve[-1][0] if curve else 0, "kept_step": best[1], "held_out_before": round(before, 6),
             "learning_rate": settings.learning_rate,
             "batch": settings.batch, "held_out_samples": held_count,
-            **({"stopped": f"after {settings.max_recovery_seconds:g} s (max_recovery_seconds)"} if out_of_time else {}),
+            **({"stopped": f"within {settings.max_recovery_seconds:g} s (max_recovery_seconds)"}
+               if out_of_time else {}),
             "seconds": round(time.perf_counter() - started, 3), "curve": curve,
             "curve_columns": ["step", "training batch loss", "held-out loss"],
-            "loss": "KL of temperature-2 distributions" if output_kinds[0] == "classification"
-            else "squared error / the unpruned output's variance"}
+            "loss": DISTILLATION_LOSSES.get(output_kinds[0], "squared error / the unpruned output's variance")}
+
+
+DISTILLATION_LOSSES = {"classification": f"KL of temperature-{DISTILLATION_TEMPERATURE:g} distributions",
+                       NEXT_TOKEN: "KL of the next-token distributions, per position"}

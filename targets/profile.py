@@ -10,7 +10,7 @@ import dataclasses
 import math
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +18,8 @@ from common.errors import TargetError
 from devices import device_list
 from targets.catalog import OPTION_CHOICES, PASSES, PRECISIONS, Budget, Precision, artifact_filename
 from targets.lm import lm_target_from_dict
+from targets.prune import TENSOR_RULES, PruneRules, PruneSettings, prune_profile, read_prune
+from targets.tables import check_keys, field_names, number, numbers
 
 TARGETS_DIR = Path(__file__).resolve().parent
 
@@ -89,34 +91,6 @@ class NpuSettings:
 
 
 @dataclass(frozen=True)
-class PruneSettings:
-    """Structured pruning before lowering (exporter/prune.py): channels (or whole layers) removed a step at a time
-    until every limit set here holds, then recovered by distillation from the unpruned model (no labels). Each
-    artifact is judged by its own budget against the pruned model and by `budget` against the unpruned one."""
-
-    max_macs_ratio: float | None = None    # the pruned model's multiply-accumulates / the source's
-    max_params_ratio: float | None = None  # its parameters / the source's
-    max_latency_ms: float | None = None    # the target's first variant, lowered and timed with its own runtime
-    step: float = 0.1                      # share of every prunable layer's units each step removes
-    units: str = "channels"                # or "layers": whole blocks of the model's stack (an encoder's layers)
-    max_pruned: float = 0.9                # the most of a layer's units (or of the layers) pruning may remove
-    # a pruned layer keeps a multiple of this many units: demo:digits at half its MACs with widths 11/22/22/44 ran
-    # 1.3x slower in ONNX Runtime fp32 than unpruned, with 8/20/20/44 1.09x faster (1 thread)
-    round_to: int = 4
-    recovery_steps: int = 1000             # distillation steps (Adam) on the calibration data after pruning
-    max_recovery_seconds: float = 600.0    # distillation stops here if its steps take longer
-    learning_rate: float = 1e-3
-    batch: int = 32
-    # what pruning may cost, judged on every artifact against the unpruned model ([prune.budget], over these
-    # defaults); each variant's own budget judges its conversion against the pruned model
-    budget: Budget = Budget(max_accuracy_drop=0.005, min_top1_agreement=0.95)
-
-    def limits(self) -> dict[str, float]:
-        return {k: v for k, v in (("max_macs_ratio", self.max_macs_ratio), ("max_params_ratio",
-                self.max_params_ratio), ("max_latency_ms", self.max_latency_ms)) if v is not None}
-
-
-@dataclass(frozen=True)
 class Target:
     kind: ClassVar[str] = "tensor"  # the model-kind plug-in that exports it (exporter/kinds/)
     name: str
@@ -131,6 +105,7 @@ class Target:
     diagnose: str = "always"  # per-layer blame: "always", "on-failure" (only a variant missing its budget), "off"
     devices: tuple[str, ...] = ()  # device profiles (devices/) the report estimates latency for
     prune: PruneSettings | None = None  # [prune]: structured pruning before lowering
+    prune_rules: ClassVar[PruneRules] = TENSOR_RULES
     origin: str = ""  # the file it was read from
 
     @property
@@ -163,8 +138,7 @@ class Target:
         if self.npu is not None:
             profile["npu"] = dataclasses.asdict(self.npu)
         if self.prune is not None:
-            settings = {k: v for k, v in dataclasses.asdict(self.prune).items() if v is not None}
-            profile["prune"] = settings | {"budget": self.prune.budget.limits()}
+            profile["prune"] = prune_profile(self.prune)
         return profile
 
 
@@ -172,55 +146,23 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
-def _check_keys(table: dict[str, Any], allowed: list[str], where: str, origin: str) -> None:
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise TargetError(
-            f"{origin}: unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(allowed)}"
-        )
-
-
-def _number(value: Any, key: str, where: str, origin: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TargetError(f"{origin}: {where}.{key} must be a finite number, got {value!r}")
-    if value < 0:
-        raise TargetError(f"{origin}: {where}.{key} must not be negative, got {value!r}")
-    return float(value)
-
-
-def _numbers(table: dict[str, Any], settings: type, where: str, origin: str, skip: tuple[str, ...] = ()) -> dict:
-    """The table's values of a settings dataclass's numeric fields, whole numbers where the field is an int."""
-    values: dict[str, Any] = {}
-    for f in fields(settings):
-        if f.name in table and f.name not in skip:
-            number = _number(table[f.name], f.name, where, origin)
-            if f.type == "int" and number != int(number):
-                raise TargetError(f"{origin}: {where}.{f.name} must be a whole number, got {number!r}")
-            values[f.name] = int(number) if f.type == "int" else number
-    return values
-
-
 def _budget_overrides(table: Any, where: str, origin: str) -> dict[str, float]:
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: {where} must be a table of limits, got {table!r}")
-    _check_keys(table, _field_names(Budget), where, origin)
-    return {k: _number(v, k, where, origin) for k, v in table.items()}
+    check_keys(table, field_names(Budget), where, origin)
+    return {k: number(v, k, where, origin) for k, v in table.items()}
 
 
 def _runtime(table: Any, origin: str) -> RuntimeSettings:
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: [runtime] must be a table")
-    _check_keys(table, _field_names(RuntimeSettings), "[runtime]", origin)
+    check_keys(table, field_names(RuntimeSettings), "[runtime]", origin)
     values: dict[str, Any] = {}
     delegates = table.get("tflite_delegates", ["xnnpack"])
     if not isinstance(delegates, list) or not delegates or any(d not in TFLITE_DELEGATES for d in delegates):
         raise TargetError(f"{origin}: runtime.tflite_delegates must be a list drawn from {', '.join(TFLITE_DELEGATES)}")
     values["tflite_delegates"] = tuple(delegates)
-    values |= _numbers(table, RuntimeSettings, "runtime", origin, skip=("tflite_delegates",))
+    values |= numbers(table, RuntimeSettings, "runtime", origin, skip=("tflite_delegates",))
     settings = RuntimeSettings(**values)
     if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:
         raise TargetError(f"{origin}: [runtime] needs threads >= 1 and 1 <= min_runs <= max_runs")
@@ -232,7 +174,7 @@ def _npu(table: Any, origin: str) -> NpuSettings | None:
         return None
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: [npu] must be a table")
-    _check_keys(table, _field_names(NpuSettings), "[npu]", origin)
+    check_keys(table, field_names(NpuSettings), "[npu]", origin)
     accelerators = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
                     "ethos-u65-512", "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
                     "ethos-u85-2048")
@@ -243,68 +185,10 @@ def _npu(table: Any, origin: str) -> NpuSettings | None:
     return settings
 
 
-PRUNE_UNITS = ("channels", "layers")
-PRUNING_COST_LIMITS = ("max_accuracy_drop", "min_top1_agreement", "min_cosine", "min_sqnr_db")
-
-
-def _prune(table: Any, origin: str) -> PruneSettings | None:
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise TargetError(f"{origin}: [prune] must be a table, e.g. [prune] max_macs_ratio = 0.5")
-    _check_keys(table, _field_names(PruneSettings), "[prune]", origin)
-    values: dict[str, Any] = {}
-    if "budget" in table:
-        if not isinstance(table["budget"], dict):
-            raise TargetError(f"{origin}: [prune.budget] must be a table of limits, e.g. {{ min_cosine = 0.98 }}")
-        _check_keys(table["budget"], list(PRUNING_COST_LIMITS), "[prune.budget]", origin)
-        values["budget"] = PruneSettings.budget.merged(_budget_overrides(table["budget"], "[prune.budget]", origin))
-    if table.get("units", "channels") not in PRUNE_UNITS:
-        raise TargetError(f"{origin}: prune.units {table['units']!r}; choose one of: {', '.join(PRUNE_UNITS)}")
-    values["units"] = table.get("units", "channels")
-    values |= _numbers(table, PruneSettings, "prune", origin, skip=("budget", "units"))
-    settings = PruneSettings(**values)
-    if not settings.limits():
-        raise TargetError(f"{origin}: [prune] needs a limit to prune towards: max_macs_ratio, max_params_ratio or "
-                          "max_latency_ms")
-    for key in ("max_macs_ratio", "max_params_ratio"):
-        if (value := getattr(settings, key)) is not None and not 0 < value < 1:
-            raise TargetError(f"{origin}: prune.{key} is a share of the source's, between 0 and 1; got {value!r}")
-    if not 0 < settings.step <= settings.max_pruned < 1:
-        raise TargetError(f"{origin}: [prune] needs 0 < step <= max_pruned < 1 (shares of a layer's units); got "
-                          f"step {settings.step!r}, max_pruned {settings.max_pruned!r}")
-    if settings.batch < 1 or settings.round_to < 1:
-        raise TargetError(f"{origin}: prune.batch and prune.round_to must be at least 1")
-    return settings
-
-
-def pruned_with(target: Any, pairs: list[str]) -> PruneSettings:
-    """The target's [prune] table with the command line's --prune KEY=VALUE pairs over it (budget.KEY for
-    [prune.budget])."""
-    if not isinstance(target, Target):
-        raise TargetError(f"--prune: {target.name} is a {target.kind} target; pruning takes image, audio and text "
-                          "models (tensor targets) so far")
-    table = dict(target.to_profile().get("prune", {}))
-    for pair in pairs:
-        key, sep, text = (part.strip() for part in pair.partition("="))
-        if not sep or not text:
-            raise TargetError(f"--prune {pair!r}: write KEY=VALUE, e.g. --prune max_macs_ratio=0.5")
-        try:
-            value: Any = float(text)
-        except ValueError:
-            value = text  # a word setting (units); a number's key says so when it gets one
-        inner, dot, budget_key = key.partition(".")
-        if dot and inner == "budget":
-            table["budget"] = table.get("budget", {}) | {budget_key: value}
-        else:
-            table[key] = value
-    return _prune(table, "--prune")
-
-
 def _coreml(table: Any, origin: str) -> CoremlSettings:
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: [coreml] must be a table")
-    _check_keys(table, _field_names(CoremlSettings), "[coreml]", origin)
+    check_keys(table, field_names(CoremlSettings), "[coreml]", origin)
     settings = CoremlSettings(**{k: str(v) for k, v in table.items()})
     if settings.minimum_deployment_target not in DEPLOYMENT_TARGETS:
         raise TargetError(f"{origin}: coreml.minimum_deployment_target {settings.minimum_deployment_target!r}; "
@@ -335,7 +219,7 @@ def _variant(table: Any, index: int, common: dict[str, float], origin: str) -> V
     where = f"variants[{index}]"
     if not isinstance(table, dict):
         raise TargetError(f"{origin}: {where} must be a table with format and precision")
-    _check_keys(table, ["format", "precision", "budget", *OPTION_CHOICES], where, origin)
+    check_keys(table, ["format", "precision", "budget", *OPTION_CHOICES], where, origin)
     fmt, precision_id = table.get("format"), table.get("precision")
     if fmt not in PRECISIONS:
         raise TargetError(f"{origin}: {where}.format {fmt!r} is not one of: {', '.join(PRECISIONS)}")
@@ -356,7 +240,7 @@ def _passes(data: Any, options: Any, origin: str) -> tuple[dict[str, tuple[str, 
     """[passes] lists pass ids per format; [pass_options.<format>.<pass id>] sets a pass's typed config."""
     if not isinstance(data, dict):
         raise TargetError(f"{origin}: [passes] must map a format to a list of pass ids")
-    _check_keys(data, list(PASSES), "[passes]", origin)
+    check_keys(data, list(PASSES), "[passes]", origin)
     passes: dict[str, tuple[str, ...]] = {}
     for fmt, ids in data.items():
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -373,13 +257,13 @@ def _passes(data: Any, options: Any, origin: str) -> tuple[dict[str, tuple[str, 
     for fmt, by_pass in options.items():
         if fmt not in passes or not isinstance(by_pass, dict):
             raise TargetError(f"{origin}: pass_options.{fmt}: list the format's passes in [passes] first")
-        _check_keys(by_pass, list(passes[fmt]), f"pass_options.{fmt} (the passes this target runs)", origin)
+        check_keys(by_pass, list(passes[fmt]), f"pass_options.{fmt} (the passes this target runs)", origin)
         for pass_id, values in by_pass.items():
             config = PASSES[fmt][pass_id].config
             where = f"pass_options.{fmt}.{pass_id}"
             if not isinstance(values, dict):
                 raise TargetError(f"{origin}: {where} must be a table of settings")
-            _check_keys(values, _field_names(config), where, origin)
+            check_keys(values, field_names(config), where, origin)
             configs.setdefault(fmt, {})[pass_id] = config(**{k: _setting(v, config, k, where, origin)
                                                              for k, v in values.items()})
     return passes, configs
@@ -402,7 +286,7 @@ def _setting(value: Any, config: type, key: str, where: str, origin: str) -> Any
 
 def target_from_dict(data: dict[str, Any], origin: str) -> Target:
     """Validate a parsed target file. Every problem names the key and the valid choices."""
-    _check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
+    check_keys(data, ["name", "description", "runtime", "passes", "budgets", "variants", "npu", "coreml",
                        "auto_precision", "diagnose", "pass_options", "devices", "prune"], "the top level", origin)
     auto_precision = data.get("auto_precision", False)
     if not isinstance(auto_precision, bool):
@@ -441,7 +325,7 @@ def target_from_dict(data: dict[str, Any], origin: str) -> Target:
         auto_precision=auto_precision,
         diagnose=diagnose,
         devices=device_list(data.get("devices", []), origin),
-        prune=_prune(data.get("prune"), origin),
+        prune=read_prune(data.get("prune"), origin, TENSOR_RULES),
         origin=origin,
     )
 

@@ -3,6 +3,8 @@ model is loaded, a language-model export estimated to need more than the memory 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,14 @@ def test_an_export_estimated_above_its_memory_limit_is_refused_before_loading(tm
     assert f"needs at least {need.at_least / 1e9:.1f} GB, about" in done.stderr and \
         "--memory-limit leaves it 0.5 GB" in done.stderr, done.stderr[-800:]
     assert "loading" not in done.stderr and not (tmp_path / "out").exists()
+    # pruning comes first and holds the teacher, the student and its optimizer: above one variant's need
+    from targets.lm import lm_target_from_dict
+    from targets.prune import pruned_with
+
+    one = lm_target_from_dict({"name": "one", "lm": {}, "variants": [{"format": "onnx", "precision": "fp32"}]}, "t")
+    pruned = dataclasses.replace(one, prune=pruned_with(one, ["max_params_ratio=0.8"]))
+    unpruned_need, pruned_need = KIND.memory_need(str(folder), one), KIND.memory_need(str(folder), pruned)
+    assert pruned_need.about > unpruned_need.about and pruned_need.how.startswith("pruning first"), pruned_need
 
 
 def test_a_source_of_unknown_size_is_not_estimated_and_one_that_may_not_fit_goes_on_saying_so():

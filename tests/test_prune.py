@@ -146,3 +146,90 @@ def test_whole_layers_go_least_harmful_first(tmp_path):
     assert pruning["after_pruning"]["params_ratio"] <= 0.95 and pruning["settings"]["units"] == "layers"
     fp32 = read_json(directory / "report.json")["artifacts"][0]
     assert fp32["metrics"]["max_abs"] < 1e-4 and fp32["budget"]["passed"], fp32["budget"]["violations"]
+
+
+def _lm_target(tmp_path, variants: tuple[str, ...] = ("onnx/fp32", "onnx/w8")) -> str:
+    from tests.lm_models import lm_target
+
+    return str(lm_target(tmp_path / "lm.toml", variants))
+
+
+def test_a_language_model_loses_a_layer_and_its_artifacts_are_judged_against_the_unpruned_model(tmp_path):
+    """demo:tinylm with a quarter of its decoder pruned (one of four layers), distilled on the calibration text."""
+    from transformers import AutoModelForCausalLM
+
+    done = run_cli("export", "--model", "demo:tinylm", "--target", _lm_target(tmp_path), "--out", tmp_path / "out",
+                   "--prune", "max_params_ratio=0.8", "--prune", "recovery_steps=60")
+    assert done.code == 0, done.stderr[-2000:]
+    directory = tmp_path / "out" / "tinylm" / "test-llm"
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    (stack, kept), = pruning["modules"].items()
+    assert (stack, kept["units_before"], kept["units_after"]) == ("model.layers", 4, 3)
+    assert pruning["met"] and pruning["decoder_params"]["ratio"] == 0.75
+    after_pruning, after_recovery = pruning["after_pruning"]["quality"], pruning["after_recovery"]["quality"]
+    assert after_pruning["ppl_ratio"] > 1.05  # a trained model misses its layer
+    assert 1.0 < after_recovery["ppl_ratio"] < after_pruning["ppl_ratio"]  # and distillation gives some of it back
+    assert pruning["recovery"]["loss"] == "KL of the next-token distributions, per position"
+    report = read_json(directory / "report.json")
+    fp32, w8 = report["artifacts"]
+    assert fp32["budget"]["passed"] and fp32["metrics"]["max_abs"] < 1e-3  # the artifact computes the pruned model
+    # against the unpruned model: the fp32 artifact costs what the pruned model costs (two code paths, one figure)
+    assert fp32["against_unpruned"]["metrics"]["ppl_ratio"] == pytest.approx(after_recovery["ppl_ratio"], abs=2e-3)
+    assert w8["against_unpruned"]["metrics"]["ppl_ratio"] >= fp32["against_unpruned"]["metrics"]["ppl_ratio"] - 0.01
+    # the pruned model as a Hugging Face folder: three layers, computing what the reference holds
+    model = AutoModelForCausalLM.from_pretrained(directory / pruning["program"]["path"])
+    assert model.config.num_hidden_layers == 3 and len(model.model.layers) == 3
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+    text = (directory / "report.md").read_text()
+    assert "## Pruning" in text and "| PPL ratio | KL mean |" in text and "within [prune.budget]" in text
+    # a prune budget the pruned model misses fails the verdict, naming the unpruned model
+    again = run_cli("export", "--model", "demo:tinylm", "--target", _lm_target(tmp_path, ("onnx/fp32",)), "--out",
+                    tmp_path / "tight", "--prune", "max_params_ratio=0.8", "--prune", "recovery_steps=10",
+                    "--prune", "budget.max_ppl_ratio=1.01")
+    assert again.code == 1, again.stderr[-2000:]
+    violations = read_json(next((tmp_path / "tight").glob("*/*/report.json")))["artifacts"][0]["budget"]["violations"]
+    assert [v for v in violations if v.startswith("against the unpruned model: perplexity ratio")], violations
+
+
+def _layered_gemma3(folder):
+    """A trained tiny Gemma 3 of four layers, sliding and full attention alternating through an 8-token window
+    (shorter than the test's cache): removing a layer shifts the types of the ones after it."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    from exporter.lm.tinylm import byte_tokenizer
+    from tests.lm_models import train_briefly
+
+    tokenizer = byte_tokenizer()
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                              sliding_window=8, bos_token_id=vocab - 3, eos_token_id=vocab - 2,
+                              pad_token_id=vocab - 1, tie_word_embeddings=True,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+    model = AutoModelForCausalLM.from_config(config)
+    train_briefly(model, tokenizer, 60)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_removed_layer_takes_its_attention_kind_and_cache_slot_with_it(tmp_path):
+    """The layers after a removed one keep their own sliding or full attention (the config's layer_types follows the
+    stack) and read their own KV-cache slots (layer_idx renumbered): the fp32 artifact decodes as the pruned model
+    does, through a window shorter than the cache."""
+    source = _layered_gemma3(tmp_path / "gemma3")
+    done = run_cli("export", "--model", source, "--target", _lm_target(tmp_path, ("onnx/fp32",)), "--out",
+                   tmp_path / "out", "--prune", "max_params_ratio=0.9", "--prune", "recovery_steps=10",
+                   "--prune", "budget.max_ppl_ratio=100")
+    assert done.code == 0, done.stderr[-2000:]
+    directory = next((tmp_path / "out").glob("*/test-llm"))
+    pruning = read_json(directory / "manifest.json")["pruning"]
+    removed = int(pruning["modules"]["model.layers"]["removed"][0].rsplit(".", 1)[1])
+    kinds = ["sliding_attention", "full_attention"] * 2
+    config = read_json(directory / "model.pruned" / "config.json")
+    assert config["num_hidden_layers"] == 3 and config["layer_types"] == kinds[:removed] + kinds[removed + 1:]
+    fp32 = read_json(directory / "report.json")["artifacts"][0]
+    assert fp32["budget"]["passed"], fp32["budget"]["violations"]
+    assert fp32["metrics"]["max_abs"] < 1e-3 and fp32["metrics"]["long_ppl_ratio"] == pytest.approx(1.0, abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from targets import TargetError, builtin_target_names, load_target
 from targets.catalog import FP32_BUDGET, PRECISIONS, FoldConstantsConfig, SimplifyConfig
 from targets.lm import LmTarget, lm_target_from_dict
-from targets.profile import pruned_with, target_from_dict
+from targets.profile import target_from_dict
+from targets.prune import pruned_with
 
 
 def test_builtin_targets_load_with_expected_variants():
@@ -156,8 +158,23 @@ def test_prune_settings_round_trip_and_the_command_line_goes_over_them():
         "min_cosine": 0.9, "min_top1_agreement": 0.95, "max_accuracy_drop": 0.005}
     with pytest.raises(TargetError, match="write KEY=VALUE"):
         pruned_with(plain, ["max_macs_ratio"])
-    with pytest.raises(TargetError, match="android-llm is a causal-lm target"):
-        pruned_with(load_target("android-llm"), ["max_macs_ratio=0.5"])
+
+
+def test_a_language_model_prunes_whole_layers_judged_by_perplexity():
+    android = load_target("android-llm")
+    settings = pruned_with(android, ["max_params_ratio=0.85", "budget.max_ppl_ratio=1.3"])
+    assert (settings.units, settings.batch, settings.max_recovery_seconds) == ("layers", 8, 900.0)  # the LM defaults
+    assert settings.budget.limits() == {"max_ppl_ratio": 1.3}
+    pruned = dataclasses.replace(android, prune=settings)
+    assert pruned.needs_calibration and lm_target_from_dict(pruned.to_profile(), "manifest").prune == settings
+    for pair, message in (("max_macs_ratio=0.5", "prune.max_macs_ratio is not read for this target: a language "
+                                                 "model's multiply-accumulates per token follow its parameters"),
+                          ("units=channels", "prune.units 'channels'; choose one of: layers"),
+                          ("budget.min_cosine=0.9", "unknown key(s) min_cosine in [prune.budget]; valid keys: "
+                                                    "max_ppl_ratio"),
+                          ("recovery_steps=10", "[prune] needs a limit to prune towards: max_params_ratio")):
+        with pytest.raises(TargetError, match=re.escape(message)):
+            pruned_with(android, ["max_params_ratio=0.85", pair] if "limit" not in message else [pair])
 
 
 def test_language_model_targets_are_data_with_token_level_budgets():

@@ -10,6 +10,7 @@ from pathlib import Path
 from common.errors import ArtifactError
 from common.files import write_atomic, write_json
 from validators.estimate import estimate_line
+from validators.pruning_report import pruning_html, pruning_markdown
 from validators.report_parts import violations_html
 
 JSON, MARKDOWN, HTML = "report.json", "report.md", "report.html"
@@ -179,98 +180,6 @@ def _artifact_facts(a: dict) -> list[str]:
     return facts
 
 
-PRUNING_COLUMNS = ("stage", "units removed", "MACs", "parameters", "latency", "accuracy drop", "top-1 agree",
-                   "cosine")
-
-
-def _pruning_tables(pruning: dict, artifacts: list[dict]) -> tuple[str, list[list[str]], list[list[str]]]:
-    """A pruned export's summary line, its stages (before, each step, after recovery) against the unpruned model,
-    and each artifact's figures against the unpruned model."""
-    def cells(stage: str, row: dict) -> list[str]:
-        q = row["quality"]
-        latency = f"{row['latency_ms']:.3f} ms" if "latency_ms" in row else "–"
-        drop = f"{100 * q['accuracy_drop']:+.2f} pt" if "accuracy_drop" in q else "–"
-        return [stage, _pct(row["removed_share"]), f"x{row['macs_ratio']:.3f}", f"x{row['params_ratio']:.3f}",
-                latency, drop, _pct(q.get("top1_agreement")), _fixed(q.get("cosine"), 4)]
-
-    stages = [cells("before", pruning["before"])] + [cells(f"step {r['step']}", r) for r in pruning["steps"]]
-    recovery = pruning["recovery"]
-    kept = f", weights of step {recovery['kept_step']} kept" if recovery.get("kept_step") is not None else ""
-    stages.append(cells(f"after {recovery['steps']} distillation steps{kept}", pruning["after_recovery"]))
-    limits = ", ".join(f"{k} {v:g}" for k, v in pruning["settings"].items()
-                       if k in ("max_macs_ratio", "max_params_ratio", "max_latency_ms"))
-    summary = (f"Pruned towards {limits}: {'met' if pruning['met'] else 'NOT met: ' + pruning['not_met']}. Units: "
-               f"{pruning['units']}, ranked by {pruning['importance']}; "
-               + ", ".join(f"{name} {m['units_before']} -> {m['units_after']}"
-                           for name, m in pruning["modules"].items())
-               + f". Pruning {pruning['seconds']['pruning']:.1f} s, distillation "
-               f"{pruning['seconds']['recovery']:.1f} s "
-               f"({pruning['recovery'].get('loss', '')}"
-               + ("; too few calibration samples to hold any out, so the held-out loss is the training rows'"
-                  if pruning["recovery"].get("held_out_samples") == 0 else "")
-               + "). Every figure here is against the unpruned model; each artifact's own row above is against the "
-               "pruned one.")
-    judged = []
-    for a in artifacts:
-        cost = a.get("against_unpruned")
-        if cost:
-            m = cost["metrics"]
-            drop = f"{100 * m['accuracy_drop']:+.2f} pt" if "accuracy_drop" in m else "–"
-            judged.append([a["path"], drop, _pct(m.get("top1_agreement")), _fixed(m.get("cosine"), 4),
-                           "; ".join(cost["violations"]) or "within [prune.budget]"])
-    return summary, stages, judged
-
-
-PRUNING_ARTIFACT_COLUMNS = ("artifact", "accuracy drop", "top-1 agree", "cosine", "[prune.budget]")
-
-
-def _pruning_markdown(report: dict) -> list[str]:
-    if "pruning" not in report:
-        return []
-    summary, stages, judged = _pruning_tables(report["pruning"], report["artifacts"])
-    out = ["## Pruning", "", summary, "", "| " + " | ".join(PRUNING_COLUMNS) + " |",
-           "|" + "---|" * len(PRUNING_COLUMNS)]
-    out += ["| " + " | ".join(row) + " |" for row in stages]
-    out += ["", "| " + " | ".join(PRUNING_ARTIFACT_COLUMNS) + " |", "|" + "---|" * len(PRUNING_ARTIFACT_COLUMNS)]
-    out += ["| " + " | ".join(row) + " |" for row in judged]
-    curve = report["pruning"]["recovery"]["curve"]
-    if curve:
-        out += ["", "Distillation loss, training batch / held out: "
-                + ", ".join(f"{train:.4g} / {held:.4g} (step {step})" for step, train, held in curve[::5])]
-    return out + [""]
-
-
-def _pruning_html(report: dict) -> str:
-    if "pruning" not in report:
-        return ""
-    e = html.escape
-    summary, stages, judged = _pruning_tables(report["pruning"], report["artifacts"])
-
-    def table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
-        return ("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-
-    return (f"<h2>Pruning</h2><p>{e(summary)}</p>{table(PRUNING_COLUMNS, stages)}"
-            f"{table(PRUNING_ARTIFACT_COLUMNS, judged)}{_curve_svg(report['pruning']['recovery']['curve'])}")
-
-
-def _curve_svg(curve: list[list[float]]) -> str:
-    """The held-out distillation loss over its steps, a line on a log axis."""
-    if len(curve) < 2:
-        return ""
-    width, height, pad = 560, 160, 30
-    logs = [math.log10(max(held, 1e-12)) for _, _, held in curve]
-    low, high, last = min(logs), max(max(logs), min(logs) + 1e-6), curve[-1][0]
-    points = " ".join(f"{pad + (width - 2 * pad) * row[0] / last:.1f},"
-                      f"{pad + (height - 2 * pad) * (high - v) / (high - low):.1f}"
-                      for row, v in zip(curve, logs, strict=True))
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-            f"aria-label='distillation loss'><polyline fill='none' stroke='#0969da' stroke-width='2' "
-            f"points='{points}'/>"
-            f"<text x='{pad}' y='16' font-size='11'>held-out distillation loss (log scale): {curve[0][2]:.4g} at "
-            f"step {curve[0][0]} to {curve[-1][2]:.4g} at step {last}</text></svg>")
-
-
 def to_markdown(report: dict) -> str:
     from validators.judges import judge_for
 
@@ -301,7 +210,7 @@ def tensor_markdown(report: dict, verdict: str) -> str:
         out += [f"### {a['path']}", ""]
         out += [f"- {line}" for line in [*_artifact_facts(a), *_pass_lines(a)]]
         out.append("")
-    out += _pruning_markdown(report)
+    out += pruning_markdown(report)
     for a in report["artifacts"]:
         if not a.get("layers"):
             continue
@@ -362,7 +271,7 @@ def tensor_html(report: dict, verdict: str, style: str) -> str:
         parts.append("<h2>Not judged</h2><ul>" + "".join(f"<li class='warn'>{e(n)}</li>" for n in unjudged)
                      + "</ul>")
     parts.append(f"<p>{e(TOP1_RULE)}</p>")
-    parts.append(_pruning_html(report))
+    parts.append(pruning_html(report))
     for a in report["artifacts"]:
         parts.append(f"<h3>{e(a['path'])}</h3><ul>"
                      + "".join(f"<li>{e(x)}</li>" for x in [*_artifact_facts(a), *_pass_lines(a)]) + "</ul>")

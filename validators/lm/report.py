@@ -7,6 +7,7 @@ import html
 
 from validators.estimate import estimate_line
 from validators.lm.metrics import TIE_MARGIN, drift_text
+from validators.pruning_report import pruning_html, pruning_markdown
 from validators.report_parts import violations_html
 
 COLUMNS = ("artifact", "built by", "size", "PPL ratio", "KL mean / p99", "same top-1", "greedy match",
@@ -232,7 +233,7 @@ def to_markdown(report: dict, verdict: str) -> str:
         f"`{a['path']}`: {v}" for a in report["artifacts"] for v in a["budget"]["violations"]]
     if problems:
         out += ["", "## Budget violations", ""] + [f"- {p}" for p in problems]
-    out += ["", "## What the model now says", ""]
+    out += ["", *pruning_markdown(report), "## What the model now says", ""]
     for row in report.get("texts", []):
         out += [f"**Prompt:** `{_one_line(row['prompt'])}`", "", f"- reference (PyTorch): {_quote(row['reference'])}"]
         out += [f"- `{path}`: {_quote(text)}" for path, text in row["artifacts"].items()]
@@ -280,6 +281,7 @@ def to_html(report: dict, verdict: str, style: str) -> str:
     parts.append(violations_html(report))
     parts.append(kl_curve_svg(report["artifacts"]))
     parts.append(estimates_svg(report["artifacts"]))
+    parts.append(pruning_html(report))
     parts.append("<h2>What the model now says</h2>")
     for row in report.get("texts", []):
         cells = [("reference (PyTorch)", row["reference"])] + list(row["artifacts"].items())

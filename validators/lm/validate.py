@@ -29,6 +29,8 @@ from validators.metrics import metrics_block
 
 REFERENCE = "reference.npz"
 TOKENIZER_DIR = "tokenizer"
+# a pruned export's reference: the unpruned model's exact log-probability of each eval window's next tokens
+UNPRUNED_TARGET_LOGPROBS = "unpruned/tf/target_logprobs"
 # the long window's figures bounded by the short windows' limits unless the budget sets its own
 LONG_LIMITS = {"max_ppl_ratio": "max_long_ppl_ratio", "max_kl_mean": "max_long_kl_mean",
                "min_top1_agreement": "min_long_top1_agreement"}
@@ -231,6 +233,20 @@ def _bundle_violations(directory: Path, manifest: dict, reference: dict, results
     return problems
 
 
+def pruning_cost(forced: dict, reference: dict, budget: dict) -> tuple[dict, list[str]]:
+    """A pruned export's artifact judged against the unpruned model by [prune.budget]: its perplexity over the
+    unpruned model's on the same eval positions, what pruning, distillation and this variant's conversion cost
+    together (exact: both are means over the same next tokens)."""
+    if UNPRUNED_TARGET_LOGPROBS not in reference:
+        return {}, ["the target prunes, but the stored reference holds no unpruned log-probabilities to judge what "
+                    "pruning cost; re-export"]
+    unpruned_ppl = float(np.exp(-reference[UNPRUNED_TARGET_LOGPROBS].astype(np.float64).mean()))
+    metrics = {"ppl_ratio": forced["artifact_ppl"] / unpruned_ppl}
+    missed = budgets.check(budget, metrics)
+    return ({"against_unpruned": {"metrics": metrics, "budget": budget, "violations": missed}},
+            [f"against the unpruned model: {v}" for v in missed])
+
+
 def _unchecked_long_context(lm_info: dict) -> str:
     long = lm_info["eval"].get("long_context") or {
         "checked": False, "why": "the directory was exported before the long-context window: re-export to check it"}
@@ -270,6 +286,9 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
     reference, run_violations = load_lm_reference(directory, manifest)
     provisional = reference_problem(reference)
     speed_prompt = [int(t) for t in reference["tf/tokens"][0][:lm_info["prefill_length"]]]
+    pruning = manifest.get("pruning")
+    if pruning and not pruning["met"]:
+        run_violations.append(f"pruning: {pruning['not_met']}")
     results = []
     for entry in manifest["artifacts"]:
         missing = [f["path"] for f in entry["files"] if not (directory / f["path"]).exists()]
@@ -285,8 +304,11 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         estimates = [estimate(entry, manifest, directory, device) for device in devices]
         metrics = lm_metrics(judged["teacher_forced"], judged["free_running"], entry["bytes"], speed, float_bytes,
                              judged["long_context"], kv_cache_bytes(entry["cache"]), estimates)
-        problems = files_problem + judged["violations"] + estimate_violations(entry["budget"], metrics, estimates)
-        results.append({
+        cost, missed = pruning_cost(judged["teacher_forced"], reference,
+                                    manifest["target"]["profile"]["prune"]["budget"]) if pruning else ({}, [])
+        problems = files_problem + judged["violations"] + estimate_violations(entry["budget"], metrics, estimates) \
+            + missed
+        results.append(cost | {
             "format": entry["format"], "precision": entry["precision"], "path": entry["path"], "bytes": entry["bytes"],
             "sha256": entry["sha256"], "runtime": lm.runtime, "built_by": entry["built_by"],
             "quantization": entry.get("quantization"),
@@ -310,6 +332,7 @@ def validate_lm_directory(directory: Path, progress: Callable[[str], None] = lam
         "bundles": {fmt: {"runtime": b["runtime"], "opens": b["opens"], "prompt": b["prompt"]["steps"]}
                     for fmt, b in (lm_info.get("bundles") or {}).items()},
         "artifacts": results,
+        **({"pruning": pruning} if pruning else {}),
         "texts": decode_texts(directory, reference, results),
         "eager": (export_log or {}).get("eager"),
         "notes": lm_info.get("notes", []) + list(filter(None, [contention_note(), _unchecked_long_context(lm_info)])),

@@ -18,6 +18,10 @@ from targets.lm import LmTarget
 LIBRARIES_BYTES = 1.1e9
 BYTES_PER_PARAMETER_PER_VARIANT = 9.0
 BYTES_PER_LOGIT = 8.0
+# pruning, before any variant: the unpruned teacher and the student, the student's gradients and Adam's two moments,
+# float32 (5 x 4 bytes), and per logit of a distillation batch both models' logits, their log-softmaxes and gradients
+PRUNING_BYTES_PER_PARAMETER = 20.0
+PRUNING_BYTES_PER_LOGIT = 24.0
 MOST_FAVOURABLE = 0.65  # of the estimate beyond the libraries: below the least measured (0.68, the 0.5B ONNX pair)
 
 
@@ -57,9 +61,17 @@ class CausalLmKind:
         variants = len(target.variants)
         need = (LIBRARIES_BYTES + BYTES_PER_PARAMETER_PER_VARIANT * variants * parameters
                 + BYTES_PER_LOGIT * vocabulary * positions)
-        at_least = LIBRARIES_BYTES + MOST_FAVOURABLE * (need - LIBRARIES_BYTES)
         how = (f"{parameters / 1e9:.2f}B parameters x {BYTES_PER_PARAMETER_PER_VARIANT:g} bytes x {variants} variants, "
                f"a {vocabulary}-token vocabulary at {positions} judged positions, and the formats' libraries")
+        if target.prune is not None:
+            pruning = (LIBRARIES_BYTES + PRUNING_BYTES_PER_PARAMETER * parameters
+                       + PRUNING_BYTES_PER_LOGIT * vocabulary * target.prune.batch * lm.window_length)
+            if pruning > need:
+                need, how = pruning, (f"pruning first: {parameters / 1e9:.2f}B parameters x "
+                                      f"{PRUNING_BYTES_PER_PARAMETER:g} bytes (teacher, student, gradients, Adam), "
+                                      f"{target.prune.batch} x {lm.window_length} distilled positions of a "
+                                      f"{vocabulary}-token vocabulary")
+        at_least = LIBRARIES_BYTES + MOST_FAVOURABLE * (need - LIBRARIES_BYTES)
         return Need(int(at_least), int(need), how)
 
     def prepare(self, options: Any, target: LmTarget, progress: Callable[[str], None]) -> Any:

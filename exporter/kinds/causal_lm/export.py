@@ -166,19 +166,13 @@ def _reference(lm: CausalLM, windows: np.ndarray, long: dict[str, np.ndarray], p
     arrays: dict[str, np.ndarray] = {"tf/tokens": windows, **long}
     rows, target_rows = [], []
 
-    def logprobs_at(window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the distributions, float16, for KL and top-1; each next token's exact log-probability, for perplexity)"""
-        logits = lm.model(input_ids=torch.from_numpy(window[None])).logits[0, torch.from_numpy(positions)]
-        logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
-        return logprobs.astype(np.float16), logprobs[np.arange(len(positions)), window[positions + 1]]
-
     with torch.no_grad():
         for window in windows:
-            distributions, exact = logprobs_at(window, np.arange(len(window) - 1))
+            distributions, exact = logprobs_at(lm.model, window, np.arange(len(window) - 1))
             rows.append(distributions)
             target_rows.append(exact)
         if long:
-            arrays["long/logprobs"], arrays["long/target_logprobs"] = logprobs_at(long["long/tokens"],
+            arrays["long/logprobs"], arrays["long/target_logprobs"] = logprobs_at(lm.model, long["long/tokens"],
                                                                                  long["long/positions"])
         for index, prompt in enumerate(prompts):
             tokens, logits = _eager_greedy(lm.model, prompt, new_tokens)
@@ -187,6 +181,16 @@ def _reference(lm: CausalLM, windows: np.ndarray, long: dict[str, np.ndarray], p
     arrays["tf/logprobs"] = np.stack(rows)
     arrays["tf/target_logprobs"] = np.stack(target_rows)
     return arrays
+
+
+def logprobs_at(model: Any, window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's next-token log-probabilities at `positions` of one window: (the distributions, float16, for KL
+    and top-1; each next token's exact log-probability, for perplexity)."""
+    import torch
+
+    logits = model(input_ids=torch.from_numpy(window[None])).logits[0, torch.from_numpy(positions)]
+    logprobs = torch.log_softmax(logits.double(), dim=-1).numpy()
+    return logprobs.astype(np.float16), logprobs[np.arange(len(positions)), window[positions + 1]]
 
 
 def _eager_greedy(model: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
@@ -307,8 +311,9 @@ class VariantBuilder:
     when its first variant needs it); re-emits a variant with layers kept for auto precision."""
 
     def __init__(self, lm: CausalLM, target: LmTarget, scratch: Path, progress: Progress,
-                 calibration: list[Any] | None = None) -> None:
+                 calibration: list[Any] | None = None, float_bytes: int | None = None) -> None:
         self.lm, self.target, self.scratch, self.progress = lm, target, scratch, progress
+        self.float_bytes = float_bytes or float32_bytes(lm.model)  # the source's, where pruning made the model smaller
         self.last_reader = _last_readers(target.variants)
         self.released_seconds: dict[str, float] = {}  # plan steps of the planners already released
         self.calibration = calibration or []
@@ -490,7 +495,7 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     from validators.lm.runtime import open_lm
 
     artifact = open_lm(work, entry, builder.target.threads)
-    size = (entry["bytes"], float32_bytes(builder.lm.model))
+    size = (entry["bytes"], builder.float_bytes)
     judged = judge(artifact, reference, entry["budget"], *size)
     looping = [r for r in judged["free_running"] if r["repetition_increase"] > 0]
     if store_tie_paths(builder.lm.model, reference, looping):  # the runs are as measured: judged again by them
@@ -499,15 +504,15 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     return judged
 
 
-def _most_kept(model: Any, rows: list[dict], bits: int, keep_bits: int, entry: dict) -> int:
+def _most_kept(builder: VariantBuilder, rows: list[dict], bits: int, keep_bits: int, entry: dict) -> int:
     """How many of the worst linears auto precision may keep at keep_bits: as many as the budget's
     max_bytes_ratio leaves room for (each adds its weights' elements times the bits it keeps, in bytes), else at
     most half of them (beyond that, ship the higher precision)."""
     limit = entry["budget"].get("max_bytes_ratio")
     if limit is None:
         return max(1, len(rows) // 2)
-    modules = dict(model.named_modules())
-    room = limit * float32_bytes(model) - entry["bytes"]
+    modules = dict(builder.lm.model.named_modules())
+    room = limit * builder.float_bytes - entry["bytes"]
     count = 0
     for row in rows:
         room -= modules[row["module"]].weight.numel() * (keep_bits - bits) / 8
@@ -533,7 +538,7 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
 
     finer = builder.source_kept(variant)  # at 8 bits already
     rows = [row for row in rows if row["module"] not in finer]
-    most = _most_kept(builder.lm.model, rows, variant.row.bits, keep_as or 32, entry)
+    most = _most_kept(builder, rows, variant.row.bits, keep_as or 32, entry)
     if most == 0:
         return entry, {"not_offered": f"max_bytes_ratio {entry['budget']['max_bytes_ratio']} leaves no room for a "
                                       f"decoder linear at {keep_as or 'float'} {'bits' if keep_as else ''}".rstrip(),
@@ -570,6 +575,20 @@ def _refuse_unread_options(options: Any, target: LmTarget) -> None:
                                  f"language-model target {target.name}: {why}; drop it")
 
 
+PRUNED_FOLDER = "model.pruned"
+
+
+def _pruned_folder(lm: CausalLM, work: Path) -> dict:
+    """The pruned and distilled model as a Hugging Face folder (config, safetensors, tokenizer), to fine-tune
+    further or export again."""
+    folder = work / PRUNED_FOLDER
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {"program": {"path": PRUNED_FOLDER, "bytes": sum(size_bytes(p) for p in files),
+                        "files": [str(p.relative_to(work)) for p in files]}}
+
+
 class LmExport:
     """Prepared: the model loaded, every format's attention checked, prompts, eval windows and calibration text
     read (refused when too short or shared with the eval text), the PyTorch reference and eager speed measured.
@@ -589,13 +608,21 @@ class LmExport:
         if target.needs_calibration:
             calibration_text, self.calibration_info = _calibration_text(options, eval_text)
             self.calibration = _calibration_batches(lm, calibration_text, settings)
-        self.reference = _reference(lm, windows, long, self.prompts, settings.new_tokens, progress)
+        source_float_bytes = float32_bytes(lm.model)  # bytes ratios are the source's, pruned or not
+        self.pruning, unpruned = None, {}
+        if target.prune is not None:
+            from exporter.kinds.causal_lm.pruned import pruned_lm
+
+            self.lm, self.pruning, unpruned = pruned_lm(lm, target.prune, windows, self.calibration, progress)
+            lm = self.lm
+            self.pruning["calibration"] = self.calibration_info
+        self.reference = _reference(lm, windows, long, self.prompts, settings.new_tokens, progress) | unpruned
         self.eager = _eager_speed(lm.model, [int(t) for t in windows[0][:settings.prefill_length]],
                                   settings.new_tokens, target.threads)
         progress(f"eager PyTorch: {self.eager['decode_tokens_per_s']} decode tokens/s on {target.threads} thread(s)")
         self.name = lm.name
         self.model = {"name": lm.name, "source": lm.source, "kind": lm.kind, "sha256": lm.sha256,
-                      "architecture": lm.architecture, "float32_bytes": float32_bytes(lm.model)}
+                      "architecture": lm.architecture, "float32_bytes": source_float_bytes}
 
     def _bundles(self, work: Path, entries: list[dict], progress: Progress) -> dict[str, dict]:
         """Per format whose backend writes one (an optional `bundle` beside LmBackend's methods): what that
@@ -614,7 +641,8 @@ class LmExport:
         with tempfile.TemporaryDirectory(prefix="edgeport-lm-") as scratch:
             progress(f"[2/5] {lm.name} ({lm.architecture}): {settings.cache_length}-token KV cache, "
                      f"{len(target.variants)} variant(s) in {', '.join(target.formats)}")
-            builder = VariantBuilder(lm, target, Path(scratch), progress, self.calibration)
+            builder = VariantBuilder(lm, target, Path(scratch), progress, self.calibration,
+                                     self.model["float32_bytes"])
             entries, seconds, diagnosis_seconds = [], {}, {}
             for index, variant in enumerate(target.variants):
                 progress(f"[3/5] {variant.format} {variant.precision}: {variant.row.description}")
@@ -638,4 +666,7 @@ class LmExport:
         log = {"trace_seconds": round(builder.trace_seconds, 1), "artifact_seconds": seconds,
                "weight_plan_seconds": builder.plan_seconds(),
                "diagnosis_seconds": diagnosis_seconds, "eager": self.eager}
-        return Written(entries, {"lm": section}, {"path": REFERENCE}, log)
+        sections = {"lm": section}
+        if self.pruning is not None:
+            sections["pruning"] = self.pruning | _pruned_folder(lm, work)
+        return Written(entries, sections, {"path": REFERENCE}, log)
