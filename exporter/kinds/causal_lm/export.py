@@ -504,15 +504,17 @@ def _judged(builder: VariantBuilder, entry: dict, reference: dict, work: Path) -
     return judged
 
 
-def _most_kept(builder: VariantBuilder, rows: list[dict], bits: int, keep_bits: int, entry: dict) -> int:
+def _most_kept(model: Any, rows: list[dict], bits: int, keep_bits: int, entry: dict,
+               float_bytes: int | None = None) -> int:
     """How many of the worst linears auto precision may keep at keep_bits: as many as the budget's
-    max_bytes_ratio leaves room for (each adds its weights' elements times the bits it keeps, in bytes), else at
-    most half of them (beyond that, ship the higher precision)."""
+    max_bytes_ratio (of float_bytes: the source's, else the model's) leaves room for (each adds its weights'
+    elements times the bits it keeps, in bytes), else at most half of them (beyond that, ship the higher
+    precision)."""
     limit = entry["budget"].get("max_bytes_ratio")
     if limit is None:
         return max(1, len(rows) // 2)
-    modules = dict(builder.lm.model.named_modules())
-    room = limit * builder.float_bytes - entry["bytes"]
+    modules = dict(model.named_modules())
+    room = limit * (float_bytes or float32_bytes(model)) - entry["bytes"]
     count = 0
     for row in rows:
         room -= modules[row["module"]].weight.numel() * (keep_bits - bits) / 8
@@ -538,7 +540,7 @@ def _auto_precision(builder: VariantBuilder, variant: LmVariant, entry: dict, ro
 
     finer = builder.source_kept(variant)  # at 8 bits already
     rows = [row for row in rows if row["module"] not in finer]
-    most = _most_kept(builder, rows, variant.row.bits, keep_as or 32, entry)
+    most = _most_kept(builder.lm.model, rows, variant.row.bits, keep_as or 32, entry, builder.float_bytes)
     if most == 0:
         return entry, {"not_offered": f"max_bytes_ratio {entry['budget']['max_bytes_ratio']} leaves no room for a "
                                       f"decoder linear at {keep_as or 'float'} {'bits' if keep_as else ''}".rstrip(),
