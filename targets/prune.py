@@ -25,7 +25,7 @@ class PruneSettings:
     max_params_ratio: float | None = None  # its parameters / the source's (a tied embedding and head counted once)
     max_latency_ms: float | None = None    # the target's first variant, lowered and timed with its own runtime
     step: float = 0.1                      # share of every prunable layer's units each step removes
-    units: str = "channels"                # or "layers": whole blocks of the model's stack (an encoder's layers)
+    units: str = "channels"                # and attention heads; or "layers": whole blocks of the model's stack
     max_pruned: float = 0.9                # the most of a layer's units (or of the layers) pruning may remove
     # a pruned layer keeps a multiple of this many units: demo:digits at half its MACs with widths 11/22/22/44 ran
     # 1.3x slower in ONNX Runtime fp32 than unpruned, with 8/20/20/44 1.09x faster (1 thread)
@@ -40,6 +40,12 @@ class PruneSettings:
 
     def limits(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in LIMITS if getattr(self, k) is not None}
+
+
+def said_limits(settings: dict[str, Any]) -> str:
+    """The limits among a [prune] table's settings (PruneSettings' or the manifest's), as progress and reports say
+    them: "max_params_ratio 0.8"."""
+    return ", ".join(f"{k} {settings[k]:g}" for k in LIMITS if settings.get(k) is not None)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def test_digits_pruned_to_half_its_macs_keeps_its_accuracy(tmp_path):
     assert fp32["metrics"]["max_abs"] < 1e-4  # the artifact computes the pruned model
     assert fp32["against_unpruned"]["metrics"]["cosine"] < 0.9999  # which is not the unpruned one
     # the pruned model as a PyTorch program computes what the ONNX artifact computes
-    program = torch.export.load(directory / pruning["program"]["path"])
+    program = torch.export.load(directory / pruning["pruned_model"]["path"])
     image = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
     session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {session.get_inputs()[0].name: image})[0]
@@ -95,7 +95,7 @@ def test_a_latency_no_pruning_reaches_fails_with_the_closest_candidate(tmp_path)
 
 
 @pytest.mark.hf
-def test_a_transformer_gives_up_feed_forward_width_and_keeps_its_heads(tmp_path):
+def test_a_transformer_gives_up_feed_forward_width_and_whole_heads(tmp_path):
     """Through the Python API, on a target without [prune]: export(prune={...}) as --prune KEY=VALUE."""
     from edgeport import api
     from tests import hf_zoo
@@ -114,11 +114,46 @@ def test_a_transformer_gives_up_feed_forward_width_and_keeps_its_heads(tmp_path)
     assert pruning["after_recovery"]["params_ratio"] <= 0.8
     assert pruning["settings"]["budget"] == {"min_cosine": 0.5, "min_top1_agreement": 0.5, "max_accuracy_drop": 0.005}
     assert pruning["settings"]["recovery_steps"] == 30
-    pruned = set(pruning["modules"])
+    pruned = pruning["modules"]
     assert any(name.endswith("intermediate.dense") for name in pruned)  # feed-forward width
-    assert not [name for name in pruned if name.split(".")[-1] in ("query", "key", "value")]  # heads kept
+    assert "whole attention heads" in pruning["units"]
+    heads = {name: m for name, m in pruned.items() if "heads_after" in m}
+    assert heads and all(m["heads_after"] < m["heads_before"] == 4 for m in heads.values())
+    assert all(m["units_after"] == 8 * m["heads_after"] for m in heads.values())  # whole heads of 8 went
+    for name in heads:  # the key and value projections lost the same heads as the query
+        assert {pruned[name.replace("query", other)]["units_after"] for other in ("key", "value")} == \
+            {heads[name]["units_after"]}
     fp32 = report.json["artifacts"][0]
     assert fp32["metrics"]["max_abs"] < 1e-4 and fp32["against_unpruned"]["metrics"]["cosine"] >= 0.5
+
+
+@pytest.mark.hf
+def test_heads_one_position_bias_couples_across_layers_stay_whole():
+    """MPNet adds one relative position bias, computed for all its heads, to every layer's attention scores: no
+    layer can lose a head alone, so every head stays and the feed-forward width goes."""
+    import copy
+
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    from exporter.prune import _ChannelSteps, _outputs
+    from targets.prune import PruneSettings
+    from tests.minilm import SentenceEncoder
+
+    torch.manual_seed(0)
+    model = SentenceEncoder(MPNetModel(MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=64))).eval()
+    example = (torch.randint(3, 100, (2, 16)), torch.ones(2, 16, dtype=torch.long))
+    shapes = [tuple(t.shape) for t in _outputs(model, example)]
+    student = copy.deepcopy(model)
+    batches = iter([(example, _outputs(model, example))])
+    steps = _ChannelSteps(student, example, shapes, False, batches, PruneSettings(max_params_ratio=0.5, step=0.25))
+    steps.step()
+    assert [tuple(t.shape) for t in _outputs(student, example)] == shapes
+    assert "keep their heads" in steps.units and "activation" in steps.importance
+    widths = {name: m.out_features for name, m in student.named_modules() if isinstance(m, torch.nn.Linear)}
+    layer = "bert.encoder.layer.0"
+    assert widths[f"{layer}.attention.attn.q"] == 32 and widths[f"{layer}.intermediate.dense"] < 64
 
 
 @pytest.mark.hf
@@ -177,7 +212,7 @@ def test_a_language_model_loses_a_layer_and_its_artifacts_are_judged_against_the
     assert fp32["against_unpruned"]["metrics"]["ppl_ratio"] == pytest.approx(after_recovery["ppl_ratio"], abs=2e-3)
     assert w8["against_unpruned"]["metrics"]["ppl_ratio"] >= fp32["against_unpruned"]["metrics"]["ppl_ratio"] - 0.01
     # the pruned model as a Hugging Face folder: three layers, computing what the reference holds
-    model = AutoModelForCausalLM.from_pretrained(directory / pruning["program"]["path"])
+    model = AutoModelForCausalLM.from_pretrained(directory / pruning["pruned_model"]["path"])
     assert model.config.num_hidden_layers == 3 and len(model.model.layers) == 3
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
     text = (directory / "report.md").read_text()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import math
 
+from targets.prune import said_limits
+
 # a quality figure -> (column, how it is shown); a kind's rows carry the figures it measures, in this order
 QUALITY_COLUMNS = {
     "accuracy_drop": ("accuracy drop", lambda v: f"{100 * v:+.2f} pt"),
@@ -42,12 +44,12 @@ def _tables(pruning: dict, artifacts: list[dict]) -> tuple[str, list[str], list[
     rows = [[stage, f"{100 * row['removed_share']:.2f}%", *(f"x{row[k]:.3f}" for k in sizes),
              *([f"{row['latency_ms']:.3f} ms" if "latency_ms" in row else "–"] if timed else []),
              *(_cell(k, row["quality"]) for k in quality)] for stage, row in stages]
-    limits = ", ".join(f"{k} {v:g}" for k, v in pruning["settings"].items()
-                       if k in ("max_macs_ratio", "max_params_ratio", "max_latency_ms"))
     decoder = pruning.get("decoder_params")
-    summary = (f"Pruned towards {limits}: {'met' if pruning['met'] else 'NOT met: ' + pruning['not_met']}. Units: "
+    met = "met" if pruning["met"] else f"NOT met: {pruning['not_met']}"
+    summary = (f"Pruned towards {said_limits(pruning['settings'])}: {met}. Units: "
                f"{pruning['units']}, ranked by {pruning['importance']}; "
                + ", ".join(f"{name} {m['units_before']} -> {m['units_after']}"
+                           + (f" ({m['heads_before']} -> {m['heads_after']} heads)" if "heads_after" in m else "")
                            for name, m in pruning["modules"].items())
                + (f" (decoder parameters x{decoder['ratio']:.3f})" if decoder else "")
                + f". Pruning {pruning['seconds']['pruning']:.1f} s, distillation "

@@ -587,8 +587,9 @@ def _pruned_folder(lm: CausalLM, work: Path) -> dict:
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return {"program": {"path": PRUNED_FOLDER, "bytes": sum(size_bytes(p) for p in files),
-                        "files": [str(p.relative_to(work)) for p in files]}}
+    return {"pruned_model": {"path": PRUNED_FOLDER, "form": "Hugging Face folder (from_pretrained)",
+                             "bytes": sum(size_bytes(p) for p in files),
+                             "files": [str(p.relative_to(work)) for p in files]}}
 
 
 class LmExport:

@@ -12,7 +12,7 @@ import numpy as np
 
 from exporter.lm.source import CausalLM
 from exporter.options import Progress
-from targets.prune import PruneSettings
+from targets.prune import PruneSettings, said_limits
 from validators.lm.validate import UNPRUNED_TARGET_LOGPROBS
 
 
@@ -46,8 +46,8 @@ def pruned_lm(lm: CausalLM, settings: PruneSettings, windows: np.ndarray, calibr
         return {key: round(figures[key], 4) for key in ("ppl_ratio", "kl_mean", "top1_agreement")}
 
     ids = torch.cat(calibration).numpy()
-    limits = ", ".join(f"{k} {v:g}" for k, v in settings.limits().items())
-    progress(f"pruning {lm.name} towards {limits}: whole decoder layers, distilled on {len(ids)} calibration windows")
+    progress(f"pruning {lm.name} towards {said_limits(settings.limits())}: whole decoder layers, distilled on "
+             f"{len(ids)} calibration windows")
     decoder_before = _decoder_parameters(lm.model)
     config = lm.model.config
     use_cache, config.use_cache = config.use_cache, False  # the model returns its logits only: what pruning reads

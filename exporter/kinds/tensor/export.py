@@ -26,6 +26,7 @@ from exporter.options import Progress
 from exporter.sources import load_model, load_module
 from exporter.trace import TracedModel, trace
 from targets import Target, Variant
+from targets.prune import said_limits
 from validators.candidate import Candidate, ModelIO
 
 
@@ -173,8 +174,7 @@ def _pruned(traced: TracedModel, target: Target, calibration: Dataset, reference
             fmt.emit(fmt.lower(candidate, target, Path(scratch), _quiet), first, calibration.inputs, out, _quiet)
             return Candidate(first.format, reference, io, first.budget, target.runtime).latency_ms(out)
 
-    limits = ", ".join(f"{k} {v:g}" for k, v in target.prune.limits().items())
-    progress(f"[3/5] pruning {loaded.name} towards {limits}")
+    progress(f"[3/5] pruning {loaded.name} towards {said_limits(target.prune.limits())}")
     pruned = prune(loaded.module, loaded.example_inputs, loaded.input_names, [s.kind for s in traced.outputs],
                    calibration.inputs, target.prune, quality, latency_ms if target.prune.max_latency_ms else None,
                    progress)
@@ -188,12 +188,14 @@ def _pruned(traced: TracedModel, target: Target, calibration: Dataset, reference
 def _pruned_program(traced: TracedModel, work: Path) -> dict:
     """The pruned model as a PyTorch program, to fine-tune further (torch.export.load)."""
     if traced.program is None:
-        return {"program": None, "program_note": "the pruned model traced only as TorchScript: no .pt2 written"}
+        return {"pruned_model": None, "pruned_model_note": "the pruned model traced only as TorchScript: no .pt2 "
+                "written"}
     import torch
 
     path = work / PRUNED_PROGRAM
     torch.export.save(traced.program, path)
-    return {"program": {"path": path.name, "sha256": sha256_file(path), "bytes": size_bytes(path)}}
+    return {"pruned_model": {"path": path.name, "form": "PyTorch program (torch.export.load)",
+                             "sha256": sha256_file(path), "bytes": size_bytes(path)}}
 
 
 PRUNED_PROGRAM = "model.pruned.pt2"
