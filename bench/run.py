@@ -464,7 +464,8 @@ ENCODER_PRUNE = ["max_params_ratio=0.7", "learning_rate=0.0002", "recovery_steps
 
 def bench_pruning_encoder(out: Path) -> dict:
     """all-MiniLM-L6-v2 exported as it is and pruned (feed-forward width and whole heads) towards 70% of its
-    parameters (bench/pruning-encoder.toml), distilled on docstring sentences without labels for at most 10 minutes;
+    parameters (ENCODER_PRUNE; bench/pruning-encoder.toml holds the variant), distilled on docstring sentences without
+    labels for at most 10 minutes;
     cosine to the unpruned model on 64 other sentences, and the ONNX fp32 latency of both at 1 thread."""
     sys.path.insert(0, str(REPO))
     from tests import minilm
