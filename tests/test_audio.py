@@ -4,10 +4,13 @@ islands, and the TFLite passes that get a CREPE-shaped conv net onto an Ethos-U 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from exporter.formats.tflite.quantize import FUSED_LSTM_REASON
 from exporter.pipeline import ExportOptions, run_export
 from tests import zoo
 from tests.conftest import REPO, fast_target, save_family_data
@@ -68,9 +71,24 @@ def test_recurrent_encoder_validates_on_ios(tmp_path, family):
 
 
 @pytest.mark.slow
-def test_lstm_encoder_int8_on_android_keeps_the_recurrence_in_float(tmp_path):
+def test_lstm_encoder_on_android_is_fused_and_stays_float_at_int8(tmp_path):
     target = _target(tmp_path, "android", [("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8_dynamic")])
     report = _export(tmp_path, "lstm_encoder", target)
+    by = {a["precision"]: a for a in report["artifacts"]}
+    assert by["fp32"]["conversion"]["fused_lstm"] == 1 and by["fp32"]["parity"]["max_abs"] <= 1e-4
+    for precision in ("int8", "int8_dynamic"):
+        assert by[precision]["quantization"]["recurrent_layers"] == {
+            "fused_operators": 2, "recipe": "float", "reason": FUSED_LSTM_REASON}
+        assert by[precision]["parity"]["cosine"] >= 0.999
+    manifest = json.loads((tmp_path / "out" / "lstm_encoder" / "android" / "manifest.json").read_text())
+    assert all(a["state"]["variable_tensors"] == 4 for a in manifest["artifacts"])  # h and c of 2 layers
+
+
+@pytest.mark.slow
+def test_gru_encoder_int8_on_android_keeps_the_recurrence_in_float(tmp_path):
+    """The converter unrolls a GRU (no fused op for it): int8 weights, computed in float."""
+    target = _target(tmp_path, "android", [("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8_dynamic")])
+    report = _export(tmp_path, "gru_encoder", target)
     by = {a["precision"]: a for a in report["artifacts"]}
     for precision in ("int8", "int8_dynamic"):
         artifact = by[precision]

@@ -101,8 +101,9 @@ def _pass_lines(a: dict) -> list[str]:
         if transformer:
             lines.append(_transformer_line(transformer))
         if recurrent:
-            lines.append(f"recurrent layers ({recurrent['operators']} operators, unrolled): {recurrent['recipe']}, "
-                         f"because {recurrent['reason']}")
+            how = (f"{recurrent['fused_operators']} fused operators" if "fused_operators" in recurrent
+                   else f"{recurrent['operators']} operators, unrolled")
+            lines.append(f"recurrent layers ({how}): {recurrent['recipe']}, because {recurrent['reason']}")
     if a.get("delegation"):
         d = a["delegation"]
         lines.append(f"delegation: {d['delegated_operators']} operators in {d['delegate']}, {d['portable_operators']} "

@@ -63,6 +63,7 @@ class LiteRtSession:
         self.input_names = list(self._inputs)
         self._interpreter = interp
         self._tensors = {d["name"]: d for d in interp.get_tensor_details()} if keep_intermediates else {}
+        self._stateful = bool(variable_tensors(path))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """feeds are in the model's input order (the manifest's), keyed by the model's names."""
@@ -75,6 +76,8 @@ class LiteRtSession:
             else:
                 kwargs[sig_name] = value.astype(dtype, copy=False)
         results = self._runner(**kwargs)
+        if self._stateful:  # the next call starts from zero state, as the manifest tells an app to do (reset
+            self._interpreter.reset_all_variables()  # after the call: before the first, nothing is allocated)
         outputs = []
         for sig_name, details in self._outputs.items():
             value = results[sig_name]
@@ -93,6 +96,15 @@ class LiteRtSession:
         if value.dtype.kind in "iu" and len(scales) == 1:
             return dequantize(value, float(scales[0]), int(details["quantization_parameters"]["zero_points"][0]))
         return value.astype(np.float32, copy=False)
+
+
+def variable_tensors(path: Path) -> list[str]:
+    """The names of the model's variable tensors: state LiteRT carries from one invoke to the next (a fused
+    LSTM's), which an app resets (Interpreter::ResetVariableTensors) before a call that starts afresh."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    return [t.name.decode() for graph in model.subgraphs for t in graph.tensors if t.isVariable]
 
 
 def _package_version() -> str:

@@ -39,9 +39,14 @@ class TfliteBackend:
         records = run_passes(module, target.passes.get(self.format, ()), target.pass_configs.get(self.format))
         if records:
             progress("tflite: passes " + ", ".join(f"{r.id} rewrote {r.rewrites}" for r in records))
-        progress("tflite: converting with litert-torch")
-        _convert_fp32(module, traced.example_inputs, fp32)
-        conversion = Conversion("litert-torch", "traced program converted", tuple(r.to_json() for r in records))
+        from exporter.formats.tflite.recurrent import fused_lstm_module
+
+        converted, lstms = fused_lstm_module(module)  # `module` stays unrolled for the full-integer path
+        progress("tflite: converting with litert-torch" + (f" ({lstms} LSTM(s) as UNIDIRECTIONAL_SEQUENCE_LSTM)"
+                                                           if lstms else ""))
+        _convert_fp32(converted, traced.example_inputs, fp32)
+        conversion = Conversion("litert-torch", "traced program converted", tuple(r.to_json() for r in records),
+                                {"fused_lstm": lstms} if lstms else {})
         return Lowered(traced, target, scratch, conversion, state=_TfliteState(fp32, _signature_inputs(fp32), module))
 
     def emit(self, lowered: Lowered, variant: Variant, calibration: dict | None, out: Path,
@@ -68,9 +73,17 @@ class TfliteBackend:
 
     def finish(self, lowered: Lowered, variant: Variant, out: Path, workdir: Path, progress: Progress) -> Finished:
         from exporter.formats.tflite.layers import float_operators
+        from validators.runtimes.litert_runtime import variable_tensors
 
         inputs, outputs = _io_specs(out, lowered.traced)
         finished = Finished(inputs, outputs)
+        state = variable_tensors(out)
+        if state:
+            finished.companions["state"] = {
+                "variable_tensors": len(state),
+                "reset_before_each_call": "LiteRT carries these tensors (a fused LSTM's state) from one call to "
+                                          "the next: call Interpreter::ResetVariableTensors() (Python: "
+                                          "reset_all_variables()) before each invoke, as validation does"}
         if variant.row.integer_only:  # checked by validation: a float op fails the variant
             finished.companions["float_ops"] = float_operators(out, lowered.state.module)
         npu = lowered.target.npu
@@ -113,7 +126,13 @@ def preflight(traced: TracedModel) -> list[UnsupportedOp]:
         from litert_torch import fx_infra
         from litert_torch.backend import lowerings
 
-        program = fx_infra.safe_run_decompositions(traced.program, fx_infra.decomp.pre_convert_decomp(),
+        from exporter.formats.tflite.recurrent import fused_lstm_module
+
+        program = traced.program
+        fused, lstms = fused_lstm_module(program.module())
+        if lstms:  # what lower() converts (decomposing the unrolled LSTM alone took 38 s of a speaker encoder's)
+            program = torch.export.export(fused, traced.example_inputs, strict=False)
+        program = fx_infra.safe_run_decompositions(program, fx_infra.decomp.pre_convert_decomp(),
                                                    can_skip=False)
         program = fx_infra.safe_run_decompositions(program, fx_infra.decomp.pre_lower_decomp(), can_skip=False)
     # Only aten/custom op overloads go through the lowering table (getitem and friends are handled inline).

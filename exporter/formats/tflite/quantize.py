@@ -53,6 +53,10 @@ RECURRENT_REASON = ("the converter unrolls a recurrence into one op chain per ti
                     "activations at every step compounds the error over the sequence")
 
 
+FUSED_LSTM = "UNIDIRECTIONAL_SEQUENCE_LSTM"  # recurrent.py: how LiteRT artifacts carry an LSTM
+FUSED_LSTM_REASON = f"ai-edge-quantizer leaves {FUSED_LSTM} (weights and compute) in float"
+
+
 def _recipe(precision: str, only: Iterable[str] = (), keep_float: Iterable[str] = (),
             recurrent: RecurrentScopes | None = None):
     """The whole model at `precision`; or only the operators whose scopes are listed (a layer
@@ -144,8 +148,13 @@ class AiEdgeQuantizer:
         self.fp32, self.precision, self.qsvs = fp32, precision, None
         self.float_scopes: list[str] = []
         self.config: dict = {"recipe": RECIPES[precision]}
-        self.recurrent = recurrent_scopes(read_operators(fp32)) if precision != "fp16" else None
-        if self.recurrent:
+        operators = read_operators(fp32)
+        self.recurrent = recurrent_scopes(operators) if precision != "fp16" else None
+        fused = sum(op.op == FUSED_LSTM for op in operators)
+        if fused:
+            self.config["recurrent_layers"] = {"fused_operators": fused, "recipe": "float",
+                                               "reason": FUSED_LSTM_REASON}
+        elif self.recurrent:
             self.config["recurrent_layers"] = {"operators": len(self.recurrent.weighted) + len(self.recurrent.other),
                                                "recipe": RECURRENT_RECIPE, "reason": RECURRENT_REASON}
         if precision_row("tflite", precision).needs_calibration:
