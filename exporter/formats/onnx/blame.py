@@ -125,6 +125,14 @@ def quantized_layers(fp32_model: onnx.ModelProto, quantized_model: onnx.ModelPro
     return found
 
 
+def float_weight_layers(quantized_model: onnx.ModelProto, layers: list[Layer]) -> set[str]:
+    """The layers whose weight the artifact stores as a float initializer (no DequantizeLinear)."""
+    floats = {i.name for i in quantized_model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    nodes = {n.name: n for n in quantized_model.graph.node}
+    return {layer.node for layer in layers
+            if layer.node in nodes and len(nodes[layer.node].input) > 1 and nodes[layer.node].input[1] in floats}
+
+
 def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Quantize, feeds: dict,
                  batch: int | None, scratch: Path, model_outputs: list[str], traced=None) -> list[BlameRow]:
     fp32_model = onnx.load(str(fp32))
@@ -133,10 +141,11 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
     accumulated_names = {layer.node: layer_tensor(quantized_model, layer, fp32_tensors) for layer in layers}
     accumulated = _run_named(quantized, [q for q, _ in accumulated_names.values()], feeds, batch)
     in_pytorch = blame.alone_in_pytorch(traced, quantized_layers(fp32_model, quantized_model, layers), feeds)
+    kept_float = float_weight_layers(quantized_model, layers)
     alone_path = scratch / "blame-one-layer.onnx"
     alone_names, alone_values = {}, {}
     for layer, measured in zip(layers, in_pytorch, strict=True):
-        if measured is None:  # measured in the runtime: the model quantized at this layer only
+        if measured is None and layer.node not in kept_float:  # in the runtime: quantized at this layer only
             quantize(alone_path, Only((layer.node,)))
             names = layer_tensor(onnx.load(str(alone_path)), layer, fp32_tensors)
             alone_names[layer.node] = names
@@ -146,7 +155,10 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
     rows = []
     for layer, measured in zip(layers, in_pytorch, strict=True):
         acc_q, acc_f = accumulated_names[layer.node]
-        if measured is None:
+        alone_by = blame.ALONE_IN_ARTIFACT if layer.node in alone_names else blame.ALONE_IN_PYTORCH
+        if measured is None and layer.node in kept_float:
+            measured, alone_by = blame.float_alone(sample_count(feeds)), blame.FLOAT_IN_ARTIFACT
+        elif measured is None:
             alone = alone_values[layer.node]
             alone_q, alone_f = alone_names[layer.node]
             measured = blame.alone_from_values(reference[alone_f], alone[alone_q],
@@ -154,8 +166,7 @@ def blame_layers(fp32: Path, quantized: Path, layers: list[Layer], quantize: Qua
         rows.append(blame.blame_row(
             dataclasses.replace(layer, tensor=acc_f, quantized_tensor=acc_q),
             reference_layer=reference[acc_f], accumulated_layer=accumulated[acc_q], alone=measured,
-            alone_by=blame.ALONE_IN_ARTIFACT if layer.node in alone_names else blame.ALONE_IN_PYTORCH,
-            samples=sample_count(feeds)))
+            alone_by=alone_by, samples=sample_count(feeds)))
     return blame.most_harmful_first(rows)
 
 

@@ -54,10 +54,11 @@ _QRANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255)}
 
 
 def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: list[Layer],
-                     quantized_names: list[str]) -> list:
+                     quantized_names: list[str]) -> tuple[list, set[str]]:
     """What quantization did to each single-operator layer (exporter.diagnosis.alone.QuantizedLayer): the
     fp32 model's weight, the artifact's integer weight dequantized with its scales, and the scale and
-    zero point of the operator's input; None where the operator is not quantized that way."""
+    zero point of the operator's input; None where the operator is not quantized that way. And the
+    output names of the layers whose weight the artifact keeps float."""
     from ai_edge_litert.schema_py_generated import TensorType
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
 
@@ -75,10 +76,18 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
             return None
         return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.float64), int(q.quantizedDimension)
 
-    found = []
+    def float_constant(index: int) -> bool:  # not int8 weights a DEQUANTIZE makes float (computed in float)
+        tensor = subgraph.tensors[index]
+        buffer = model.buffers[tensor.buffer]
+        stored = (buffer.data is not None and len(buffer.data) > 0) or (getattr(buffer, "offset", 0) or 0) > 1
+        return type_names.get(tensor.type) == "FLOAT32" and stored
+
+    found, kept_float = [], set()
     for layer, name in zip(layers, quantized_names, strict=True):
         op = by_output.get(name)
         fp32_op = fp32_operators[layer.operators[0]]
+        if op is not None and fp32_op.op in WEIGHTED_OPS and float_constant(op.inputs[WEIGHTED_OPS[fp32_op.op][1]]):
+            kept_float.add(name)
         if len(layer.operators) != 1 or op is None or fp32_op.weight is None:
             found.append(None)
             continue
@@ -100,7 +109,7 @@ def quantized_layers(quantized: Path, fp32_operators: list[Operator], layers: li
         activation = DYNAMIC_INPUT if dynamic else InputQuant(float(input_params[0][0]), int(input_params[1][0]),
                                                                *_QRANGES[input_type])
         found.append(QuantizedLayer(layer.module, fp32_op.weight, dequantized, activation))
-    return found
+    return found, kept_float
 
 
 def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers: list[Layer],
@@ -111,13 +120,15 @@ def blame_layers(fp32: Path, quantized: Path, operators: list[Operator], layers:
         return []
     reference, reference_outputs = tensor_values(fp32, [layer.tensor for layer in layers], feeds, batch)
     accumulated, _ = tensor_values(quantized, quantized_names, feeds, batch)
-    placed = quantized_layers(quantized, operators, layers, quantized_names)
+    placed, kept_float = quantized_layers(quantized, operators, layers, quantized_names)
     in_pytorch = blame.alone_in_pytorch(traced, placed, feeds)
     alone_path = scratch / "blame-one-layer.tflite"
     rows = []
     for layer, quantized_name, measured in zip(layers, quantized_names, in_pytorch, strict=True):
         alone_by = blame.ALONE_IN_PYTORCH
-        if measured is None:  # measured in the runtime: the model quantized at this layer only
+        if measured is None and quantized_name in kept_float:
+            measured, alone_by = blame.float_alone(sample_count(feeds)), blame.FLOAT_IN_ARTIFACT
+        elif measured is None:  # measured in the runtime: the model quantized at this layer only
             quantizer.build(alone_path, only=layer.scopes)
             alone, alone_outputs = tensor_values(alone_path, [layer.tensor], feeds, batch)
             measured = blame.alone_from_values(reference[layer.tensor], alone[layer.tensor], reference_outputs,
