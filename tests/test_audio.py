@@ -82,6 +82,7 @@ def test_lstm_encoder_on_android_is_fused_and_stays_float_at_int8(tmp_path):
         assert by[precision]["parity"]["cosine"] >= 0.999
     manifest = json.loads((tmp_path / "out" / "lstm_encoder" / "android" / "manifest.json").read_text())
     assert all(a["state"]["variable_tensors"] == 4 for a in manifest["artifacts"])  # h and c of 2 layers
+    assert "ResetVariableTensors()" in (tmp_path / "out" / "lstm_encoder" / "android" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -110,6 +110,9 @@ def _pass_lines(a: dict) -> list[str]:
                      f"on the portable kernels ({100 * d['delegated_op_coverage']:.1f}% delegated)")
         lines += [f"portable: {op['op']} ({op['module'] or 'no module'}): {op['reason']}"
                   for op in d["portable_fallback"]]
+    if a.get("state"):
+        state = a["state"]
+        lines.append(f"state: {state['variable_tensors']} variable tensors; {state['reset_before_each_call']}")
     if "float_ops" in a:
         lines.append("integer-only check: " + (f"{len(a['float_ops'])} operator(s) compute in float"
                                                if a["float_ops"] else "every operator computes in integers"))

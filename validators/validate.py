@@ -174,6 +174,7 @@ def _artifact_result(entry: dict, nbytes: int, sha: str, runtime: str, judged: C
         **({"npu": npu} if npu is not None else {}),
         **({"float_ops": entry["float_ops"]} if "float_ops" in entry else {}),
         **({"delegation": entry["delegation"]} if "delegation" in entry else {}),
+        **({"state": entry["state"]} if "state" in entry else {}),
         **({"io_quantization": io_quantization} if io_quantization else {}),
         "budget": {"passed": not violations, "violations": violations,
                    "unjudged": budgets.unjudged(budget, judged.overall, judged.accuracy),
