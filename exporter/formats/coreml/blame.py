@@ -21,7 +21,11 @@ from exporter.diagnosis.blame import BlameRow
 from exporter.diagnosis.contract import Layer, Progress
 from exporter.formats.coreml.rewrites import decomposed
 
-WEIGHT_INPUT = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
+# op type -> its weight inputs; a recurrent op's input and recurrent weights are a layer each (the first LSTM
+# layer's input weights, reading a speaker encoder's mel power spectrum, are what 8 bits cannot hold)
+WEIGHT_INPUTS = {"conv": ("weight",), "conv_transpose": ("weight",), "linear": ("weight",), "matmul": ("y",),
+                 "lstm": ("weight_ih", "weight_hh", "weight_ih_back", "weight_hh_back"),
+                 "gru": ("weight_ih", "weight_hh"), "rnn": ("weight_ih", "weight_hh")}
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class WeightedOp:
     output: str
     weight: str  # the variable (a const or constexpr op's output) holding the weight
     compressed: bool  # the weight comes from a constexpr_* op (decompressed at load time)
+    role: str = "weight"  # the op's input it is bound to (weight_ih, weight_hh of a recurrent op)
 
 
 def weighted_ops(package: Path) -> list[WeightedOp]:
@@ -39,10 +44,12 @@ def weighted_ops(package: Path) -> list[WeightedOp]:
     producers = {name: op for op in operations for name, _ in op.outputs}
     found = []
     for op in operations:
-        bound = op.inputs.get(WEIGHT_INPUT.get(op.type, ""), [])
-        producer = producers.get(bound[0]) if bound and isinstance(bound[0], str) else None
-        if producer is not None and (producer.type == "const" or producer.type.startswith("constexpr_")):
-            found.append(WeightedOp(op.type, op.outputs[0][0], bound[0], producer.type.startswith("constexpr_")))
+        for role in WEIGHT_INPUTS.get(op.type, ()):
+            bound = op.inputs.get(role, [])
+            producer = producers.get(bound[0]) if bound and isinstance(bound[0], str) else None
+            if producer is not None and (producer.type == "const" or producer.type.startswith("constexpr_")):
+                found.append(WeightedOp(op.type, op.outputs[0][0], bound[0], producer.type.startswith("constexpr_"),
+                                        role))
     return found
 
 
@@ -125,7 +132,10 @@ def blame_layers(fp32: Path, base: Path, artifact: Path, traced, compress: Compr
             measured = blame.alone_from_values(reference[fp32_ops[i].output], alone[artifact_ops[i].output],
                                                reference_outputs, alone_outputs)
             alone_by = blame.ALONE_IN_ARTIFACT
-        layer = Layer(artifact_ops[i].output, artifact_ops[i].type, modules[i], fp32_ops[i].output,
+        # a recurrent op's weights are several layers of one op (its gates reordered: no module found by value)
+        module = modules[i] or (f"{artifact_ops[i].output}.{artifact_ops[i].role}"
+                                if len(WEIGHT_INPUTS[artifact_ops[i].type]) > 1 else "")
+        layer = Layer(artifact_ops[i].output, artifact_ops[i].type, module, fp32_ops[i].output,
                       quantized_tensor=artifact_ops[i].output, weight=base_ops[i].weight)
         rows.append(blame.blame_row(layer, reference_layer=reference[fp32_ops[i].output],
                                     accumulated_layer=accumulated[artifact_ops[i].output], alone=measured,
